@@ -1,0 +1,67 @@
+"""optimum-gatenorm: data-free pruning of self-attention sublayers (Gate-Norm, arXiv:2512.20636).
+
+Importing this package registers the `gatenorm` method with transformers, so
+`AutoModelForCausalLM.from_pretrained` loads pruned checkpoints with their pruned structure.
+"""
+
+from .adapters import ArchitectureAdapter, get_adapter, register_adapter, supported_model_types
+from .configuration import GateNormConfig
+from .errors import (
+    ExportError,
+    GateNormError,
+    InvalidCheckpointError,
+    InvalidConfigError,
+    ModelNotFoundError,
+    OutputExistsError,
+    UnsupportedModelError,
+)
+from .exporters import export_onnx
+from .modeling import (
+    GateNormQuantizer,
+    PrunedAttentionConfig,
+    get_pruned_layers,
+    load_pruned,
+    prune_model,
+    save_pruned,
+)
+from .models import BUILTIN_MODELS, DEFAULT_MODEL, convert_gguf, resolve_model
+from .pruner import GateNormPruner, select_layers
+from .report import PruningReport, ScoreReport
+from .scoring import AttentionWeights, available_criteria, get_criterion, register_criterion
+from .version import __version__
+
+
+__all__ = [
+    "BUILTIN_MODELS",
+    "DEFAULT_MODEL",
+    "ArchitectureAdapter",
+    "AttentionWeights",
+    "ExportError",
+    "GateNormConfig",
+    "GateNormError",
+    "GateNormPruner",
+    "GateNormQuantizer",
+    "InvalidCheckpointError",
+    "InvalidConfigError",
+    "ModelNotFoundError",
+    "OutputExistsError",
+    "PrunedAttentionConfig",
+    "PruningReport",
+    "ScoreReport",
+    "UnsupportedModelError",
+    "__version__",
+    "available_criteria",
+    "convert_gguf",
+    "export_onnx",
+    "get_adapter",
+    "get_criterion",
+    "get_pruned_layers",
+    "load_pruned",
+    "prune_model",
+    "register_adapter",
+    "register_criterion",
+    "resolve_model",
+    "save_pruned",
+    "select_layers",
+    "supported_model_types",
+]

@@ -1,0 +1,71 @@
+"""Registry of architecture adapters, keyed by `config.model_type`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..errors import UnsupportedModelError
+from .base import ArchitectureAdapter, FusedConv1D, FusedRows, HeadDims, HeadInterleaved, QKLayout, SeparateProjections
+from .gpt2 import GPT2
+from .gpt_neox import GPT_NEOX
+from .llama import LLAMA
+from .phi3 import PHI3
+
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+__all__ = [
+    "ArchitectureAdapter",
+    "FusedConv1D",
+    "FusedRows",
+    "HeadDims",
+    "HeadInterleaved",
+    "QKLayout",
+    "SeparateProjections",
+    "get_adapter",
+    "register_adapter",
+    "supported_model_types",
+]
+
+_ADAPTERS: dict[str, ArchitectureAdapter] = {}
+
+
+def register_adapter(adapter: ArchitectureAdapter) -> ArchitectureAdapter:
+    """Registers `adapter` for each of its model types.
+
+    Raises:
+        ValueError: If one of its model types already has an adapter.
+    """
+    for model_type in adapter.model_types:
+        if model_type in _ADAPTERS:
+            raise ValueError(f"An adapter for model_type {model_type!r} is already registered")
+    for model_type in adapter.model_types:
+        _ADAPTERS[model_type] = adapter
+    return adapter
+
+
+def supported_model_types() -> list[str]:
+    return sorted(_ADAPTERS)
+
+
+def get_adapter(config_or_model_type: "PretrainedConfig | str") -> ArchitectureAdapter:
+    """Returns the adapter for a config (validating its options) or a model type.
+
+    Raises:
+        UnsupportedModelError: If the model type has no adapter or the config uses an unsupported option.
+    """
+    model_type = getattr(config_or_model_type, "model_type", config_or_model_type)
+    adapter = _ADAPTERS.get(model_type)
+    if adapter is None:
+        raise UnsupportedModelError(
+            f"model_type {model_type!r} is not supported; supported decoder-only architectures: "
+            f"{', '.join(supported_model_types())}"
+        )
+    if not isinstance(config_or_model_type, str):
+        adapter.check_config(config_or_model_type)
+    return adapter
+
+
+for _adapter in (LLAMA, PHI3, GPT2, GPT_NEOX):
+    register_adapter(_adapter)

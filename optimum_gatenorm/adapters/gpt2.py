@@ -1,0 +1,19 @@
+"""GPT-2: `Conv1D` `c_attn` stored `[in, out]`, LayerNorm `ln_1`/`ln_2`, layers return tuples."""
+
+from .base import ArchitectureAdapter, FusedConv1D
+
+
+GPT2 = ArchitectureAdapter(
+    model_types=("gpt2",),
+    layers="transformer.h",
+    attention="attn",
+    input_norm="ln_1",
+    post_norm="ln_2",
+    qk=FusedConv1D("c_attn"),
+    returns_tuple=True,
+    unsupported_flags=(
+        # The attention scale depends on the layer index, which pruning renumbers.
+        ("scale_attn_by_inverse_layer_idx", "its attention scale depends on the layer index, which pruning changes"),
+        ("add_cross_attention", "only decoder-only models are supported"),
+    ),
+)

@@ -1,0 +1,306 @@
+"""Reading checkpoints safely and lazily: validation up front, then one tensor at a time.
+
+Scoring needs only the query/key projections (and norm gains) of each layer, so it reads exactly those tensors
+from the safetensors shards with `safetensors.safe_open` and never builds the model: a 70B checkpoint scores in
+the memory of one layer's Q and K.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import InvalidCheckpointError, ModelNotFoundError, UnsupportedModelError
+
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PretrainedConfig, PreTrainedModel
+
+__all__ = ["Checkpoint", "ModelWeights", "WeightSource", "inspect_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PICKLE_FILE = "pytorch_model.bin"
+PICKLE_INDEX = "pytorch_model.bin.index.json"
+GATENORM_QUANT_METHOD = "gatenorm"
+
+
+class WeightSource:
+    """Tensors by checkpoint name; names may omit the base-model prefix (old GPT-2 checkpoints do)."""
+
+    def names(self) -> Iterable[str]:
+        raise NotImplementedError
+
+    def _get(self, name: str) -> "torch.Tensor":
+        raise NotImplementedError
+
+    def get(self, name: str, base_model_prefix: str | None = None) -> "torch.Tensor":
+        """Returns the tensor `name`, trying it without `base_model_prefix.` if that is how it was stored.
+
+        Raises:
+            InvalidCheckpointError: If the checkpoint has no such tensor.
+        """
+        candidates = [name]
+        if base_model_prefix and name.startswith(base_model_prefix + "."):
+            candidates.append(name[len(base_model_prefix) + 1 :])
+        for candidate in candidates:
+            if self._has(candidate):
+                return self._get(candidate)
+        raise InvalidCheckpointError(f"the checkpoint has no tensor {name!r}; is it complete and of the right model?")
+
+    def _has(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class ModelWeights(WeightSource):
+    """The parameters and buffers of an in-memory model."""
+
+    def __init__(self, model: "PreTrainedModel"):
+        self._tensors = dict(model.named_parameters(remove_duplicate=False))
+        self._tensors.update(model.named_buffers(remove_duplicate=False))
+
+    def names(self):
+        return self._tensors.keys()
+
+    def _has(self, name):
+        return name in self._tensors
+
+    def _get(self, name):
+        return self._tensors[name].detach()
+
+
+class _ShardedWeights(WeightSource):
+    def __init__(self, weight_map: Mapping[str, Path]):
+        self._weight_map = dict(weight_map)
+        self._handles = {}
+
+    def names(self):
+        return self._weight_map.keys()
+
+    def _has(self, name):
+        return name in self._weight_map
+
+    def _get(self, name):
+        path = self._weight_map[name]
+        if path not in self._handles:
+            self._handles[path] = self._open(path)
+        return self._read(self._handles[path], name, path)
+
+    def close(self):
+        self._handles.clear()
+
+
+class SafetensorsWeights(_ShardedWeights):
+    def _open(self, path):
+        return _safe_open(path)
+
+    def _read(self, handle, name, path):
+        try:
+            return handle.get_tensor(name)
+        except Exception as error:  # safetensors raises its own SafetensorError
+            raise InvalidCheckpointError(f"cannot read tensor {name!r} from {path}: {error}") from None
+
+
+class PickleWeights(_ShardedWeights):
+    """`pytorch_model.bin` shards, loaded with `torch.load(weights_only=True)` (only after the user opted in)."""
+
+    def _open(self, path):
+        import torch
+
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as error:
+            raise InvalidCheckpointError(f"cannot load {path} with torch.load(weights_only=True): {error}") from None
+
+    def _read(self, handle, name, path):
+        return handle[name]
+
+
+def _safe_open(path: Path):
+    from safetensors import safe_open
+
+    try:
+        return safe_open(str(path), framework="pt", device="cpu")
+    except Exception as error:
+        raise InvalidCheckpointError(
+            f"{path} is truncated or not a safetensors file ({error}); re-download or re-save it"
+        ) from None
+
+
+@dataclass
+class Checkpoint:
+    """A validated local checkpoint directory.
+
+    Args:
+        path: The directory.
+        config: Its config, loaded without remote code.
+        weight_map: Tensor name -> file holding it.
+        format: `"safetensors"` or `"pickle"`.
+    """
+
+    path: Path
+    config: "PretrainedConfig"
+    weight_map: dict[str, Path]
+    format: str
+
+    def open_weights(self) -> WeightSource:
+        cls = SafetensorsWeights if self.format == "safetensors" else PickleWeights
+        return cls(self.weight_map)
+
+    @property
+    def weight_files(self) -> list[Path]:
+        return sorted(set(self.weight_map.values()))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InvalidCheckpointError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise InvalidCheckpointError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def check_quantization(config_dict: Mapping, where: str) -> None:
+    """Refuses checkpoints with packed or quantized weights (except our own pruning record)."""
+    quant = config_dict.get("quantization_config")
+    if quant is None:
+        return
+    method = quant.get("quant_method") if isinstance(quant, Mapping) else getattr(quant, "quant_method", None)
+    if method == GATENORM_QUANT_METHOD:
+        required = ("pruned_attention_layers", "num_hidden_layers")
+        missing = [key for key in required if key not in quant] if isinstance(quant, Mapping) else []
+        if missing:
+            raise InvalidCheckpointError(
+                f"{where}: the pruning record (quantization_config) lacks {', '.join(missing)}; re-save the pruned "
+                "model with optimum-gatenorm"
+            )
+        return
+    if isinstance(quant, Mapping) and (quant.get("load_in_4bit") or quant.get("load_in_8bit")):
+        method = "bitsandbytes"
+    raise UnsupportedModelError(
+        f"{where} is quantized ({method or 'unknown method'}); its weights are packed integers and scoring them "
+        "would be wrong; use the unquantized checkpoint"
+    )
+
+
+def _sharded_weight_map(index_path: Path) -> dict[str, Path]:
+    index = _read_json(index_path)
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise InvalidCheckpointError(f"{index_path} has no 'weight_map'")
+    out = {}
+    for name, file in weight_map.items():
+        shard = index_path.parent / file
+        if not shard.is_file():
+            raise ModelNotFoundError(f"shard {file} listed in {index_path.name} is missing from {index_path.parent}")
+        out[name] = shard
+    return out
+
+
+def _file_weight_map(path: Path, format: str) -> dict[str, Path]:
+    if format == "safetensors":
+        return {name: path for name in _safe_open(path).keys()}
+    return {name: path for name in PickleWeights({})._open(path)}
+
+
+def _check_dimensions(config: "PretrainedConfig", config_file: Path) -> None:
+    """Refuses configs whose layer count or head geometry cannot describe a model (hand-edited, corrupt)."""
+    from .adapters import HeadDims
+
+    def positive_int(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+    for name in ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim"):
+        value = getattr(config, name, None)
+        optional = name in ("num_key_value_heads", "head_dim")  # absent or null: derived from the others
+        if not (positive_int(value) or (optional and value is None)):
+            raise InvalidCheckpointError(f"{config_file}: {name} must be a positive integer, got {value!r}")
+    try:
+        dims = HeadDims.from_config(config)
+    except ValueError as error:
+        raise InvalidCheckpointError(f"{config_file}: {error}") from None
+    if dims.head_dim < 1:
+        raise InvalidCheckpointError(
+            f"{config_file}: hidden_size={dims.hidden_size} is too small for {dims.num_heads} attention heads"
+        )
+
+
+def inspect_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> Checkpoint:
+    """Validates a local checkpoint directory without loading its weights.
+
+    Args:
+        path: A directory holding `config.json` and safetensors weights (single file or sharded).
+        allow_pickle: Accept `pytorch_model.bin` weights, loaded with `torch.load(weights_only=True)`.
+
+    Raises:
+        ModelNotFoundError: If the path or a listed shard does not exist.
+        InvalidCheckpointError: If config or weights are missing, unreadable, truncated, or pickled without opt-in.
+        UnsupportedModelError: If the architecture is not supported or the weights are quantized.
+    """
+    from transformers import AutoConfig
+
+    from .adapters import get_adapter
+
+    path = Path(path)
+    if not path.exists():
+        raise ModelNotFoundError(f"model path {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise InvalidCheckpointError(f"{path} is a file; pass a model directory (with config.json) or a .gguf file")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise InvalidCheckpointError(f"{path} has no config.json; pass a Hugging Face model directory")
+    config_dict = _read_json(config_file)
+    model_type = config_dict.get("model_type")
+    if not model_type:
+        raise InvalidCheckpointError(f"{config_file} has no 'model_type'")
+    get_adapter(str(model_type))  # one-line error listing the supported types, before transformers sees it
+    check_quantization(config_dict, str(path))
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    except (ValueError, OSError, TypeError, KeyError) as error:
+        raise InvalidCheckpointError(f"cannot load {config_file}: {error}") from None
+    get_adapter(config)
+    _check_dimensions(config, config_file)
+
+    if (path / SAFETENSORS_INDEX).is_file():
+        weight_map, format = _sharded_weight_map(path / SAFETENSORS_INDEX), "safetensors"
+    elif (path / SAFETENSORS_FILE).is_file():
+        weight_map, format = _file_weight_map(path / SAFETENSORS_FILE, "safetensors"), "safetensors"
+    elif (path / PICKLE_INDEX).is_file() or (path / PICKLE_FILE).is_file():
+        if not allow_pickle:
+            raise InvalidCheckpointError(
+                f"{path} has only pickled weights ({PICKLE_FILE}), which can run code when loaded; convert them to "
+                "safetensors, or opt in with --allow-pickle (allow_pickle=True) to load them with "
+                "torch.load(weights_only=True)"
+            )
+        if (path / PICKLE_INDEX).is_file():
+            weight_map = _sharded_weight_map(path / PICKLE_INDEX)
+        else:
+            weight_map = _file_weight_map(path / PICKLE_FILE, "pickle")
+        format = "pickle"
+    else:
+        raise InvalidCheckpointError(f"{path} has no weights ({SAFETENSORS_FILE} or {SAFETENSORS_INDEX})")
+
+    if format == "safetensors":
+        for shard in set(weight_map.values()):
+            _safe_open(shard)  # reads the header only; refuses truncated files
+    return Checkpoint(path=path, config=config, weight_map=weight_map, format=format)

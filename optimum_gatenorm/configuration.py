@@ -1,0 +1,92 @@
+"""`GateNormConfig`: what to prune and how to choose it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from .errors import InvalidConfigError
+from .version import __version__
+
+
+__all__ = ["GateNormConfig"]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass
+class GateNormConfig:
+    """How many attention sublayers to remove, and which are candidates.
+
+    Args:
+        num_layers: Number of attention sublayers to remove. Give this or `ratio`.
+        ratio: Fraction of all attention sublayers to remove, in `[0, 1)`, rounded to the nearest count
+            (halves round up).
+        criterion: Name of the scoring criterion (see `available_criteria()`); the lowest scores go first.
+        protect_first: Never remove the first this-many attention sublayers (layer 0 is usually critical).
+        protect_last: Never remove the last this-many attention sublayers.
+        exclude_layers: Layer indices that are never removed.
+    """
+
+    num_layers: int | None = None
+    ratio: float | None = None
+    criterion: str = "gate_norm"
+    protect_first: int = 1
+    protect_last: int = 0
+    exclude_layers: tuple[int, ...] = field(default_factory=tuple)
+
+    def __post_init__(self):
+        if (self.num_layers is None) == (self.ratio is None):
+            raise InvalidConfigError(
+                f"give exactly one of num_layers or ratio (got num_layers={self.num_layers!r}, ratio={self.ratio!r})"
+            )
+        if self.num_layers is not None and (not _is_int(self.num_layers) or self.num_layers < 0):
+            raise InvalidConfigError(f"num_layers must be an integer >= 0, got {self.num_layers!r}")
+        if self.ratio is not None:
+            if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0 <= self.ratio < 1:
+                raise InvalidConfigError(f"ratio must be a number in [0, 1), got {self.ratio!r}")
+            self.ratio = float(self.ratio)
+        for name in ("protect_first", "protect_last"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                raise InvalidConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        if isinstance(self.exclude_layers, (str, bytes)) or not all(_is_int(i) for i in self.exclude_layers):
+            raise InvalidConfigError(f"exclude_layers must be a list of layer indices, got {self.exclude_layers!r}")
+        bad = [i for i in self.exclude_layers if i < 0]
+        if bad:
+            raise InvalidConfigError(f"exclude_layers must be >= 0, got {bad}")
+        self.exclude_layers = tuple(sorted(set(self.exclude_layers)))
+
+        from .scoring import get_criterion
+
+        try:
+            get_criterion(self.criterion)
+        except ValueError as error:
+            raise InvalidConfigError(str(error)) from None
+
+    def resolve_num_layers(self, total: int) -> int:
+        """The number of sublayers to remove from a model with `total` attention sublayers."""
+        if self.num_layers is not None:
+            return self.num_layers
+        return math.floor(self.ratio * total + 0.5)
+
+    def protected_layers(self, total: int) -> list[int]:
+        """Indices that `protect_first` / `protect_last` keep, for a model with `total` decoder layers."""
+        first = range(min(self.protect_first, total))
+        last = range(max(total - self.protect_last, 0), total)
+        return sorted(set(first) | set(last))
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["exclude_layers"] = list(self.exclude_layers)
+        out["gatenorm_version"] = __version__
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "GateNormConfig":
+        data = {k: v for k, v in data.items() if k != "gatenorm_version"}
+        if "exclude_layers" in data:
+            data["exclude_layers"] = tuple(data["exclude_layers"])
+        return cls(**data)

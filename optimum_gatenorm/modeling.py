@@ -1,0 +1,314 @@
+"""Saving and loading pruned checkpoints so that they can never load wrongly.
+
+A pruned checkpoint records its pruned layers in `config.json` as a transformers "quantization" config with
+`quant_method: "gatenorm"`. Importing `optimum_gatenorm` registers that method with transformers' quantizer
+registry, so plain `AutoModelForCausalLM.from_pretrained(dir)` rebuilds the pruned structure before the weights
+load and reports 0 missing keys.
+
+A process that has *not* imported `optimum_gatenorm` must not load the checkpoint with randomly initialised
+attention. transformers only warns about an unknown quantization method and then initialises missing weights
+randomly, so the checkpoint also stores one empty "tombstone" tensor under the name of the first removed
+attention weight: plain transformers then stops with a size-mismatch error instead, while our quantizer drops
+the tombstone. The tombstone holds no parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from transformers import AutoModelForCausalLM
+from transformers.quantizers import HfQuantizer
+from transformers.quantizers.auto import register_quantization_config, register_quantizer
+from transformers.utils.quantization_config import QuantizationConfigMixin
+
+from .adapters import get_adapter
+from .checkpoint import GATENORM_QUANT_METHOD, inspect_checkpoint
+from .errors import InvalidCheckpointError
+from .pruning import apply_pruned_structure, validate_pruned_set
+from .version import __version__
+
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PretrainedConfig, PreTrainedModel
+
+    from .report import PruningReport
+
+__all__ = [
+    "GateNormQuantizer",
+    "PrunedAttentionConfig",
+    "get_pruned_layers",
+    "load_pruned",
+    "prune_model",
+    "save_pruned",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@register_quantization_config(GATENORM_QUANT_METHOD)
+class PrunedAttentionConfig(QuantizationConfigMixin):
+    """The pruning record stored as `config.quantization_config`.
+
+    Args:
+        pruned_attention_layers: Decoder layers whose attention sublayer was removed.
+        num_hidden_layers: Number of decoder layers of the model.
+        num_attention_layers: Kept attention sublayers; checked against the two above when given.
+        criterion: Criterion that chose the layers, for the record.
+        gatenorm_version: Version of optimum-gatenorm that wrote the record.
+    """
+
+    def __init__(
+        self,
+        pruned_attention_layers: Iterable[int],
+        num_hidden_layers: int,
+        num_attention_layers: int | None = None,
+        criterion: str | None = None,
+        gatenorm_version: str = __version__,
+        **kwargs,
+    ):
+        self.quant_method = GATENORM_QUANT_METHOD
+        if not isinstance(num_hidden_layers, int) or isinstance(num_hidden_layers, bool) or num_hidden_layers < 1:
+            raise InvalidCheckpointError(f"pruning record: bad num_hidden_layers {num_hidden_layers!r}")
+        try:
+            layers = list(pruned_attention_layers)
+            if not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
+                raise TypeError
+        except TypeError:
+            raise InvalidCheckpointError(
+                f"pruning record: pruned_attention_layers must be a list of integers, got {pruned_attention_layers!r}"
+            ) from None
+        if len(set(layers)) != len(layers):
+            raise InvalidCheckpointError(f"pruning record: pruned_attention_layers has duplicates: {layers}")
+        try:
+            self.pruned_attention_layers = validate_pruned_set(layers, num_hidden_layers)
+        except ValueError as error:
+            raise InvalidCheckpointError(f"pruning record: {error}") from None
+        self.num_hidden_layers = num_hidden_layers
+        kept = num_hidden_layers - len(self.pruned_attention_layers)
+        if num_attention_layers is not None and num_attention_layers != kept:
+            raise InvalidCheckpointError(
+                f"pruning record is inconsistent: num_attention_layers={num_attention_layers} but "
+                f"{num_hidden_layers} layers minus {len(self.pruned_attention_layers)} pruned leaves {kept}"
+            )
+        self.num_attention_layers = kept
+        self.criterion = criterion
+        self.gatenorm_version = gatenorm_version
+        if kwargs:
+            logger.debug("Ignoring unknown keys in the pruning record: %s", sorted(kwargs))
+
+    def check_model_config(self, config: "PretrainedConfig") -> None:
+        if config.num_hidden_layers != self.num_hidden_layers:
+            raise InvalidCheckpointError(
+                f"pruning record is inconsistent: it is for {self.num_hidden_layers} layers but the config has "
+                f"num_hidden_layers={config.num_hidden_layers}"
+            )
+
+
+def get_pruned_layers(config: "PretrainedConfig") -> list[int]:
+    """The decoder layers whose attention sublayer was removed, from a config (`[]` for an unpruned model)."""
+    record = getattr(config, "quantization_config", None)
+    if record is None:
+        return []
+    if isinstance(record, dict):
+        if record.get("quant_method") != GATENORM_QUANT_METHOD:
+            return []
+        record = PrunedAttentionConfig.from_dict(record)
+    if getattr(record, "quant_method", None) != GATENORM_QUANT_METHOD:
+        return []
+    record.check_model_config(config)
+    return list(record.pruned_attention_layers)
+
+
+def _tombstone_name(model: "PreTrainedModel", pruned: list[int]) -> str:
+    adapter = get_adapter(model.config)
+    return adapter.qk_tensor_names(pruned[0])[0]
+
+
+@register_quantizer(GATENORM_QUANT_METHOD)
+class GateNormQuantizer(HfQuantizer):
+    """Rebuilds the pruned structure before weights load; nothing is quantized."""
+
+    requires_calibration = False
+    required_packages = None
+    requires_parameters_quantization = False
+
+    def validate_environment(self, *args, **kwargs):
+        pass
+
+    def _process_model_before_weight_loading(self, model, **kwargs):
+        self.quantization_config.check_model_config(model.config)
+        apply_pruned_structure(model, self.quantization_config.pruned_attention_layers)
+        # Checkpoint keys of removed modules (the tombstone, or the attention weights of an unpruned checkpoint
+        # loaded with a pruning record) stay "unexpected", so transformers skips them, but are not reported.
+        adapter = get_adapter(model.config)
+        base = adapter.base_model_prefix + "."
+        patterns = [
+            r"(^|\.)" + re.escape(prefix.removeprefix(base) + ".")
+            for layer in self.quantization_config.pruned_attention_layers
+            for prefix in adapter.pruned_module_prefixes(layer)
+        ]
+        model._keys_to_ignore_on_load_unexpected = list(model._keys_to_ignore_on_load_unexpected or []) + patterns
+        return model
+
+    def _process_model_after_weight_loading(self, model, **kwargs):
+        # Nothing is quantized: keep .half(), .float() and training available.
+        model.is_quantized = False
+        return model
+
+    def get_state_dict_and_metadata(self, model, safe_serialization=False):
+        import torch
+
+        state_dict = model.state_dict()
+        pruned = self.quantization_config.pruned_attention_layers
+        if pruned:
+            dtype = next(iter(state_dict.values())).dtype
+            state_dict[_tombstone_name(model, pruned)] = torch.empty(0, dtype=dtype)
+        return state_dict, {}
+
+    def is_serializable(self, safe_serialization=None):
+        return True
+
+    @property
+    def is_trainable(self) -> bool:
+        return True
+
+    def _dequantize(self, model):
+        raise ValueError("removed attention sublayers cannot be restored; reload the original checkpoint")
+
+
+def prune_model(model: "PreTrainedModel", layers: Iterable[int], *, criterion: str | None = None) -> list[int]:
+    """Removes the attention sublayers of `layers` in place and records them in `model.config`.
+
+    After this, `model.save_pretrained(dir)` writes a checkpoint that `load_pruned(dir)` (or, with
+    `optimum_gatenorm` imported, `AutoModelForCausalLM.from_pretrained(dir)`) loads back exactly.
+
+    Returns:
+        All layers without attention (earlier prunings included).
+    """
+    pruned = apply_pruned_structure(model, layers)
+    record = PrunedAttentionConfig(pruned, model.config.num_hidden_layers, criterion=criterion)
+    model.config.quantization_config = record
+    model.hf_quantizer = GateNormQuantizer(record, pre_quantized=True)
+    return pruned
+
+
+def load_pruned(
+    model_path: str | Path,
+    *,
+    dtype: "str | torch.dtype" = "auto",
+    allow_pickle: bool = False,
+    **kwargs: Any,
+) -> "PreTrainedModel":
+    """Loads a checkpoint (pruned by optimum-gatenorm or not) with its pruned structure, strictly.
+
+    Args:
+        model_path: A local checkpoint directory, a `.gguf` file or a built-in alias (see `resolve_model`).
+        dtype: Torch dtype, or `"auto"` for the checkpoint's own.
+        allow_pickle: Accept `pytorch_model.bin` weights (loaded with `torch.load(weights_only=True)`).
+        **kwargs: Passed to `AutoModelForCausalLM.from_pretrained` (e.g. `device_map`). Remote code is never run.
+
+    Raises:
+        InvalidCheckpointError: If any weight is missing or has the wrong shape (it would be randomly initialised).
+    """
+    from .models import resolve_model
+
+    checkpoint = inspect_checkpoint(resolve_model(model_path), allow_pickle=allow_pickle)
+    get_pruned_layers(checkpoint.config)  # validates the record before transformers sees it
+    kwargs.pop("trust_remote_code", None)
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            checkpoint.path,
+            dtype=dtype,
+            use_safetensors=checkpoint.format == "safetensors",
+            trust_remote_code=False,
+            output_loading_info=True,
+            **kwargs,
+        )
+    except RuntimeError as error:
+        detail = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        raise InvalidCheckpointError(f"cannot load {checkpoint.path}: {detail}") from None
+    problems = {k: v for k, v in info.items() if k in ("missing_keys", "mismatched_keys") and v}
+    if problems:
+        raise InvalidCheckpointError(f"{checkpoint.path} does not match its config: {problems}")
+    model.eval()
+    return model
+
+
+def save_pruned(
+    model: "PreTrainedModel",
+    output_dir: str | Path,
+    *,
+    report: "PruningReport | None" = None,
+    tokenizer_from: str | Path | None = None,
+    overwrite: bool = False,
+    dtype: "torch.dtype | None" = None,
+) -> Path:
+    """Saves a pruned model, its tokenizer and its pruning report, atomically.
+
+    Everything is written to a temporary directory beside `output_dir` and renamed into place at the end, so an
+    error leaves nothing behind.
+
+    Args:
+        model: A model pruned with `prune_model` / `GateNormPruner.prune`.
+        output_dir: Target directory.
+        report: The `PruningReport` to write as `gatenorm_report.json` (default: the one `GateNormPruner.prune`
+            attached to the model, if any).
+        tokenizer_from: Directory whose tokenizer to save alongside (default: the model's `name_or_path`).
+        overwrite: Replace an existing `output_dir`.
+        dtype: Cast the model to this dtype before saving.
+
+    Raises:
+        OutputExistsError: If `output_dir` exists and `overwrite` is false.
+    """
+    from .utils import atomic_output_dir
+
+    with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
+        write_pruned(model, tmp, report=report, tokenizer_from=tokenizer_from, dtype=dtype)
+    logger.info("Saved the pruned model to %s", output_dir)
+    return Path(output_dir)
+
+
+def write_pruned(
+    model: "PreTrainedModel",
+    directory: Path,
+    *,
+    report: "PruningReport | None" = None,
+    tokenizer_from: str | Path | None = None,
+    dtype: "torch.dtype | None" = None,
+) -> None:
+    """`save_pruned` without the atomic rename: writes into an existing (temporary) directory."""
+    from .report import REPORT_FILE
+
+    report = report if report is not None else getattr(model, "gatenorm_report", None)
+    if dtype is not None:
+        model.to(dtype)
+    model.save_pretrained(directory)
+    source = tokenizer_from if tokenizer_from is not None else getattr(model, "name_or_path", None)
+    if source and Path(source).is_dir():
+        _copy_tokenizer(Path(source), directory)
+    if report is not None:
+        report.save(directory / REPORT_FILE)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+
+
+def _copy_tokenizer(source: Path, target: Path) -> None:
+    """Saves the tokenizer of `source` into `target`, if `source` has one."""
+    from transformers import AutoTokenizer
+
+    # AutoTokenizer raises AttributeError/TypeError (not OSError) on a directory without tokenizer files.
+    if not any((source / name).is_file() for name in TOKENIZER_FILES):
+        logger.info("No tokenizer saved: %s has no tokenizer files", source)
+        return
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    except (OSError, ValueError, TypeError, AttributeError) as error:
+        logger.warning("No tokenizer saved (cannot load one from %s: %s)", source, str(error).splitlines()[0])
+        return
+    tokenizer.save_pretrained(target)

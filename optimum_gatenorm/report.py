@@ -1,0 +1,138 @@
+"""JSON-serialisable reports of scoring and pruning."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .version import __version__
+
+
+__all__ = ["PruningReport", "ScoreReport"]
+
+REPORT_FILE = "gatenorm_report.json"
+
+
+class _JSONMixin:
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    @classmethod
+    def from_json(cls, path: str | Path):
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+@dataclass
+class ScoreReport(_JSONMixin):
+    """Per-layer scores of one criterion.
+
+    Args:
+        model_type: `config.model_type`.
+        criterion: Criterion name.
+        num_hidden_layers: Number of decoder layers.
+        scores: Score per decoder layer; `None` for layers whose attention was already removed.
+        pruned_layers: Layers without attention before scoring (from an earlier pruning).
+        scoring_seconds: Wall time of the scoring.
+        source: `"checkpoint"` (read lazily from files) or `"model"` (an in-memory model).
+    """
+
+    model_type: str
+    criterion: str
+    num_hidden_layers: int
+    scores: list[float | None]
+    pruned_layers: list[int]
+    scoring_seconds: float
+    source: str = "checkpoint"
+    gatenorm_version: str = __version__
+
+    @property
+    def ranking(self) -> list[int]:
+        """Scored layers, lowest score (first to remove) first."""
+        from .scoring import rank
+
+        return rank(self.scores)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["ranking"] = self.ranking
+        return out
+
+    def format_table(self, removed: set[int] | frozenset[int] = frozenset(), protected=frozenset()) -> str:
+        """A text table of the ranking, lowest first."""
+        lines = [f"{'rank':>4}  {'layer':>5}  {'score':>14}  note", f"{'-' * 4}  {'-' * 5}  {'-' * 14}  ----"]
+        for position, layer in enumerate(self.ranking, 1):
+            note = "removed" if layer in removed else "protected" if layer in protected else ""
+            lines.append(f"{position:>4}  {layer:>5}  {self.scores[layer]:>14.6g}  {note}".rstrip())
+        for layer in self.pruned_layers:
+            lines.append(f"{'-':>4}  {layer:>5}  {'-':>14}  attention already removed")
+        return "\n".join(lines)
+
+
+@dataclass
+class PruningReport(_JSONMixin):
+    """What a pruning run removed and kept, and why.
+
+    Args:
+        model_type: `config.model_type`.
+        criterion: Criterion used for the ranking.
+        config: The `GateNormConfig` as a dict.
+        num_hidden_layers: Number of decoder layers.
+        scores: Score per decoder layer (`None` where attention was already gone).
+        ranking: Scored layers, lowest first.
+        removed_layers: Layers whose attention this run removed.
+        pruned_layers: All layers without attention afterwards (earlier prunings included).
+        kept_attention_layers: Layers that keep their attention, in order; cache slot `j` belongs to the `j`-th.
+        protected_layers: Layers kept by `protect_first` / `protect_last`.
+        excluded_layers: Layers kept by `exclude_layers`.
+        num_parameters_before: Parameters before pruning (tied weights counted once).
+        num_parameters_after: Parameters after pruning.
+        scoring_seconds: Wall time of the scoring.
+        scores_source: Where the scores were read from (`"checkpoint"` or `"model"`).
+    """
+
+    model_type: str
+    criterion: str
+    config: dict
+    num_hidden_layers: int
+    scores: list[float | None]
+    ranking: list[int]
+    removed_layers: list[int]
+    pruned_layers: list[int]
+    kept_attention_layers: list[int]
+    protected_layers: list[int]
+    excluded_layers: list[int]
+    num_parameters_before: int
+    num_parameters_after: int
+    scoring_seconds: float
+    scores_source: str = "checkpoint"
+    gatenorm_version: str = __version__
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_parameters_removed(self) -> int:
+        return self.num_parameters_before - self.num_parameters_after
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["num_parameters_removed"] = self.num_parameters_removed
+        return out
+
+    def summary(self) -> str:
+        before, after = self.num_parameters_before, self.num_parameters_after
+        return (
+            f"Removed {len(self.removed_layers)} of {self.num_hidden_layers} attention sublayers "
+            f"({self.criterion}): {self.removed_layers}; {len(self.kept_attention_layers)} keep attention. "
+            f"Parameters {before:,} -> {after:,} (-{(before - after) / before:.2%})."
+        )

@@ -1,0 +1,83 @@
+"""Every adapter extracts exactly the Q and K its module computes."""
+
+import sys
+
+import pytest
+import torch
+from conftest import ALL_TINY, TINY_CONFIGS, tiny_model
+
+from optimum_gatenorm import UnsupportedModelError, get_adapter, supported_model_types
+from optimum_gatenorm.adapters import HeadDims, register_adapter
+from optimum_gatenorm.checkpoint import ModelWeights
+from optimum_gatenorm.scoring import layer_weights
+
+
+def test_every_registered_architecture_has_a_tiny_config():
+    assert sorted(TINY_CONFIGS) == supported_model_types()
+    assert set(supported_model_types()) == {"llama", "mistral", "qwen2", "phi3", "gpt2", "gpt_neox"}
+
+
+def _capture_attention(model, monkeypatch):
+    """Records (attention input, query, key) per attention module from the model's real eager forward."""
+    adapter = get_adapter(model.config)
+    records = {}
+    for index, layer in enumerate(model.get_submodule(adapter.layers)):
+        attention = getattr(layer, adapter.attention)
+
+        def pre_hook(module, args, kwargs, index=index):
+            records.setdefault(index, {})["x"] = args[0] if args else kwargs["hidden_states"]
+
+        attention.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    modeling = sys.modules[type(getattr(model.get_submodule(adapter.layers)[0], adapter.attention)).__module__]
+    original = modeling.eager_attention_forward
+    owners = {id(getattr(layer, adapter.attention)): i for i, layer in enumerate(model.get_submodule(adapter.layers))}
+
+    def capture(module, query, key, *args, **kwargs):
+        records[owners[id(module)]].update(q=query.detach().clone(), k=key.detach().clone())
+        return original(module, query, key, *args, **kwargs)
+
+    monkeypatch.setattr(modeling, "eager_attention_forward", capture)
+    return records
+
+
+@pytest.mark.parametrize("name", sorted(ALL_TINY))
+def test_extracted_qk_reproduce_the_modules_projections(name, monkeypatch):
+    model = tiny_model(name)
+    records = _capture_attention(model, monkeypatch)
+    # One token per sequence at position 0: rotary embeddings are the identity there. Two sequences, so the
+    # difference of their projections cancels the biases (qwen2, gpt2, gpt_neox have them).
+    with torch.no_grad():
+        model(torch.tensor([[5], [17]]))
+    dims = HeadDims.from_config(model.config)
+    source = ModelWeights(model)
+    assert len(records) == model.config.num_hidden_layers
+    for index, record in records.items():
+        weights = layer_weights(source, model.config, index, with_norm=False)
+        dx = (record["x"][0] - record["x"][1]).reshape(dims.hidden_size)  # [hidden]
+        expected_q = torch.einsum("hdn,n->hd", weights.q, dx)
+        expected_k = torch.einsum("gdn,n->gd", weights.k, dx)
+        got_q = (record["q"][0] - record["q"][1])[:, 0]  # [heads, head_dim]
+        got_k = (record["k"][0] - record["k"][1])[:, 0]  # [kv_heads, head_dim]
+        torch.testing.assert_close(got_q, expected_q, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(got_k, expected_k, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", ["bert", "t5", "mixtral", "qwen2_moe"])
+def test_unsupported_model_types_get_a_one_line_error_listing_supported_ones(model_type):
+    with pytest.raises(UnsupportedModelError) as error:
+        get_adapter(model_type)
+    message = str(error.value)
+    assert "\n" not in message and model_type in message
+    assert all(t in message for t in supported_model_types())
+
+
+def test_register_adapter_refuses_duplicates():
+    with pytest.raises(ValueError, match="already registered"):
+        register_adapter(get_adapter("llama"))
+
+
+def test_gpt2_with_layer_dependent_scale_is_refused():
+    config = tiny_model("gpt2").config
+    config.scale_attn_by_inverse_layer_idx = True
+    with pytest.raises(UnsupportedModelError, match="scale_attn_by_inverse_layer_idx"):
+        get_adapter(config)

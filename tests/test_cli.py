@@ -1,0 +1,285 @@
+"""`optimum-cli gatenorm ...` through the real `optimum-cli` executable, in a subprocess.
+
+Each CLI start that reaches the library costs ~3 s (torch + transformers imports), so one tiny llama checkpoint
+is shared by the whole module and options are combined where they do not interfere.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_model
+from safetensors import safe_open
+
+from optimum_gatenorm import GateNormPruner, available_criteria, load_pruned
+
+
+OPTIMUM_CLI = Path(sys.executable).parent / "optimum-cli"
+
+
+def run_cli(*args, cwd=None, timeout=120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [str(OPTIMUM_CLI), *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
+    )
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("cli") / "llama"
+    tiny_model("llama").save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def expected(llama_dir):
+    """Scores computed in this process, per criterion."""
+    pruner = GateNormPruner.from_pretrained(llama_dir)
+    return {name: pruner.score(name) for name in ("gate_norm", "gate_norm_head")}
+
+
+def _lowest_candidates(scores: list[float], k: int, keep: set[int]) -> list[int]:
+    ranking = sorted(range(len(scores)), key=lambda i: (scores[i], i))
+    return sorted([i for i in ranking if i not in keep][:k])
+
+
+def _check_pruned_checkpoint(out: Path, removed: list[int]) -> None:
+    """`out` loads with `load_pruned`, and its config record, report and loaded structure agree on `removed`."""
+    config = json.loads((out / "config.json").read_text())
+    report = json.loads((out / "gatenorm_report.json").read_text())
+    assert config["quantization_config"]["pruned_attention_layers"] == report["removed_layers"] == removed
+    assert config["quantization_config"]["num_attention_layers"] == 4 - len(removed)
+    model = load_pruned(out)
+    for index, layer in enumerate(model.model.layers):
+        assert hasattr(layer, "self_attn") == (index not in removed), index
+    with torch.no_grad():
+        logits = model(torch.tensor([[1, 5, 9, 2]])).logits
+    assert logits.shape == (1, 4, 128) and torch.isfinite(logits).all()
+
+
+# --- help and start-up ------------------------------------------------------------------------------------------
+
+
+def test_root_help_lists_gatenorm():
+    result = ok(run_cli("--help"))
+    assert "gatenorm" in result.stdout
+
+
+def test_gatenorm_help_lists_subcommands():
+    result = ok(run_cli("gatenorm", "--help"))
+    for name in ("score", "prune", "convert", "criteria"):
+        assert name in result.stdout, name
+
+
+def test_cli_start_does_not_import_torch():
+    code = (
+        "import sys; from optimum.commands.optimum_cli import load_optimum_namespace_cli_commands as f; "
+        "names = [c.COMMAND.name for c, _ in f() if hasattr(c, 'COMMAND')]; "
+        "print('gatenorm' in names, 'torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "False"]
+
+
+def test_criteria_json_lists_builtin_criteria():
+    result = ok(run_cli("gatenorm", "criteria", "--format", "json"))
+    rows = json.loads(result.stdout)
+    names = {row["name"] for row in rows}
+    assert {"gate_norm", "gate_norm_head", "gate_norm_folded"} <= names
+    assert sorted(names) == available_criteria()
+    assert {row["name"]: row["uses_norm"] for row in rows}["gate_norm_folded"] is True
+    assert all(row["description"] for row in rows)
+
+
+# --- score ------------------------------------------------------------------------------------------------------
+
+
+def test_score_table_ranks_every_layer_lowest_first(llama_dir, expected):
+    result = ok(run_cli("gatenorm", "score", "--model", llama_dir))
+    rows = []
+    for line in result.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0].isdigit():
+            rows.append((int(parts[0]), int(parts[1]), float(parts[2])))
+    assert [r[0] for r in rows] == [1, 2, 3, 4]
+    assert sorted(r[1] for r in rows) == [0, 1, 2, 3]  # every layer, once
+    scores = [r[2] for r in rows]
+    assert scores == sorted(scores)
+    assert [r[1] for r in rows] == expected["gate_norm"].ranking
+    for _, layer, score in rows:
+        assert score == pytest.approx(expected["gate_norm"].scores[layer], rel=1e-5)  # printed with 6 digits
+    assert "gate_norm" in result.stdout and "llama" in result.stdout
+
+
+def _check_score_json(data: dict, expected) -> None:
+    assert data["criterion"] == "gate_norm" and data["model_type"] == "llama" and data["num_hidden_layers"] == 4
+    assert data["scores"] == pytest.approx(expected.scores, rel=1e-6)
+    assert sorted(data["ranking"]) == [0, 1, 2, 3]
+    ranked = [data["scores"][i] for i in data["ranking"]]
+    assert ranked == sorted(ranked)
+    assert data["ranking"] == expected.ranking
+
+
+def test_score_json_to_stdout(llama_dir, expected):
+    result = ok(run_cli("gatenorm", "score", "--model", llama_dir, "--format", "json"))
+    _check_score_json(json.loads(result.stdout), expected["gate_norm"])
+
+
+def test_score_json_to_output_file(llama_dir, expected, tmp_path):
+    out = tmp_path / "sub" / "scores.json"
+    result = ok(run_cli("gatenorm", "score", "-m", llama_dir, "--format", "json", "--output", out))
+    assert result.stdout.strip() == ""  # the scores went to the file only
+    _check_score_json(json.loads(out.read_text()), expected["gate_norm"])
+    assert [p.name for p in out.parent.iterdir()] == ["scores.json"]  # no temporary file left
+
+
+# --- prune ------------------------------------------------------------------------------------------------------
+
+
+def test_prune_num_layers_writes_loadable_checkpoint(llama_dir, expected, tmp_path):
+    out = tmp_path / "out"
+    result = ok(run_cli("gatenorm", "prune", "--model", llama_dir, "--num-layers", "2", "--output", out))
+    removed = json.loads((out / "gatenorm_report.json").read_text())["removed_layers"]
+    # default --protect-first 1: layer 0 stays; the two lowest-scored of the others go
+    assert removed == _lowest_candidates(expected["gate_norm"].scores, 2, keep={0})
+    _check_pruned_checkpoint(out, removed)
+    assert f"Saved to {out}" in result.stdout and "Removed 2 of 4" in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary directory left
+    assert (out / "model.safetensors").is_file() and not list(out.glob("*.bin"))
+
+
+def test_prune_respects_protect_and_exclude_and_prints_json(llama_dir, expected, tmp_path):
+    scores = expected["gate_norm"].scores
+    # exclude the layer that would go first once layer 3 is protected, so that --exclude-layers changes the outcome
+    first_choice = _lowest_candidates(scores, 1, keep={3})[0]
+    out = tmp_path / "out"
+    result = ok(
+        run_cli(
+            "gatenorm", "prune", "-m", llama_dir, "-k", "2", "-o", out, "--json",
+            "--protect-first", "0", "--protect-last", "1", "--exclude-layers", str(first_choice),
+        )
+    )  # fmt: skip
+    report = json.loads(result.stdout)
+    removed = report["removed_layers"]
+    assert removed == _lowest_candidates(scores, 2, keep={3, first_choice})
+    assert 3 not in removed and first_choice not in removed
+    assert report["protected_layers"] == [3] and report["excluded_layers"] == [first_choice]
+    assert report["config"]["protect_first"] == 0 and report["config"]["protect_last"] == 1
+    assert report["output"] == str(out)
+    assert report["num_parameters_after"] < report["num_parameters_before"]
+    assert report["num_parameters_removed"] == report["num_parameters_before"] - report["num_parameters_after"]
+    assert report["scores"] == pytest.approx(scores, rel=1e-6)
+    _check_pruned_checkpoint(out, removed)
+
+
+def test_prune_ratio_with_gate_norm_head(llama_dir, expected, tmp_path):
+    out = tmp_path / "out"
+    args = ["--ratio", "0.5", "--criterion", "gate_norm_head", "--json"]
+    result = ok(run_cli("gatenorm", "prune", "-m", llama_dir, "-o", out, *args))
+    report = json.loads(result.stdout)
+    head_scores = expected["gate_norm_head"].scores
+    assert report["criterion"] == "gate_norm_head" and report["config"]["ratio"] == 0.5
+    assert report["scores"] == pytest.approx(head_scores, rel=1e-6)
+    assert report["scores"] != pytest.approx(expected["gate_norm"].scores, rel=1e-3)  # really another criterion
+    assert report["removed_layers"] == _lowest_candidates(head_scores, 2, keep={0})  # round(0.5 * 4) = 2
+    _check_pruned_checkpoint(out, report["removed_layers"])
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["criterion"] == "gate_norm_head"
+
+
+def _write_tiny_tokenizer(directory: Path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(120)} | {"<unk>": 120}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>").save_pretrained(directory)
+
+
+def test_prune_dtype_bfloat16_saves_bf16_and_copies_tokenizer(tmp_path):
+    source = tmp_path / "with_tokenizer"
+    tiny_model("llama").save_pretrained(source)
+    _write_tiny_tokenizer(source)
+    out = tmp_path / "out"
+    ok(run_cli("gatenorm", "prune", "-m", source, "-k", "1", "-o", out, "--dtype", "bfloat16"))
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        dtypes = {name: f.get_slice(name).get_dtype() for name in f.keys()}
+    assert dtypes and set(dtypes.values()) == {"BF16"}, dtypes
+    with safe_open(str(source / "model.safetensors"), framework="pt") as f:
+        assert {f.get_slice(name).get_dtype() for name in f.keys()} == {"F32"}  # the input was float32
+    model = load_pruned(out)
+    assert model.dtype == torch.bfloat16
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer("w3 w7")["input_ids"] == [3, 7]
+
+
+def test_score_of_pruned_checkpoint_marks_removed_layers(tmp_path):
+    from optimum_gatenorm import GateNormConfig
+
+    model, report = GateNormPruner(tiny_model("llama")).prune(GateNormConfig(num_layers=2))
+    model.save_pretrained(tmp_path / "pruned")
+    result = ok(run_cli("gatenorm", "score", "-m", tmp_path / "pruned", "--format", "json"))
+    data = json.loads(result.stdout)
+    assert data["pruned_layers"] == report.removed_layers
+    assert [i for i, s in enumerate(data["scores"]) if s is None] == report.removed_layers
+    assert sorted(data["ranking"]) == report.kept_attention_layers
+
+
+def test_export_and_prune_with_export_load_in_ort(llama_dir, tmp_path):
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    result = ok(
+        run_cli("gatenorm", "prune", "--model", llama_dir, "-k", "2", "--output", tmp_path / "p", "--export", "onnx")
+    )
+    assert "Saved to" in result.stdout
+    ok(run_cli("gatenorm", "export", "--model", tmp_path / "p", "--output", tmp_path / "again"))
+    ok(run_cli("gatenorm", "export", "--model", llama_dir, "--output", tmp_path / "baseline"))
+    pruned = load_pruned(tmp_path / "p", attn_implementation="eager")
+    ids = torch.tensor([[5, 17, 33, 2, 90]])
+    kwargs = dict(attention_mask=torch.ones_like(ids), max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    with torch.no_grad():
+        expected_tokens = pruned.generate(ids, pad_token_id=0, **kwargs)
+    for name, kv in (("p/onnx", 2), ("again", 2), ("baseline", 4)):
+        ort = ORTModelForCausalLM.from_pretrained(tmp_path / name)
+        assert sum(n.startswith("past_key_values.") for n in ort.input_names) == 2 * kv
+        if kv == 2:
+            assert torch.equal(ort.generate(ids, pad_token_id=0, **kwargs), expected_tokens)
+
+
+def test_export_refusals_are_one_line_exit_2(llama_dir, tmp_path):
+    result = run_cli("gatenorm", "export", "--model", llama_dir, "--output", tmp_path / "x", "--dtype", "fp16")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: fp16 export needs --device cuda")
+    if not torch.cuda.is_available():
+        result = run_cli("gatenorm", "export", "--model", llama_dir, "--output", tmp_path / "x", "--device", "cuda")
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert "CUDA was asked for" in result.stderr.strip().splitlines()[-1]
+    result = run_cli(
+        "gatenorm",
+        "prune",
+        "--model",
+        llama_dir,
+        "-k",
+        "1",
+        "-o",
+        tmp_path / "x",
+        "--export",
+        "onnx",
+        "--dtype",
+        "bfloat16",
+    )
+    assert result.returncode == 2 and "bfloat16" in result.stderr
+    assert not (tmp_path / "x").exists()

