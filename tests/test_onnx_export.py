@@ -87,16 +87,18 @@ def test_logits_match_pytorch_on_prompt_and_every_cached_step(exported, which):
         torch.testing.assert_close(step_ort, step_torch, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("which", ["pruned", "original"])
 @pytest.mark.parametrize("io_binding", [False, True], ids=["no_io_binding", "io_binding"])
 @pytest.mark.parametrize("beams", [1, 3], ids=["greedy", "beam3"])
-def test_generate_tokens_identical(exported, io_binding, beams):
-    _, pruned, pruned_dir, _, _ = exported
-    ort = ORTModelForCausalLM.from_pretrained(pruned_dir, use_io_binding=io_binding)
+def test_generate_tokens_identical(exported, io_binding, beams, which):
+    _, pruned, pruned_dir, original, original_dir = exported
+    model, directory = (pruned, pruned_dir) if which == "pruned" else (original, original_dir)
+    ort = ORTModelForCausalLM.from_pretrained(directory, use_io_binding=io_binding)
     assert ort.use_io_binding == io_binding
     kwargs = dict(attention_mask=MASK, max_new_tokens=8, min_new_tokens=8, do_sample=False, num_beams=beams)
     with torch.no_grad():
         assert torch.equal(
-            ort.generate(PROMPT, pad_token_id=0, **kwargs), pruned.generate(PROMPT, pad_token_id=0, **kwargs)
+            ort.generate(PROMPT, pad_token_id=0, **kwargs), model.generate(PROMPT, pad_token_id=0, **kwargs)
         )
 
 

@@ -140,7 +140,7 @@ def export_onnx(
     if dtype not in DTYPES:
         raise InvalidConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if dtype == "fp16" and device != "cuda":
-        raise InvalidConfigError("fp16 export needs --device cuda (onnxruntime's CPU provider lacks fp16 kernels)")
+        raise InvalidConfigError("fp16 export needs --device cuda (tracing an fp16 model on the CPU fails)")
     check_output_path(output_dir, overwrite)
     if device == "cuda":
         check_cuda_available()
