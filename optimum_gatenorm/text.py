@@ -1,0 +1,46 @@
+"""Reading real text for evaluation and calibration, with clear errors for files that are not text."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import InvalidConfigError, ModelNotFoundError
+
+
+__all__ = ["read_text", "read_texts"]
+
+
+def read_text(path: str | Path) -> str:
+    """Returns the UTF-8 text of `path`.
+
+    Raises:
+        ModelNotFoundError: If the file does not exist.
+        InvalidConfigError: If it is a directory, binary (NUL bytes or not UTF-8), or empty/whitespace only.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelNotFoundError(f"text file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise InvalidConfigError(f"{path} is not a file; pass a UTF-8 text file")
+    data = path.read_bytes()
+    if b"\x00" in data:
+        raise InvalidConfigError(f"{path} looks binary (it contains NUL bytes); pass a UTF-8 text file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidConfigError(
+            f"{path} is not UTF-8 text (byte {error.start}: {error.reason}); convert it to UTF-8"
+        ) from None
+    if not text.strip():
+        raise InvalidConfigError(f"{path} is empty; pass a file with text in it")
+    return text
+
+
+def read_texts(paths: str | Path | Sequence[str | Path]) -> str:
+    """The texts of one or several files, joined by blank lines."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    if not paths:
+        raise InvalidConfigError("no text file given")
+    return "\n\n".join(read_text(p) for p in paths)
