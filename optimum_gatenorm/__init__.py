@@ -5,6 +5,7 @@ Importing this package registers the `gatenorm` method with transformers, so
 """
 
 from .adapters import ArchitectureAdapter, get_adapter, register_adapter, supported_model_types
+from .calibration import Calibration
 from .configuration import GateNormConfig
 from .errors import (
     ExportError,
@@ -15,6 +16,7 @@ from .errors import (
     OutputExistsError,
     UnsupportedModelError,
 )
+from .evaluation import PerplexityResult, evaluate_perplexity, perplexity
 from .exporters import export_onnx
 from .modeling import (
     GateNormQuantizer,
@@ -27,7 +29,13 @@ from .modeling import (
 from .models import BUILTIN_MODELS, DEFAULT_MODEL, convert_gguf, resolve_model
 from .pruner import GateNormPruner, select_layers
 from .report import PruningReport, ScoreReport
-from .scoring import AttentionWeights, available_criteria, get_criterion, register_criterion
+from .scoring import (
+    AttentionWeights,
+    available_criteria,
+    get_criterion,
+    register_criterion,
+    register_model_criterion,
+)
 from .version import __version__
 
 
@@ -36,6 +44,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "ArchitectureAdapter",
     "AttentionWeights",
+    "Calibration",
     "ExportError",
     "GateNormConfig",
     "GateNormError",
@@ -45,6 +54,7 @@ __all__ = [
     "InvalidConfigError",
     "ModelNotFoundError",
     "OutputExistsError",
+    "PerplexityResult",
     "PrunedAttentionConfig",
     "PruningReport",
     "ScoreReport",
@@ -52,14 +62,17 @@ __all__ = [
     "__version__",
     "available_criteria",
     "convert_gguf",
+    "evaluate_perplexity",
     "export_onnx",
     "get_adapter",
     "get_criterion",
     "get_pruned_layers",
     "load_pruned",
+    "perplexity",
     "prune_model",
     "register_adapter",
     "register_criterion",
+    "register_model_criterion",
     "resolve_model",
     "save_pruned",
     "select_layers",

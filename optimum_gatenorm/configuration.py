@@ -28,6 +28,7 @@ class GateNormConfig:
         protect_first: Never remove the first this-many attention sublayers (layer 0 is usually critical).
         protect_last: Never remove the last this-many attention sublayers.
         exclude_layers: Layer indices that are never removed.
+        seed: Seed of criteria with randomness (the `random` baseline); ignored by the others.
     """
 
     num_layers: int | None = None
@@ -36,6 +37,7 @@ class GateNormConfig:
     protect_first: int = 1
     protect_last: int = 0
     exclude_layers: tuple[int, ...] = field(default_factory=tuple)
+    seed: int = 0
 
     def __post_init__(self):
         if (self.num_layers is None) == (self.ratio is None):
@@ -58,6 +60,8 @@ class GateNormConfig:
         if bad:
             raise InvalidConfigError(f"exclude_layers must be >= 0, got {bad}")
         self.exclude_layers = tuple(sorted(set(self.exclude_layers)))
+        if not _is_int(self.seed):
+            raise InvalidConfigError(f"seed must be an integer, got {self.seed!r}")
 
         from .scoring import get_criterion
 

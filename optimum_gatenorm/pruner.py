@@ -10,12 +10,16 @@ from .checkpoint import Checkpoint, ModelWeights, inspect_checkpoint
 from .configuration import GateNormConfig
 from .errors import InvalidConfigError
 from .report import PruningReport, ScoreReport
-from .scoring import rank, score_layers
+from .scoring import get_criterion, rank, require_calibration, score_layers, score_with_model
 
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import torch
-    from transformers import PreTrainedModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from .calibration import Calibration
 
 __all__ = ["GateNormPruner", "select_layers"]
 
@@ -55,11 +59,13 @@ def select_layers(scores: list[float | None], config: GateNormConfig) -> tuple[l
 
 
 class GateNormPruner:
-    """Scores attention sublayers from weights alone and removes the least coupled ones.
+    """Scores attention sublayers (from weights alone by default) and removes the lowest-scored ones.
 
-    Build it from an in-memory model (`GateNormPruner(model)`) or from a checkpoint
-    (`GateNormPruner.from_pretrained(path)`); the latter scores straight from the safetensors files, one layer at
-    a time, and only loads the model when `prune` needs it.
+    Build it from an in-memory model (`GateNormPruner(model, tokenizer=None)`) or from a checkpoint
+    (`GateNormPruner.from_pretrained(path)`); the latter scores weight-level criteria straight from the
+    safetensors files, one layer at a time, and only loads the model when `prune` or a model-level criterion
+    needs it. Data-driven baselines (`cosine`, `attn_norm`) need a `Calibration`, e.g. from
+    `pruner.calibration_from_files(paths)`, which uses the checkpoint's tokenizer (or the one given).
 
     Example:
         >>> pruner = GateNormPruner.from_pretrained("smollm2-135m")
@@ -68,11 +74,12 @@ class GateNormPruner:
         >>> model.save_pretrained("smollm2-pruned")
     """
 
-    def __init__(self, model: "PreTrainedModel"):
+    def __init__(self, model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase | None" = None):
         from .adapters import get_adapter
 
         get_adapter(model.config)
         self._model = model
+        self._tokenizer = tokenizer
         self._checkpoint: Checkpoint | None = None
         self._load_kwargs: dict = {}
 
@@ -95,6 +102,7 @@ class GateNormPruner:
 
         self = cls.__new__(cls)
         self._model = None
+        self._tokenizer = None
         self._checkpoint = inspect_checkpoint(resolve_model(model_name_or_path), allow_pickle=allow_pickle)
         self._load_kwargs = {"dtype": dtype, "allow_pickle": allow_pickle}
         return self
@@ -113,13 +121,90 @@ class GateNormPruner:
             self._model = load_pruned(self._checkpoint.path, **self._load_kwargs)
         return self._model
 
-    def score(
-        self, criterion: str = "gate_norm", *, device: "str | torch.device" = "cpu", progress: bool = False
-    ) -> ScoreReport:
-        """Scores every attention sublayer; no data, no forward pass.
+    @property
+    def tokenizer(self) -> "PreTrainedTokenizerBase":
+        """The tokenizer given to the constructor, or the checkpoint's (loaded on first use).
 
-        Reads the checkpoint lazily when the model is not loaded, else the model's own weights.
+        Raises:
+            InvalidConfigError: If there is none.
         """
+        if self._tokenizer is None:
+            if self._checkpoint is None:
+                raise InvalidConfigError(
+                    "no tokenizer: pass GateNormPruner(model, tokenizer=...) or a ready Calibration(input_ids)"
+                )
+            from transformers import AutoTokenizer
+
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(self._checkpoint.path, trust_remote_code=False)
+            except (OSError, ValueError, TypeError) as error:
+                raise InvalidConfigError(
+                    f"cannot load a tokenizer from {self._checkpoint.path} for the calibration text: {error}"
+                ) from None
+        return self._tokenizer
+
+    def calibration_from_files(
+        self,
+        paths: "str | Path | Sequence[str | Path]",
+        *,
+        num_samples: int = 16,
+        length: int = 256,
+        batch_size: int = 1,
+    ) -> "Calibration":
+        """Calibration windows from UTF-8 text files, tokenized with `self.tokenizer` (see `Calibration.from_text`).
+
+        Raises:
+            InvalidConfigError: If the text is too short, a setting is bad, or there is no tokenizer.
+        """
+        from .calibration import Calibration
+
+        return Calibration.from_files(
+            paths, self.tokenizer, num_samples=num_samples, length=length, batch_size=batch_size
+        )
+
+    def score(
+        self,
+        criterion: str = "gate_norm",
+        *,
+        calibration: "Calibration | None" = None,
+        seed: int = 0,
+        device: "str | torch.device | None" = None,
+        progress: bool = False,
+    ) -> ScoreReport:
+        """Scores every attention sublayer with `criterion`; lowest first in `ScoreReport.ranking`.
+
+        Weight-level criteria (Gate-Norm) read the checkpoint lazily when the model is not loaded, else the
+        model's own weights; no data, no forward pass. Model-level criteria load the model if they need it.
+
+        Args:
+            criterion: A registered criterion name (`available_criteria()`).
+            calibration: Token windows for data-driven criteria (`cosine`, `attn_norm`); ignored by the others.
+            seed: Seed for criteria with randomness (`random`).
+            device: Where to compute: for weight-level criteria the scoring device (default CPU); for
+                model-level ones the model is moved there in place (default: where it is).
+            progress: Show a progress bar.
+
+        Raises:
+            InvalidConfigError: Unknown criterion, or a data-driven one without `calibration`.
+        """
+        try:
+            chosen = get_criterion(criterion)
+        except ValueError as error:
+            raise InvalidConfigError(str(error)) from None
+        if chosen.model_level:
+            require_calibration(chosen, calibration)  # before loading a large model for nothing
+            model = self.model if chosen.needs_model else self._model
+            return score_with_model(
+                model,
+                self.config,
+                criterion,
+                calibration=calibration,
+                seed=seed,
+                device=device,
+                progress=progress,
+                source_kind="model" if model is not None else "checkpoint",
+            )
+        device = "cpu" if device is None else device
         if self._model is None:
             with self._checkpoint.open_weights() as source:
                 return score_layers(source, self.config, criterion, device=device, progress=progress)
@@ -132,26 +217,34 @@ class GateNormPruner:
         config: GateNormConfig,
         *,
         scores: ScoreReport | None = None,
-        device: "str | torch.device" = "cpu",
+        calibration: "Calibration | None" = None,
+        device: "str | torch.device | None" = None,
         progress: bool = False,
     ) -> tuple["PreTrainedModel", PruningReport]:
         """Removes the `config`-chosen attention sublayers, in place, and returns the model and a report.
 
         Args:
-            config: What to remove.
-            scores: Scores already computed with `score(config.criterion)`; computed here when omitted.
-            device: Device for the scoring.
+            config: What to remove; `config.criterion` ranks the layers, `config.seed` seeds `random`.
+            scores: Scores already computed with `score(config.criterion)`; computed here when omitted (or when
+                they are for another criterion or seed).
+            calibration: Token windows for a data-driven `config.criterion`.
+            device: Device for the scoring (see `score`).
             progress: Show a progress bar while scoring.
 
         Raises:
-            InvalidConfigError: If the request cannot be met (too many layers, bad indices).
+            InvalidConfigError: If the request cannot be met (too many layers, bad indices, no calibration).
         """
         from .modeling import prune_model
 
         if not isinstance(config, GateNormConfig):
             raise TypeError(f"config must be a GateNormConfig, got {type(config).__name__}")
-        if scores is None or scores.criterion != config.criterion:
-            scores = self.score(config.criterion, device=device, progress=progress)
+        stale = scores is None or scores.criterion != config.criterion
+        if not stale and get_criterion(config.criterion).uses_seed and scores.seed != config.seed:
+            stale = True
+        if stale:
+            scores = self.score(
+                config.criterion, calibration=calibration, seed=config.seed, device=device, progress=progress
+            )
         removed, protected, excluded = select_layers(scores.scores, config)
         model = self.model
         before = model.num_parameters()
@@ -173,6 +266,8 @@ class GateNormPruner:
             num_parameters_after=after,
             scoring_seconds=scores.scoring_seconds,
             scores_source=scores.source,
+            data_free=scores.data_free,
+            calibration=scores.calibration,
         )
         model.gatenorm_report = report
         logger.info(report.summary())

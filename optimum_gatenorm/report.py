@@ -46,6 +46,10 @@ class ScoreReport(_JSONMixin):
         pruned_layers: Layers without attention before scoring (from an earlier pruning).
         scoring_seconds: Wall time of the scoring.
         source: `"checkpoint"` (read lazily from files) or `"model"` (an in-memory model).
+        data_free: Whether the criterion used no data (False: forward passes on calibration text).
+        seed: The seed, for criteria with randomness (`random`); else `None`.
+        calibration: For data-driven criteria, the calibration settings (`num_samples`, `length`, `num_tokens`,
+            `batch_size`, `source`); else `None`.
     """
 
     model_type: str
@@ -55,6 +59,9 @@ class ScoreReport(_JSONMixin):
     pruned_layers: list[int]
     scoring_seconds: float
     source: str = "checkpoint"
+    data_free: bool = True
+    seed: int | None = None
+    calibration: dict | None = None
     gatenorm_version: str = __version__
 
     @property
@@ -100,6 +107,8 @@ class PruningReport(_JSONMixin):
         num_parameters_after: Parameters after pruning.
         scoring_seconds: Wall time of the scoring.
         scores_source: Where the scores were read from (`"checkpoint"` or `"model"`).
+        data_free: Whether the criterion used no data.
+        calibration: Calibration settings of a data-driven criterion (see `ScoreReport.calibration`), else `None`.
     """
 
     model_type: str
@@ -117,6 +126,8 @@ class PruningReport(_JSONMixin):
     num_parameters_after: int
     scoring_seconds: float
     scores_source: str = "checkpoint"
+    data_free: bool = True
+    calibration: dict | None = None
     gatenorm_version: str = __version__
     extra: dict = field(default_factory=dict)
 

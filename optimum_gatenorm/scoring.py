@@ -9,6 +9,11 @@ where `W_Q` and `W_K` (hidden x heads*head_dim) map the residual stream to queri
 "gate" matrix of the bilinear form `x_i^T W_Q W_K^T x_j` that decides how tokens mix. A sublayer with a weak
 gate mixes little, so the sublayers with the lowest scores are removed first. Nothing but Q and K weights is
 read: no data, no forward pass.
+
+The registry also holds baselines (see `optimum_gatenorm.baselines`) so that every API accepts them:
+weight-level criteria (`register_criterion`) map one layer's Q/K weights to a score; model-level criteria
+(`register_model_criterion`) score all layers at once from the loaded model and, if data-driven, from
+calibration text. For every criterion the lowest score is removed first.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ from .errors import InvalidCheckpointError, InvalidConfigError
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PretrainedConfig
+    from transformers import PretrainedConfig, PreTrainedModel
 
+    from .calibration import Calibration
     from .checkpoint import WeightSource
     from .report import ScoreReport
 
@@ -35,7 +41,9 @@ __all__ = [
     "available_criteria",
     "get_criterion",
     "register_criterion",
+    "register_model_criterion",
     "score_layers",
+    "score_with_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -90,37 +98,102 @@ def frobenius_of_product(a: "torch.Tensor", b: "torch.Tensor") -> float:
     return float(torch.linalg.matrix_norm(a.T @ b, ord="fro"))
 
 
+WEIGHTS = "weights"
+MODEL = "model"
+
+
 @dataclass(frozen=True)
 class Criterion:
-    """A weight-only scoring rule; lower scores are removed first.
+    """A scoring rule; for every criterion, lower scores are removed first.
 
     Args:
         name: Registry name.
-        fn: Maps one layer's `AttentionWeights` to a score.
+        fn: For a weight-level criterion, maps one layer's `AttentionWeights` to a score. For a model-level one,
+            `fn(model, layers, *, calibration, seed, progress)` returns one score per index in `layers` (the
+            layers that still have attention); see `register_model_criterion`.
         description: One line for `--help` and reports.
-        uses_norm: Whether `fn` needs the pre-attention norm gain.
+        uses_norm: Whether a weight-level `fn` needs the pre-attention norm gain.
+        level: `"weights"` (reads Q/K weights one layer at a time, straight from a checkpoint) or `"model"`
+            (needs the loaded model, e.g. for forward passes).
+        needs_data: Whether `fn` needs calibration data (`Calibration`).
+        needs_model: Whether a model-level `fn` reads the model (`False`: it gets `None` unless one is loaded).
+        uses_seed: Whether the scores depend on the `seed` argument.
     """
 
     name: str
-    fn: Callable[[AttentionWeights], float]
+    fn: Callable
     description: str
     uses_norm: bool = False
+    level: str = WEIGHTS
+    needs_data: bool = False
+    needs_model: bool = False
+    uses_seed: bool = False
+
+    @property
+    def data_free(self) -> bool:
+        """True when no calibration data is needed."""
+        return not self.needs_data
+
+    @property
+    def model_level(self) -> bool:
+        return self.level == MODEL
 
 
 _CRITERIA: dict[str, Criterion] = {}
 
 
+def _register(criterion: Criterion) -> None:
+    if criterion.name in _CRITERIA:
+        raise ValueError(f"A criterion named {criterion.name!r} is already registered")
+    _CRITERIA[criterion.name] = criterion
+
+
 def register_criterion(name: str, *, description: str, uses_norm: bool = False):
-    """Decorator registering a scoring function under `name`.
+    """Decorator registering a weight-level scoring function `fn(AttentionWeights) -> float` under `name`.
 
     Raises:
         ValueError: If `name` is already registered.
     """
 
     def wrapper(fn: Callable[[AttentionWeights], float]):
-        if name in _CRITERIA:
-            raise ValueError(f"A criterion named {name!r} is already registered")
-        _CRITERIA[name] = Criterion(name=name, fn=fn, description=description, uses_norm=uses_norm)
+        _register(Criterion(name=name, fn=fn, description=description, uses_norm=uses_norm))
+        return fn
+
+    return wrapper
+
+
+def register_model_criterion(
+    name: str, *, description: str, needs_data: bool, needs_model: bool = True, uses_seed: bool = False
+):
+    """Decorator registering a model-level scoring function under `name`.
+
+    The function is called as `fn(model, layers, *, calibration, seed, progress)`:
+
+    - `model`: the loaded `PreTrainedModel` (in eval mode, on the scoring device), or `None` when `needs_model`
+      is False and the model is not loaded;
+    - `layers`: sorted indices of the decoder layers that still have attention (already pruned ones are left out);
+    - `calibration`: a `Calibration` (never `None` when `needs_data`), else `None`;
+    - `seed`: an integer for criteria with randomness;
+    - `progress`: whether to show a progress bar;
+
+    and returns one finite score per entry of `layers`, the lowest to be removed first.
+
+    Raises:
+        ValueError: If `name` is already registered.
+    """
+
+    def wrapper(fn: Callable):
+        _register(
+            Criterion(
+                name=name,
+                fn=fn,
+                description=description,
+                level=MODEL,
+                needs_data=needs_data,
+                needs_model=needs_model,
+                uses_seed=uses_seed,
+            )
+        )
         return fn
 
     return wrapper
@@ -236,10 +309,11 @@ def score_layers(
     from .modeling import get_pruned_layers
     from .report import ScoreReport
 
-    try:
-        chosen = get_criterion(criterion)
-    except ValueError as error:
-        raise InvalidConfigError(str(error)) from None
+    chosen = _get_checked(criterion)
+    if chosen.model_level:
+        raise InvalidConfigError(
+            f"criterion {criterion!r} needs the loaded model; use GateNormPruner.score or score_with_model"
+        )
     total = config.num_hidden_layers
     pruned = set(get_pruned_layers(config))
     scores: list[float | None] = [None] * total
@@ -259,9 +333,109 @@ def score_layers(
         pruned_layers=sorted(pruned),
         scoring_seconds=seconds,
         source=source_kind,
+        data_free=True,
+    )
+
+
+def _get_checked(criterion: str) -> Criterion:
+    try:
+        return get_criterion(criterion)
+    except ValueError as error:
+        raise InvalidConfigError(str(error)) from None
+
+
+def require_calibration(chosen: Criterion, calibration: "Calibration | None") -> None:
+    """Raises `InvalidConfigError` if `chosen` is data-driven and `calibration` is `None`."""
+    if chosen.needs_data and calibration is None:
+        raise InvalidConfigError(
+            f"criterion {chosen.name!r} is data-driven and needs calibration text: pass --calibration-text FILE "
+            "(in Python, calibration=Calibration.from_files(paths, tokenizer))"
+        )
+
+
+def score_with_model(
+    model: "PreTrainedModel | None",
+    config: "PretrainedConfig",
+    criterion: str,
+    *,
+    calibration: "Calibration | None" = None,
+    seed: int = 0,
+    device: "str | torch.device | None" = None,
+    progress: bool = False,
+    source_kind: str = "model",
+) -> "ScoreReport":
+    """Scores every attention sublayer that `config` says is present with a model-level criterion.
+
+    Args:
+        model: The loaded model (`None` only for criteria with `needs_model=False`, e.g. `random`, `last`).
+        config: The model config; layers it records as pruned are skipped and get the score `None`.
+        criterion: A registered model-level criterion name.
+        calibration: Token windows; required by data-driven criteria (`cosine`, `attn_norm`), ignored otherwise.
+        seed: Seed of criteria with randomness (`random`).
+        device: Moves `model` there (in place) before the forward passes; `None` keeps it where it is.
+        progress: Show a progress bar over the forward passes.
+        source_kind: Recorded in the report.
+
+    Raises:
+        InvalidConfigError: Unknown or weight-level criterion, missing calibration data, bad seed, token ids
+            outside the vocabulary.
+        InvalidCheckpointError: If the criterion yields a non-finite score (NaN/Inf weights).
+    """
+    import math
+
+    from .modeling import get_pruned_layers
+    from .report import ScoreReport
+
+    chosen = _get_checked(criterion)
+    if not chosen.model_level:
+        raise InvalidConfigError(f"criterion {criterion!r} is weight-level; use score_layers")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise InvalidConfigError(f"seed must be an integer, got {seed!r}")
+    require_calibration(chosen, calibration)
+    if not chosen.needs_data:
+        calibration = None
+    if chosen.needs_model and model is None:
+        raise InvalidConfigError(f"criterion {criterion!r} needs the loaded model")
+    if model is not None and device is not None:
+        model.to(device)
+    if calibration is not None and model is not None:
+        calibration.check_vocab(model.get_input_embeddings().num_embeddings)
+    total = config.num_hidden_layers
+    pruned = set(get_pruned_layers(config))
+    layers = [i for i in range(total) if i not in pruned]
+    start = time.perf_counter()
+    values = list(chosen.fn(model, layers, calibration=calibration, seed=seed, progress=progress))
+    seconds = time.perf_counter() - start
+    if len(values) != len(layers):
+        raise ValueError(f"criterion {criterion!r} returned {len(values)} scores for {len(layers)} layers")
+    scores: list[float | None] = [None] * total
+    for layer, value in zip(layers, values, strict=True):
+        value = float(value)
+        if not math.isfinite(value):
+            raise InvalidCheckpointError(
+                f"layer {layer}: criterion {criterion!r} gave a non-finite score ({value}); the weights or "
+                "activations hold NaN or Inf"
+            )
+        scores[layer] = value
+    logger.info("Scored %d attention sublayers with %s in %.3f s", len(layers), criterion, seconds)
+    return ScoreReport(
+        model_type=config.model_type,
+        criterion=criterion,
+        num_hidden_layers=total,
+        scores=scores,
+        pruned_layers=sorted(pruned),
+        scoring_seconds=seconds,
+        source=source_kind,
+        data_free=chosen.data_free,
+        seed=seed if chosen.uses_seed else None,
+        calibration=calibration.to_dict() if calibration is not None else None,
     )
 
 
 def rank(scores: Sequence[float | None]) -> list[int]:
     """Layer indices with a score, lowest score first (ties: lower index first)."""
     return sorted((i for i, s in enumerate(scores) if s is not None), key=lambda i: (scores[i], i))
+
+
+# The baselines register themselves on import; imported last, so the registry functions above exist.
+from . import baselines  # noqa: E402, F401

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import string
 from pathlib import Path
 
 import torch
@@ -79,3 +80,19 @@ def save_sharded(model, directory: Path, num_shards: int = 3) -> Path:
         weight_map.update({k: file for k in part})
     (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     return directory
+
+
+def tiny_tokenizer():
+    """A character-level fast tokenizer (98 ids, within the tiny models' vocabulary of 128) with eos and pad."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<pad>", "<eos>"]
+    chars = [c for c in string.printable if c not in "\t\r\x0b\x0c"]
+    vocab = {token: i for i, token in enumerate(specials + chars)}
+    # BPE without merges splits text into single characters; Fuse decodes them back without spaces.
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tokenizer.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>", model_max_length=128
+    )

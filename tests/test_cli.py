@@ -5,6 +5,7 @@ is shared by the whole module and options are combined where they do not interfe
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import tiny_model, tiny_tokenizer
 from safetensors import safe_open
 
 from optimum_gatenorm import GateNormPruner, available_criteria, load_pruned
@@ -197,20 +198,10 @@ def test_prune_ratio_with_gate_norm_head(llama_dir, expected, tmp_path):
     assert json.loads((out / "config.json").read_text())["quantization_config"]["criterion"] == "gate_norm_head"
 
 
-def _write_tiny_tokenizer(directory: Path) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {f"w{i}": i for i in range(120)} | {"<unk>": 120}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>").save_pretrained(directory)
-
-
 def test_prune_dtype_bfloat16_saves_bf16_and_copies_tokenizer(tmp_path):
     source = tmp_path / "with_tokenizer"
     tiny_model("llama").save_pretrained(source)
-    _write_tiny_tokenizer(source)
+    tiny_tokenizer().save_pretrained(source)
     out = tmp_path / "out"
     ok(run_cli("gatenorm", "prune", "-m", source, "-k", "1", "-o", out, "--dtype", "bfloat16"))
     with safe_open(str(out / "model.safetensors"), framework="pt") as f:
@@ -222,8 +213,12 @@ def test_prune_dtype_bfloat16_saves_bf16_and_copies_tokenizer(tmp_path):
     assert model.dtype == torch.bfloat16
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(out)
-    assert tokenizer("w3 w7")["input_ids"] == [3, 7]
+    copied, original = AutoTokenizer.from_pretrained(out), tiny_tokenizer()
+    assert (
+        copied("w3 w7")["input_ids"]
+        == original("w3 w7")["input_ids"]
+        == [original.convert_tokens_to_ids(c) for c in "w3 w7"]
+    )
 
 
 def test_score_of_pruned_checkpoint_marks_removed_layers(tmp_path):
@@ -283,3 +278,62 @@ def test_export_refusals_are_one_line_exit_2(llama_dir, tmp_path):
     )
     assert result.returncode == 2 and "bfloat16" in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+@pytest.fixture(scope="module")
+def llama_with_tokenizer(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("cli-tok") / "llama"
+    tiny_model("llama").save_pretrained(directory)
+    tiny_tokenizer().save_pretrained(directory)
+    (directory.parent / "text.txt").write_text("It is a truth universally acknowledged, that a single man. " * 12)
+    (directory.parent / "calib.txt").write_text(
+        "However little known the feelings or views of such a man may be. " * 12
+    )
+    return directory
+
+
+def test_eval_pytorch_and_onnx_agree_through_the_cli(llama_with_tokenizer, tmp_path):
+    text = llama_with_tokenizer.parent / "text.txt"
+    ok(run_cli("gatenorm", "prune", "-m", llama_with_tokenizer, "-k", "1", "-o", tmp_path / "p", "--export", "onnx"))
+    results = {}
+    for name, model in (("pytorch", tmp_path / "p"), ("onnxruntime", tmp_path / "p" / "onnx")):
+        out = tmp_path / f"{name}.json"
+        ok(run_cli("gatenorm", "eval", "-m", model, "--text", text, "--window", "64", "--format", "json", "-o", out))
+        results[name] = json.loads(out.read_text())
+        assert results[name]["backend"] == name and results[name]["num_tokens"] > 100
+    assert results["pytorch"]["perplexity"] == pytest.approx(results["onnxruntime"]["perplexity"], rel=1e-3)
+    assert math.isfinite(results["pytorch"]["perplexity"]) and results["pytorch"]["perplexity"] > 1
+
+
+def test_compare_end_to_end_through_the_cli(llama_with_tokenizer, tmp_path):
+    root = llama_with_tokenizer.parent
+    result = ok(
+        run_cli(
+            "gatenorm", "compare", "-m", llama_with_tokenizer, "--text", root / "text.txt",
+            "--criteria", "gate_norm,cosine,attn_norm,random,last", "--num-layers", "0,1,2", "--seeds", "0,1,2",
+            "--calibration-text", root / "calib.txt", "--calibration-samples", "2", "--calibration-length", "32",
+            "--window", "64", "--output", tmp_path / "cmp.json", "--plot", tmp_path / "cmp.png",
+        )
+    )  # fmt: skip
+    data = json.loads((tmp_path / "cmp.json").read_text())
+    assert set(data["criteria"]) == {"gate_norm", "cosine", "attn_norm", "random", "last"}
+    assert data["num_layers"] == [0, 1, 2]
+    by_key = {(p["criterion"], p["seed"], p["num_layers"]): p for p in data["points"]}
+    assert len(by_key) == 4 * 3 + 3 * 3  # four criteria and three random seeds, three k each
+    assert all(p["perplexity"] == data["baseline_perplexity"] for p in data["points"] if p["num_layers"] == 0)
+    assert all(len(p["removed_layers"]) == p["num_layers"] and 0 not in p["removed_layers"] for p in data["points"])
+    assert by_key[("last", None, 2)]["removed_layers"] == [2, 3]
+    assert data["spearman"]["gate_norm"]["gate_norm"] == pytest.approx(1.0)
+    assert data["criteria"]["cosine"]["data_free"] is False and data["criteria"]["gate_norm"]["data_free"] is True
+    assert (tmp_path / "cmp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "perplexity on" in result.stdout
+
+
+def test_compare_data_criterion_without_calibration_is_one_line_error(llama_with_tokenizer, tmp_path):
+    result = run_cli(
+        "gatenorm", "compare", "-m", llama_with_tokenizer, "--text", llama_with_tokenizer.parent / "text.txt",
+        "--criteria", "cosine", "--num-layers", "0,1", "--window", "64", "--output", tmp_path / "x.json",
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--calibration-text" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "x.json").exists()

@@ -82,6 +82,33 @@ def _add_model_args(parser: "ArgumentParser") -> None:
     )
 
 
+def _add_calibration_args(parser: "ArgumentParser") -> None:
+    parser.add_argument(
+        "--calibration-text",
+        nargs="+",
+        metavar="FILE",
+        help="UTF-8 text file(s) for the data-driven criteria (cosine, attn_norm); data-free criteria ignore it",
+    )
+    parser.add_argument(
+        "--calibration-samples",
+        type=_positive_int,
+        default=16,
+        help="number of calibration windows, taken consecutively from the start of the text (default: 16)",
+    )
+    parser.add_argument(
+        "--calibration-length", type=_positive_int, default=256, help="tokens per calibration window (default: 256)"
+    )
+    parser.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the random criterion (default: 0)")
+
+
+def _calibration(pruner, args):
+    if not args.calibration_text:
+        return None
+    return pruner.calibration_from_files(
+        args.calibration_text, num_samples=args.calibration_samples, length=args.calibration_length
+    )
+
+
 def _setup(parser: "ArgumentParser", description: str) -> None:
     parser.description = description
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -126,6 +153,7 @@ class ScoreCommand(_LeafCommand):
         parser.add_argument("--output", "-o", help="write to this file instead of stdout")
         parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
         parser.add_argument("--device", default="cpu", help="device for the computation, e.g. cuda (default: cpu)")
+        _add_calibration_args(parser)
 
     def execute(self):
         from optimum_gatenorm import GateNormPruner
@@ -138,7 +166,9 @@ class ScoreCommand(_LeafCommand):
         _check_criterion(get_criterion, args.criterion)
         _check_device(args.device)
         pruner = GateNormPruner.from_pretrained(args.model, allow_pickle=args.allow_pickle)
-        report = pruner.score(args.criterion, device=args.device, progress=True)
+        report = pruner.score(
+            args.criterion, calibration=_calibration(pruner, args), seed=args.seed, device=args.device, progress=True
+        )
         if args.format == "json":
             text = report.to_json()
         else:
@@ -226,6 +256,7 @@ class PruneCommand(_LeafCommand):
             "fp16 (--dtype float16) needs --device cuda",
         )
         parser.add_argument("--json", action="store_true", help="print the pruning report as JSON on stdout")
+        _add_calibration_args(parser)
 
     def execute(self):
         from optimum_gatenorm import GateNormConfig, GateNormPruner
@@ -243,15 +274,19 @@ class PruneCommand(_LeafCommand):
             protect_first=args.protect_first,
             protect_last=args.protect_last,
             exclude_layers=tuple(args.exclude_layers),
+            seed=args.seed,
         )
         pruner = GateNormPruner.from_pretrained(
             args.model, dtype=_torch_dtype(args.dtype), allow_pickle=args.allow_pickle
         )
-        scores = pruner.score(config.criterion, device=args.device, progress=True)
+        calibration = _calibration(pruner, args)
+        scores = pruner.score(
+            config.criterion, calibration=calibration, seed=config.seed, device=args.device, progress=True
+        )
         from optimum_gatenorm.pruner import select_layers
 
         select_layers(scores.scores, config)  # refuse an impossible request before loading the model
-        model, report = pruner.prune(config, scores=scores)
+        model, report = pruner.prune(config, scores=scores, calibration=calibration)
         from optimum_gatenorm.modeling import write_pruned
         from optimum_gatenorm.utils import atomic_output_dir
 
@@ -330,6 +365,171 @@ class ExportCommand(_LeafCommand):
         print(f"Exported to {path}; load it with ORTModelForCausalLM.from_pretrained({str(path)!r})")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _add_window_args(parser: "ArgumentParser") -> None:
+    parser.add_argument("--window", type=_positive_int, default=512, help="tokens per forward pass (default: 512)")
+    parser.add_argument(
+        "--stride",
+        type=_positive_int,
+        help="slide windows by this many tokens, scoring only the new ones with the rest as context "
+        "(default: the window, i.e. non-overlapping windows)",
+    )
+    parser.add_argument("--max-tokens", type=_positive_int, help="evaluate only the first N tokens of the text")
+
+
+class EvalCommand(_LeafCommand):
+    @staticmethod
+    def parse_args(parser: "ArgumentParser"):
+        _setup(
+            parser,
+            "Perplexity of a model on a UTF-8 text file. PyTorch checkpoints (pruned or not) load with the pruned\n"
+            "structure; a directory holding model.onnx runs on onnxruntime through ORTModelForCausalLM. The text\n"
+            "is tokenized once without special tokens and cut into windows; each token is scored once, with the\n"
+            "tokens before it in its window as context (see README, 'Perplexity').",
+        )
+        _add_model_args(parser)
+        parser.add_argument("--text", "-t", required=True, help="UTF-8 text file to evaluate on")
+        _add_window_args(parser)
+        parser.add_argument(
+            "--dtype", choices=DTYPES, default="auto", help="dtype of a PyTorch model (default: the checkpoint's)"
+        )
+        parser.add_argument(
+            "--provider",
+            choices=("cpu", "cuda"),
+            default="cpu",
+            help="onnxruntime execution provider for an ONNX model (default: cpu)",
+        )
+        parser.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+        parser.add_argument("--output", "-o", help="also write the JSON result to this file")
+        parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+
+    def execute(self):
+        from optimum_gatenorm.evaluation import evaluate_perplexity
+        from optimum_gatenorm.utils import atomic_write_text, check_output_path
+
+        args = self.args
+        if args.output:
+            check_output_path(args.output, args.overwrite)
+        provider = "CUDAExecutionProvider" if args.provider == "cuda" else "CPUExecutionProvider"
+        if args.provider == "cuda":
+            from optimum_gatenorm.exporters.onnx import check_cuda_available
+
+            check_cuda_available()
+        result = evaluate_perplexity(
+            args.model,
+            args.text,
+            window=args.window,
+            stride=args.stride,
+            max_tokens=args.max_tokens,
+            dtype=_torch_dtype(args.dtype),
+            provider=provider,
+            progress=True,
+        )
+        print(result.to_json() if args.format == "json" else result.to_table())
+        if args.output:
+            atomic_write_text(args.output, result.to_json() + "\n", overwrite=args.overwrite)
+
+
+def _name_list(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
+
+
+class CompareCommand(_LeafCommand):
+    @staticmethod
+    def parse_args(parser: "ArgumentParser"):
+        _setup(
+            parser,
+            "Perplexity after removing k attention sublayers, for several criteria and several k, on one loaded\n"
+            "model (sublayers are masked in memory, nothing is reloaded). Writes a table, JSON (--output) and a PNG\n"
+            "plot (--plot: perplexity vs k, one line per criterion, random as a band over seeds), and the Spearman\n"
+            "rank correlation between the criteria's scores.",
+        )
+        _add_model_args(parser)
+        parser.add_argument("--text", "-t", required=True, help="UTF-8 text file to evaluate on")
+        parser.add_argument(
+            "--criteria",
+            type=_name_list,
+            default=["gate_norm", "gate_norm_head", "gate_norm_folded", "random", "last"],
+            help="comma-separated criteria (default: the data-free ones: gate_norm,gate_norm_head,"
+            "gate_norm_folded,random,last; add cosine,attn_norm with --calibration-text)",
+        )
+        parser.add_argument(
+            "--num-layers",
+            "-k",
+            type=_layer_list,
+            default=[0, 2, 4, 8],
+            help="comma-separated numbers of sublayers to remove (default: 0,2,4,8)",
+        )
+        parser.add_argument(
+            "--seeds", type=_layer_list, default=[0, 1, 2, 3, 4], help="seeds of the random criterion (default: 0-4)"
+        )
+        parser.add_argument("--protect-first", type=_non_negative_int, default=1, help="as for prune (default: 1)")
+        parser.add_argument("--protect-last", type=_non_negative_int, default=0, help="as for prune (default: 0)")
+        _add_window_args(parser)
+        parser.add_argument(
+            "--calibration-text", nargs="+", metavar="FILE", help="UTF-8 text file(s) for cosine and attn_norm"
+        )
+        parser.add_argument("--calibration-samples", type=_positive_int, default=16, help="(default: 16)")
+        parser.add_argument("--calibration-length", type=_positive_int, default=256, help="(default: 256)")
+        parser.add_argument("--output", "-o", help="write the JSON result (every point, scores, timings) here")
+        parser.add_argument("--plot", help="write a PNG plot here (needs matplotlib: the plot extra)")
+        parser.add_argument("--overwrite", action="store_true", help="replace existing --output / --plot files")
+
+    def execute(self):
+        from optimum_gatenorm import GateNormPruner
+        from optimum_gatenorm.compare import compare_criteria
+        from optimum_gatenorm.errors import InvalidConfigError
+        from optimum_gatenorm.text import read_text
+        from optimum_gatenorm.utils import atomic_write_text, check_output_path
+
+        args = self.args
+        for path in (args.output, args.plot):
+            if path:
+                check_output_path(path, args.overwrite)
+        if args.plot:
+            try:
+                import matplotlib  # noqa: F401
+            except ImportError:
+                raise InvalidConfigError('--plot needs matplotlib: pip install -e ".[plot]"') from None
+        text = read_text(args.text)
+        pruner = GateNormPruner.from_pretrained(args.model, allow_pickle=args.allow_pickle)
+        calibration = _calibration(pruner, args)
+        result = compare_criteria(
+            pruner.model,
+            pruner.tokenizer,
+            text,
+            criteria=args.criteria,
+            num_layers=args.num_layers,
+            seeds=args.seeds,
+            calibration=calibration,
+            protect_first=args.protect_first,
+            protect_last=args.protect_last,
+            window=args.window,
+            stride=args.stride,
+            max_tokens=args.max_tokens,
+            model_name=str(args.model),
+            text_name=str(args.text),
+            progress=True,
+        )
+        print(result.format_table())
+        if args.output:
+            atomic_write_text(args.output, result.to_json() + "\n", overwrite=args.overwrite)
+        if args.plot:
+            result.plot(args.plot, overwrite=args.overwrite)
+
+
 class ConvertCommand(_LeafCommand):
     @staticmethod
     def parse_args(parser: "ArgumentParser"):
@@ -393,6 +593,16 @@ class GateNormCommand(BaseOptimumCLICommand):
         ),
         CommandInfo(
             name="prune", help="remove the lowest-scored attention sublayers and save", subcommand_class=PruneCommand
+        ),
+        CommandInfo(
+            name="eval",
+            help="perplexity of a PyTorch or ONNX model on a text file",
+            subcommand_class=EvalCommand,
+        ),
+        CommandInfo(
+            name="compare",
+            help="perplexity vs number of removed sublayers, for several criteria",
+            subcommand_class=CompareCommand,
         ),
         CommandInfo(
             name="export",

@@ -1,0 +1,338 @@
+"""`compare`: perplexity after removing k attention sublayers, for several criteria, on one loaded model.
+
+The model is loaded once. Each point of the sweep *masks* the chosen sublayers in memory, with forward hooks that
+zero the attention update (`h + 0 + mlp(norm(h + 0))` is exactly what a pruned layer computes), so no point
+reloads or copies the model. The `random` criterion is run over several seeds and reported as a band.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .configuration import GateNormConfig
+from .errors import InvalidConfigError
+from .version import __version__
+
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = ["ComparePoint", "CompareResult", "compare_criteria", "mask_attention", "spearman"]
+
+logger = logging.getLogger(__name__)
+
+RANDOM = "random"
+
+
+@contextlib.contextmanager
+def mask_attention(model: "PreTrainedModel", layers: Iterable[int]) -> Iterator[None]:
+    """Within the block, the attention sublayers of `layers` add nothing to the residual stream.
+
+    Numerically identical to removing them (for a forward pass without KV cache), without touching the weights.
+    """
+    import torch
+
+    from .adapters import get_adapter
+    from .pruning import is_attention_pruned
+
+    adapter = get_adapter(model.config)
+    decoder_layers = model.get_submodule(adapter.layers)
+
+    def zero_update(module, args, output):
+        if isinstance(output, tuple):
+            return (torch.zeros_like(output[0]), *output[1:])
+        return torch.zeros_like(output)
+
+    handles = []
+    try:
+        for index in sorted(set(layers)):
+            if not is_attention_pruned(decoder_layers[index]):
+                attention = getattr(decoder_layers[index], adapter.attention)
+                handles.append(attention.register_forward_hook(zero_update))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _ranks(values: Sequence[float]) -> list[float]:
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for position in range(start, end + 1):
+            ranks[order[position]] = (start + end) / 2 + 1  # ties share their average rank
+        start = end + 1
+    return ranks
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rank correlation of two score vectors (average ranks for ties); NaN if one is constant."""
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"need two score vectors of the same length >= 2, got {len(a)} and {len(b)}")
+    ra, rb = _ranks(a), _ranks(b)
+    mean_a, mean_b = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - mean_a) * (y - mean_b) for x, y in zip(ra, rb, strict=True))
+    var_a = sum((x - mean_a) ** 2 for x in ra)
+    var_b = sum((y - mean_b) ** 2 for y in rb)
+    if var_a == 0 or var_b == 0:
+        return math.nan
+    return cov / math.sqrt(var_a * var_b)
+
+
+@dataclass
+class ComparePoint:
+    """Perplexity with the `num_layers` lowest-scored attention sublayers of `criterion` removed."""
+
+    criterion: str
+    num_layers: int
+    removed_layers: list[int]
+    perplexity: float
+    seed: int | None = None
+
+
+@dataclass
+class CompareResult:
+    """Everything `compare` measured; `to_json()` is the `--output` file."""
+
+    model: str
+    text: str
+    num_tokens: int
+    baseline_perplexity: float
+    num_layers: list[int]
+    criteria: dict[str, dict]
+    points: list[ComparePoint]
+    spearman: dict[str, dict[str, float | None]]
+    settings: dict = field(default_factory=dict)
+    gatenorm_version: str = __version__
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        import json
+
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def curve(self, criterion: str) -> dict[int, list[float]]:
+        """k -> perplexities (one per seed for `random`)."""
+        out: dict[int, list[float]] = {}
+        for point in self.points:
+            if point.criterion == criterion:
+                out.setdefault(point.num_layers, []).append(point.perplexity)
+        return dict(sorted(out.items()))
+
+    def format_table(self) -> str:
+        names = list(self.criteria)
+        header = f"{'k':>3}  " + "  ".join(f"{name:>22}" for name in names)
+        lines = [f"perplexity on {self.num_tokens} tokens (unpruned: {self.baseline_perplexity:.2f})", header]
+        for k in self.num_layers:
+            cells = []
+            for name in names:
+                values = sorted(self.curve(name).get(k, []))
+                if not values:
+                    cells.append(f"{'-':>22}")
+                elif len(values) == 1:
+                    cells.append(f"{values[0]:>22.2f}")
+                else:
+                    median = (
+                        values[len(values) // 2]
+                        if len(values) % 2
+                        else sum(values[len(values) // 2 - 1 : len(values) // 2 + 1]) / 2
+                    )
+                    cells.append(f"{f'{median:.1f} ({values[0]:.1f}-{values[-1]:.1f})':>22}")
+            lines.append(f"{k:>3}  " + "  ".join(cells))
+        timing = ", ".join(f"{name} {info['scoring_seconds']:.3g} s" for name, info in self.criteria.items())
+        lines.append(f"scoring time: {timing}")
+        return "\n".join(lines)
+
+    def plot(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Writes a PNG: perplexity vs k (log scale), one line per criterion, random as median and min-max band.
+
+        The file is written to a temporary name and renamed into place.
+        """
+        import os
+        import tempfile
+
+        from .utils import check_output_path
+
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise InvalidConfigError('--plot needs matplotlib: pip install -e ".[plot]"') from None
+        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+        for name in self.criteria:
+            curve = self.curve(name)
+            ks = list(curve)
+            if name == RANDOM:
+                lows = [min(v) for v in curve.values()]
+                highs = [max(v) for v in curve.values()]
+                medians = [sorted(v)[len(v) // 2] for v in curve.values()]
+                ax.fill_between(ks, lows, highs, color="grey", alpha=0.25, label="random (min-max)")
+                ax.plot(ks, medians, color="grey", linestyle="--", marker="o", label="random (median)")
+            else:
+                ax.plot(ks, [v[0] for v in curve.values()], marker="o", label=name)
+        ax.axhline(self.baseline_perplexity, color="black", linewidth=0.8, linestyle=":", label="unpruned")
+        ax.set_yscale("log")
+        ax.set_xlabel("attention sublayers removed (k)")
+        ax.set_ylabel("perplexity")
+        ax.set_title(f"{Path(self.model).name}: {Path(self.text).name}, {self.num_tokens} tokens", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = check_output_path(path, overwrite).absolute()
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=".png", dir=path.parent)
+        os.close(fd)
+        try:
+            fig.savefig(tmp)
+            os.replace(tmp, path)
+        finally:
+            plt.close(fig)
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+
+def _parse_num_layers(values: Iterable[int]) -> list[int]:
+    values = sorted(set(int(v) for v in values))
+    if not values or values[0] < 0:
+        raise InvalidConfigError(f"num_layers must be integers >= 0, got {values}")
+    return values
+
+
+def compare_criteria(
+    model: "PreTrainedModel",
+    tokenizer: "PreTrainedTokenizerBase",
+    text: str,
+    *,
+    criteria: Sequence[str],
+    num_layers: Iterable[int],
+    seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    calibration=None,
+    protect_first: int = 1,
+    protect_last: int = 0,
+    window: int = 512,
+    stride: int | None = None,
+    max_tokens: int | None = None,
+    model_name: str = "",
+    text_name: str = "",
+    progress: bool = False,
+) -> CompareResult:
+    """Perplexity of `model` on `text` with the k lowest-scored sublayers of each criterion removed, for each k.
+
+    Args:
+        model: A loaded causal LM (pruned or not; already pruned layers are not candidates).
+        tokenizer: Its tokenizer.
+        text: Evaluation text.
+        criteria: Registered criterion names; `random` is run once per seed in `seeds`.
+        num_layers: The k values of the sweep (k = 0 is the unpruned baseline).
+        seeds: Seeds for `random`.
+        calibration: Calibration data for data-driven criteria (see `GateNormPruner.score`).
+        protect_first: As in `GateNormConfig`.
+        protect_last: As in `GateNormConfig`.
+        window: Perplexity window (see `optimum_gatenorm.evaluation.perplexity`).
+        stride: Perplexity stride.
+        max_tokens: Cap on evaluated tokens.
+        model_name: Recorded in the result.
+        text_name: Recorded in the result.
+        progress: Show progress bars.
+
+    Raises:
+        InvalidConfigError: Unknown criterion, bad k, or a k larger than the candidates allow.
+    """
+    from tqdm.auto import tqdm
+
+    from .evaluation import perplexity
+    from .pruner import GateNormPruner, select_layers
+    from .scoring import get_criterion, require_calibration
+
+    criteria = list(dict.fromkeys(criteria))
+    if not criteria:
+        raise InvalidConfigError("give at least one criterion")
+    for name in criteria:
+        try:
+            require_calibration(get_criterion(name), calibration)  # fail before any forward pass
+        except ValueError as error:
+            raise InvalidConfigError(str(error)) from None
+    ks = _parse_num_layers(num_layers)
+    if RANDOM in criteria and not seeds:
+        raise InvalidConfigError("the random criterion needs at least one seed")
+    model.eval()
+    pruner = GateNormPruner(model)
+
+    def evaluate(layers: Sequence[int]):
+        with mask_attention(model, layers):
+            return perplexity(model, tokenizer, text, window=window, stride=stride, max_tokens=max_tokens)
+
+    baseline = evaluate([])
+    runs = [(name, seed) for name in criteria for seed in (seeds if name == RANDOM else [None])]
+    scores_by_run = {}
+    info: dict[str, dict] = {}
+    for name, seed in runs:
+        kwargs = {"seed": seed} if seed is not None else {}
+        report = pruner.score(name, calibration=calibration, **kwargs)
+        scores_by_run[(name, seed)] = report.scores
+        entry = info.setdefault(name, {"scores": report.scores, "ranking": report.ranking, "scoring_seconds": 0.0})
+        entry["scoring_seconds"] += report.scoring_seconds
+        entry["data_free"] = getattr(report, "data_free", None)
+    for name in info:
+        if name == RANDOM:
+            info[name]["scoring_seconds"] /= len(seeds)
+            info[name]["seeds"] = list(seeds)
+
+    points = []
+    total = len(runs) * len([k for k in ks if k > 0])
+    bar = tqdm(total=total, desc="compare", unit="point", disable=not progress)
+    for name, seed in runs:
+        for k in ks:
+            config = GateNormConfig(
+                num_layers=k, criterion=name, protect_first=protect_first, protect_last=protect_last
+            )
+            removed, _, _ = select_layers(scores_by_run[(name, seed)], config)
+            if k == 0:
+                value = baseline.perplexity
+            else:
+                value = evaluate(removed).perplexity
+                bar.update(1)
+            points.append(ComparePoint(name, k, removed, value, seed))
+    bar.close()
+
+    present = [i for i, s in enumerate(info[criteria[0]]["scores"]) if s is not None]
+    correlation: dict[str, dict[str, float | None]] = {}
+    for a in criteria:
+        correlation[a] = {}
+        for b in criteria:
+            sa = [info[a]["scores"][i] for i in present]
+            sb = [info[b]["scores"][i] for i in present]
+            value = spearman(sa, sb)
+            correlation[a][b] = None if math.isnan(value) else value
+    return CompareResult(
+        model=model_name or str(getattr(model, "name_or_path", "")),
+        text=text_name,
+        num_tokens=baseline.num_tokens,
+        baseline_perplexity=baseline.perplexity,
+        num_layers=ks,
+        criteria=info,
+        points=points,
+        spearman=correlation,
+        settings={
+            "window": window,
+            "stride": stride,
+            "max_tokens": max_tokens,
+            "protect_first": protect_first,
+            "protect_last": protect_last,
+            "seeds": list(seeds),
+        },
+    )

@@ -1,0 +1,394 @@
+"""Perplexity of a causal LM (PyTorch, pruned or not, or an ONNX export on onnxruntime) on any text file.
+
+Windowing scheme (the same for both backends):
+
+1. The whole text is tokenized once with `add_special_tokens=False`: no BOS (or any other special token) is added,
+   so the score does not depend on a tokenizer's BOS setting and is the same for PyTorch and ONNX. The token ids
+   are then cut to the first `max_tokens`, if given. Call the result `ids`, of length `N`.
+2. Windows start at `0, stride, 2 * stride, ...`; window `k` covers `ids[k * stride : k * stride + window]`
+   (cut at `N`). The last window is the first one that reaches the end of the text. `stride=None` means
+   `stride = window`: non-overlapping windows.
+3. Every token is scored at most once, in the first window that holds it with some context before it: window `k`
+   scores its tokens from position `max(start_k + 1, end_{k-1})` to its end, each predicted from the tokens of the
+   same window before it. With `stride = window` each window therefore scores its tokens 2..n (the first token of
+   every window has no context and is not scored: `N - number_of_windows` tokens in all). With `stride < window`,
+   the first window scores its tokens 2..n and each later window scores only its last `stride` tokens (fewer in
+   the final window), with at least `window - stride` tokens of context: `N - 1` tokens in all. This is the
+   sliding-window scheme of the transformers perplexity guide.
+4. Perplexity is `exp(mean NLL)` over the scored tokens, with the NLL summed in float64.
+
+Each window runs as one batch-of-one forward pass with an all-ones attention mask and no KV cache.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import InvalidCheckpointError, InvalidConfigError
+from .version import __version__
+
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "PerplexityResult",
+    "check_windowing",
+    "evaluate_perplexity",
+    "format_perplexity_table",
+    "is_onnx_dir",
+    "load_tokenizer",
+    "perplexity",
+    "windows",
+]
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("pytorch", "onnxruntime")
+
+
+@dataclass
+class PerplexityResult:
+    """The perplexity of one model on one text.
+
+    Args:
+        perplexity: `exp(nll)`.
+        nll: Mean negative log-likelihood per scored token, in nats.
+        num_tokens: Tokens scored (see the module docstring for which).
+        num_windows: Forward passes run.
+        seconds: Wall-clock time of the forward passes and scoring (not of loading).
+        window: Window length in tokens.
+        stride: Start-to-start distance of windows (`window` for non-overlapping windows).
+        max_tokens: The cap on text tokens, or `None`.
+        text_tokens: Tokens of the text that were evaluated (after the `max_tokens` cap).
+        backend: `"pytorch"` or `"onnxruntime"`.
+        model: The model path, or `None` for an in-memory model.
+        text_file: The text file, or `None` when the text was passed as a string.
+    """
+
+    perplexity: float
+    nll: float
+    num_tokens: int
+    num_windows: int
+    seconds: float
+    window: int
+    stride: int
+    max_tokens: int | None
+    text_tokens: int
+    backend: str
+    model: str | None = None
+    text_file: str | None = None
+
+    def __post_init__(self):
+        assert self.backend in BACKENDS, self.backend
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields, plus the package version that computed them."""
+        return {**asdict(self), "gatenorm_version": __version__}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        # exp() of a huge NLL is inf, which json writes as the non-standard `Infinity`: write null instead.
+        data = self.to_dict()
+        if not math.isfinite(data["perplexity"]):
+            data["perplexity"] = None
+        return json.dumps(data, indent=indent)
+
+    def save(self, path: str | Path) -> Path:
+        """Writes `to_json()` to `path`."""
+        path = Path(path)
+        path.write_text(self.to_json() + "\n", encoding="utf-8")
+        return path
+
+    def to_table(self) -> str:
+        """A short text table of this result (see `format_perplexity_table`)."""
+        return format_perplexity_table([self])
+
+
+def format_perplexity_table(results: Sequence[PerplexityResult], names: Sequence[str] | None = None) -> str:
+    """A plain-text table with one row per result: name, backend, perplexity, NLL, tokens, windows, seconds.
+
+    Args:
+        results: The results to show.
+        names: Row labels (default: each result's model path, or `"model"`).
+    """
+    if names is not None and len(names) != len(results):
+        raise InvalidConfigError(f"got {len(names)} names for {len(results)} results")
+    labels = list(names) if names is not None else [r.model or "model" for r in results]
+    header = ("model", "backend", "perplexity", "nll", "tokens", "windows", "seconds")
+    rows = [
+        (
+            label,
+            r.backend,
+            f"{r.perplexity:.4f}",
+            f"{r.nll:.5f}",
+            str(r.num_tokens),
+            str(r.num_windows),
+            f"{r.seconds:.2f}",
+        )
+        for label, r in zip(labels, results, strict=True)
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells):
+        # Left-align the text columns, right-align the numbers.
+        return "  ".join(
+            c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    lines = [line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)]
+    if results:
+        settings = {(r.window, r.stride, r.max_tokens) for r in results}
+        if len(settings) == 1:
+            window, stride, max_tokens = settings.pop()
+            cap = f", max_tokens={max_tokens}" if max_tokens is not None else ""
+            lines.append(f"(window={window}, stride={stride}{cap})")
+    return "\n".join(lines)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise InvalidConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_windowing(window: int, stride: int | None, max_tokens: int | None) -> int:
+    """Validates the windowing options and returns the effective stride.
+
+    Raises:
+        InvalidConfigError: If `window < 2`, `stride < 1`, `stride > window` or `max_tokens < 2`.
+    """
+    _check_int("window", window, 2)
+    if stride is None:
+        stride = window
+    _check_int("stride", stride, 1)
+    if stride > window:
+        raise InvalidConfigError(
+            f"stride={stride} is larger than window={window}: tokens between windows would never be scored; "
+            "use a stride <= window"
+        )
+    if max_tokens is not None:
+        _check_int("max_tokens", max_tokens, 2)
+    return stride
+
+
+def windows(num_tokens: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """The windows of the scheme in the module docstring, as `(start, end, first_scored)` token positions.
+
+    Window `ids[start:end]` is run through the model and the tokens at positions `first_scored .. end - 1` are
+    scored. Windows that would score nothing (a final window of a single token) are left out.
+    """
+    spans = []
+    previous_end = 0
+    start = 0
+    while previous_end < num_tokens:
+        end = min(start + window, num_tokens)
+        first = max(start + 1, previous_end)
+        if first < end:
+            spans.append((start, end, first))
+        previous_end = end
+        start += stride
+    return spans
+
+
+def _max_positions(model) -> int | None:
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _backend(model) -> str:
+    try:
+        from optimum.onnxruntime import ORTModel
+    except ImportError:  # onnxruntime is an optional extra
+        return "pytorch"
+    return "onnxruntime" if isinstance(model, ORTModel) else "pytorch"
+
+
+def perplexity(
+    model,
+    tokenizer,
+    text: str,
+    *,
+    window: int = 512,
+    stride: int | None = None,
+    max_tokens: int | None = None,
+    progress: bool = False,
+    model_name: str | None = None,
+    text_file: str | None = None,
+) -> PerplexityResult:
+    """Perplexity of `model` on `text`, with the windowing scheme of the module docstring.
+
+    Args:
+        model: A transformers causal LM (pruned or not) or an `optimum.onnxruntime.ORTModelForCausalLM`.
+        tokenizer: The model's tokenizer.
+        text: The text to score.
+        window: Tokens per forward pass (at most the model's maximum positions).
+        stride: Start-to-start distance of windows; `None` for non-overlapping windows (`stride = window`).
+        max_tokens: Evaluate only the first `max_tokens` tokens of the text.
+        progress: Show a tqdm progress bar over the windows.
+        model_name: Recorded as `PerplexityResult.model`.
+        text_file: Recorded as `PerplexityResult.text_file`.
+
+    Raises:
+        InvalidConfigError: Bad windowing options, a window longer than the model's maximum positions, or a text
+            of fewer than 2 tokens.
+    """
+    import torch
+
+    stride = check_windowing(window, stride, max_tokens)
+    limit = _max_positions(model)
+    if limit is not None and window > limit:
+        raise InvalidConfigError(
+            f"window={window} is longer than the model's {limit} positions; use a window <= {limit}"
+        )
+    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
+    if len(ids) < 2:
+        raise InvalidConfigError(f"the text has {len(ids)} token(s); perplexity needs at least 2 (pass a longer text)")
+    ids = torch.tensor(ids, dtype=torch.long)
+    spans = windows(len(ids), window, stride)
+    backend = _backend(model)
+    device = getattr(model, "device", torch.device("cpu"))
+
+    if progress:
+        from tqdm.auto import tqdm
+
+        spans_iter = tqdm(spans, desc="perplexity", unit="window")
+    else:
+        spans_iter = spans
+
+    total_nll = 0.0  # a Python float is float64
+    scored = 0
+    begin = time.perf_counter()
+    with torch.inference_mode():
+        for start, end, first in spans_iter:
+            input_ids = ids[start:end].unsqueeze(0).to(device)
+            attention_mask = torch.ones_like(input_ids)
+            logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            # Logits at position p predict the token at p + 1: positions first-1 .. end-2 predict first .. end-1.
+            predicting = logits[0, first - 1 - start : end - 1 - start].to(torch.float64)
+            targets = ids[first:end].to(predicting.device)
+            nll = torch.nn.functional.cross_entropy(predicting, targets, reduction="sum")
+            total_nll += nll.item()
+            scored += end - first
+    seconds = time.perf_counter() - begin
+
+    mean = total_nll / scored
+    ppl = math.exp(mean) if mean < 700 else math.inf  # exp overflows float64 past ~709
+    logger.info("Perplexity %.4f over %d tokens in %d windows (%.1f s)", ppl, scored, len(spans), seconds)
+    return PerplexityResult(
+        perplexity=ppl,
+        nll=mean,
+        num_tokens=scored,
+        num_windows=len(spans),
+        seconds=seconds,
+        window=window,
+        stride=stride,
+        max_tokens=max_tokens,
+        text_tokens=len(ids),
+        backend=backend,
+        model=model_name,
+        text_file=text_file,
+    )
+
+
+def is_onnx_dir(path: str | Path) -> bool:
+    """Whether `path` is a directory holding an ONNX export (`model.onnx`)."""
+    path = Path(path)
+    return path.is_dir() and (path / "model.onnx").is_file()
+
+
+def load_tokenizer(directory: str | Path):
+    """The tokenizer saved in `directory`.
+
+    Raises:
+        InvalidCheckpointError: If `directory` has no tokenizer, or it cannot be loaded.
+    """
+    from transformers import AutoTokenizer
+
+    from .modeling import TOKENIZER_FILES
+
+    directory = Path(directory)
+    # AutoTokenizer raises AttributeError/TypeError (not OSError) on a directory without tokenizer files.
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        raise InvalidCheckpointError(
+            f"{directory} has no tokenizer ({', '.join(TOKENIZER_FILES)}); save the model's tokenizer there "
+            "(tokenizer.save_pretrained)"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
+    except (OSError, ValueError, TypeError, AttributeError) as error:
+        first = str(error).strip().splitlines()
+        raise InvalidCheckpointError(
+            f"cannot load the tokenizer of {directory}: {first[0] if first else type(error).__name__}"
+        ) from None
+
+
+def evaluate_perplexity(
+    model_path: str | Path,
+    text_path: str | Path,
+    *,
+    window: int = 512,
+    stride: int | None = None,
+    max_tokens: int | None = None,
+    dtype: "str | torch.dtype" = "auto",
+    provider: str = "CPUExecutionProvider",
+    progress: bool = False,
+) -> PerplexityResult:
+    """Loads a model and its tokenizer and returns its perplexity on a text file.
+
+    Args:
+        model_path: An ONNX export directory (one with `model.onnx`, run by `ORTModelForCausalLM`), or anything
+            `load_pruned` accepts: a checkpoint directory (pruned or not), a `.gguf` file, a built-in alias.
+        text_path: A UTF-8 text file.
+        window: Tokens per forward pass.
+        stride: Start-to-start distance of windows; `None` for non-overlapping windows.
+        max_tokens: Evaluate only the first `max_tokens` tokens of the text.
+        dtype: Torch dtype of a PyTorch model (`"auto"`: the checkpoint's); ignored for ONNX.
+        provider: onnxruntime execution provider for an ONNX export; ignored for PyTorch.
+        progress: Show a progress bar over the windows.
+
+    Raises:
+        ModelNotFoundError: If the model or the text file does not exist.
+        InvalidConfigError: Bad windowing options; a text file that is binary, not UTF-8, empty or too short.
+        InvalidCheckpointError: If the model directory has no usable tokenizer or its weights are broken.
+    """
+    from .text import read_text
+
+    check_windowing(window, stride, max_tokens)  # before any loading
+    text = read_text(text_path)
+    if is_onnx_dir(model_path):
+        directory = Path(model_path)
+        tokenizer = load_tokenizer(directory)
+        from optimum.onnxruntime import ORTModelForCausalLM
+
+        logger.info("Loading the ONNX model in %s (%s)", directory, provider)
+        model = ORTModelForCausalLM.from_pretrained(directory, provider=provider)
+    else:
+        from .modeling import load_pruned
+        from .models import resolve_model
+
+        directory = resolve_model(model_path)
+        tokenizer = load_tokenizer(directory)
+        model = load_pruned(directory, dtype=dtype)
+    return perplexity(
+        model,
+        tokenizer,
+        text,
+        window=window,
+        stride=stride,
+        max_tokens=max_tokens,
+        progress=progress,
+        model_name=str(model_path),
+        text_file=str(text_path),
+    )
