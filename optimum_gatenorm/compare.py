@@ -163,7 +163,7 @@ class CompareResult:
         import os
         import tempfile
 
-        from .utils import check_output_path
+        from .utils import _umask, check_output_path
 
         try:
             import matplotlib
@@ -197,6 +197,7 @@ class CompareResult:
         os.close(fd)
         try:
             fig.savefig(tmp)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private
             os.replace(tmp, path)
         finally:
             plt.close(fig)
