@@ -5,8 +5,11 @@ Importing this package registers the `gatenorm` method with transformers, so
 """
 
 from .adapters import ArchitectureAdapter, get_adapter, register_adapter, supported_model_types
+from .benchmark import BenchmarkResult, BenchmarkSettings, run_benchmark
 from .calibration import Calibration
+from .compare import CompareResult, compare_criteria
 from .configuration import GateNormConfig
+from .cost_model import ModelCost, ideal_speedup
 from .errors import (
     ExportError,
     GateNormError,
@@ -44,9 +47,13 @@ __all__ = [
     "DEFAULT_MODEL",
     "ArchitectureAdapter",
     "AttentionWeights",
+    "BenchmarkResult",
+    "BenchmarkSettings",
     "Calibration",
+    "CompareResult",
     "ExportError",
     "GateNormConfig",
+    "ModelCost",
     "GateNormError",
     "GateNormPruner",
     "GateNormQuantizer",
@@ -61,12 +68,14 @@ __all__ = [
     "UnsupportedModelError",
     "__version__",
     "available_criteria",
+    "compare_criteria",
     "convert_gguf",
     "evaluate_perplexity",
     "export_onnx",
     "get_adapter",
     "get_criterion",
     "get_pruned_layers",
+    "ideal_speedup",
     "load_pruned",
     "perplexity",
     "prune_model",
@@ -74,6 +83,7 @@ __all__ = [
     "register_criterion",
     "register_model_criterion",
     "resolve_model",
+    "run_benchmark",
     "save_pruned",
     "select_layers",
     "supported_model_types",

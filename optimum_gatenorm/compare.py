@@ -160,10 +160,11 @@ class CompareResult:
 
         The file is written to a temporary name and renamed into place.
         """
-        import os
-        import tempfile
+        import io
 
-        from .utils import _umask, check_output_path
+        from .utils import atomic_write_bytes, check_output_path
+
+        check_output_path(path, overwrite)
 
         try:
             import matplotlib
@@ -192,18 +193,10 @@ class CompareResult:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        path = check_output_path(path, overwrite).absolute()
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=".png", dir=path.parent)
-        os.close(fd)
-        try:
-            fig.savefig(tmp)
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private
-            os.replace(tmp, path)
-        finally:
-            plt.close(fig)
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        plt.close(fig)
+        return atomic_write_bytes(path, buffer.getvalue(), overwrite=overwrite)
 
 
 def _parse_num_layers(values: Iterable[int]) -> list[int]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from .errors import InvalidConfigError, OutputExistsError
 
 
-__all__ = ["atomic_output_dir", "atomic_write_text", "check_output_path"]
+__all__ = ["atomic_output_dir", "atomic_write_bytes", "atomic_write_text", "check_output_path"]
 
 
 def check_output_path(path: str | Path, overwrite: bool) -> Path:
@@ -62,15 +62,20 @@ def _umask() -> int:
 
 
 def atomic_write_text(path: str | Path, text: str, overwrite: bool = False) -> Path:
-    """Writes `text` to `path` through a temporary file and a rename."""
+    """Writes `text` (UTF-8) to `path` through a temporary file and a rename."""
+    return atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, overwrite: bool = False) -> Path:
+    """Writes `data` to `path` through a temporary file and a rename."""
     path = check_output_path(path, overwrite).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_dir():
         raise OutputExistsError(f"output {str(path)!r} is a directory; give a file path")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:

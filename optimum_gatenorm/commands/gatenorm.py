@@ -528,6 +528,80 @@ class CompareCommand(_LeafCommand):
             result.plot(args.plot, overwrite=args.overwrite)
 
 
+class BenchmarkCommand(_LeafCommand):
+    @staticmethod
+    def parse_args(parser: "ArgumentParser"):
+        _setup(
+            parser,
+            "Throughput of a pruned model (--model) against its baseline (--baseline), side by side in one run:\n"
+            "prefill latency, decode tokens/s, end-to-end tokens/s and peak memory, median and min-max over\n"
+            "interleaved runs (A B A B, warm-up excluded), random seeded prompts of exactly the given lengths and a\n"
+            "fixed number of new tokens (no early EOS). Next to each speed-up: the cost-model bound (ideal) and\n"
+            "efficiency = measured / ideal. Repeat --batch-size / --prompt-length to measure several shapes.",
+        )
+        parser.add_argument(
+            "--model",
+            "-m",
+            required=True,
+            help="the candidate: an ONNX export (or a checkpoint with --backend pytorch)",
+        )
+        parser.add_argument("--baseline", "-b", required=True, help="the reference, usually the unpruned export")
+        parser.add_argument(
+            "--backend",
+            choices=("onnxruntime", "pytorch"),
+            default="onnxruntime",
+            help="onnxruntime through ORTModelForCausalLM (the product path, default) or PyTorch eager",
+        )
+        parser.add_argument(
+            "--provider",
+            choices=("cpu", "cuda"),
+            default="cpu",
+            help="cpu, or cuda (onnxruntime's CUDAExecutionProvider with IO binding; fails if it would fall back)",
+        )
+        parser.add_argument(
+            "--batch-size", type=_positive_int, action="append", help="batch size (repeatable; default: 1)"
+        )
+        parser.add_argument(
+            "--prompt-length", type=_positive_int, action="append", help="prompt tokens (repeatable; default: 128)"
+        )
+        parser.add_argument(
+            "--new-tokens", type=_int_at_least(2), default=32, help="tokens generated per run (default: 32)"
+        )
+        parser.add_argument("--warmup", type=_non_negative_int, default=1, help="warm-up runs per model (default: 1)")
+        parser.add_argument("--runs", type=_positive_int, default=5, help="recorded runs per model (default: 5)")
+        parser.add_argument(
+            "--seed", type=_non_negative_int, default=0, help="seed of the random prompts (default: 0)"
+        )
+        parser.add_argument("--output", "-o", help="write every raw run and the summary as JSON here")
+        parser.add_argument("--plot", help="write a PNG of the speed-ups and their bounds here")
+        parser.add_argument("--overwrite", action="store_true", help="replace existing --output / --plot files")
+
+    def execute(self):
+        from optimum_gatenorm.benchmark import BenchmarkSettings, run_benchmark
+        from optimum_gatenorm.utils import atomic_write_text, check_output_path
+
+        args = self.args
+        for path in (args.output, args.plot):
+            if path:
+                check_output_path(path, args.overwrite)
+        settings = BenchmarkSettings(
+            batch_sizes=args.batch_size or [1],
+            prompt_lengths=args.prompt_length or [128],
+            new_tokens=args.new_tokens,
+            warmup=args.warmup,
+            runs=args.runs,
+            backend=args.backend,
+            provider=args.provider,
+            seed=args.seed,
+        )
+        result = run_benchmark(args.model, args.baseline, settings, progress=True)
+        print(result.format_table())
+        if args.output:
+            atomic_write_text(args.output, result.to_json() + "\n", overwrite=args.overwrite)
+        if args.plot:
+            result.plot(args.plot, overwrite=args.overwrite)
+
+
 class ConvertCommand(_LeafCommand):
     @staticmethod
     def parse_args(parser: "ArgumentParser"):
@@ -601,6 +675,11 @@ class GateNormCommand(BaseOptimumCLICommand):
             name="compare",
             help="perplexity vs number of removed sublayers, for several criteria",
             subcommand_class=CompareCommand,
+        ),
+        CommandInfo(
+            name="benchmark",
+            help="throughput of a pruned model against its baseline, with cost-model bounds",
+            subcommand_class=BenchmarkCommand,
         ),
         CommandInfo(
             name="export",

@@ -1,0 +1,427 @@
+"""Throughput of a pruned model against its baseline, on onnxruntime (the product path) or PyTorch eager.
+
+How it measures (see README, "Throughput"):
+
+- Prompts are random token ids (seeded) of exactly the asked length, the same for both models, with an all-ones
+  attention mask. Generation is greedy with exactly `new_tokens` new tokens (`min_new_tokens = max_new_tokens`,
+  so no early EOS).
+- A logits processor timestamps every generation step inside `generate`: the first timestamp ends the prefill
+  (time to first token), the following ones time the decode steps. Prefill latency = first timestamp - start;
+  decode = (last - first) / (new_tokens - 1) per step; end-to-end tokens/s = batch * new_tokens / total time.
+- Warm-up runs are excluded. Baseline and candidate runs are interleaved (A B A B ...) so that machine drift
+  cancels in the ratios; medians and min-max are reported.
+- Peak memory: the process RSS (CPU) or the device memory in use (CUDA), sampled every 5 ms during a run; both
+  models live in one process, so `memory_growth_mb` (peak minus the level at the start of the run: KV cache and
+  activations) is the number that tells them apart.
+- On CUDA: onnxruntime's CUDAExecutionProvider with IO binding, synchronised timestamps, and a loud failure if
+  the session fell back to the CPU.
+- "ideal" is the cost model's FLOPs (prefill) or bytes (decode) ratio (`optimum_gatenorm.cost_model`). It counts
+  matmul work, weights and KV-cache traffic only; per-layer overheads (kernel dispatch, softmax and mask
+  element-wise work, KV-cache concatenation copies) are not in it, so a measured speed-up can exceed it
+  (efficiency above 100% means the removed sublayers cost more than their FLOPs/bytes share).
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidCheckpointError, InvalidConfigError
+from .version import __version__
+
+
+__all__ = ["BenchmarkResult", "BenchmarkSettings", "RunRecord", "run_benchmark"]
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("onnxruntime", "pytorch")
+PROVIDERS = ("cpu", "cuda")
+METRICS = ("prefill_s", "decode_tokens_per_s", "e2e_tokens_per_s", "peak_memory_mb", "memory_growth_mb")
+
+
+@dataclass
+class BenchmarkSettings:
+    """What to measure.
+
+    Args:
+        batch_sizes: Batch sizes; every combination with `prompt_lengths` is measured.
+        prompt_lengths: Prompt lengths in tokens.
+        new_tokens: Tokens generated per run (at least 2: one prefill step and one decode step).
+        warmup: Warm-up runs per model and shape, not recorded.
+        runs: Recorded runs per model and shape.
+        backend: `"onnxruntime"` (ONNX exports through ORTModelForCausalLM) or `"pytorch"` (checkpoints, eager).
+        provider: `"cpu"` or `"cuda"`.
+        seed: Seed of the random prompts.
+    """
+
+    batch_sizes: list[int] = field(default_factory=lambda: [1])
+    prompt_lengths: list[int] = field(default_factory=lambda: [128])
+    new_tokens: int = 32
+    warmup: int = 1
+    runs: int = 5
+    backend: str = "onnxruntime"
+    provider: str = "cpu"
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("batch_sizes", "prompt_lengths"):
+            values = getattr(self, name)
+            if not values or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in values):
+                raise InvalidConfigError(f"{name} must be integers >= 1, got {values!r}")
+            setattr(self, name, sorted(set(values)))
+        for name, minimum in (("new_tokens", 2), ("warmup", 0), ("runs", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise InvalidConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        if self.backend not in BACKENDS:
+            raise InvalidConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.provider not in PROVIDERS:
+            raise InvalidConfigError(f"provider must be one of {', '.join(PROVIDERS)}, got {self.provider!r}")
+
+
+@dataclass
+class RunRecord:
+    """One recorded generation run."""
+
+    model: str  # "candidate" or "baseline"
+    batch_size: int
+    prompt_length: int
+    run: int
+    prefill_s: float
+    decode_s_per_token: float
+    decode_tokens_per_s: float
+    e2e_tokens_per_s: float
+    total_s: float
+    peak_memory_mb: float
+    memory_growth_mb: float
+
+
+@dataclass
+class BenchmarkResult:
+    """Every run, the per-shape summary and the cost-model bounds; `to_json()` is the `--output` file."""
+
+    settings: dict
+    models: dict
+    machine: dict
+    runs: list[RunRecord]
+    summary: list[dict]
+    gatenorm_version: str = __version__
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        import json
+
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def format_table(self) -> str:
+        lines = []
+        for row in self.summary:
+            lines.append(
+                f"batch {row['batch_size']}, prompt {row['prompt_length']} tokens, {self.settings['new_tokens']} new "
+                f"tokens ({self.settings['backend']}, {self.settings['provider']}, {self.settings['runs']} runs):"
+            )
+            lines.append(
+                f"  {'metric':<22} {'baseline median (min-max)':>30} {'candidate median (min-max)':>30} "
+                f"{'ratio':>7} {'ideal':>7} {'efficiency':>10}"
+            )
+            for metric in METRICS:
+                base, cand = row["baseline"][metric], row["candidate"][metric]
+                ratio = row["speedup"].get(metric)
+                ideal = row["ideal"].get(metric)
+                efficiency = f"{ratio / ideal:.0%}" if ratio and ideal else "-"
+                lines.append(
+                    f"  {metric:<22} {_stat(base):>30} {_stat(cand):>30} {(f'{ratio:.3f}' if ratio else '-'):>7} "
+                    f"{(f'{ideal:.3f}' if ideal else '-'):>7} {efficiency:>10}"
+                )
+        lines.append(
+            "ratio: speed-up of the candidate (baseline time / candidate time; memory: candidate / baseline); ideal: "
+            "cost-model bound (prefill: compute-bound, decode and end-to-end: memory-bound)"
+        )
+        return "\n".join(lines)
+
+    def plot(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """PNG of the measured speed-ups next to the cost-model bounds, per shape."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise InvalidConfigError('--plot needs matplotlib: pip install -e ".[plot]"') from None
+        from .utils import atomic_write_bytes
+
+        labels = [f"b{row['batch_size']}/p{row['prompt_length']}" for row in self.summary]
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), dpi=120)
+        for ax, metric, title in ((axes[0], "prefill_s", "prefill"), (axes[1], "decode_tokens_per_s", "decode")):
+            xs = range(len(labels))
+            ax.bar([x - 0.2 for x in xs], [row["speedup"][metric] for row in self.summary], 0.4, label="measured")
+            ax.bar([x + 0.2 for x in xs], [row["ideal"][metric] for row in self.summary], 0.4, label="ideal")
+            ax.axhline(1.0, color="black", linewidth=0.8)
+            ax.set_xticks(list(xs), labels, fontsize=8)
+            ax.set_title(f"{title} speed-up (candidate vs baseline)", fontsize=9)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        import io
+
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        plt.close(fig)
+        return atomic_write_bytes(path, buffer.getvalue(), overwrite=overwrite)
+
+
+def _stat(values: dict) -> str:
+    return f"{values['median']:.4g} ({values['min']:.4g}-{values['max']:.4g})"
+
+
+class _PeakMemory:
+    """Samples the process RSS (CPU) or the device memory in use (CUDA) in a background thread."""
+
+    def __init__(self, cuda: bool):
+        self.cuda = cuda
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def _read(self) -> int:
+        if self.cuda:
+            import torch
+
+            free, total = torch.cuda.mem_get_info()
+            return total - free
+        import psutil
+
+        return psutil.Process().memory_info().rss
+
+    def _loop(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._read())
+
+    def __enter__(self):
+        self.start = self.peak = self._read()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._read())
+
+
+def _clock_processor(sync):
+    from transformers import LogitsProcessor
+
+    class StepClock(LogitsProcessor):
+        """Timestamps each generation step (called right after each forward pass)."""
+
+        def __init__(self):
+            self.times: list[float] = []
+
+        def __call__(self, input_ids, scores):
+            sync()
+            self.times.append(time.perf_counter())
+            return scores
+
+    return StepClock()
+
+
+def _is_onnx_dir(path: Path) -> bool:
+    return (path / "model.onnx").is_file()
+
+
+def load_model(path: str | Path, settings: BenchmarkSettings):
+    """Loads one side of the comparison for `settings.backend` / `settings.provider`.
+
+    Raises:
+        InvalidCheckpointError: If the directory does not suit the backend.
+        InvalidConfigError: If CUDA is asked for but onnxruntime would run on the CPU.
+    """
+    from .models import resolve_model
+
+    if settings.backend == "onnxruntime":
+        path = Path(path)
+        if not path.is_dir() or not _is_onnx_dir(path):
+            raise InvalidCheckpointError(
+                f"{path} is not an ONNX export (no model.onnx); export it first: optimum-cli gatenorm export "
+                f"--model CHECKPOINT --output {path}"
+            )
+        from optimum.onnxruntime import ORTModelForCausalLM
+
+        if settings.provider == "cuda":
+            model = ORTModelForCausalLM.from_pretrained(path, provider="CUDAExecutionProvider", use_io_binding=True)
+            if model.providers[0] != "CUDAExecutionProvider":
+                raise InvalidConfigError(
+                    f"onnxruntime fell back to {model.providers[0]} for {path}: CUDA or cuDNN libraries are missing"
+                )
+            return model
+        return ORTModelForCausalLM.from_pretrained(path)
+    path = resolve_model(path)
+    if _is_onnx_dir(Path(path)):
+        raise InvalidCheckpointError(f"{path} is an ONNX export; use --backend onnxruntime for it")
+    from .modeling import load_pruned
+
+    model = load_pruned(path)
+    return model.to("cuda") if settings.provider == "cuda" else model
+
+
+def _check_comparable(candidate: Path, baseline: Path, candidate_config, baseline_config) -> None:
+    """The two sides must be the same model up to pruning: same architecture, sizes and tokenizer."""
+    for name in ("model_type", "vocab_size", "hidden_size", "num_hidden_layers"):
+        mine, theirs = getattr(candidate_config, name, None), getattr(baseline_config, name, None)
+        if mine != theirs:
+            raise InvalidConfigError(
+                f"candidate and baseline differ in {name} ({mine!r} vs {theirs!r}); compare a pruned model with its "
+                "own original"
+            )
+    files = [Path(p) / "tokenizer.json" for p in (candidate, baseline)]
+    if all(f.is_file() for f in files) and files[0].read_bytes() != files[1].read_bytes():
+        raise InvalidConfigError(
+            f"candidate and baseline tokenizers differ ({files[0]} vs {files[1]}); compare a pruned model with its "
+            "own original"
+        )
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return numerator / denominator if denominator > 0 else None
+
+
+def _summarise(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def run_benchmark(
+    candidate: str | Path,
+    baseline: str | Path,
+    settings: BenchmarkSettings,
+    *,
+    progress: bool = False,
+) -> BenchmarkResult:
+    """Measures `candidate` (usually pruned) against `baseline` (usually the original), interleaved.
+
+    Args:
+        candidate: ONNX export directory (onnxruntime backend) or checkpoint (pytorch backend).
+        baseline: The same for the reference model.
+        settings: Shapes, run counts, backend and provider.
+        progress: Show a progress bar over the runs.
+
+    Raises:
+        InvalidConfigError: Bad settings, CUDA unavailable, or models with different vocabularies.
+        InvalidCheckpointError: A path that does not suit the backend.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from .cost_model import ModelCost, ideal_speedup
+
+    if settings.provider == "cuda":
+        from .exporters.onnx import check_cuda_available
+
+        check_cuda_available()
+    models = {"candidate": load_model(candidate, settings), "baseline": load_model(baseline, settings)}
+    configs = {name: model.config for name, model in models.items()}
+    _check_comparable(Path(candidate), Path(baseline), configs["candidate"], configs["baseline"])
+    costs = {name: ModelCost.from_config(config) for name, config in configs.items()}
+    device = "cuda" if settings.provider == "cuda" else "cpu"
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    vocab = configs["baseline"].vocab_size
+    generator = torch.Generator().manual_seed(settings.seed)
+
+    shapes = [(b, p) for b in settings.batch_sizes for p in settings.prompt_lengths]
+    total_runs = len(shapes) * 2 * (settings.warmup + settings.runs)
+    bar = tqdm(total=total_runs, desc="benchmark", unit="run", disable=not progress)
+    records: list[RunRecord] = []
+    for batch, length in shapes:
+        ids = torch.randint(0, vocab, (batch, length), generator=generator).to(device)
+        mask = torch.ones_like(ids)
+        for run in range(-settings.warmup, settings.runs):
+            for name in ("baseline", "candidate"):  # interleaved: A B A B ...
+                clock = _clock_processor(sync)
+                sync()
+                with _PeakMemory(cuda=device == "cuda") as memory, torch.no_grad():
+                    start = time.perf_counter()
+                    models[name].generate(
+                        ids,
+                        attention_mask=mask,
+                        max_new_tokens=settings.new_tokens,
+                        min_new_tokens=settings.new_tokens,
+                        do_sample=False,
+                        num_beams=1,
+                        pad_token_id=0,
+                        logits_processor=[clock],
+                    )
+                    sync()
+                    end = time.perf_counter()
+                bar.update(1)
+                if run < 0:
+                    continue
+                assert len(clock.times) == settings.new_tokens, "generation did not produce a fixed length"
+                decode = (clock.times[-1] - clock.times[0]) / (settings.new_tokens - 1)
+                records.append(
+                    RunRecord(
+                        model=name,
+                        batch_size=batch,
+                        prompt_length=length,
+                        run=run,
+                        prefill_s=clock.times[0] - start,
+                        decode_s_per_token=decode,
+                        decode_tokens_per_s=batch / decode,
+                        e2e_tokens_per_s=batch * settings.new_tokens / (end - start),
+                        total_s=end - start,
+                        peak_memory_mb=memory.peak / 2**20,
+                        memory_growth_mb=(memory.peak - memory.start) / 2**20,
+                    )
+                )
+    bar.close()
+
+    summary = []
+    for batch, length in shapes:
+        row: dict[str, Any] = {"batch_size": batch, "prompt_length": length}
+        for name in ("baseline", "candidate"):
+            mine = [r for r in records if r.model == name and r.batch_size == batch and r.prompt_length == length]
+            row[name] = {m: _summarise([getattr(r, m) for r in mine]) for m in METRICS}
+        base, cand = row["baseline"], row["candidate"]
+        row["speedup"] = {
+            "prefill_s": base["prefill_s"]["median"] / cand["prefill_s"]["median"],
+            "decode_tokens_per_s": cand["decode_tokens_per_s"]["median"] / base["decode_tokens_per_s"]["median"],
+            "e2e_tokens_per_s": cand["e2e_tokens_per_s"]["median"] / base["e2e_tokens_per_s"]["median"],
+            "peak_memory_mb": cand["peak_memory_mb"]["median"] / base["peak_memory_mb"]["median"],
+            "memory_growth_mb": _ratio(cand["memory_growth_mb"]["median"], base["memory_growth_mb"]["median"]),
+        }
+        # Decode steps see contexts from `length` to `length + new_tokens - 1`: the middle one stands for them.
+        prefill = ideal_speedup(costs["baseline"], costs["candidate"], "prefill", batch, length)
+        decode = ideal_speedup(
+            costs["baseline"], costs["candidate"], "decode", batch, length + settings.new_tokens // 2
+        )
+        row["cost_model"] = {"prefill": prefill, "decode": decode}
+        row["ideal"] = {
+            "prefill_s": prefill["compute_bound"],
+            "decode_tokens_per_s": decode["memory_bound"],
+            "e2e_tokens_per_s": decode["memory_bound"],
+            "peak_memory_mb": None,
+            "memory_growth_mb": None,
+        }
+        summary.append(row)
+
+    machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine()}
+    machine["torch_threads"] = torch.get_num_threads()
+    if settings.backend == "onnxruntime":
+        import onnxruntime
+
+        machine["onnxruntime"] = onnxruntime.__version__
+        machine["providers"] = {name: list(model.providers) for name, model in models.items()}
+    if device == "cuda":
+        machine["gpu"] = torch.cuda.get_device_name()
+    return BenchmarkResult(
+        settings=asdict(settings),
+        models={"candidate": str(candidate), "baseline": str(baseline)},
+        machine=machine,
+        runs=records,
+        summary=summary,
+    )
