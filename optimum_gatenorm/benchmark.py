@@ -156,7 +156,7 @@ class BenchmarkResult:
             import matplotlib.pyplot as plt
         except ImportError:
             raise InvalidConfigError('--plot needs matplotlib: pip install -e ".[plot]"') from None
-        from .utils import atomic_write_bytes
+        from .utils import atomic_save_figure
 
         labels = [f"b{row['batch_size']}/p{row['prompt_length']}" for row in self.summary]
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), dpi=120)
@@ -169,12 +169,7 @@ class BenchmarkResult:
             ax.set_title(f"{title} speed-up (candidate vs baseline)", fontsize=9)
             ax.legend(fontsize=8)
         fig.tight_layout()
-        import io
-
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
-        plt.close(fig)
-        return atomic_write_bytes(path, buffer.getvalue(), overwrite=overwrite)
+        return atomic_save_figure(fig, path, overwrite=overwrite)
 
 
 def _stat(values: dict) -> str:

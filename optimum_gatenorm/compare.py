@@ -160,9 +160,8 @@ class CompareResult:
 
         The file is written to a temporary name and renamed into place.
         """
-        import io
 
-        from .utils import atomic_write_bytes, check_output_path
+        from .utils import atomic_save_figure, check_output_path
 
         check_output_path(path, overwrite)
 
@@ -193,10 +192,7 @@ class CompareResult:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
-        plt.close(fig)
-        return atomic_write_bytes(path, buffer.getvalue(), overwrite=overwrite)
+        return atomic_save_figure(fig, path, overwrite=overwrite)
 
 
 def _parse_num_layers(values: Iterable[int]) -> list[int]:

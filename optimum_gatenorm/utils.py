@@ -12,7 +12,7 @@ from pathlib import Path
 from .errors import InvalidConfigError, OutputExistsError
 
 
-__all__ = ["atomic_output_dir", "atomic_write_bytes", "atomic_write_text", "check_output_path"]
+__all__ = ["atomic_output_dir", "atomic_save_figure", "atomic_write_bytes", "atomic_write_text", "check_output_path"]
 
 
 def check_output_path(path: str | Path, overwrite: bool) -> Path:
@@ -82,3 +82,17 @@ def atomic_write_bytes(path: str | Path, data: bytes, overwrite: bool = False) -
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def atomic_save_figure(fig, path: str | Path, overwrite: bool = False) -> Path:
+    """Saves a matplotlib figure as PNG through a temporary file and a rename, then closes it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png")
+    finally:
+        plt.close(fig)
+    return atomic_write_bytes(path, buffer.getvalue(), overwrite=overwrite)

@@ -90,7 +90,7 @@ def _add_model_args(parser: "ArgumentParser") -> None:
     )
 
 
-def _add_calibration_args(parser: "ArgumentParser") -> None:
+def _add_calibration_args(parser: "ArgumentParser", seed: bool = True) -> None:
     parser.add_argument(
         "--calibration-text",
         nargs="+",
@@ -106,7 +106,10 @@ def _add_calibration_args(parser: "ArgumentParser") -> None:
     parser.add_argument(
         "--calibration-length", type=_positive_int, default=256, help="tokens per calibration window (default: 256)"
     )
-    parser.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the random criterion (default: 0)")
+    if seed:
+        parser.add_argument(
+            "--seed", type=_non_negative_int, default=0, help="seed of the random criterion (default: 0)"
+        )
 
 
 def _calibration(pruner, args):
@@ -476,11 +479,7 @@ class CompareCommand(_LeafCommand):
         parser.add_argument("--protect-first", type=_non_negative_int, default=1, help="as for prune (default: 1)")
         parser.add_argument("--protect-last", type=_non_negative_int, default=0, help="as for prune (default: 0)")
         _add_window_args(parser)
-        parser.add_argument(
-            "--calibration-text", nargs="+", metavar="FILE", help="UTF-8 text file(s) for cosine and attn_norm"
-        )
-        parser.add_argument("--calibration-samples", type=_positive_int, default=16, help="(default: 16)")
-        parser.add_argument("--calibration-length", type=_positive_int, default=256, help="(default: 256)")
+        _add_calibration_args(parser, seed=False)  # --seeds above
         parser.add_argument("--output", "-o", help="write the JSON result (every point, scores, timings) here")
         parser.add_argument("--plot", help="write a PNG plot here (needs matplotlib: the plot extra)")
         parser.add_argument("--overwrite", action="store_true", help="replace existing --output / --plot files")
