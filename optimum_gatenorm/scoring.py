@@ -307,7 +307,6 @@ def score_layers(
     from tqdm.auto import tqdm
 
     from .modeling import get_pruned_layers
-    from .report import ScoreReport
 
     chosen = _get_checked(criterion)
     if chosen.model_level:
@@ -323,17 +322,23 @@ def score_layers(
         for layer in tqdm(layers, desc=f"Scoring ({criterion})", unit="layer", disable=not progress):
             weights = layer_weights(source, config, layer, with_norm=chosen.uses_norm, device=device)
             scores[layer] = chosen.fn(weights)
-    seconds = time.perf_counter() - start
-    logger.info("Scored %d attention sublayers with %s in %.3f s", len(layers), criterion, seconds)
+    return _report(config, chosen, scores, pruned, time.perf_counter() - start, source_kind)
+
+
+def _report(config, chosen: Criterion, scores, pruned, seconds: float, source_kind: str, **extra) -> "ScoreReport":
+    from .report import ScoreReport
+
+    logger.info("Scored %d attention sublayers with %s in %.3f s", len(scores) - len(pruned), chosen.name, seconds)
     return ScoreReport(
         model_type=config.model_type,
-        criterion=criterion,
-        num_hidden_layers=total,
+        criterion=chosen.name,
+        num_hidden_layers=config.num_hidden_layers,
         scores=scores,
         pruned_layers=sorted(pruned),
         scoring_seconds=seconds,
         source=source_kind,
-        data_free=True,
+        data_free=chosen.data_free,
+        **extra,
     )
 
 
@@ -384,7 +389,6 @@ def score_with_model(
     import math
 
     from .modeling import get_pruned_layers
-    from .report import ScoreReport
 
     chosen = _get_checked(criterion)
     if not chosen.model_level:
@@ -417,16 +421,13 @@ def score_with_model(
                 "activations hold NaN or Inf"
             )
         scores[layer] = value
-    logger.info("Scored %d attention sublayers with %s in %.3f s", len(layers), criterion, seconds)
-    return ScoreReport(
-        model_type=config.model_type,
-        criterion=criterion,
-        num_hidden_layers=total,
-        scores=scores,
-        pruned_layers=sorted(pruned),
-        scoring_seconds=seconds,
-        source=source_kind,
-        data_free=chosen.data_free,
+    return _report(
+        config,
+        chosen,
+        scores,
+        pruned,
+        seconds,
+        source_kind,
         seed=seed if chosen.uses_seed else None,
         calibration=calibration.to_dict() if calibration is not None else None,
     )
