@@ -33,6 +33,7 @@ from .models import BUILTIN_MODELS, DEFAULT_MODEL, convert_gguf, resolve_model
 from .pruner import GateNormPruner, select_layers
 from .report import PruningReport, ScoreReport
 from .scoring import (
+    DEFAULT_CRITERION,
     AttentionWeights,
     available_criteria,
     get_criterion,
@@ -43,6 +44,7 @@ from .version import __version__
 
 
 __all__ = [
+    "DEFAULT_CRITERION",
     "BUILTIN_MODELS",
     "DEFAULT_MODEL",
     "ArchitectureAdapter",

@@ -213,6 +213,7 @@ def compare_criteria(
     calibration=None,
     protect_first: int = 1,
     protect_last: int = 0,
+    min_gap: int | None = None,
     window: int = 512,
     stride: int | None = None,
     max_tokens: int | None = None,
@@ -232,6 +233,7 @@ def compare_criteria(
         calibration: Calibration data for data-driven criteria (see `GateNormPruner.score`).
         protect_first: As in `GateNormConfig`.
         protect_last: As in `GateNormConfig`.
+        min_gap: As in `GateNormConfig`, for every criterion (`None`: each criterion's own rule).
         window: Perplexity window (see `optimum_gatenorm.evaluation.perplexity`).
         stride: Perplexity stride.
         max_tokens: Cap on evaluated tokens.
@@ -277,6 +279,7 @@ def compare_criteria(
         entry = info.setdefault(name, {"scores": report.scores, "ranking": report.ranking, "scoring_seconds": 0.0})
         entry["scoring_seconds"] += report.scoring_seconds
         entry["data_free"] = getattr(report, "data_free", None)
+        entry["min_gap"] = min_gap if min_gap is not None else get_criterion(name).min_gap
     for name in info:
         if name == RANDOM:
             info[name]["scoring_seconds"] /= len(seeds)
@@ -288,7 +291,11 @@ def compare_criteria(
     for name, seed in runs:
         for k in ks:
             config = GateNormConfig(
-                num_layers=k, criterion=name, protect_first=protect_first, protect_last=protect_last
+                num_layers=k,
+                criterion=name,
+                protect_first=protect_first,
+                protect_last=protect_last,
+                min_gap=min_gap,
             )
             removed, _, _ = select_layers(scores_by_run[(name, seed)], config)
             if k == 0:
@@ -323,6 +330,7 @@ def compare_criteria(
             "max_tokens": max_tokens,
             "protect_first": protect_first,
             "protect_last": protect_last,
+            "min_gap": min_gap,
             "seeds": list(seeds),
         },
     )

@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from .errors import InvalidConfigError
+from .scoring import DEFAULT_CRITERION, get_criterion
 from .version import __version__
 
 
@@ -24,19 +25,26 @@ class GateNormConfig:
         num_layers: Number of attention sublayers to remove. Give this or `ratio`.
         ratio: Fraction of all attention sublayers to remove, in `[0, 1)`, rounded to the nearest count
             (halves round up).
-        criterion: Name of the scoring criterion (see `available_criteria()`); the lowest scores go first.
+        criterion: Name of the scoring criterion (see `available_criteria()`; default `gate_trace`, chosen by the
+            criterion study in benchmarks/RESULTS.md); the lowest scores go first.
         protect_first: Never remove the first this-many attention sublayers (layer 0 is usually critical).
         protect_last: Never remove the last this-many attention sublayers.
         exclude_layers: Layer indices that are never removed.
+        min_gap: Keep removed sublayers at least this many layers apart (counting sublayers removed earlier), so no
+            contiguous block goes: walking the ranking lowest first, a candidate closer than `min_gap` to one
+            already chosen is skipped; if fewer than k fit, the rest are taken lowest-first and the pruning
+            report warns. 1 is plain "k lowest"; `None` (the default) uses the criterion's own rule
+            (`Criterion.min_gap`: 2 for `gate_trace`, 1 for the others).
         seed: Seed of criteria with randomness (the `random` baseline); ignored by the others.
     """
 
     num_layers: int | None = None
     ratio: float | None = None
-    criterion: str = "gate_norm"
+    criterion: str = DEFAULT_CRITERION
     protect_first: int = 1
     protect_last: int = 0
     exclude_layers: tuple[int, ...] = field(default_factory=tuple)
+    min_gap: int | None = None
     seed: int = 0
 
     def __post_init__(self):
@@ -60,10 +68,12 @@ class GateNormConfig:
         if bad:
             raise InvalidConfigError(f"exclude_layers must be >= 0, got {bad}")
         self.exclude_layers = tuple(sorted(set(self.exclude_layers)))
+        if self.min_gap is not None and (not _is_int(self.min_gap) or self.min_gap < 1):
+            raise InvalidConfigError(
+                f"min_gap must be an integer >= 1 (or None for the criterion's), got {self.min_gap!r}"
+            )
         if not _is_int(self.seed):
             raise InvalidConfigError(f"seed must be an integer, got {self.seed!r}")
-
-        from .scoring import get_criterion
 
         try:
             get_criterion(self.criterion)
@@ -76,6 +86,11 @@ class GateNormConfig:
             return self.num_layers
         return math.floor(self.ratio * total + 0.5)
 
+    @property
+    def resolved_min_gap(self) -> int:
+        """`min_gap`, or the criterion's own rule when it is `None`."""
+        return self.min_gap if self.min_gap is not None else get_criterion(self.criterion).min_gap
+
     def protected_layers(self, total: int) -> list[int]:
         """Indices that `protect_first` / `protect_last` keep, for a model with `total` decoder layers."""
         first = range(min(self.protect_first, total))
@@ -85,6 +100,7 @@ class GateNormConfig:
     def to_dict(self) -> dict:
         out = asdict(self)
         out["exclude_layers"] = list(self.exclude_layers)
+        out["min_gap"] = self.resolved_min_gap
         out["gatenorm_version"] = __version__
         return out
 

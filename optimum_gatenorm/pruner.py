@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 from .checkpoint import Checkpoint, ModelWeights, inspect_checkpoint
 from .configuration import GateNormConfig
 from .errors import InvalidConfigError
+from .measurements import breakdown_warning
 from .report import PruningReport, ScoreReport
-from .scoring import get_criterion, rank, require_calibration, score_layers, score_with_model
+from .scoring import DEFAULT_CRITERION, get_criterion, rank, require_calibration, score_layers, score_with_model
 
 
 if TYPE_CHECKING:
@@ -21,13 +22,13 @@ if TYPE_CHECKING:
 
     from .calibration import Calibration
 
-__all__ = ["GateNormPruner", "select_layers"]
+__all__ = ["GateNormPruner", "select_layers", "spacing_warning"]
 
 logger = logging.getLogger(__name__)
 
 
 def select_layers(scores: list[float | None], config: GateNormConfig) -> tuple[list[int], list[int], list[int]]:
-    """Chooses the layers to remove: the lowest-scored candidates.
+    """Chooses the layers to remove: the lowest-scored candidates, spaced by `config.resolved_min_gap`.
 
     Args:
         scores: Score per decoder layer, `None` where the attention is already gone.
@@ -55,7 +56,34 @@ def select_layers(scores: list[float | None], config: GateNormConfig) -> tuple[l
             f"(protect_first={config.protect_first}, protect_last={config.protect_last}, exclude_layers={excluded}); "
             f"at most {max(limit, 0)} can go, and at least one must stay"
         )
-    return sorted(candidates[:k]), protected, excluded
+    gap = config.resolved_min_gap
+    if gap == 1:
+        return sorted(candidates[:k]), protected, excluded
+    gone = [i for i, s in enumerate(scores) if s is None]
+    chosen: list[int] = []
+    for index in candidates:
+        if len(chosen) == k:
+            break
+        if all(abs(index - other) >= gap for other in chosen + gone):
+            chosen.append(index)
+    # Too few fit the spacing: take the rest lowest-first (spacing_warning reports it).
+    chosen += [i for i in candidates if i not in chosen][: k - len(chosen)]
+    return sorted(chosen), protected, excluded
+
+
+def spacing_warning(removed: "Sequence[int]", scores: list[float | None], min_gap: int) -> str | None:
+    """A one-line warning if some of `removed` are closer than `min_gap` to each other or to earlier removals."""
+    gone = [i for i, s in enumerate(scores) if s is None and i not in removed]
+    close = sorted(
+        {(min(a, b), max(a, b)) for a in removed for b in list(removed) + gone if a != b and abs(a - b) < min_gap}
+    )
+    if not close:
+        return None
+    pairs = ", ".join(f"{a}-{b}" for a, b in close)
+    return (
+        f"not every removed sublayer could be kept min_gap={min_gap} layers apart (too few candidates): {pairs} "
+        "are closer; remove fewer, or pass --min-gap 1 for plain k-lowest"
+    )
 
 
 class GateNormPruner:
@@ -164,7 +192,7 @@ class GateNormPruner:
 
     def score(
         self,
-        criterion: str = "gate_norm",
+        criterion: str = DEFAULT_CRITERION,
         *,
         calibration: "Calibration | None" = None,
         seed: int = 0,
@@ -246,6 +274,13 @@ class GateNormPruner:
                 config.criterion, calibration=calibration, seed=config.seed, device=device, progress=progress
             )
         removed, protected, excluded = select_layers(scores.scores, config)
+        warnings = [
+            spacing_warning(removed, scores.scores, config.resolved_min_gap),
+            breakdown_warning(config.criterion, config.resolved_min_gap, len(removed), len(scores.scores)),
+        ]
+        warnings = [w for w in warnings if w]
+        for warning in warnings:
+            logger.warning("warning: %s", warning)
         model = self.model
         before = model.num_parameters()
         pruned = prune_model(model, removed, criterion=config.criterion)
@@ -268,6 +303,7 @@ class GateNormPruner:
             scores_source=scores.source,
             data_free=scores.data_free,
             calibration=scores.calibration,
+            warnings=warnings,
         )
         model.gatenorm_report = report
         logger.info(report.summary())

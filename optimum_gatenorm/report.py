@@ -109,6 +109,7 @@ class PruningReport(_JSONMixin):
         scores_source: Where the scores were read from (`"checkpoint"` or `"model"`).
         data_free: Whether the criterion used no data.
         calibration: Calibration settings of a data-driven criterion (see `ScoreReport.calibration`), else `None`.
+        warnings: Measured-quality warnings (see `optimum_gatenorm.measurements.breakdown_warning`).
     """
 
     model_type: str
@@ -128,6 +129,7 @@ class PruningReport(_JSONMixin):
     scores_source: str = "checkpoint"
     data_free: bool = True
     calibration: dict | None = None
+    warnings: list[str] = field(default_factory=list)
     gatenorm_version: str = __version__
     extra: dict = field(default_factory=dict)
 

@@ -10,6 +10,11 @@ where `W_Q` and `W_K` (hidden x heads*head_dim) map the residual stream to queri
 gate mixes little, so the sublayers with the lowest scores are removed first. Nothing but Q and K weights is
 read: no data, no forward pass.
 
+Measured on SmolLM2-135M (benchmarks/RESULTS.md), the paper's criterion removes contiguous deep blocks and is
+worse than a random choice from k = 4 on; the default is therefore `gate_trace`, minus the *trace* of the same gate
+(with the norm gain folded in): how much each head prefers tokens like the query itself, which are redundant to
+attend to. `gate_norm` stays available by name, exactly as the paper defines it.
+
 The registry also holds baselines (see `optimum_gatenorm.baselines`) so that every API accepts them:
 weight-level criteria (`register_criterion`) map one layer's Q/K weights to a score; model-level criteria
 (`register_model_criterion`) score all layers at once from the loaded model and, if data-driven, from
@@ -19,6 +24,7 @@ calibration text. For every criterion the lowest score is removed first.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +42,7 @@ if TYPE_CHECKING:
     from .report import ScoreReport
 
 __all__ = [
+    "DEFAULT_CRITERION",
     "AttentionWeights",
     "Criterion",
     "available_criteria",
@@ -58,12 +65,16 @@ class AttentionWeights:
         q: `[num_heads, head_dim, hidden]`; `q[h] @ x` is head `h`'s query.
         k: `[num_kv_heads, head_dim, hidden]`; query head `h` attends with key head `h // (num_heads // num_kv_heads)`.
         norm: Gain `[hidden]` of the pre-attention norm, or `None` if the criterion does not use it.
+        v: `[num_kv_heads, head_dim, hidden]` value weights, or `None` if the criterion does not use them.
+        o: `[num_heads, hidden, head_dim]` output projection per query head, or `None` likewise.
     """
 
     layer: int
     q: "torch.Tensor"
     k: "torch.Tensor"
     norm: "torch.Tensor | None" = None
+    v: "torch.Tensor | None" = None
+    o: "torch.Tensor | None" = None
 
     @property
     def group_size(self) -> int:
@@ -81,7 +92,7 @@ class AttentionWeights:
         """The weights with the norm gain folded in: `W_Q -> diag(gamma) W_Q`, `W_K -> diag(gamma) W_K`."""
         if self.norm is None:
             raise ValueError(f"layer {self.layer}: no norm gain to fold")
-        return AttentionWeights(self.layer, self.q * self.norm, self.k * self.norm, self.norm)
+        return AttentionWeights(self.layer, self.q * self.norm, self.k * self.norm, self.norm, self.v, self.o)
 
 
 def frobenius_of_product(a: "torch.Tensor", b: "torch.Tensor") -> float:
@@ -101,6 +112,10 @@ def frobenius_of_product(a: "torch.Tensor", b: "torch.Tensor") -> float:
 WEIGHTS = "weights"
 MODEL = "model"
 
+# Chosen by the criterion study (benchmarks/RESULTS.md, "Beyond Gate-Norm"): on SmolLM2-135M it is the only
+# weight-only criterion at least as good as the median random draw at every measured k <= 12, on three texts.
+DEFAULT_CRITERION = "gate_trace"
+
 
 @dataclass(frozen=True)
 class Criterion:
@@ -113,6 +128,11 @@ class Criterion:
             layers that still have attention); see `register_model_criterion`.
         description: One line for `--help` and reports.
         uses_norm: Whether a weight-level `fn` needs the pre-attention norm gain.
+        uses_ov: Whether a weight-level `fn` needs the value and output projections.
+        stack: Whether a weight-level `fn` scores all layers at once from a `StackWeights` (because a layer's
+            score depends on the layers before it) instead of one `AttentionWeights` at a time.
+        min_gap: The selection rule used with this criterion unless `GateNormConfig.min_gap` says otherwise: removed
+            sublayers at least this many layers apart (1: plain "k lowest").
         level: `"weights"` (reads Q/K weights one layer at a time, straight from a checkpoint) or `"model"`
             (needs the loaded model, e.g. for forward passes).
         needs_data: Whether `fn` needs calibration data (`Calibration`).
@@ -124,6 +144,9 @@ class Criterion:
     fn: Callable
     description: str
     uses_norm: bool = False
+    uses_ov: bool = False
+    stack: bool = False
+    min_gap: int = 1
     level: str = WEIGHTS
     needs_data: bool = False
     needs_model: bool = False
@@ -148,15 +171,38 @@ def _register(criterion: Criterion) -> None:
     _CRITERIA[criterion.name] = criterion
 
 
-def register_criterion(name: str, *, description: str, uses_norm: bool = False):
-    """Decorator registering a weight-level scoring function `fn(AttentionWeights) -> float` under `name`.
+def register_criterion(
+    name: str,
+    *,
+    description: str,
+    uses_norm: bool = False,
+    uses_ov: bool = False,
+    stack: bool = False,
+    min_gap: int = 1,
+):
+    """Decorator registering a weight-level scoring function under `name`.
+
+    The function is `fn(AttentionWeights) -> float`, or, with `stack=True`,
+    `fn(StackWeights) -> list[float]` (one score per entry of `stack.layers`; see `optimum_gatenorm.circuits`).
+    `uses_norm` / `uses_ov` say which tensors beyond Q and K the `AttentionWeights` must carry; `min_gap` is the
+    criterion's default selection rule (see `GateNormConfig.min_gap`).
 
     Raises:
         ValueError: If `name` is already registered.
     """
 
-    def wrapper(fn: Callable[[AttentionWeights], float]):
-        _register(Criterion(name=name, fn=fn, description=description, uses_norm=uses_norm))
+    def wrapper(fn: Callable):
+        _register(
+            Criterion(
+                name=name,
+                fn=fn,
+                description=description,
+                uses_norm=uses_norm,
+                uses_ov=uses_ov,
+                stack=stack,
+                min_gap=min_gap,
+            )
+        )
         return fn
 
     return wrapper
@@ -215,7 +261,7 @@ def get_criterion(name: str) -> Criterion:
         raise ValueError(f"unknown criterion {name!r}; choose one of: {', '.join(available_criteria())}") from None
 
 
-@register_criterion("gate_norm", description="||W_Q W_K^T||_F, the paper's Gate-Norm (default)")
+@register_criterion("gate_norm", description="||W_Q W_K^T||_F, the paper's Gate-Norm")
 def gate_norm(weights: AttentionWeights) -> float:
     """Gate-Norm, arXiv:2512.20636: `s = ||W_Q W_K^T||_F` with `W_Q W_K^T = sum_h W_Q^h (W_K^{g(h)})^T`."""
     kv, d, hidden = weights.k.shape
@@ -244,15 +290,47 @@ def gate_norm_folded(weights: AttentionWeights) -> float:
     return gate_norm(weights.folded())
 
 
+@register_criterion(
+    "gate_trace",
+    description="-sum_h tr(diag(g) W_Q^h W_K^h^T diag(g)) / sqrt(d): self-matching layers go first; min_gap 2 "
+    "(default)",
+    uses_norm=True,
+    min_gap=2,
+)
+def gate_trace(weights: AttentionWeights) -> float:
+    """Self-match score `s = -(1 / sqrt(d)) sum_h tr(M_h)`, `M_h = diag(gamma) W_Q^h (W_K^{g(h)})^T diag(gamma)`.
+
+    Head `h` scores query token `i` against key token `j` with the logit `x_i^T M_h x_j / sqrt(d)`, where
+    `x = norm(h) / gamma` is the normalised residual stream (RoPE inserts a rotation by `j - i`, which is the
+    identity for `j = i`). For isotropic unit-variance `x`, the expected logit of a token with *itself* is
+    `tr(M_h) / sqrt(d)` and that of two independent tokens is 0: the trace is the head's expected preference for
+    the query token itself and tokens like it over unrelated ones. A strongly self-matching head mostly averages
+    tokens that resemble the query, so its update re-writes what the token's own residual stream already holds;
+    a head with zero or negative trace looks elsewhere and moves information between different tokens, which
+    nothing else in the network does. The layers with the most self-matching heads (the largest trace, i.e. the
+    lowest `s`) are removed first, by default no two adjacent (`min_gap=2`: measured better than plain "k
+    lowest" on SmolLM2, benchmarks/RESULTS.md). Only Q, K and the norm gain are read, like Gate-Norm, which is the Frobenius
+    norm of the same gate (without the gain): Gate-Norm measures how strongly the gate couples tokens, its trace
+    how much of that coupling is self-matching. Grouped heads share keys, so the sum runs over key groups with
+    their query heads summed: `tr(G A^T B G) = sum(A * B * gamma^2)`.
+    """
+    if weights.norm is None:
+        raise ValueError(f"layer {weights.layer}: gate_trace needs the pre-attention norm gain")
+    head_dim = weights.k.shape[1]
+    trace = (weights.grouped_q() * weights.k * weights.norm.square()).sum()
+    return -float(trace) / math.sqrt(head_dim)
+
+
 def layer_weights(
     source: "WeightSource",
     config: "PretrainedConfig",
     layer: int,
     *,
     with_norm: bool,
+    with_ov: bool = False,
     device: "str | torch.device" = "cpu",
 ) -> AttentionWeights:
-    """Reads and upcasts one layer's Q, K (and norm gain) from `source`.
+    """Reads and upcasts one layer's Q, K (and norm gain, and V and output projection) from `source`.
 
     Raises:
         InvalidCheckpointError: If a tensor is missing or holds NaN/Inf.
@@ -264,30 +342,34 @@ def layer_weights(
     adapter = get_adapter(config)
     dims = HeadDims.from_config(config)
     prefix = adapter.attention_prefix(layer) + "."
+    names = adapter.qk_tensor_names(layer) + (adapter.ov_tensor_names(layer) if with_ov else ())
     tensors = {}
-    for name in adapter.qk_tensor_names(layer):
+    for name in dict.fromkeys(names):
         tensors[name[len(prefix) :]] = source.get(name, adapter.base_model_prefix).to(device, torch.float32)
+    v = o = None
     try:
         q, k = adapter.qk.extract(tensors, dims)
+        if with_ov:
+            v, o = adapter.qk.extract_ov(tensors, dims)
     except RuntimeError as error:  # reshape of a tensor of the wrong size
         raise InvalidCheckpointError(
-            f"layer {layer}: Q/K weights do not match the config's head sizes: {error}"
+            f"layer {layer}: attention weights do not match the config's head sizes: {error}"
         ) from None
     norm = None
     if with_norm:
         norm = source.get(adapter.norm_tensor_name(layer), adapter.base_model_prefix).to(device, torch.float32)
-    for what, tensor in (("query", q), ("key", k), ("norm gain", norm)):
+    for what, tensor in (("query", q), ("key", k), ("norm gain", norm), ("value", v), ("output projection", o)):
         if tensor is not None and not torch.isfinite(tensor).all():
             raise InvalidCheckpointError(
                 f"layer {layer}: the {what} weights hold NaN or Inf values; the checkpoint is corrupt"
             )
-    return AttentionWeights(layer, q, k, norm)
+    return AttentionWeights(layer, q, k, norm, v, o)
 
 
 def score_layers(
     source: "WeightSource",
     config: "PretrainedConfig",
-    criterion: str = "gate_norm",
+    criterion: str = DEFAULT_CRITERION,
     *,
     device: "str | torch.device" = "cpu",
     progress: bool = False,
@@ -319,9 +401,27 @@ def score_layers(
     start = time.perf_counter()
     with torch.no_grad():
         layers = [i for i in range(total) if i not in pruned]
-        for layer in tqdm(layers, desc=f"Scoring ({criterion})", unit="layer", disable=not progress):
-            weights = layer_weights(source, config, layer, with_norm=chosen.uses_norm, device=device)
-            scores[layer] = chosen.fn(weights)
+        if chosen.stack:
+            from .circuits import StackWeights
+
+            stack = StackWeights(source, config, layers, device=device, progress=progress)
+            values = list(chosen.fn(stack))
+            if len(values) != len(layers):
+                raise ValueError(f"criterion {criterion!r} returned {len(values)} scores for {len(layers)} layers")
+            for layer, value in zip(layers, values, strict=True):
+                scores[layer] = float(value)
+        else:
+            for layer in tqdm(layers, desc=f"Scoring ({criterion})", unit="layer", disable=not progress):
+                weights = layer_weights(
+                    source, config, layer, with_norm=chosen.uses_norm, with_ov=chosen.uses_ov, device=device
+                )
+                scores[layer] = chosen.fn(weights)
+    bad = [i for i, value in enumerate(scores) if value is not None and not math.isfinite(value)]
+    if bad:
+        raise InvalidCheckpointError(
+            f"layer {bad[0]}: criterion {criterion!r} gave a non-finite score ({scores[bad[0]]}); the weights hold "
+            "NaN/Inf or overflow"
+        )
     return _report(config, chosen, scores, pruned, time.perf_counter() - start, source_kind)
 
 
@@ -386,8 +486,6 @@ def score_with_model(
             outside the vocabulary.
         InvalidCheckpointError: If the criterion yields a non-finite score (NaN/Inf weights).
     """
-    import math
-
     from .modeling import get_pruned_layers
 
     chosen = _get_checked(criterion)
@@ -438,5 +536,6 @@ def rank(scores: Sequence[float | None]) -> list[int]:
     return sorted((i for i, s in enumerate(scores) if s is not None), key=lambda i: (scores[i], i))
 
 
-# The baselines register themselves on import; imported last, so the registry functions above exist.
-from . import baselines  # noqa: E402, F401
+# The baselines and the circuit criteria register themselves on import; imported last, so the registry
+# functions above exist.
+from . import baselines, circuits  # noqa: E402, F401

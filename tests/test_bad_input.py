@@ -368,6 +368,7 @@ ARGPARSE_ERRORS = {
     "num_layers_and_ratio": (["--num-layers", "1", "--ratio", "0.5"], "not allowed with", dict(num_layers=1, ratio=0.5)),
     "neither_num_layers_nor_ratio": ([], "one of the arguments", dict()),
     "protect_first_negative": (["-k", "1", "--protect-first", "-2"], "--protect-first", dict(num_layers=1, protect_first=-2)),
+    "min_gap_zero": (["-k", "1", "--min-gap", "0"], "--min-gap", dict(num_layers=1, min_gap=0)),
 }  # fmt: skip
 
 

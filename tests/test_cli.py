@@ -16,7 +16,7 @@ import torch
 from conftest import tiny_model, tiny_tokenizer
 from safetensors import safe_open
 
-from optimum_gatenorm import GateNormPruner, available_criteria, load_pruned
+from optimum_gatenorm import DEFAULT_CRITERION, GateNormPruner, available_criteria, get_criterion, load_pruned
 
 
 OPTIMUM_CLI = Path(sys.executable).parent / "optimum-cli"
@@ -46,12 +46,20 @@ def llama_dir(tmp_path_factory) -> Path:
 def expected(llama_dir):
     """Scores computed in this process, per criterion."""
     pruner = GateNormPruner.from_pretrained(llama_dir)
-    return {name: pruner.score(name) for name in ("gate_norm", "gate_norm_head")}
+    return {name: pruner.score(name) for name in ("gate_norm", "gate_norm_head", DEFAULT_CRITERION)}
 
 
-def _lowest_candidates(scores: list[float], k: int, keep: set[int]) -> list[int]:
-    ranking = sorted(range(len(scores)), key=lambda i: (scores[i], i))
-    return sorted([i for i in ranking if i not in keep][:k])
+def _lowest_candidates(scores: list[float], k: int, keep: set[int], gap: int = 1) -> list[int]:
+    """The k lowest-scored layers outside `keep`, skipping those closer than `gap` while others remain."""
+    candidates = [i for i in sorted(range(len(scores)), key=lambda i: (scores[i], i)) if i not in keep]
+    chosen = []
+    for i in candidates:
+        if len(chosen) < k and all(abs(i - j) >= gap for j in chosen):
+            chosen.append(i)
+    return sorted(chosen + [i for i in candidates if i not in chosen][: k - len(chosen)])
+
+
+DEFAULT_GAP = 2  # gate_trace's own selection rule (checked in test_cli_default_criterion_is_the_library_default)
 
 
 def _check_pruned_checkpoint(out: Path, removed: list[int]) -> None:
@@ -93,6 +101,16 @@ def test_cli_start_does_not_import_torch():
     assert result.stdout.split() == ["True", "False"]
 
 
+def test_cli_default_criterion_is_the_library_default():
+    from optimum_gatenorm.commands import gatenorm
+
+    assert gatenorm.DEFAULT_CRITERION == DEFAULT_CRITERION == "gate_trace"
+    assert get_criterion(DEFAULT_CRITERION).min_gap == DEFAULT_GAP
+    assert get_criterion("gate_norm").min_gap == 1  # the paper's procedure: plain k lowest
+    result = ok(run_cli("gatenorm", "prune", "--help"))
+    assert "gate_trace (default" in " ".join(result.stdout.split())
+
+
 def test_criteria_json_lists_builtin_criteria():
     result = ok(run_cli("gatenorm", "criteria", "--format", "json"))
     rows = json.loads(result.stdout)
@@ -100,6 +118,11 @@ def test_criteria_json_lists_builtin_criteria():
     assert {"gate_norm", "gate_norm_head", "gate_norm_folded"} <= names
     assert sorted(names) == available_criteria()
     assert {row["name"]: row["uses_norm"] for row in rows}["gate_norm_folded"] is True
+    by_name = {row["name"]: row for row in rows}
+    assert [row["name"] for row in rows if row["default"]] == [DEFAULT_CRITERION]
+    assert by_name["gate_trace"]["min_gap"] == 2 and by_name["gate_norm"]["min_gap"] == 1
+    assert by_name["ov_relative"]["uses_ov"] and by_name["ov_relative"]["data_free"]
+    assert not by_name["cosine"]["data_free"]
     assert all(row["description"] for row in rows)
 
 
@@ -117,14 +140,14 @@ def test_score_table_ranks_every_layer_lowest_first(llama_dir, expected):
     assert sorted(r[1] for r in rows) == [0, 1, 2, 3]  # every layer, once
     scores = [r[2] for r in rows]
     assert scores == sorted(scores)
-    assert [r[1] for r in rows] == expected["gate_norm"].ranking
+    assert [r[1] for r in rows] == expected[DEFAULT_CRITERION].ranking
     for _, layer, score in rows:
-        assert score == pytest.approx(expected["gate_norm"].scores[layer], rel=1e-5)  # printed with 6 digits
-    assert "gate_norm" in result.stdout and "llama" in result.stdout
+        assert score == pytest.approx(expected[DEFAULT_CRITERION].scores[layer], rel=1e-5)  # printed with 6 digits
+    assert DEFAULT_CRITERION in result.stdout and "llama" in result.stdout
 
 
 def _check_score_json(data: dict, expected) -> None:
-    assert data["criterion"] == "gate_norm" and data["model_type"] == "llama" and data["num_hidden_layers"] == 4
+    assert data["criterion"] == DEFAULT_CRITERION and data["model_type"] == "llama" and data["num_hidden_layers"] == 4
     assert data["scores"] == pytest.approx(expected.scores, rel=1e-6)
     assert sorted(data["ranking"]) == [0, 1, 2, 3]
     ranked = [data["scores"][i] for i in data["ranking"]]
@@ -134,14 +157,14 @@ def _check_score_json(data: dict, expected) -> None:
 
 def test_score_json_to_stdout(llama_dir, expected):
     result = ok(run_cli("gatenorm", "score", "--model", llama_dir, "--format", "json"))
-    _check_score_json(json.loads(result.stdout), expected["gate_norm"])
+    _check_score_json(json.loads(result.stdout), expected[DEFAULT_CRITERION])
 
 
 def test_score_json_to_output_file(llama_dir, expected, tmp_path):
     out = tmp_path / "sub" / "scores.json"
     result = ok(run_cli("gatenorm", "score", "-m", llama_dir, "--format", "json", "--output", out))
     assert result.stdout.strip() == ""  # the scores went to the file only
-    _check_score_json(json.loads(out.read_text()), expected["gate_norm"])
+    _check_score_json(json.loads(out.read_text()), expected[DEFAULT_CRITERION])
     assert [p.name for p in out.parent.iterdir()] == ["scores.json"]  # no temporary file left
 
 
@@ -153,7 +176,7 @@ def test_prune_num_layers_writes_loadable_checkpoint(llama_dir, expected, tmp_pa
     result = ok(run_cli("gatenorm", "prune", "--model", llama_dir, "--num-layers", "2", "--output", out))
     removed = json.loads((out / "gatenorm_report.json").read_text())["removed_layers"]
     # default --protect-first 1: layer 0 stays; the two lowest-scored of the others go
-    assert removed == _lowest_candidates(expected["gate_norm"].scores, 2, keep={0})
+    assert removed == _lowest_candidates(expected[DEFAULT_CRITERION].scores, 2, keep={0}, gap=DEFAULT_GAP)
     _check_pruned_checkpoint(out, removed)
     assert f"Saved to {out}" in result.stdout and "Removed 2 of 4" in result.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary directory left
@@ -161,9 +184,9 @@ def test_prune_num_layers_writes_loadable_checkpoint(llama_dir, expected, tmp_pa
 
 
 def test_prune_respects_protect_and_exclude_and_prints_json(llama_dir, expected, tmp_path):
-    scores = expected["gate_norm"].scores
+    scores = expected[DEFAULT_CRITERION].scores
     # exclude the layer that would go first once layer 3 is protected, so that --exclude-layers changes the outcome
-    first_choice = _lowest_candidates(scores, 1, keep={3})[0]
+    first_choice = _lowest_candidates(scores, 1, keep={3}, gap=DEFAULT_GAP)[0]
     out = tmp_path / "out"
     result = ok(
         run_cli(
@@ -173,10 +196,11 @@ def test_prune_respects_protect_and_exclude_and_prints_json(llama_dir, expected,
     )  # fmt: skip
     report = json.loads(result.stdout)
     removed = report["removed_layers"]
-    assert removed == _lowest_candidates(scores, 2, keep={3, first_choice})
+    assert removed == _lowest_candidates(scores, 2, keep={3, first_choice}, gap=DEFAULT_GAP)
     assert 3 not in removed and first_choice not in removed
     assert report["protected_layers"] == [3] and report["excluded_layers"] == [first_choice]
     assert report["config"]["protect_first"] == 0 and report["config"]["protect_last"] == 1
+    assert report["config"]["min_gap"] == DEFAULT_GAP and report["criterion"] == DEFAULT_CRITERION
     assert report["output"] == str(out)
     assert report["num_parameters_after"] < report["num_parameters_before"]
     assert report["num_parameters_removed"] == report["num_parameters_before"] - report["num_parameters_after"]
@@ -192,10 +216,28 @@ def test_prune_ratio_with_gate_norm_head(llama_dir, expected, tmp_path):
     head_scores = expected["gate_norm_head"].scores
     assert report["criterion"] == "gate_norm_head" and report["config"]["ratio"] == 0.5
     assert report["scores"] == pytest.approx(head_scores, rel=1e-6)
-    assert report["scores"] != pytest.approx(expected["gate_norm"].scores, rel=1e-3)  # really another criterion
+    for other in ("gate_norm", DEFAULT_CRITERION):  # really another criterion
+        assert report["scores"] != pytest.approx(expected[other].scores, rel=1e-3)
     assert report["removed_layers"] == _lowest_candidates(head_scores, 2, keep={0})  # round(0.5 * 4) = 2
     _check_pruned_checkpoint(out, report["removed_layers"])
     assert json.loads((out / "config.json").read_text())["quantization_config"]["criterion"] == "gate_norm_head"
+
+
+def test_prune_min_gap_and_measured_breakdown_warning(llama_dir, expected, tmp_path):
+    scores = expected["gate_norm"].scores
+    out = tmp_path / "out"
+    args = ["-k", "2", "--criterion", "gate_norm", "--protect-first", "0", "--min-gap", "2", "--json"]
+    result = ok(run_cli("gatenorm", "prune", "-m", llama_dir, "-o", out, *args))
+    report = json.loads(result.stdout)
+    ranking = expected["gate_norm"].ranking
+    first = ranking[0]
+    second = next(i for i in ranking[1:] if abs(i - first) >= 2)
+    assert report["removed_layers"] == sorted([first, second])
+    assert report["config"]["min_gap"] == 2 and report["scores"] == pytest.approx(scores, rel=1e-6)
+    # 2 of 4 layers is far past where gate_norm was measured to fall behind random on SmolLM2: warn, still prune
+    assert len(report["warnings"]) == 1 and "worse than a median random draw" in report["warnings"][0]
+    assert "warning: gate_norm" in result.stderr and "--criterion cosine" in result.stderr
+    _check_pruned_checkpoint(out, report["removed_layers"])
 
 
 def test_prune_dtype_bfloat16_saves_bf16_and_copies_tokenizer(tmp_path):

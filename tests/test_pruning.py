@@ -121,7 +121,7 @@ def test_pruner_removes_lowest_scores_and_reports(name):
     model = tiny_model(name)
     pruner = GateNormPruner(model)
     scores = pruner.score()
-    pruned, report = pruner.prune(GateNormConfig(num_layers=2, protect_first=0))
+    pruned, report = pruner.prune(GateNormConfig(num_layers=2, protect_first=0, min_gap=1))
     assert report.removed_layers == sorted(scores.ranking[:2])
     assert report.kept_attention_layers == [i for i in range(4) if i not in report.removed_layers]
     assert report.num_parameters_after < report.num_parameters_before

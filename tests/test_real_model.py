@@ -111,3 +111,30 @@ def test_pruned_real_model_exports_and_generates_like_pytorch_on_onnxruntime(rea
         tokenizer.decode(from_ort[0]),
         tokenizer.decode(from_torch[0]),
     )
+
+
+def test_default_criterion_holds_up_where_gate_norm_breaks(real_dir, tokenizer):
+    """The criterion study's finding (benchmarks/RESULTS.md), rechecked on the test text at k = 8 of 30."""
+    import statistics
+    from pathlib import Path
+
+    from optimum_gatenorm import DEFAULT_CRITERION
+    from optimum_gatenorm.compare import compare_criteria
+    from optimum_gatenorm.text import read_text
+
+    text = read_text(Path(__file__).parent / "data" / "pride_and_prejudice.txt")
+    result = compare_criteria(
+        load_pruned(real_dir),
+        tokenizer,
+        text,
+        criteria=[DEFAULT_CRITERION, "gate_norm", "random"],
+        num_layers=[8],
+        window=512,
+    )
+    at_8 = {c: result.curve(c)[8] for c in (DEFAULT_CRITERION, "gate_norm", "random")}
+    (default,) = at_8[DEFAULT_CRITERION]
+    random_median = statistics.median(at_8["random"])
+    assert default < random_median < at_8["gate_norm"][0]
+    assert default < 2 * result.baseline_perplexity  # still a language model; gate_norm is many times worse
+    removed = next(p.removed_layers for p in result.points if p.criterion == DEFAULT_CRITERION)
+    assert not {1, 2} & set(removed)  # the critical layers 1 and 2 stay (layer 0 is protected by default)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import ALL_TINY, save_sharded, tiny_model
 
-from optimum_gatenorm import GateNormPruner, available_criteria, get_criterion, register_criterion
+from optimum_gatenorm import DEFAULT_CRITERION, GateNormPruner, available_criteria, get_criterion, register_criterion
 from optimum_gatenorm.scoring import AttentionWeights, frobenius_of_product
 
 
@@ -17,6 +17,9 @@ def _reference(criterion: str, q, k, norm) -> float:
         q, k_expanded = q * norm, k_expanded * norm
     if criterion == "gate_norm_head":
         return sum(torch.linalg.matrix_norm(q[h].T @ k_expanded[h]).item() for h in range(heads))
+    if criterion == "gate_trace":  # minus the summed trace of diag(g) W_Q^h W_K^h^T diag(g), over sqrt(d)
+        gain = torch.diag(norm)
+        return -sum(torch.trace(gain @ q[h].T @ k_expanded[h] @ gain).item() for h in range(heads)) / d**0.5
     w_q = q.reshape(heads * d, hidden).T  # hidden x (heads * d)
     w_k = k_expanded.reshape(heads * d, hidden).T
     return torch.linalg.matrix_norm(w_q @ w_k.T).item()
@@ -32,7 +35,7 @@ SHAPES = {
 }
 
 
-@pytest.mark.parametrize("criterion", ["gate_norm", "gate_norm_head", "gate_norm_folded"])
+@pytest.mark.parametrize("criterion", ["gate_norm", "gate_norm_head", "gate_norm_folded", "gate_trace"])
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
 def test_criteria_match_float64_reference(criterion, shape):
     heads, kv_heads, head_dim, hidden = shape
@@ -62,7 +65,7 @@ def test_registry_rejects_duplicates_and_lists_names_on_miss():
 
 
 @pytest.mark.parametrize("name", sorted(ALL_TINY))
-@pytest.mark.parametrize("criterion", ["gate_norm", "gate_norm_head", "gate_norm_folded"])
+@pytest.mark.parametrize("criterion", ["gate_norm", "gate_norm_head", "gate_norm_folded", "gate_trace"])
 def test_checkpoint_streaming_matches_in_memory(name, criterion, tmp_path):
     model = tiny_model(name)
     model.save_pretrained(tmp_path / "single")
@@ -75,7 +78,8 @@ def test_checkpoint_streaming_matches_in_memory(name, criterion, tmp_path):
         assert streamed.scores == pytest.approx(in_memory.scores, rel=1e-5)
         assert streamed.ranking == in_memory.ranking
     assert len(in_memory.scores) == model.config.num_hidden_layers
-    assert all(s > 0 for s in in_memory.scores)
+    assert all(s > 0 for s in in_memory.scores) or criterion == "gate_trace"  # a trace has either sign
+    assert len(set(in_memory.scores)) == len(in_memory.scores)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
@@ -92,8 +96,20 @@ def test_ranking_is_lowest_first_and_scoring_reads_no_mlp(tmp_path):
     with torch.no_grad():  # make layer 2 the weakest gate and wreck an MLP weight: scores must not care
         model.model.layers[2].self_attn.q_proj.weight.mul_(0.01)
         model.model.layers[1].mlp.up_proj.weight.fill_(float("nan"))
-    report = GateNormPruner(model).score()
+    report = GateNormPruner(model).score("gate_norm")
     assert report.ranking[0] == 2
+    assert [report.scores[i] for i in report.ranking] == sorted(report.scores)
+
+
+def test_default_removes_the_most_self_matching_layer_first_and_reads_no_mlp():
+    model = tiny_model("llama")  # 4 query heads on 2 key heads of 8 dims
+    with torch.no_grad():  # layer 3's queries equal its keys: every head prefers tokens like the query itself
+        k = model.model.layers[3].self_attn.k_proj.weight
+        model.model.layers[3].self_attn.q_proj.weight.copy_(k.reshape(2, 1, 8, 32).expand(2, 2, 8, 32).reshape(32, 32))
+        model.model.layers[1].mlp.up_proj.weight.fill_(float("nan"))
+    report = GateNormPruner(model).score()
+    assert report.criterion == DEFAULT_CRITERION == "gate_trace"
+    assert report.ranking[0] == 3 and report.scores[3] < 0
     assert [report.scores[i] for i in report.ranking] == sorted(report.scores)
 
 

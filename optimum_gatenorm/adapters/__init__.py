@@ -5,7 +5,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import UnsupportedModelError
-from .base import ArchitectureAdapter, FusedConv1D, FusedRows, HeadDims, HeadInterleaved, QKLayout, SeparateProjections
+from .base import (
+    ArchitectureAdapter,
+    FusedConv1D,
+    FusedRows,
+    HeadDims,
+    HeadInterleaved,
+    MLPLayout,
+    QKLayout,
+    SeparateProjections,
+)
 from .gpt2 import GPT2
 from .gpt_neox import GPT_NEOX
 from .llama import LLAMA
@@ -21,6 +30,7 @@ __all__ = [
     "FusedRows",
     "HeadDims",
     "HeadInterleaved",
+    "MLPLayout",
     "QKLayout",
     "SeparateProjections",
     "get_adapter",

@@ -1,6 +1,6 @@
 """GPT-2: `Conv1D` `c_attn` stored `[in, out]`, LayerNorm `ln_1`/`ln_2`, layers return tuples."""
 
-from .base import ArchitectureAdapter, FusedConv1D
+from .base import ArchitectureAdapter, FusedConv1D, MLPLayout
 
 
 GPT2 = ArchitectureAdapter(
@@ -10,6 +10,8 @@ GPT2 = ArchitectureAdapter(
     input_norm="ln_1",
     post_norm="ln_2",
     qk=FusedConv1D("c_attn"),
+    mlp_layout=MLPLayout(up="c_fc", down="c_proj", conv1d=True, activation="activation_function"),
+    embedding="transformer.wte",
     returns_tuple=True,
     unsupported_flags=(
         # The attention scale depends on the layer index, which pruning renumbers.

@@ -1,6 +1,6 @@
 """Llama-style decoders: separate q/k/v/o projections and RMSNorm (llama, mistral, qwen2)."""
 
-from .base import ArchitectureAdapter, SeparateProjections
+from .base import ArchitectureAdapter, MLPLayout, SeparateProjections
 
 
 # qwen2 adds q/k/v biases; the score reads weights only, so the layout is the same.
@@ -11,4 +11,6 @@ LLAMA = ArchitectureAdapter(
     input_norm="input_layernorm",
     post_norm="post_attention_layernorm",
     qk=SeparateProjections(),
+    mlp_layout=MLPLayout(up="up_proj", gate="gate_proj", down="down_proj"),
+    embedding="model.embed_tokens",
 )

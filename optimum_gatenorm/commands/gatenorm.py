@@ -20,9 +20,18 @@ if TYPE_CHECKING:
     from argparse import ArgumentParser
 
 DEFAULT_MODEL = "smollm2-135m"  # optimum_gatenorm.models.DEFAULT_MODEL, repeated to keep start-up light
+DEFAULT_CRITERION = "gate_trace"  # optimum_gatenorm.scoring.DEFAULT_CRITERION, likewise (a test checks they agree)
 CRITERIA_HELP = (
-    "scoring criterion; the lowest-scored sublayers are removed first. Built in: gate_norm (default, the paper's "
-    "||W_Q W_K^T||_F), gate_norm_head (sum of per-head norms), gate_norm_folded (norm gain folded in)"
+    "scoring criterion; the lowest-scored sublayers are removed first. Weight-only: gate_trace (default: the "
+    "gate's self-match trace), gate_norm (the paper's ||W_Q W_K^T||_F), gate_norm_head, gate_norm_folded, "
+    "ov_norm, gate_ov, ov_relative; data-driven "
+    "(need --calibration-text): cosine, attn_norm; baselines: random, last. `optimum-cli gatenorm criteria` "
+    "lists them; benchmarks/RESULTS.md has how each held up on SmolLM2"
+)
+MIN_GAP_HELP = (
+    "keep removed sublayers at least N layers apart, skipping candidates too close to one already chosen "
+    "(1: plain k lowest; 2: no two neighbours; default: the criterion's own rule, 2 for gate_trace, 1 for the "
+    "others); if too few fit, the rest are taken lowest-first with a warning"
 )
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
@@ -157,7 +166,7 @@ class ScoreCommand(_LeafCommand):
             "at a time, without building the model.",
         )
         _add_model_args(parser)
-        parser.add_argument("--criterion", "-c", default="gate_norm", help=CRITERIA_HELP)
+        parser.add_argument("--criterion", "-c", default=DEFAULT_CRITERION, help=CRITERIA_HELP)
         parser.add_argument(
             "--format", choices=("table", "json"), default="table", help="output format (default: table)"
         )
@@ -187,6 +196,12 @@ class ScoreCommand(_LeafCommand):
                 f"{report.criterion} scores of {report.model_type} ({report.num_hidden_layers} layers), "
                 f"computed in {report.scoring_seconds:.3f} s; lowest first:\n{report.format_table()}"
             )
+            gap = get_criterion(report.criterion).min_gap
+            if gap > 1:
+                text += (
+                    f"\nprune walks this ranking with min_gap={gap}: a layer closer than {gap} to one already chosen "
+                    "is skipped (--min-gap 1 for plain k lowest)"
+                )
         if args.output:
             path = atomic_write_text(args.output, text + "\n", overwrite=args.overwrite)
             print(f"Wrote {path}", file=sys.stderr)
@@ -237,7 +252,7 @@ class PruneCommand(_LeafCommand):
         amount.add_argument(
             "--ratio", type=_ratio, help="fraction of all attention sublayers to remove, in [0, 1) (rounded)"
         )
-        parser.add_argument("--criterion", "-c", default="gate_norm", help=CRITERIA_HELP)
+        parser.add_argument("--criterion", "-c", default=DEFAULT_CRITERION, help=CRITERIA_HELP)
         parser.add_argument(
             "--protect-first",
             type=_non_negative_int,
@@ -253,6 +268,7 @@ class PruneCommand(_LeafCommand):
             default=[],
             help="comma-separated layer indices never to remove, e.g. 3,5,7",
         )
+        parser.add_argument("--min-gap", type=_positive_int, help=MIN_GAP_HELP)
         parser.add_argument(
             "--dtype", choices=DTYPES, default="auto", help="dtype of the saved checkpoint (default: the input's)"
         )
@@ -285,6 +301,7 @@ class PruneCommand(_LeafCommand):
             protect_first=args.protect_first,
             protect_last=args.protect_last,
             exclude_layers=tuple(args.exclude_layers),
+            min_gap=args.min_gap,
             seed=args.seed,
         )
         pruner = GateNormPruner.from_pretrained(
@@ -462,9 +479,19 @@ class CompareCommand(_LeafCommand):
         parser.add_argument(
             "--criteria",
             type=_name_list,
-            default=["gate_norm", "gate_norm_head", "gate_norm_folded", "random", "last"],
-            help="comma-separated criteria (default: the data-free ones: gate_norm,gate_norm_head,"
-            "gate_norm_folded,random,last; add cosine,attn_norm with --calibration-text)",
+            default=[
+                "gate_trace",
+                "gate_norm",
+                "gate_norm_head",
+                "gate_norm_folded",
+                "ov_norm",
+                "gate_ov",
+                "ov_relative",
+                "random",
+                "last",
+            ],
+            help="comma-separated criteria (default: the data-free ones: gate_trace,gate_norm,gate_norm_head,"
+            "gate_norm_folded,ov_norm,gate_ov,ov_relative,random,last; add cosine,attn_norm with --calibration-text)",
         )
         parser.add_argument(
             "--num-layers",
@@ -478,6 +505,9 @@ class CompareCommand(_LeafCommand):
         )
         parser.add_argument("--protect-first", type=_non_negative_int, default=1, help="as for prune (default: 1)")
         parser.add_argument("--protect-last", type=_non_negative_int, default=0, help="as for prune (default: 0)")
+        parser.add_argument(
+            "--min-gap", type=_positive_int, help="as for prune, for every criterion (default: each criterion's own)"
+        )
         _add_window_args(parser)
         _add_calibration_args(parser, seed=False)  # --seeds above
         parser.add_argument("--output", "-o", help="write the JSON result (every point, scores, timings) here")
@@ -513,6 +543,7 @@ class CompareCommand(_LeafCommand):
             calibration=calibration,
             protect_first=args.protect_first,
             protect_last=args.protect_last,
+            min_gap=args.min_gap,
             window=args.window,
             stride=args.stride,
             max_tokens=args.max_tokens,
@@ -642,14 +673,23 @@ class CriteriaCommand(_LeafCommand):
         parser.add_argument("--format", choices=("table", "json"), default="table")
 
     def execute(self):
-        from optimum_gatenorm.scoring import available_criteria, get_criterion
+        from optimum_gatenorm.scoring import DEFAULT_CRITERION, available_criteria, get_criterion
 
         rows = [get_criterion(name) for name in available_criteria()]
         if self.args.format == "json":
-            print(json.dumps([{"name": c.name, "description": c.description, "uses_norm": c.uses_norm} for c in rows]))
+            fields = ("name", "description", "uses_norm", "uses_ov", "data_free", "min_gap")
+            print(
+                json.dumps(
+                    [{f: getattr(c, f) for f in fields} | {"default": c.name == DEFAULT_CRITERION} for c in rows]
+                )
+            )
         else:
             width = max(len(c.name) for c in rows)
-            print("\n".join(f"{c.name:<{width}}  {c.description}" for c in rows))
+            lines = [f"{'criterion':<{width}}  data       min_gap  description"]
+            for c in rows:
+                data = "data-free" if c.data_free else "needs text"
+                lines.append(f"{c.name:<{width}}  {data:<10} {c.min_gap:<8} {c.description}")
+            print("\n".join(lines))
 
 
 class GateNormCommand(BaseOptimumCLICommand):

@@ -1,0 +1,271 @@
+"""Criterion study: can a weight-only criterion match the data-driven ones on SmolLM2-135M?
+
+    python benchmarks/criterion_study.py [--max-tokens 2048] [--window 512] [--output-dir benchmarks/criteria]
+
+For each evaluation text (Pride and Prejudice first: criteria are *chosen* on it; gensim's Lee news corpus and
+Jane Austen's *Emma*, never looked at while designing, *confirm* the choice; see benchmarks/texts.py), on one
+loaded model:
+
+1. `compare` over every criterion (weight-only: gate_norm, gate_norm_head, gate_norm_folded, ov_norm, gate_ov,
+   ov_relative, gate_trace; data-driven: cosine, attn_norm; random over 5 seeds; last), k in {0, 2, ..., 12},
+   protect_first=1;
+2. the same with the selection rule min_gap=2 (no two removed sublayers adjacent) for gate_norm, ov_relative and
+   gate_trace;
+3. ov_relative re-scored after each removal (the removed sublayer no longer feeds the residual-scale estimate);
+4. single-layer ablation: perplexity with each attention sublayer removed alone, and the Spearman correlation of
+   every criterion's scores with it and with the data-driven criteria.
+
+Writes `<text>.json`, `<text>.png` and `summary.md` (tables, the first k at which each criterion is worse than the
+median random draw, correlations) to the output directory. Calibration for cosine/attn_norm: 32 x 128 tokens of
+*Sense and Sensibility* (disjoint from both texts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from quality_study import make_calibration
+from texts import austen, lee_news
+from transformers import AutoTokenizer
+
+from optimum_gatenorm import load_pruned, resolve_model
+from optimum_gatenorm.checkpoint import ModelWeights
+from optimum_gatenorm.circuits import StackWeights, ov_relative
+from optimum_gatenorm.compare import compare_criteria, mask_attention, spearman
+from optimum_gatenorm.evaluation import perplexity
+from optimum_gatenorm.text import read_text
+
+
+CRITERIA = (
+    "gate_norm",
+    "gate_norm_head",
+    "gate_norm_folded",
+    "ov_norm",
+    "gate_ov",
+    "ov_relative",
+    "gate_trace",
+    "cosine",
+    "attn_norm",
+    "random",
+    "last",
+)
+GAP_CRITERIA = ("gate_norm", "ov_relative", "gate_trace")
+KS = (0, 2, 4, 6, 8, 10, 12)
+PROTECT_FIRST = 1
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--max-tokens", type=int, default=2048)
+    parser.add_argument("--window", type=int, default=512)
+    parser.add_argument("--calibration-samples", type=int, default=32)
+    parser.add_argument("--calibration-length", type=int, default=128)
+    parser.add_argument("--output-dir", default="benchmarks/criteria")
+    parser.add_argument(
+        "--plot-only", action="store_true", help="redraw the PNGs from the JSON files, measure nothing"
+    )
+    args = parser.parse_args()
+
+    out = Path(args.output_dir)
+    if args.plot_only:
+        for path in sorted(out.glob("*.json")):
+            plot_record(json.loads(path.read_text()), path.with_suffix(".png"))
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    path = resolve_model("smollm2-135m")
+    model = load_pruned(path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    calibration = make_calibration(tokenizer, austen("sensesensibility"), args)
+    texts = {"pride-and-prejudice": austen("prideprejudice"), "lee-news": lee_news(), "emma": austen("emma")}
+    summary = [
+        "# Criterion study: SmolLM2-135M-Instruct, perplexity with k attention sublayers removed",
+        "",
+        f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}. "
+        f"Command: `python benchmarks/criterion_study.py --max-tokens {args.max_tokens} --window {args.window}`. "
+        f"protect_first={PROTECT_FIRST}. Criteria are chosen on pride-and-prejudice and confirmed on lee-news and "
+        "emma.",
+        "",
+    ]
+    for name, text_path in texts.items():
+        start = time.perf_counter()
+        text = read_text(text_path)
+        common = dict(
+            num_layers=KS,
+            calibration=calibration,
+            window=args.window,
+            max_tokens=args.max_tokens,
+            model_name="SmolLM2-135M-Instruct",
+            text_name=name,
+            protect_first=PROTECT_FIRST,
+            progress=True,
+        )
+        main_result = compare_criteria(model, tokenizer, text, criteria=CRITERIA, min_gap=1, **common)
+        gap_result = compare_criteria(model, tokenizer, text, criteria=GAP_CRITERIA, min_gap=2, **common)
+
+        def ppl(layers, text=text):
+            with mask_attention(model, layers), torch.no_grad():
+                return perplexity(model, tokenizer, text, window=args.window, max_tokens=args.max_tokens).perplexity
+
+        rescored = rescored_ov_relative(model, max(KS))
+        rescored_curve = {k: ppl(rescored[:k]) if k else main_result.baseline_perplexity for k in KS}
+        ablation = [ppl([layer]) for layer in range(model.config.num_hidden_layers)]
+
+        curves = {c: _median_curve(main_result, c) for c in CRITERIA}
+        curves.update({f"{c} (min_gap=2)": _median_curve(gap_result, c) for c in GAP_CRITERIA})
+        curves["ov_relative (re-scored)"] = rescored_curve
+        removed = {c: _removed(main_result, c) for c in CRITERIA if c != "random"}
+        removed.update({f"{c} (min_gap=2)": _removed(gap_result, c) for c in GAP_CRITERIA})
+        removed["ov_relative (re-scored)"] = {k: sorted(rescored[:k]) for k in KS}
+        scores = {c: info["scores"] for c, info in main_result.criteria.items()}
+        correlations = {
+            c: {
+                ref: _spearman(scores[c], scores[ref] if ref != "ablation" else ablation)
+                for ref in ("cosine", "attn_norm", "ablation")
+            }
+            for c in CRITERIA
+        }
+        record = {
+            "text": name,
+            "num_tokens": main_result.num_tokens,
+            "baseline_perplexity": main_result.baseline_perplexity,
+            "settings": main_result.settings,
+            "curves": {c: {str(k): v for k, v in curve.items()} for c, curve in curves.items()},
+            "random_per_seed": _random_runs(main_result),
+            "removed": {c: {str(k): v for k, v in r.items()} for c, r in removed.items()},
+            "scores": scores,
+            "scoring_seconds": {c: info["scoring_seconds"] for c, info in main_result.criteria.items()},
+            "single_layer_ablation": ablation,
+            "spearman": correlations,
+        }
+        (out / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
+        plot_record(record, out / f"{name}.png")
+        summary += _section(name, record, time.perf_counter() - start)
+        print("\n".join(summary), flush=True)
+    (out / "summary.md").write_text("\n".join(summary) + "\n")
+    print(json.dumps({"written": sorted(p.name for p in out.iterdir())}))
+
+
+PLOTTED = {
+    "gate_trace (min_gap=2)": ("gate_trace, min_gap 2 (default)", "tab:green", "-", 2.5),
+    "gate_trace": ("gate_trace, k lowest", "tab:green", ":", 1.5),
+    "gate_norm": ("gate_norm (paper)", "tab:red", "-", 1.5),
+    "ov_relative (min_gap=2)": ("ov_relative, min_gap 2", "tab:purple", "-", 1.5),
+    "gate_ov": ("gate_ov", "tab:brown", "-", 1.0),
+    "cosine": ("cosine (data-driven)", "tab:blue", "--", 1.5),
+    "attn_norm": ("attn_norm (data-driven)", "tab:cyan", "--", 1.5),
+    "last": ("last", "tab:gray", ":", 1.0),
+}
+
+
+def plot_record(record: dict, path: Path) -> None:
+    """Perplexity vs k (log scale) for the main criteria, random as a median line and a min-max band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from optimum_gatenorm.utils import atomic_save_figure
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ks = sorted(int(k) for k in record["curves"]["random"])
+    runs = record["random_per_seed"].values()
+    low = [min(run[str(k)] for run in runs) for k in ks]
+    high = [max(run[str(k)] for run in runs) for k in ks]
+    ax.fill_between(ks, low, high, color="0.85", label="random, 5 seeds (min-max)")
+    ax.plot(ks, [record["curves"]["random"][str(k)] for k in ks], color="0.4", label="random, median")
+    for key, (label, color, style, width) in PLOTTED.items():
+        ax.plot(ks, [record["curves"][key][str(k)] for k in ks], style, color=color, linewidth=width, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("attention sublayers removed (k of 30)")
+    ax.set_ylabel("perplexity")
+    ax.set_title(f"SmolLM2-135M-Instruct, {record['text']} ({record['num_tokens']} tokens)")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    atomic_save_figure(fig, path, overwrite=True)
+    plt.close(fig)
+
+
+def rescored_ov_relative(model, k_max: int) -> list[int]:
+    """Removal order of ov_relative re-scored after each removal (removed sublayers add nothing to R)."""
+    total = model.config.num_hidden_layers
+    removed: list[int] = []
+    with torch.no_grad():
+        for _ in range(k_max):
+            present = [i for i in range(total) if i not in removed]
+            values = ov_relative(StackWeights(ModelWeights(model), model.config, present))
+            candidates = [(v, i) for v, i in zip(values, present, strict=True) if i >= PROTECT_FIRST]
+            removed.append(min(candidates)[1])
+    return removed
+
+
+def _median_curve(result, criterion):
+    return {k: statistics.median(values) for k, values in sorted(result.curve(criterion).items())}
+
+
+def _removed(result, criterion):
+    return {p.num_layers: p.removed_layers for p in result.points if p.criterion == criterion}
+
+
+def _random_runs(result):
+    runs = {}
+    for p in result.points:
+        if p.criterion == "random":
+            runs.setdefault(str(p.seed), {})[str(p.num_layers)] = p.perplexity
+    return runs
+
+
+def _spearman(a, b):
+    present = [i for i, value in enumerate(a) if value is not None]
+    value = spearman([a[i] for i in present], [b[i] for i in present])
+    return None if value != value else round(value, 3)
+
+
+def _section(name, record, seconds):
+    curves = record["curves"]
+    random_median = curves["random"]
+    ks = [int(k) for k in random_median if int(k) > 0]
+    header = "| criterion | " + " | ".join(f"k={k}" for k in ks) + " | first k worse than random median |"
+    lines = [
+        f"## {name}: {record['num_tokens']} tokens, unpruned perplexity {record['baseline_perplexity']:.2f} "
+        f"({seconds:.0f} s)",
+        "",
+        header,
+        "| --- " * (len(ks) + 2) + "|",
+    ]
+    for criterion, curve in curves.items():
+        worse = [k for k in ks if criterion != "random" and curve[str(k)] > random_median[str(k)]]
+        first = str(worse[0]) if worse else ("-" if criterion == "random" else "never (k <= 12)")
+        cells = " | ".join(f"{curve[str(k)]:.1f}" for k in ks)
+        label = "random (median of 5 seeds)" if criterion == "random" else criterion
+        lines.append(f"| {label} | {cells} | {first} |")
+    lines += [
+        "",
+        "| criterion | data-free | scoring s | Spearman vs cosine | vs attn_norm | vs single-layer ablation |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for criterion, rho in record["spearman"].items():
+        cells = " | ".join("n/a" if rho[r] is None else f"{rho[r]:+.2f}" for r in ("cosine", "attn_norm", "ablation"))
+        data_free = "no" if criterion in ("cosine", "attn_norm") else "yes"
+        lines.append(f"| {criterion} | {data_free} | {record['scoring_seconds'][criterion]:.3f} | {cells} |")
+    ablation = record["single_layer_ablation"]
+    order = sorted(range(len(ablation)), key=lambda i: ablation[i])
+    lines += [
+        "",
+        "Single-layer ablation (perplexity with only that attention sublayer removed), least harmful first: "
+        + ", ".join(f"{i} ({ablation[i]:.1f})" for i in order),
+        "",
+        "Removed at k=12: "
+        + "; ".join(f"{c}: {r['12']}" for c, r in record["removed"].items() if c not in ("random",)),
+        "",
+    ]
+    return lines
+
+
+if __name__ == "__main__":
+    main()

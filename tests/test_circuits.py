@@ -1,0 +1,269 @@
+"""The weight-only circuit criteria (ov_norm, gate_ov, ov_relative), the min_gap rule and the breakdown warning."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import ALL_TINY, tiny_model
+
+from optimum_gatenorm import GateNormConfig, GateNormPruner
+from optimum_gatenorm.adapters import HeadDims, get_adapter
+from optimum_gatenorm.checkpoint import ModelWeights
+from optimum_gatenorm.circuits import StackWeights, _activation, mlp_output_norm, ov_norm_squared
+from optimum_gatenorm.errors import InvalidConfigError
+from optimum_gatenorm.measurements import FIRST_K_WORSE_THAN_RANDOM, breakdown_warning
+from optimum_gatenorm.pruner import select_layers, spacing_warning
+from optimum_gatenorm.scoring import gate_norm, get_criterion, layer_weights
+
+
+NEW = ("ov_norm", "gate_ov", "ov_relative")
+
+
+def _single_token_attention_io(model, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and outputs of the real attention module for one-token sequences (every token id once).
+
+    With one token, softmax is 1 for every head, so the sublayer is the affine map `x -> sum_h O_h V_g x + b`.
+    """
+    adapter = get_adapter(model.config)
+    attention = getattr(model.get_submodule(adapter.layers)[layer], adapter.attention)
+    seen = {}
+
+    def capture_input(module, args, kwargs):
+        seen["x"] = kwargs.get("hidden_states", args[0] if args else None).detach()
+
+    def capture_output(module, args, output):
+        seen["y"] = output[0].detach()
+
+    handles = [
+        attention.register_forward_pre_hook(capture_input, with_kwargs=True),
+        attention.register_forward_hook(capture_output),
+    ]
+    with torch.no_grad():
+        model(input_ids=torch.arange(model.config.vocab_size)[:, None])
+    for handle in handles:
+        handle.remove()
+    return seen["x"][:, 0].double(), seen["y"][:, 0].double()
+
+
+@pytest.mark.parametrize("name", sorted(ALL_TINY))
+def test_extracted_value_and_output_projections_reproduce_the_attention_module(name):
+    model = tiny_model(name)
+    for layer in range(model.config.num_hidden_layers):
+        weights = layer_weights(ModelWeights(model), model.config, layer, with_norm=True, with_ov=True)
+        v, o = weights.v.double(), weights.o.double()
+        dims = HeadDims.from_config(model.config)
+        assert v.shape == (dims.num_kv_heads, dims.head_dim, dims.hidden_size)
+        assert o.shape == (dims.num_heads, dims.hidden_size, dims.head_dim)
+        expected = sum(o[h] @ v[h // weights.group_size] for h in range(dims.num_heads))
+        x, y = _single_token_attention_io(model, layer)
+        bias = y - x @ expected.T  # must be the same vector for every input: the output bias (zero or not)
+        assert torch.allclose(bias, bias.mean(dim=0), atol=1e-4 * y.abs().max()), f"layer {layer}"
+        assert (x @ expected.T).std() > 10 * 1e-4 * y.abs().max()  # the map is not trivially zero
+
+
+@pytest.mark.parametrize("name", ["llama", "mistral", "llama_mha"])
+def test_ov_norm_is_the_root_sum_of_per_head_dense_norms(name):
+    model = tiny_model(name)
+    with torch.no_grad():
+        model.model.layers[1].input_layernorm.weight.uniform_(0.2, 2.0)  # a non-trivial gain
+    weights = layer_weights(ModelWeights(model), model.config, 1, with_norm=True, with_ov=True)
+    v, o, gain = weights.v.double(), weights.o.double(), weights.norm.double()
+    dense = sum(
+        torch.linalg.matrix_norm(o[h] @ v[h // weights.group_size] @ torch.diag(gain)) ** 2 for h in range(o.shape[0])
+    )
+    assert ov_norm_squared(weights) == pytest.approx(float(dense), rel=1e-5)
+    assert get_criterion("ov_norm").fn(weights) == pytest.approx(math.sqrt(float(dense)), rel=1e-5)
+    assert get_criterion("gate_ov").fn(weights) == pytest.approx(
+        gate_norm(weights) * math.sqrt(float(dense)), rel=1e-5
+    )
+
+
+@pytest.mark.parametrize("name", sorted(ALL_TINY))
+def test_mlp_layout_reproduces_the_mlp_module(name):
+    model = tiny_model(name)
+    adapter = get_adapter(model.config)
+    stack = StackWeights(ModelWeights(model), model.config, list(range(model.config.num_hidden_layers)))
+    layer = 1
+    prefix = f"{adapter.layer_prefix(layer)}.{adapter.mlp}."
+    tensors = {n[len(prefix) :]: stack._tensor(n) for n in adapter.mlp_tensor_names(layer)}
+    gate, up, down = adapter.mlp_layout.extract(tensors)
+    act = _activation(model.config, adapter.mlp_layout.activation)
+    x = torch.randn(5, model.config.hidden_size)
+    hidden = act(x @ gate.T) * (x @ up.T) if gate is not None else act(x @ up.T)
+    module = getattr(model.get_submodule(adapter.layers)[layer], adapter.mlp)
+    with torch.no_grad():
+        expected = module(x)
+    bias = getattr(getattr(module, adapter.mlp_layout.down), "bias", None)
+    ours = hidden @ down.T + (bias if bias is not None else 0)
+    assert torch.allclose(ours, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("gated", [True, False])
+def test_mlp_output_norm_matches_monte_carlo(gated):
+    generator = torch.Generator().manual_seed(0)
+    hidden, inner = 24, 96
+    gate = torch.randn(inner, hidden, generator=generator, dtype=torch.float64) * 0.4 if gated else None
+    up = torch.randn(inner, hidden, generator=generator, dtype=torch.float64) * 0.4
+    if gated:  # correlated gate and up rows, as trained gated MLPs have
+        up = 0.6 * gate + 0.8 * up
+    down = torch.randn(hidden, inner, generator=generator, dtype=torch.float64) * 0.2
+    gain = torch.rand(hidden, generator=generator, dtype=torch.float64) + 0.5
+    act = torch.nn.functional.silu if gated else torch.nn.functional.gelu
+    estimate = mlp_output_norm(gate, up, down, gain, act)
+    x = torch.randn(200_000, hidden, generator=generator, dtype=torch.float64) * gain
+    h = act(x @ gate.T) * (x @ up.T) if gated else act(x @ up.T)
+    sampled = float((h @ down.T).square().sum(dim=1).mean().sqrt())
+    # The estimate neglects correlations between neurons around their means: a few percent here.
+    assert estimate == pytest.approx(sampled, rel=0.05)
+    assert estimate != pytest.approx(sampled * 1.2, rel=0.05)  # the tolerance does separate a wrong scale
+
+
+@pytest.mark.parametrize("name", sorted(ALL_TINY))
+def test_ov_relative_is_ov_norm_over_the_estimated_residual_scale(name):
+    model = tiny_model(name)
+    total = model.config.num_hidden_layers
+    stack = StackWeights(ModelWeights(model), model.config, list(range(total)))
+    residual = stack.residual_norms()
+    embedding = model.get_input_embeddings().weight.detach().double()
+    assert residual[0] == pytest.approx(float(embedding.square().sum(dim=1).mean().sqrt()), rel=1e-5)
+    for layer in range(1, total):
+        grown = (
+            residual[layer - 1] ** 2
+            + stack.attention_output_norm(layer - 1) ** 2
+            + stack.mlp_output_norm(layer - 1) ** 2
+        )
+        assert residual[layer] == pytest.approx(math.sqrt(grown), rel=1e-6)
+    report = GateNormPruner(model).score("ov_relative")
+    assert report.data_free
+    expected = [stack.attention_output_norm(i) / residual[i] for i in range(total)]
+    assert report.scores == pytest.approx(expected, rel=1e-5)
+
+
+def test_ov_relative_of_a_pruned_checkpoint_leaves_removed_attention_out_of_the_residual(tmp_path):
+    model = tiny_model("llama")
+    unpruned = GateNormPruner(model).score("ov_relative").scores
+    pruner = GateNormPruner(model)
+    pruned_model, _ = pruner.prune(GateNormConfig(num_layers=1, exclude_layers=(2, 3)))  # removes layer 1
+    pruned_model.save_pretrained(tmp_path)
+    again = GateNormPruner.from_pretrained(tmp_path).score("ov_relative")
+    assert again.scores[1] is None and again.pruned_layers == [1]
+    assert again.scores[0] == pytest.approx(unpruned[0], rel=1e-5)  # nothing before layer 0 changed
+    for layer in (2, 3):  # less residual above the removed sublayer: a larger relative contribution
+        assert again.scores[layer] > unpruned[layer]
+
+
+@pytest.mark.parametrize("name", sorted(ALL_TINY))
+@pytest.mark.parametrize("criterion", NEW)
+def test_new_criteria_stream_from_checkpoints_like_in_memory(name, criterion, tmp_path):
+    model = tiny_model(name)
+    model.save_pretrained(tmp_path)
+    streamed = GateNormPruner.from_pretrained(tmp_path).score(criterion)
+    in_memory = GateNormPruner(model).score(criterion)
+    assert streamed.source == "checkpoint" and in_memory.source == "model"
+    assert streamed.scores == pytest.approx(in_memory.scores, rel=1e-5)
+    assert all(s > 0 for s in streamed.scores)
+
+
+def test_new_criteria_fail_loudly_on_corrupt_value_weights():
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.model.layers[2].self_attn.v_proj.weight[0, 0] = float("nan")
+    from optimum_gatenorm.errors import InvalidCheckpointError
+
+    for criterion in NEW:
+        with pytest.raises(InvalidCheckpointError, match="layer 2: the value weights hold NaN"):
+            GateNormPruner(model).score(criterion)
+    GateNormPruner(model).score("gate_norm")  # Gate-Norm reads no values
+
+
+def test_gate_trace_is_the_expected_self_match_logit():
+    """-gate_trace equals the average over isotropic inputs of sum_h q_h(x) . k_h(x) / sqrt(d), with the gain."""
+    model = tiny_model("llama")  # GQA: 4 query heads on 2 key heads
+    with torch.no_grad():
+        model.model.layers[1].input_layernorm.weight.uniform_(0.2, 2.0)
+    weights = layer_weights(ModelWeights(model), model.config, 1, with_norm=True)
+    q, k = weights.q.double(), weights.k.double().repeat_interleave(weights.group_size, dim=0)
+    x = torch.randn(400_000, q.shape[2], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = x * weights.norm.double()
+    logits = torch.einsum("hdn,bn,hdm,bm->b", q, x, k, x) / q.shape[1] ** 0.5
+    spread = float(logits.std()) / len(logits) ** 0.5
+    assert abs(float(logits.mean()) + get_criterion("gate_trace").fn(weights)) < 4 * spread
+
+
+def test_min_gap_skips_neighbours_and_counts_earlier_removals():
+    scores = [9.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+    assert select_layers(scores, GateNormConfig(num_layers=3, protect_first=0, min_gap=1))[0] == [1, 2, 3]
+    assert select_layers(scores, GateNormConfig(num_layers=3, protect_first=0, min_gap=2))[0] == [1, 3, 5]
+    assert select_layers(scores, GateNormConfig(num_layers=2, protect_first=0, min_gap=3))[0] == [1, 4]
+    already = [9.0, None, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]  # layer 1 was pruned before: 2 is its neighbour
+    assert select_layers(already, GateNormConfig(num_layers=2, protect_first=0, min_gap=2))[0] == [3, 5]
+    # 5 of 8 cannot all be 2 apart once 1, 3, 5, 7 are taken: the fifth is the lowest remaining, with a warning
+    removed = select_layers(scores, GateNormConfig(num_layers=5, protect_first=0, min_gap=2))[0]
+    assert removed == [1, 2, 3, 5, 7]
+    assert spacing_warning(removed, scores, 2).startswith("not every removed sublayer could be kept min_gap=2")
+    assert "1-2, 2-3" in spacing_warning(removed, scores, 2)
+    assert spacing_warning([1, 3, 5], scores, 2) is None
+    assert "1-2" in spacing_warning([2], already, 2)  # next to a sublayer removed earlier
+    with pytest.raises(InvalidConfigError, match="min_gap must be an integer >= 1 .*got 0"):
+        GateNormConfig(num_layers=1, min_gap=0)
+
+
+def test_min_gap_defaults_to_the_criterion_rule():
+    assert GateNormConfig(num_layers=1).resolved_min_gap == 2  # gate_trace
+    assert GateNormConfig(num_layers=1, criterion="gate_norm").resolved_min_gap == 1
+    assert GateNormConfig(num_layers=1, criterion="gate_norm", min_gap=3).resolved_min_gap == 3
+    assert GateNormConfig(num_layers=1, criterion="gate_norm").to_dict()["min_gap"] == 1
+    scores = [9.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert select_layers(scores, GateNormConfig(num_layers=2))[0] == [1, 3]
+    assert select_layers(scores, GateNormConfig(num_layers=2, criterion="gate_norm"))[0] == [1, 2]
+
+
+def test_pruning_report_carries_the_spacing_warning():
+    model = tiny_model("llama")
+    with torch.no_grad():  # make layer 2 the lowest gate_trace: its neighbours 1 and 3 are then the only others
+        k = model.model.layers[2].self_attn.k_proj.weight
+        model.model.layers[2].self_attn.q_proj.weight.copy_(k.reshape(2, 1, 8, 32).expand(2, 2, 8, 32).reshape(32, 32))
+    _, report = GateNormPruner(model).prune(GateNormConfig(num_layers=2))
+    assert 2 in report.removed_layers and len(report.removed_layers) == 2
+    assert any(w.startswith("not every removed sublayer could be kept min_gap=2") for w in report.warnings)
+
+
+def test_breakdown_warning_follows_the_measured_table():
+    assert FIRST_K_WORSE_THAN_RANDOM, "the criterion study's numbers are missing"
+    for (criterion, gap), first in FIRST_K_WORSE_THAN_RANDOM.items():
+        if first is None:
+            assert breakdown_warning(criterion, gap, 12, 30) is None
+            assert "beyond what was measured" in breakdown_warning(criterion, gap, 13, 30)
+            continue
+        if first > 1:
+            assert breakdown_warning(criterion, gap, first - 1, 30) is None
+            assert breakdown_warning(criterion, gap, 2 * first - 2, 60) is None  # scaled by depth
+        message = breakdown_warning(criterion, gap, first, 30)
+        assert f"k={first}" in message and "--criterion cosine" in message
+        assert breakdown_warning(criterion, gap, 2 * first, 60) is not None
+    assert breakdown_warning("no_such_criterion", 1, 29, 30) is None
+    assert breakdown_warning("gate_norm", 1, 0, 30) is None
+
+
+def test_compare_applies_each_criterion_rule_unless_min_gap_is_given():
+    from conftest import tiny_tokenizer
+
+    from optimum_gatenorm.compare import compare_criteria
+
+    model, tokenizer = tiny_model("llama"), tiny_tokenizer()
+    text = "the quick brown fox jumps over the lazy dog. " * 20
+    pruner = GateNormPruner(model)
+    for min_gap in (None, 1):
+        result = compare_criteria(
+            model, tokenizer, text, criteria=["gate_trace", "gate_norm"], num_layers=[0, 2], min_gap=min_gap, window=64
+        )
+        for name in ("gate_trace", "gate_norm"):
+            gap = min_gap or get_criterion(name).min_gap
+            assert result.criteria[name]["min_gap"] == gap
+            expected = select_layers(
+                pruner.score(name).scores, GateNormConfig(num_layers=2, criterion=name, min_gap=gap)
+            )
+            removed = next(p.removed_layers for p in result.points if p.criterion == name and p.num_layers == 2)
+            assert removed == expected[0]
