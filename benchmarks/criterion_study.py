@@ -22,7 +22,6 @@ median random draw, correlations) to the output directory. Calibration for cosin
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
@@ -30,7 +29,7 @@ import time
 from pathlib import Path
 
 import torch
-from quality_study import make_calibration
+from quality_study import make_calibration, study_parser
 from texts import austen, lee_news
 from transformers import AutoTokenizer
 
@@ -61,12 +60,7 @@ PROTECT_FIRST = 1
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--max-tokens", type=int, default=2048)
-    parser.add_argument("--window", type=int, default=512)
-    parser.add_argument("--calibration-samples", type=int, default=32)
-    parser.add_argument("--calibration-length", type=int, default=128)
-    parser.add_argument("--output-dir", default="benchmarks/criteria")
+    parser = study_parser(__doc__, max_tokens=2048, window=512, output_dir="benchmarks/criteria")
     parser.add_argument(
         "--plot-only", action="store_true", help="redraw the PNGs from the JSON files, measure nothing"
     )

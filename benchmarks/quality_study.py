@@ -34,12 +34,7 @@ KS = (0, 2, 4, 6, 8, 10, 12)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--max-tokens", type=int, default=4096)
-    parser.add_argument("--window", type=int, default=1024)
-    parser.add_argument("--calibration-samples", type=int, default=32)
-    parser.add_argument("--calibration-length", type=int, default=128)
-    parser.add_argument("--output-dir", default="benchmarks/quality")
+    parser = study_parser(__doc__, max_tokens=4096, window=1024, output_dir="benchmarks/quality")
     args = parser.parse_args()
 
     out = Path(args.output_dir)
@@ -92,6 +87,17 @@ def main():
 
 def _fmt(value):
     return "n/a" if value is None else f"{value:+.2f}"
+
+
+def study_parser(doc: str, *, max_tokens: int, window: int, output_dir: str) -> argparse.ArgumentParser:
+    """The arguments every quality-type study takes (evaluation window, calibration size, output directory)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--max-tokens", type=int, default=max_tokens)
+    parser.add_argument("--window", type=int, default=window)
+    parser.add_argument("--calibration-samples", type=int, default=32)
+    parser.add_argument("--calibration-length", type=int, default=128)
+    parser.add_argument("--output-dir", default=output_dir)
+    return parser
 
 
 def make_calibration(tokenizer, text_path, args):

@@ -171,6 +171,16 @@ def _register(criterion: Criterion) -> None:
     _CRITERIA[criterion.name] = criterion
 
 
+def _registering(**fields):
+    """A decorator that registers `Criterion(fn=decorated, **fields)` and returns the function unchanged."""
+
+    def wrapper(fn: Callable):
+        _register(Criterion(fn=fn, **fields))
+        return fn
+
+    return wrapper
+
+
 def register_criterion(
     name: str,
     *,
@@ -191,21 +201,9 @@ def register_criterion(
         ValueError: If `name` is already registered.
     """
 
-    def wrapper(fn: Callable):
-        _register(
-            Criterion(
-                name=name,
-                fn=fn,
-                description=description,
-                uses_norm=uses_norm,
-                uses_ov=uses_ov,
-                stack=stack,
-                min_gap=min_gap,
-            )
-        )
-        return fn
-
-    return wrapper
+    return _registering(
+        name=name, description=description, uses_norm=uses_norm, uses_ov=uses_ov, stack=stack, min_gap=min_gap
+    )
 
 
 def register_model_criterion(
@@ -228,21 +226,14 @@ def register_model_criterion(
         ValueError: If `name` is already registered.
     """
 
-    def wrapper(fn: Callable):
-        _register(
-            Criterion(
-                name=name,
-                fn=fn,
-                description=description,
-                level=MODEL,
-                needs_data=needs_data,
-                needs_model=needs_model,
-                uses_seed=uses_seed,
-            )
-        )
-        return fn
-
-    return wrapper
+    return _registering(
+        name=name,
+        description=description,
+        level=MODEL,
+        needs_data=needs_data,
+        needs_model=needs_model,
+        uses_seed=uses_seed,
+    )
 
 
 def available_criteria() -> list[str]:
