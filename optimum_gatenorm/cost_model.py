@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from .adapters import get_adapter
 from .adapters.base import HeadDims
 from .errors import InvalidConfigError, UnsupportedModelError
 from .modeling import get_pruned_layers
@@ -41,8 +42,9 @@ __all__ = ["Cost", "ModelCost", "ideal_speedup"]
 class _Architecture:
     """What the parameter count of one model family depends on.
 
+    Whether the MLP is gated (three matrices instead of two) is the adapter's `mlp_layout.gated`.
+
     Args:
-        gated_mlp: The MLP has three matrices (gate, up, down) instead of two (up, down).
         norm_bias: Norms are LayerNorms with a bias (2 * D parameters) instead of RMSNorms (D).
         qkv_bias: The q, k and v projections have biases.
         o_bias: The output projection has a bias.
@@ -53,7 +55,6 @@ class _Architecture:
         position_embeddings_attr: Config attribute holding the number of learned position embeddings, if any.
     """
 
-    gated_mlp: bool
     norm_bias: bool = False
     qkv_bias: bool = False
     o_bias: bool = False
@@ -65,15 +66,14 @@ class _Architecture:
 
 
 _ARCHITECTURES: dict[str, _Architecture] = {
-    "llama": _Architecture(gated_mlp=True, attention_bias_attr="attention_bias", mlp_bias_attr="mlp_bias"),
-    "mistral": _Architecture(gated_mlp=True),
+    "llama": _Architecture(attention_bias_attr="attention_bias", mlp_bias_attr="mlp_bias"),
+    "mistral": _Architecture(),
     # Qwen2 has biases on q, k and v (not on o), always.
-    "qwen2": _Architecture(gated_mlp=True, qkv_bias=True),
+    "qwen2": _Architecture(qkv_bias=True),
     # Phi-3 fuses q, k, v into qkv_proj and gate, up into gate_up_proj: same counts as separate matrices.
-    "phi3": _Architecture(gated_mlp=True),
+    "phi3": _Architecture(),
     # GPT-2: LayerNorms and biases everywhere, learned positions, MLP width n_inner (None means 4 * D).
     "gpt2": _Architecture(
-        gated_mlp=False,
         norm_bias=True,
         qkv_bias=True,
         o_bias=True,
@@ -83,7 +83,6 @@ _ARCHITECTURES: dict[str, _Architecture] = {
     ),
     # GPT-NeoX: fused head-interleaved qkv; both residual styles have two norms per layer.
     "gpt_neox": _Architecture(
-        gated_mlp=False,
         norm_bias=True,
         qkv_bias=True,
         o_bias=True,
@@ -212,7 +211,7 @@ class ModelCost:
             pruned_layers=tuple(get_pruned_layers(config) if pruned_layers is None else pruned_layers),
             head_dims=HeadDims.from_config(config),
             intermediate_size=getattr(config, arch.intermediate_attr, None) or 4 * hidden,
-            gated_mlp=arch.gated_mlp,
+            gated_mlp=get_adapter(config.model_type).mlp_layout.gated,
             vocab_size=config.vocab_size,
             tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
             position_embeddings=positions,

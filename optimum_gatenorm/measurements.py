@@ -11,7 +11,7 @@ scales k by the layer count and says where it was measured.
 from __future__ import annotations
 
 
-__all__ = ["MEASURED_MODEL", "breakdown_warning", "first_k_worse_than_random"]
+__all__ = ["FIRST_K_WORSE_THAN_RANDOM", "MEASURED_MODEL", "breakdown_warning"]
 
 MEASURED_MODEL = "SmolLM2-135M-Instruct"
 MEASURED_LAYERS = 30
@@ -31,15 +31,6 @@ FIRST_K_WORSE_THAN_RANDOM: dict[tuple[str, int], int | None] = {
     ("ov_relative", 2): 2,
     ("last", 1): 4,
 }
-
-
-def first_k_worse_than_random(criterion: str, min_gap: int = 1) -> int | None:
-    """The measured breakdown k of `criterion` on SmolLM2 (see the module docstring).
-
-    Raises:
-        KeyError: If that combination was not measured.
-    """
-    return FIRST_K_WORSE_THAN_RANDOM[(criterion, min_gap)]
 
 
 def breakdown_warning(criterion: str, min_gap: int, num_layers: int, total: int) -> str | None:

@@ -388,32 +388,42 @@ def score_layers(
         )
     total = config.num_hidden_layers
     pruned = set(get_pruned_layers(config))
-    scores: list[float | None] = [None] * total
     start = time.perf_counter()
     with torch.no_grad():
         layers = [i for i in range(total) if i not in pruned]
         if chosen.stack:
             from .circuits import StackWeights
 
-            stack = StackWeights(source, config, layers, device=device, progress=progress)
-            values = list(chosen.fn(stack))
-            if len(values) != len(layers):
-                raise ValueError(f"criterion {criterion!r} returned {len(values)} scores for {len(layers)} layers")
-            for layer, value in zip(layers, values, strict=True):
-                scores[layer] = float(value)
+            values = chosen.fn(StackWeights(source, config, layers, device=device, progress=progress))
         else:
+            values = []
             for layer in tqdm(layers, desc=f"Scoring ({criterion})", unit="layer", disable=not progress):
                 weights = layer_weights(
                     source, config, layer, with_norm=chosen.uses_norm, with_ov=chosen.uses_ov, device=device
                 )
-                scores[layer] = chosen.fn(weights)
-    bad = [i for i, value in enumerate(scores) if value is not None and not math.isfinite(value)]
-    if bad:
-        raise InvalidCheckpointError(
-            f"layer {bad[0]}: criterion {criterion!r} gave a non-finite score ({scores[bad[0]]}); the weights hold "
-            "NaN/Inf or overflow"
-        )
+                values.append(chosen.fn(weights))
+    scores = _scores_by_layer(criterion, total, layers, values, cause="the weights hold NaN/Inf or overflow")
     return _report(config, chosen, scores, pruned, time.perf_counter() - start, source_kind)
+
+
+def _scores_by_layer(criterion: str, total: int, layers: list[int], values, *, cause: str) -> list[float | None]:
+    """`values` (one per entry of `layers`) spread over all `total` layers, `None` elsewhere.
+
+    Raises:
+        ValueError: If the criterion returned the wrong number of scores (a bug in the criterion).
+        InvalidCheckpointError: If a score is NaN or infinite.
+    """
+    values = [float(value) for value in values]
+    if len(values) != len(layers):
+        raise ValueError(f"criterion {criterion!r} returned {len(values)} scores for {len(layers)} layers")
+    scores: list[float | None] = [None] * total
+    for layer, value in zip(layers, values, strict=True):
+        if not math.isfinite(value):
+            raise InvalidCheckpointError(
+                f"layer {layer}: criterion {criterion!r} gave a non-finite score ({value}); {cause}"
+            )
+        scores[layer] = value
+    return scores
 
 
 def _report(config, chosen: Criterion, scores, pruned, seconds: float, source_kind: str, **extra) -> "ScoreReport":
@@ -497,19 +507,9 @@ def score_with_model(
     pruned = set(get_pruned_layers(config))
     layers = [i for i in range(total) if i not in pruned]
     start = time.perf_counter()
-    values = list(chosen.fn(model, layers, calibration=calibration, seed=seed, progress=progress))
+    values = chosen.fn(model, layers, calibration=calibration, seed=seed, progress=progress)
     seconds = time.perf_counter() - start
-    if len(values) != len(layers):
-        raise ValueError(f"criterion {criterion!r} returned {len(values)} scores for {len(layers)} layers")
-    scores: list[float | None] = [None] * total
-    for layer, value in zip(layers, values, strict=True):
-        value = float(value)
-        if not math.isfinite(value):
-            raise InvalidCheckpointError(
-                f"layer {layer}: criterion {criterion!r} gave a non-finite score ({value}); the weights or "
-                "activations hold NaN or Inf"
-            )
-        scores[layer] = value
+    scores = _scores_by_layer(criterion, total, layers, values, cause="the weights or activations hold NaN or Inf")
     return _report(
         config,
         chosen,

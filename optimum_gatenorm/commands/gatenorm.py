@@ -457,6 +457,28 @@ class EvalCommand(_LeafCommand):
             atomic_write_text(args.output, result.to_json() + "\n", overwrite=args.overwrite)
 
 
+def _add_result_file_args(parser: "ArgumentParser", *, output: str, plot: str) -> None:
+    """`--output` (JSON), `--plot` (PNG) and `--overwrite`, checked by `_check_result_files`."""
+    parser.add_argument("--output", "-o", help=output)
+    parser.add_argument("--plot", help=plot)
+    parser.add_argument("--overwrite", action="store_true", help="replace existing --output / --plot files")
+
+
+def _check_result_files(args) -> None:
+    """Refuses, before any work, result files that exist (without --overwrite) or a --plot without matplotlib."""
+    from optimum_gatenorm.errors import InvalidConfigError
+    from optimum_gatenorm.utils import check_output_path
+
+    for path in (args.output, args.plot):
+        if path:
+            check_output_path(path, args.overwrite)
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise InvalidConfigError('--plot needs matplotlib: pip install -e ".[plot]"') from None
+
+
 def _name_list(text: str) -> list[str]:
     names = [part.strip() for part in text.split(",") if part.strip()]
     if not names:
@@ -510,26 +532,20 @@ class CompareCommand(_LeafCommand):
         )
         _add_window_args(parser)
         _add_calibration_args(parser, seed=False)  # --seeds above
-        parser.add_argument("--output", "-o", help="write the JSON result (every point, scores, timings) here")
-        parser.add_argument("--plot", help="write a PNG plot here (needs matplotlib: the plot extra)")
-        parser.add_argument("--overwrite", action="store_true", help="replace existing --output / --plot files")
+        _add_result_file_args(
+            parser,
+            output="write the JSON result (every point, scores, timings) here",
+            plot="write a PNG plot here (needs matplotlib: the plot extra)",
+        )
 
     def execute(self):
         from optimum_gatenorm import GateNormPruner
         from optimum_gatenorm.compare import compare_criteria
-        from optimum_gatenorm.errors import InvalidConfigError
         from optimum_gatenorm.text import read_text
-        from optimum_gatenorm.utils import atomic_write_text, check_output_path
+        from optimum_gatenorm.utils import atomic_write_text
 
         args = self.args
-        for path in (args.output, args.plot):
-            if path:
-                check_output_path(path, args.overwrite)
-        if args.plot:
-            try:
-                import matplotlib  # noqa: F401
-            except ImportError:
-                raise InvalidConfigError('--plot needs matplotlib: pip install -e ".[plot]"') from None
+        _check_result_files(args)
         text = read_text(args.text)
         pruner = GateNormPruner.from_pretrained(args.model, allow_pickle=args.allow_pickle)
         calibration = _calibration(pruner, args)
@@ -602,18 +618,18 @@ class BenchmarkCommand(_LeafCommand):
         parser.add_argument(
             "--seed", type=_non_negative_int, default=0, help="seed of the random prompts (default: 0)"
         )
-        parser.add_argument("--output", "-o", help="write every raw run and the summary as JSON here")
-        parser.add_argument("--plot", help="write a PNG of the speed-ups and their bounds here")
-        parser.add_argument("--overwrite", action="store_true", help="replace existing --output / --plot files")
+        _add_result_file_args(
+            parser,
+            output="write every raw run and the summary as JSON here",
+            plot="write a PNG of the speed-ups and their bounds here",
+        )
 
     def execute(self):
         from optimum_gatenorm.benchmark import BenchmarkSettings, run_benchmark
-        from optimum_gatenorm.utils import atomic_write_text, check_output_path
+        from optimum_gatenorm.utils import atomic_write_text
 
         args = self.args
-        for path in (args.output, args.plot):
-            if path:
-                check_output_path(path, args.overwrite)
+        _check_result_files(args)
         settings = BenchmarkSettings(
             batch_sizes=args.batch_size or [1],
             prompt_lengths=args.prompt_length or [128],
