@@ -17,6 +17,7 @@ from .errors import (
     InvalidConfigError,
     ModelNotFoundError,
     OutputExistsError,
+    OutputNotWritableError,
     UnsupportedModelError,
 )
 from .evaluation import PerplexityResult, evaluate_perplexity, perplexity
@@ -30,6 +31,7 @@ from .modeling import (
     save_pruned,
 )
 from .models import BUILTIN_MODELS, DEFAULT_MODEL, convert_gguf, resolve_model
+from .pipeline import PruneResult, prune_and_save
 from .pruner import GateNormPruner, select_layers
 from .report import PruningReport, ScoreReport
 from .scoring import (
@@ -63,8 +65,10 @@ __all__ = [
     "InvalidConfigError",
     "ModelNotFoundError",
     "OutputExistsError",
+    "OutputNotWritableError",
     "PerplexityResult",
     "PrunedAttentionConfig",
+    "PruneResult",
     "PruningReport",
     "ScoreReport",
     "UnsupportedModelError",
@@ -80,6 +84,7 @@ __all__ = [
     "ideal_speedup",
     "load_pruned",
     "perplexity",
+    "prune_and_save",
     "prune_model",
     "register_adapter",
     "register_criterion",

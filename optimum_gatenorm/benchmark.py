@@ -10,9 +10,12 @@ How it measures (see README, "Throughput"):
   decode = (last - first) / (new_tokens - 1) per step; end-to-end tokens/s = batch * new_tokens / total time.
 - Warm-up runs are excluded. Baseline and candidate runs are interleaved (A B A B ...) so that machine drift
   cancels in the ratios; medians and min-max are reported.
-- Peak memory: the process RSS (CPU) or the device memory in use (CUDA), sampled every 5 ms during a run; both
-  models live in one process, so `memory_growth_mb` (peak minus the level at the start of the run: KV cache and
-  activations) is the number that tells them apart.
+- Memory: both models live in one process, so the process peak would be the same for both and is not reported.
+  `memory_growth_mb` is the peak during a run minus the level at its start (process RSS on the CPU, device memory
+  in use on CUDA, sampled every 5 ms): KV cache and activations, which do differ. `weights_mb` is each model's
+  weight files on disk.
+- Noise: when the min-max ranges of the two models overlap for a metric, the measured difference is within the
+  noise of the runs; the result lists a warning for it (raise `--runs`, or quiet the machine).
 - On CUDA: onnxruntime's CUDAExecutionProvider with IO binding, synchronised timestamps, and a loud failure if
   the session fell back to the CPU.
 - "ideal" is the cost model's FLOPs (prefill) or bytes (decode) ratio (`optimum_gatenorm.cost_model`). It counts
@@ -32,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidCheckpointError, InvalidConfigError
+from .errors import InvalidCheckpointError, InvalidConfigError, ModelNotFoundError
 from .version import __version__
 
 
@@ -42,7 +45,9 @@ logger = logging.getLogger(__name__)
 
 BACKENDS = ("onnxruntime", "pytorch")
 PROVIDERS = ("cpu", "cuda")
-METRICS = ("prefill_s", "decode_tokens_per_s", "e2e_tokens_per_s", "peak_memory_mb", "memory_growth_mb")
+METRICS = ("prefill_s", "decode_tokens_per_s", "e2e_tokens_per_s", "memory_growth_mb")
+# For each metric, whether larger is better (for the noise check).
+_HIGHER_IS_BETTER = {"prefill_s": False, "decode_tokens_per_s": True, "e2e_tokens_per_s": True}
 
 
 @dataclass
@@ -98,7 +103,6 @@ class RunRecord:
     decode_tokens_per_s: float
     e2e_tokens_per_s: float
     total_s: float
-    peak_memory_mb: float
     memory_growth_mb: float
 
 
@@ -111,6 +115,8 @@ class BenchmarkResult:
     machine: dict
     runs: list[RunRecord]
     summary: list[dict]
+    weights_mb: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
     gatenorm_version: str = __version__
 
     def to_dict(self) -> dict:
@@ -141,10 +147,16 @@ class BenchmarkResult:
                     f"  {metric:<22} {_stat(base):>30} {_stat(cand):>30} {(f'{ratio:.3f}' if ratio else '-'):>7} "
                     f"{(f'{ideal:.3f}' if ideal else '-'):>7} {efficiency:>10}"
                 )
+        if self.weights_mb:
+            lines.append(
+                f"weights on disk: baseline {self.weights_mb['baseline']:.1f} MB, candidate "
+                f"{self.weights_mb['candidate']:.1f} MB"
+            )
         lines.append(
             "ratio: speed-up of the candidate (baseline time / candidate time; memory: candidate / baseline); ideal: "
             "cost-model bound (prefill: compute-bound, decode and end-to-end: memory-bound)"
         )
+        lines.extend(f"warning: {warning}" for warning in self.warnings)
         return "\n".join(lines)
 
     def plot(self, path: str | Path, *, overwrite: bool = False) -> Path:
@@ -231,6 +243,35 @@ def _is_onnx_dir(path: Path) -> bool:
     return (path / "model.onnx").is_file()
 
 
+def check_model_path(path: str | Path, settings: BenchmarkSettings) -> Path:
+    """The directory to load for `settings.backend`, checked without loading anything.
+
+    Raises:
+        ModelNotFoundError: If the path does not exist.
+        InvalidCheckpointError: If it does not suit the backend (with the path that would).
+    """
+    from .models import resolve_model
+
+    if settings.backend == "pytorch":
+        path = resolve_model(path)
+        if _is_onnx_dir(Path(path)):
+            raise InvalidCheckpointError(f"{path} is an ONNX export; use --backend onnxruntime for it")
+        return Path(path)
+    path = Path(path)
+    if not path.exists():
+        raise ModelNotFoundError(f"{path} not found: pass the directory of an ONNX export (with model.onnx)")
+    if path.is_dir() and _is_onnx_dir(path):
+        return path
+    if path.is_dir() and _is_onnx_dir(path / "onnx"):
+        raise InvalidCheckpointError(
+            f"{path} is a checkpoint whose ONNX export is in {path / 'onnx'}; pass that directory (or --backend pytorch)"
+        )
+    raise InvalidCheckpointError(
+        f"{path} is not an ONNX export (no model.onnx); export it first: optimum-cli gatenorm export --model "
+        f"{path} --output {path}-onnx (or use --backend pytorch)"
+    )
+
+
 def load_model(path: str | Path, settings: BenchmarkSettings):
     """Loads one side of the comparison for `settings.backend` / `settings.provider`.
 
@@ -238,15 +279,8 @@ def load_model(path: str | Path, settings: BenchmarkSettings):
         InvalidCheckpointError: If the directory does not suit the backend.
         InvalidConfigError: If CUDA is asked for but onnxruntime would run on the CPU.
     """
-    from .models import resolve_model
-
+    path = check_model_path(path, settings)
     if settings.backend == "onnxruntime":
-        path = Path(path)
-        if not path.is_dir() or not _is_onnx_dir(path):
-            raise InvalidCheckpointError(
-                f"{path} is not an ONNX export (no model.onnx); export it first: optimum-cli gatenorm export "
-                f"--model CHECKPOINT --output {path}"
-            )
         from optimum.onnxruntime import ORTModelForCausalLM
 
         if settings.provider == "cuda":
@@ -257,9 +291,6 @@ def load_model(path: str | Path, settings: BenchmarkSettings):
                 )
             return model
         return ORTModelForCausalLM.from_pretrained(path)
-    path = resolve_model(path)
-    if _is_onnx_dir(Path(path)):
-        raise InvalidCheckpointError(f"{path} is an ONNX export; use --backend onnxruntime for it")
     from .modeling import load_pruned
 
     model = load_pruned(path)
@@ -319,9 +350,10 @@ def run_benchmark(
         from .exporters.onnx import check_cuda_available
 
         check_cuda_available()
-    models = {"candidate": load_model(candidate, settings), "baseline": load_model(baseline, settings)}
+    candidate_path, baseline_path = check_model_path(candidate, settings), check_model_path(baseline, settings)
+    models = {"candidate": load_model(candidate_path, settings), "baseline": load_model(baseline_path, settings)}
     configs = {name: model.config for name, model in models.items()}
-    _check_comparable(Path(candidate), Path(baseline), configs["candidate"], configs["baseline"])
+    _check_comparable(candidate_path, baseline_path, configs["candidate"], configs["baseline"])
     costs = {name: ModelCost.from_config(config) for name, config in configs.items()}
     device = "cuda" if settings.provider == "cuda" else "cpu"
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -369,7 +401,6 @@ def run_benchmark(
                         decode_tokens_per_s=batch / decode,
                         e2e_tokens_per_s=batch * settings.new_tokens / (end - start),
                         total_s=end - start,
-                        peak_memory_mb=memory.peak / 2**20,
                         memory_growth_mb=(memory.peak - memory.start) / 2**20,
                     )
                 )
@@ -386,7 +417,6 @@ def run_benchmark(
             "prefill_s": base["prefill_s"]["median"] / cand["prefill_s"]["median"],
             "decode_tokens_per_s": cand["decode_tokens_per_s"]["median"] / base["decode_tokens_per_s"]["median"],
             "e2e_tokens_per_s": cand["e2e_tokens_per_s"]["median"] / base["e2e_tokens_per_s"]["median"],
-            "peak_memory_mb": cand["peak_memory_mb"]["median"] / base["peak_memory_mb"]["median"],
             "memory_growth_mb": _ratio(cand["memory_growth_mb"]["median"], base["memory_growth_mb"]["median"]),
         }
         # Decode steps see contexts from `length` to `length + new_tokens - 1`: the middle one stands for them.
@@ -399,10 +429,12 @@ def run_benchmark(
             "prefill_s": prefill["compute_bound"],
             "decode_tokens_per_s": decode["memory_bound"],
             "e2e_tokens_per_s": decode["memory_bound"],
-            "peak_memory_mb": None,
             "memory_growth_mb": None,
         }
         summary.append(row)
+    warnings = noise_warnings(summary)
+    for warning in warnings:
+        logger.warning("warning: %s", warning)
 
     machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine()}
     machine["torch_threads"] = torch.get_num_threads()
@@ -419,4 +451,27 @@ def run_benchmark(
         machine=machine,
         runs=records,
         summary=summary,
+        weights_mb={"candidate": _weights_mb(candidate_path), "baseline": _weights_mb(baseline_path)},
+        warnings=warnings,
     )
+
+
+def noise_warnings(summary: list[dict]) -> list[str]:
+    """One line per shape and timing metric whose two min-max ranges overlap: the ratio is within the noise."""
+    warnings = []
+    for row in summary:
+        for metric in _HIGHER_IS_BETTER:
+            base, cand = row["baseline"][metric], row["candidate"][metric]
+            if base["min"] <= cand["max"] and cand["min"] <= base["max"]:
+                ratio = row["speedup"][metric]
+                warnings.append(
+                    f"batch {row['batch_size']}, prompt {row['prompt_length']}: {metric} ratio {ratio:.3f} is within "
+                    f"the noise (baseline runs {_stat(base)}, candidate runs {_stat(cand)} overlap); raise --runs or "
+                    "quiet the machine"
+                )
+    return warnings
+
+
+def _weights_mb(path: Path) -> float:
+    weights = (".safetensors", ".bin", ".onnx", ".onnx_data", ".onnx.data")
+    return sum(f.stat().st_size for f in path.iterdir() if f.is_file() and f.name.endswith(weights)) / 2**20

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import statistics
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -131,6 +132,10 @@ class CompareResult:
                 out.setdefault(point.num_layers, []).append(point.perplexity)
         return dict(sorted(out.items()))
 
+    def band(self, criterion: str) -> dict[int, tuple[float, float, float]]:
+        """k -> (min, median, max) over the curve's values (seeds for `random`); the table and plot both use it."""
+        return {k: (min(v), statistics.median(v), max(v)) for k, v in self.curve(criterion).items()}
+
     def format_table(self) -> str:
         names = list(self.criteria)
         header = f"{'k':>3}  " + "  ".join(f"{name:>22}" for name in names)
@@ -144,11 +149,7 @@ class CompareResult:
                 elif len(values) == 1:
                     cells.append(f"{values[0]:>22.2f}")
                 else:
-                    median = (
-                        values[len(values) // 2]
-                        if len(values) % 2
-                        else sum(values[len(values) // 2 - 1 : len(values) // 2 + 1]) / 2
-                    )
+                    median = statistics.median(values)
                     cells.append(f"{f'{median:.1f} ({values[0]:.1f}-{values[-1]:.1f})':>22}")
             lines.append(f"{k:>3}  " + "  ".join(cells))
         timing = ", ".join(f"{name} {info['scoring_seconds']:.3g} s" for name, info in self.criteria.items())
@@ -177,9 +178,8 @@ class CompareResult:
             curve = self.curve(name)
             ks = list(curve)
             if name == RANDOM:
-                lows = [min(v) for v in curve.values()]
-                highs = [max(v) for v in curve.values()]
-                medians = [sorted(v)[len(v) // 2] for v in curve.values()]
+                band = self.band(name)
+                lows, medians, highs = ([band[k][i] for k in ks] for i in range(3))
                 ax.fill_between(ks, lows, highs, color="grey", alpha=0.25, label="random (min-max)")
                 ax.plot(ks, medians, color="grey", linestyle="--", marker="o", label="random (median)")
             else:
@@ -200,6 +200,22 @@ def _parse_num_layers(values: Iterable[int]) -> list[int]:
     if not values or values[0] < 0:
         raise InvalidConfigError(f"num_layers must be integers >= 0, got {values}")
     return values
+
+
+def check_compare_request(
+    num_layers: Iterable[int], model_config, *, protect_first: int = 1, protect_last: int = 0
+) -> None:
+    """Refuses, from the config alone, any k that the model cannot meet (before loading or evaluating anything).
+
+    Raises:
+        InvalidConfigError: If the largest k is more than the candidates allow.
+    """
+    from .pruner import check_request
+
+    ks = _parse_num_layers(num_layers)
+    if ks[-1] > 0:
+        config = GateNormConfig(num_layers=ks[-1], protect_first=protect_first, protect_last=protect_last, min_gap=1)
+        check_request(config, model_config)
 
 
 def compare_criteria(
@@ -261,6 +277,7 @@ def compare_criteria(
     ks = _parse_num_layers(num_layers)
     if RANDOM in criteria and not seeds:
         raise InvalidConfigError("the random criterion needs at least one seed")
+    check_compare_request(ks, model.config, protect_first=protect_first, protect_last=protect_last)
     model.eval()
     pruner = GateNormPruner(model)
 

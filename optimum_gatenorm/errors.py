@@ -12,6 +12,7 @@ __all__ = [
     "InvalidConfigError",
     "ModelNotFoundError",
     "OutputExistsError",
+    "OutputNotWritableError",
     "UnsupportedModelError",
 ]
 
@@ -42,3 +43,7 @@ class OutputExistsError(GateNormError, FileExistsError):
 
 class ExportError(GateNormError, RuntimeError):
     """An export failed part-way (nothing was left behind)."""
+
+
+class OutputNotWritableError(GateNormError, PermissionError):
+    """The output (or cache) location cannot be written: a read-only filesystem, no permission, a full disk."""

@@ -375,10 +375,12 @@ def evaluate_perplexity(
         logger.info("Loading the ONNX model in %s (%s)", directory, provider)
         model = ORTModelForCausalLM.from_pretrained(directory, provider=provider)
     else:
+        from .checkpoint import inspect_checkpoint
         from .modeling import load_pruned
         from .models import resolve_model
 
         directory = resolve_model(model_path)
+        inspect_checkpoint(directory)  # a missing config.json or weights is named before the tokenizer
         tokenizer = load_tokenizer(directory)
         model = load_pruned(directory, dtype=dtype)
     return perplexity(

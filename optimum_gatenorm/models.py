@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InvalidCheckpointError, ModelNotFoundError, UnsupportedModelError
-from .utils import atomic_output_dir
+from .errors import InvalidCheckpointError, ModelNotFoundError, OutputExistsError, UnsupportedModelError
+from .utils import atomic_output_dir, check_output_path, check_writable_dir
 
 
 __all__ = ["BUILTIN_MODELS", "DEFAULT_MODEL", "cache_dir", "convert_gguf", "resolve_model"]
@@ -91,11 +91,13 @@ def convert_gguf(gguf_file: str | Path, output_dir: str | Path, *, overwrite: bo
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     gguf_file = Path(gguf_file)
+    check_output_path(output_dir, overwrite, directory=True)
     if not gguf_file.is_file():
         raise ModelNotFoundError(f"GGUF file {str(gguf_file)!r} does not exist")
     with gguf_file.open("rb") as f:
         if f.read(4) != b"GGUF":
             raise InvalidCheckpointError(f"{gguf_file} is not a GGUF file (bad magic bytes)")
+    _check_gguf_complete(gguf_file)
     folder, name = gguf_file.parent, gguf_file.name
     logger.info("Converting %s to a safetensors checkpoint (one-time, about a minute)", gguf_file)
     try:
@@ -116,11 +118,38 @@ def convert_gguf(gguf_file: str | Path, output_dir: str | Path, *, overwrite: bo
     return Path(output_dir)
 
 
+def _check_gguf_complete(gguf_file: Path) -> None:
+    """Refuses a truncated or corrupt GGUF file before transformers tries to dequantize it."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(gguf_file)
+    except (ValueError, IndexError, KeyError, OSError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InvalidCheckpointError(
+            f"{gguf_file} is truncated or corrupt ({reason}); download or reinstall it again"
+        ) from None
+    size = gguf_file.stat().st_size
+    end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+    if end > size:
+        raise InvalidCheckpointError(
+            f"{gguf_file} is truncated ({size} bytes, its tensors need {end}); download or reinstall it again"
+        )
+
+
 def _converted(gguf_file: Path, name: str) -> Path:
     target = cache_dir() / "models" / name
     if (target / "config.json").is_file():
         return target
-    return convert_gguf(gguf_file, target)
+    check_writable_dir(
+        target, "the converted model into the cache", fix="set OPTIMUM_GATENORM_CACHE to a writable directory"
+    )
+    try:
+        return convert_gguf(gguf_file, target)
+    except OutputExistsError:
+        if (target / "config.json").is_file():  # another process converted it meanwhile
+            return target
+        raise
 
 
 def resolve_model(model: str | Path) -> Path:

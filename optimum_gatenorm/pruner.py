@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from .calibration import Calibration
 
-__all__ = ["GateNormPruner", "select_layers", "spacing_warning"]
+__all__ = ["GateNormPruner", "check_request", "select_layers", "spacing_warning"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,31 @@ def select_layers(scores: list[float | None], config: GateNormConfig) -> tuple[l
     # Too few fit the spacing: take the rest lowest-first (spacing_warning reports it).
     chosen += [i for i in candidates if i not in chosen][: k - len(chosen)]
     return sorted(chosen), protected, excluded
+
+
+def check_request(config: GateNormConfig, model_config) -> int:
+    """Checks a pruning request against a model's config alone (no weights read), before any work.
+
+    Returns:
+        The number of sublayers the request removes.
+
+    Raises:
+        InvalidConfigError: If the request removes nothing, or more layers than can go, or names layers that
+            do not exist.
+    """
+    from .modeling import get_pruned_layers
+
+    total = model_config.num_hidden_layers
+    k = config.resolve_num_layers(total)
+    if k == 0:
+        amount = f"ratio={config.ratio}" if config.ratio is not None else "num_layers=0"
+        raise InvalidConfigError(
+            f"{amount} removes no attention sublayer of {total}, so there is nothing to prune; ask for at least one "
+            "(for an unpruned ONNX baseline use `optimum-cli gatenorm export`)"
+        )
+    already = set(get_pruned_layers(model_config))
+    select_layers([None if i in already else 0.0 for i in range(total)], config)
+    return k
 
 
 def spacing_warning(removed: "Sequence[int]", scores: list[float | None], min_gap: int) -> str | None:
@@ -136,6 +161,11 @@ class GateNormPruner:
         return self
 
     @property
+    def checkpoint_path(self) -> Path | None:
+        """The checkpoint directory, or `None` for a pruner made from an in-memory model."""
+        return self._checkpoint.path if self._checkpoint is not None else None
+
+    @property
     def config(self):
         return self._model.config if self._model is not None else self._checkpoint.config
 
@@ -161,14 +191,9 @@ class GateNormPruner:
                 raise InvalidConfigError(
                     "no tokenizer: pass GateNormPruner(model, tokenizer=...) or a ready Calibration(input_ids)"
                 )
-            from transformers import AutoTokenizer
+            from .evaluation import load_tokenizer
 
-            try:
-                self._tokenizer = AutoTokenizer.from_pretrained(self._checkpoint.path, trust_remote_code=False)
-            except (OSError, ValueError, TypeError) as error:
-                raise InvalidConfigError(
-                    f"cannot load a tokenizer from {self._checkpoint.path} for the calibration text: {error}"
-                ) from None
+            self._tokenizer = load_tokenizer(self._checkpoint.path)
         return self._tokenizer
 
     def calibration_from_files(
@@ -306,5 +331,5 @@ class GateNormPruner:
             warnings=warnings,
         )
         model.gatenorm_report = report
-        logger.info(report.summary())
+        logger.debug(report.summary())
         return model, report

@@ -34,7 +34,7 @@ from optimum_gatenorm import (
     select_layers,
 )
 from optimum_gatenorm.report import PruningReport
-from optimum_gatenorm.utils import atomic_output_dir, atomic_write_text, check_output_path
+from optimum_gatenorm.utils import OUTPUT_MARKER, atomic_output_dir, atomic_write_text, check_output_path
 
 
 OPTIMUM_CLI = Path(sys.executable).parent / "optimum-cli"
@@ -475,7 +475,8 @@ def test_unknown_device_is_refused(tmp_path, checkpoints):
     "content, error, needle",
     [
         (b"PK\x03\x04 not a gguf file", InvalidCheckpointError, "bad magic"),
-        (b"GGUF" + bytes(64), UnsupportedModelError, "cannot convert"),
+        # A header that the GGUF reader cannot parse is named as such (it used to surface as "cannot convert").
+        (b"GGUF" + bytes(64), InvalidCheckpointError, "truncated or corrupt"),
     ],
 )
 def test_bad_gguf_file_is_refused_and_nothing_is_cached(content, error, needle, tmp_path, monkeypatch):
@@ -514,7 +515,10 @@ def test_prune_into_existing_directory_is_refused(tmp_path, checkpoints):
 
 
 def test_prune_into_existing_directory_with_overwrite_replaces_it(tmp_path, checkpoints):
+    # --overwrite replaces only an output of ours (its marker; README "Output safety"); a user's directory is
+    # refused (tests/test_bad_input_table.py).
     out = _existing_dir(tmp_path / "pruned")
+    (out / OUTPUT_MARKER).write_text("{}")
     result, _ = prune_cli(checkpoints["llama"], tmp_path, "-k", "1", "--overwrite")
     assert result.returncode == 0, result.stderr
     assert not (out / "keep.txt").exists()
@@ -610,11 +614,12 @@ def test_failure_inside_atomic_output_dir_leaves_nothing(tmp_path):
 
 def test_failure_inside_atomic_output_dir_keeps_the_old_output(tmp_path):
     out = _existing_dir(tmp_path / "out")
+    (out / OUTPUT_MARKER).write_text("{}")  # ours, so overwrite=True may replace it
     with pytest.raises(RuntimeError, match="boom"):
         with atomic_output_dir(out, overwrite=True) as tmp:
             (tmp / "config.json").write_text("{}")
             raise RuntimeError("boom")
-    assert [p.name for p in out.iterdir()] == ["keep.txt"] and leftovers(out) == []
+    assert sorted(p.name for p in out.iterdir()) == sorted([OUTPUT_MARKER, "keep.txt"]) and leftovers(out) == []
 
 
 def test_save_pruned_failing_after_the_weights_leaves_nothing(tmp_path):

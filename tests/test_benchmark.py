@@ -35,7 +35,7 @@ def _check_result(result, settings):
     for run in result.runs:
         for value in (run.prefill_s, run.decode_s_per_token, run.decode_tokens_per_s, run.e2e_tokens_per_s):
             assert math.isfinite(value) and value > 0
-        assert run.total_s > run.prefill_s and run.peak_memory_mb > 0 and run.memory_growth_mb >= 0
+        assert run.total_s > run.prefill_s and run.memory_growth_mb >= 0
     assert len(result.summary) == shapes
     for row in result.summary:
         for side in ("baseline", "candidate"):

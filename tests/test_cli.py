@@ -178,7 +178,7 @@ def test_prune_num_layers_writes_loadable_checkpoint(llama_dir, expected, tmp_pa
     # default --protect-first 1: layer 0 stays; the two lowest-scored of the others go
     assert removed == _lowest_candidates(expected[DEFAULT_CRITERION].scores, 2, keep={0}, gap=DEFAULT_GAP)
     _check_pruned_checkpoint(out, removed)
-    assert f"Saved to {out}" in result.stdout and "Removed 2 of 4" in result.stdout
+    assert f"Saved the pruned checkpoint to {out}" in result.stdout and result.stdout.count("Removed 2 of 4") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary directory left
     assert (out / "model.safetensors").is_file() and not list(out.glob("*.bin"))
 
@@ -281,7 +281,7 @@ def test_export_and_prune_with_export_load_in_ort(llama_dir, tmp_path):
     result = ok(
         run_cli("gatenorm", "prune", "--model", llama_dir, "-k", "2", "--output", tmp_path / "p", "--export", "onnx")
     )
-    assert "Saved to" in result.stdout
+    assert "Saved the pruned checkpoint to" in result.stdout and "Saved its ONNX export to" in result.stdout
     ok(run_cli("gatenorm", "export", "--model", tmp_path / "p", "--output", tmp_path / "again"))
     ok(run_cli("gatenorm", "export", "--model", llama_dir, "--output", tmp_path / "baseline"))
     pruned = load_pruned(tmp_path / "p", attn_implementation="eager")

