@@ -34,9 +34,9 @@ from texts import austen, lee_news
 from transformers import AutoTokenizer
 
 from optimum_gatenorm import load_pruned, resolve_model
-from optimum_gatenorm.checkpoint import ModelWeights
-from optimum_gatenorm.circuits import StackWeights, ov_relative
-from optimum_gatenorm.compare import compare_criteria, mask_attention, spearman
+from optimum_gatenorm.checkpoints.tensors import ModelWeights
+from optimum_gatenorm.compare import CompareConfig, compare_criteria, mask_attention, spearman
+from optimum_gatenorm.criteria.circuits import StackWeights, ov_relative
 from optimum_gatenorm.evaluation import perplexity
 from optimum_gatenorm.text import read_text
 
@@ -89,18 +89,14 @@ def main():
     for name, text_path in texts.items():
         start = time.perf_counter()
         text = read_text(text_path)
-        common = dict(
-            num_layers=KS,
-            calibration=calibration,
-            window=args.window,
-            max_tokens=args.max_tokens,
-            model_name="SmolLM2-135M-Instruct",
-            text_name=name,
-            protect_first=PROTECT_FIRST,
-            progress=True,
+        sweep = dict(num_layers=KS, window=args.window, max_tokens=args.max_tokens, protect_first=PROTECT_FIRST)
+        common = dict(calibration=calibration, model_name="SmolLM2-135M-Instruct", text_name=name, progress=True)
+        main_result = compare_criteria(
+            model, tokenizer, text, CompareConfig(criteria=CRITERIA, min_gap=1, **sweep), **common
         )
-        main_result = compare_criteria(model, tokenizer, text, criteria=CRITERIA, min_gap=1, **common)
-        gap_result = compare_criteria(model, tokenizer, text, criteria=GAP_CRITERIA, min_gap=2, **common)
+        gap_result = compare_criteria(
+            model, tokenizer, text, CompareConfig(criteria=GAP_CRITERIA, min_gap=2, **sweep), **common
+        )
 
         def ppl(layers, text=text):
             with mask_attention(model, layers), torch.no_grad():

@@ -20,8 +20,8 @@ from texts import austen
 from transformers import AutoTokenizer
 
 from optimum_gatenorm import DEFAULT_CRITERION, load_pruned, resolve_model
-from optimum_gatenorm.calibration import Calibration
-from optimum_gatenorm.compare import compare_criteria
+from optimum_gatenorm.compare import CompareConfig, compare_criteria
+from optimum_gatenorm.criteria import Calibration
 from optimum_gatenorm.text import read_text
 
 
@@ -38,11 +38,13 @@ def main():
         model,
         tokenizer,
         read_text(austen("prideprejudice")),
-        criteria=[DEFAULT_CRITERION, "gate_norm", "cosine", "random"],
-        num_layers=[0, 4, 8],
+        CompareConfig(
+            criteria=[DEFAULT_CRITERION, "gate_norm", "cosine", "random"],
+            num_layers=[0, 4, 8],
+            window=args.window,
+            max_tokens=args.max_tokens,
+        ),
         calibration=calibration,
-        window=args.window,
-        max_tokens=args.max_tokens,
         progress=True,
     )
     summary = {

@@ -25,7 +25,7 @@ from texts import austen, lee_news
 from transformers import AutoTokenizer
 
 from optimum_gatenorm import Calibration, load_pruned, resolve_model
-from optimum_gatenorm.compare import compare_criteria
+from optimum_gatenorm.compare import CompareConfig, compare_criteria
 from optimum_gatenorm.text import read_text
 
 
@@ -56,11 +56,8 @@ def main():
             model,
             tokenizer,
             read_text(text_path),
-            criteria=CRITERIA,
-            num_layers=KS,
+            CompareConfig(criteria=CRITERIA, num_layers=KS, window=args.window, max_tokens=args.max_tokens),
             calibration=calibration,
-            window=args.window,
-            max_tokens=args.max_tokens,
             model_name="SmolLM2-135M-Instruct",
             text_name=name,
             progress=True,

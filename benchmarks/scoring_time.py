@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from optimum_gatenorm import GateNormPruner, load_pruned, resolve_model
-from optimum_gatenorm.scoring import AttentionWeights, get_criterion
+from optimum_gatenorm.checkpoints.tensors import AttentionWeights
+from optimum_gatenorm.criteria import get_criterion
 
 
 CRITERIA = ("gate_norm", "gate_norm_head", "gate_norm_folded")

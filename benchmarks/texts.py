@@ -18,7 +18,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from optimum_gatenorm.models import cache_dir
+from optimum_gatenorm.checkpoints.models import cache_dir
 
 
 AUSTEN_NOVELS = ("prideprejudice", "sensesensibility", "emma", "mansfieldpark", "northangerabbey", "persuasion")

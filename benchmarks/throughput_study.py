@@ -1,128 +1,311 @@
-"""Throughput study: SmolLM2-135M on onnxruntime (CPU by default), k in {0, 4, 8, 12} of 30 sublayers removed.
+"""Throughput study: SmolLM2-135M on onnxruntime (CPU by default): measured speed-up vs k, the measured-share bound,
+the analytical bound, and a check of `prune --target-speedup`'s prediction, all from one run.
 
-    python benchmarks/throughput_study.py [--provider cpu] [--new-tokens 32] [--runs 5] [--output-dir benchmarks/throughput]
+    python benchmarks/throughput_study.py [--provider cpu] [--new-tokens 32] [--runs 5] [--warmup 1] \
+        [--ks 4,8,12] [--targets 1.1,1.2] [--prompt-lengths 128,1024] [--output-dir benchmarks/throughput]
 
-Prunes the built-in model with the default criterion (gate_norm, layer 0 protected), exports each k to ONNX
-(cached under $OPTIMUM_GATENORM_CACHE/study), then runs `optimum-cli gatenorm benchmark`'s measurement (the
-same `run_benchmark`) for each k > 0 against k = 0 at prompt lengths 128 and 1024, batch 1. Writes one JSON per
-k, `speedup.png` (measured prefill and decode speed-up vs k, against the cost-model bounds) and `summary.md`.
+1. Builds the variants with `optimum_gatenorm.planning.prepare_variant` (k sublayers removed, ONNX export; cached
+   under $OPTIMUM_GATENORM_CACHE/study): k = 0, the asked ks and k = L-1 = 29.
+2. Timed ablation: `run_benchmark` of k = 29 against k = 0 at each prompt length (batch 1) gives the measured
+   attention shares (`attention_shares_from_benchmark`, saved as `shares.json`, the file `prune --shares` reads),
+   hence the bound ideal(k) = T0 / (T0 - k t_attn) for every k.
+3. Each asked k against k = 0 (interleaved, same settings): measured speed-up, bound, efficiency = measured /
+   bound, and the cost model's analytical bound (prefill: FLOPs ratio; decode: bytes ratio at the mean context).
+4. Planning check: for each target and prompt length, the k that `plan_num_layers(target, phase="both")` picks from
+   the shares of step 2; a k not measured in step 3 is measured now; predicted vs measured speed-ups.
+
+Writes `shares.json`, one raw `run_benchmark` JSON per comparison (`k{k}.json`, `k{k}-p{prompt}.json` for the
+planning-only ones), `summary.json`, `summary.md` and `speedup.png` into the output directory.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import statistics
+import time
+from datetime import date
 from pathlib import Path
 
 import torch
 
-from optimum_gatenorm import GateNormConfig, GateNormPruner, export_onnx, resolve_model
+from optimum_gatenorm import GateNormPruner, resolve_model
 from optimum_gatenorm.benchmark import BenchmarkSettings, run_benchmark
-from optimum_gatenorm.models import cache_dir
+from optimum_gatenorm.planning import (
+    attention_shares_from_benchmark,
+    plan_num_layers,
+    predict_speedup,
+    prepare_variant,
+)
 
 
-KS = (0, 4, 8, 12)
+try:
+    from optimum_gatenorm.checkpoints import cache_dir
+except ImportError:  # before the checkpoints package
+    from optimum_gatenorm.models import cache_dir
 
 
-def exported(k: int, dtype: str) -> Path:
-    target = cache_dir() / "study" / f"smollm2-135m-k{k}-{dtype}-onnx"
+MODEL = "smollm2-135m"
+PHASES = (("prefill", "prefill_s"), ("decode", "decode_s_per_token"))
+
+
+def exported(k: int, provider: str) -> Path:
+    dtype = "fp16" if provider == "cuda" else "fp32"
+    target = cache_dir() / "study" / f"{MODEL}-k{k}-{dtype}-onnx"
     if not (target / "model.onnx").is_file():
-        model, _ = GateNormPruner.from_pretrained(resolve_model("smollm2-135m")).prune(GateNormConfig(num_layers=k))
-        if dtype == "fp16":
-            model.to(torch.float16)
-        export_onnx(model, target, device="cuda" if dtype == "fp16" else "cpu", dtype=dtype, overwrite=True)
+        print(f"exporting k = {k} to {target}", flush=True)
+        prepare_variant(MODEL, k, target, provider=provider, overwrite=True)
     return target
+
+
+def pair_ratios(result, prompt: int, attr: str) -> list[float]:
+    """Min and max of the per-round speed-ups (baseline / candidate time of the same interleaved round)."""
+    runs = {(r.model, r.run): getattr(r, attr) for r in result.runs if r.prompt_length == prompt}
+    ratios = [runs[("baseline", i)] / runs[("candidate", i)] for i in range(result.settings["runs"])]
+    return [min(ratios), max(ratios)]
+
+
+def measured(result, prompt: int) -> dict:
+    """Median speed-ups (baseline median time / candidate median time), per-round ranges, the analytical bound."""
+    out = {}
+    row = next(r for r in result.summary if r["prompt_length"] == prompt)
+    analytical = {"prefill": row["ideal"]["prefill_s"], "decode": row["ideal"]["decode_tokens_per_s"]}
+    for phase, attr in PHASES:
+        times = {
+            side: statistics.median(
+                getattr(r, attr) for r in result.runs if r.model == side and r.prompt_length == prompt
+            )
+            for side in ("baseline", "candidate")
+        }
+        out[phase] = {
+            "speedup": times["baseline"] / times["candidate"],
+            "range": pair_ratios(result, prompt, attr),
+            "baseline_s": times["baseline"],
+            "candidate_s": times["candidate"],
+            "analytical": analytical[phase],
+        }
+    return out
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--provider", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--prompt-lengths", default="128,1024")
+    parser.add_argument("--ks", default="4,8,12")
+    parser.add_argument("--targets", default="1.1,1.2")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--output-dir", default="benchmarks/throughput")
     args = parser.parse_args()
+    started = time.perf_counter()
+    load_before = os.getloadavg()  # the machine may be shared: its load says how much to trust the timings
 
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dtype = "fp16" if args.provider == "cuda" else "fp32"
-    dirs = {k: exported(k, dtype) for k in KS}
-    settings = BenchmarkSettings(
-        batch_sizes=[1],
-        prompt_lengths=[int(p) for p in args.prompt_lengths.split(",")],
-        new_tokens=args.new_tokens,
-        warmup=args.warmup,
-        runs=args.runs,
-        provider=args.provider,
-    )
-    rows = []
-    for k in KS[1:]:
-        result = run_benchmark(dirs[k], dirs[0], settings, progress=True)
-        (out / f"k{k}.json").write_text(result.to_json() + "\n")
+    prompts = [int(p) for p in args.prompt_lengths.split(",")]
+    ks = [int(k) for k in args.ks.split(",")]
+    targets = [float(t) for t in args.targets.split(",")]
+    config = GateNormPruner.from_pretrained(resolve_model(MODEL)).config
+    num_layers = config.num_hidden_layers
+    ablated = num_layers - 1
+    dirs = {k: exported(k, args.provider) for k in [0, *ks, ablated]}
+
+    def settings(lengths):
+        return BenchmarkSettings(
+            batch_sizes=[1],
+            prompt_lengths=lengths,
+            new_tokens=args.new_tokens,
+            warmup=args.warmup,
+            runs=args.runs,
+            provider=args.provider,
+        )
+
+    def compare(k, lengths, name):
+        print(f"k = {k} against k = 0, prompts {lengths}", flush=True)
+        result = run_benchmark(dirs[k], dirs[0], settings(lengths), progress=True)
+        (out / name).write_text(result.to_json() + "\n")
         print(result.format_table(), flush=True)
-        for row in result.summary:
-            rows.append(
+        return result
+
+    # Timed ablation: the measured shares and the bound.
+    ablation = compare(ablated, prompts, f"k{ablated}.json")
+    shares = attention_shares_from_benchmark(ablation, model=MODEL, config=config, ablated=ablated)
+    shares.save(out / "shares.json")
+
+    def row(k, prompt, result):
+        values = measured(result, prompt)
+        for phase, _ in PHASES:
+            bound = shares.speedup(k, phase, 1, prompt)
+            values[phase]["bound"] = bound
+            values[phase]["efficiency"] = values[phase]["speedup"] / bound
+        return {"k": k, "prompt_length": prompt, **values}
+
+    rows = [row(ablated, p, ablation) for p in prompts]
+    for k in ks:
+        result = compare(k, prompts, f"k{k}.json")
+        rows += [row(k, p, result) for p in prompts]
+
+    # Planning check: the k picked for each target from the shares, measured if not already.
+    checks = []
+    for target in targets:
+        for prompt in prompts:
+            try:
+                k = plan_num_layers(target, config, phase="both", batch=1, context=prompt, shares=shares)
+            except ValueError as error:  # refused: part of the check
+                checks.append({"target": target, "prompt_length": prompt, "k": None, "refused": str(error)})
+                continue
+            try:
+                analytical_k = plan_num_layers(target, config, phase="both", batch=1, context=prompt)
+            except ValueError:
+                analytical_k = None
+            done = next((r for r in rows if r["k"] == k and r["prompt_length"] == prompt), None)
+            if done is None:
+                dirs[k] = exported(k, args.provider)
+                done = row(k, prompt, compare(k, [prompt], f"k{k}-p{prompt}.json"))
+                rows.append(done)
+            checks.append(
                 {
+                    "target": target,
+                    "prompt_length": prompt,
                     "k": k,
-                    "prompt_length": row["prompt_length"],
-                    "prefill_speedup": row["speedup"]["prefill_s"],
-                    "prefill_ideal": row["ideal"]["prefill_s"],
-                    "decode_speedup": row["speedup"]["decode_tokens_per_s"],
-                    "decode_ideal": row["ideal"]["decode_tokens_per_s"],
-                    "baseline_prefill_s": row["baseline"]["prefill_s"]["median"],
-                    "candidate_prefill_s": row["candidate"]["prefill_s"]["median"],
-                    "baseline_decode_tps": row["baseline"]["decode_tokens_per_s"]["median"],
-                    "candidate_decode_tps": row["candidate"]["decode_tokens_per_s"]["median"],
-                    "prefill_range": [row["candidate"]["prefill_s"]["min"], row["candidate"]["prefill_s"]["max"]],
-                    "decode_range": [
-                        row["candidate"]["decode_tokens_per_s"]["min"],
-                        row["candidate"]["decode_tokens_per_s"]["max"],
-                    ],
+                    "k_analytical": analytical_k,
+                    "predicted": {p: shares.speedup(k, p, 1, prompt) for p, _ in PHASES},
+                    "measured": {p: done[p]["speedup"] for p, _ in PHASES},
+                    "measured_range": {p: done[p]["range"] for p, _ in PHASES},
+                    "reached": all(done[p]["speedup"] >= target for p, _ in PHASES),
                 }
             )
-    (out / "summary.json").write_text(json.dumps({"machine": result.machine, "rows": rows}, indent=2) + "\n")
-    lines = [
-        f"Machine: {platform.platform()}, {torch.get_num_threads()} threads, provider {args.provider}; command: "
-        f"`python benchmarks/throughput_study.py --provider {args.provider} --new-tokens {args.new_tokens} "
-        f"--runs {args.runs} --warmup {args.warmup}`",
-        "",
-        "| k | prompt | prefill s: k=0 -> k | prefill speed-up (ideal) | decode tok/s: k=0 -> k | decode speed-up (ideal) |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['k']} | {r['prompt_length']} | {r['baseline_prefill_s']:.4f} -> {r['candidate_prefill_s']:.4f} | "
-            f"{r['prefill_speedup']:.3f} ({r['prefill_ideal']:.3f}) | {r['baseline_decode_tps']:.1f} -> "
-            f"{r['candidate_decode_tps']:.1f} | {r['decode_speedup']:.3f} ({r['decode_ideal']:.3f}) |"
-        )
+    rows.sort(key=lambda r: (r["k"], r["prompt_length"]))
+    minutes = (time.perf_counter() - started) / 60
+    command = (
+        f"python benchmarks/throughput_study.py --provider {args.provider} --new-tokens {args.new_tokens} "
+        f"--runs {args.runs} --warmup {args.warmup} --ks {args.ks} --targets {args.targets} "
+        f"--prompt-lengths {args.prompt_lengths}"
+    )
+    machine = {
+        **ablation.machine,
+        "cpu_count": os.cpu_count(),
+        "date": date.today().isoformat(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "load_average_1_5_15min": {"start": load_before, "end": os.getloadavg()},
+    }
+    summary = {
+        "command": command,
+        "machine": machine,
+        "minutes": minutes,
+        "shares": shares.to_dict(),
+        "rows": rows,
+        "target_checks": checks,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    lines = markdown(summary, shares)
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    plot(rows, out / "speedup.png")
+    plot(rows, checks, shares, config, args.new_tokens, out / "speedup.png")
 
 
-def plot(rows, path):
+def _load(values) -> str:
+    return "/".join(f"{v:.1f}" for v in values)
+
+
+def _r(values) -> str:
+    return f"{values[0]:.2f}-{values[1]:.2f}"
+
+
+def markdown(summary: dict, shares) -> list[str]:
+    m = summary["machine"]
+    load = m["load_average_1_5_15min"]
+    lines = [
+        f"`{summary['command']}` ({m['date']}, {m['cpu_count']} CPU cores, {m['platform']}, onnxruntime "
+        f"{m.get('onnxruntime')}, torch {m['torch']}; {summary['minutes']:.1f} min; load average (1/5/15 min) "
+        f"{_load(load['start'])} at the start, {_load(load['end'])} at the end)",
+        "",
+        "Attention share of the measured time (timed ablation: k = 0 against k = "
+        f"{shares.max_k}, median of {shares.runs} interleaved runs):",
+        "",
+        "| prompt | prefill T0 -> T29 (s) | prefill share | decode T0 -> T29 (ms/token) | decode share |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for prompt in sorted({c.context for c in shares.cells}):
+        pre = next(c for c in shares.cells if c.phase == "prefill" and c.context == prompt)
+        dec = next(c for c in shares.cells if c.phase == "decode" and c.context == prompt)
+        lines.append(
+            f"| {prompt} | {pre.T0_s:.4f} -> {pre.T_ablated_s:.4f} | {pre.share:.0%} | {dec.T0_s * 1e3:.1f} -> "
+            f"{dec.T_ablated_s * 1e3:.1f} | {dec.share:.0%} |"
+        )
+    lines += [
+        "",
+        "Speed-up over k = 0: measured (median; per-round min-max), measured-share bound, efficiency = measured / "
+        "bound, analytical cost-model bound:",
+        "",
+        "| k | prompt | prefill measured (range) | bound | eff. | analytical | decode measured (range) | bound | eff. "
+        "| analytical |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in summary["rows"]:
+        cells = []
+        for phase in ("prefill", "decode"):
+            v = r[phase]
+            cells.append(
+                f"{v['speedup']:.3f} ({_r(v['range'])}) | {v['bound']:.3f} | {v['efficiency']:.0%} | "
+                f"{v['analytical']:.3f}"
+            )
+        lines.append(f"| {r['k']} | {r['prompt_length']} | {' | '.join(cells)} |")
+    lines += [
+        "",
+        "`--target-speedup` check (phase both, batch 1): k planned from the measured shares, predicted vs measured "
+        "in this run:",
+        "",
+        "| target | prompt | k (measured shares) | k (analytical) | predicted prefill / decode | measured prefill / "
+        "decode | reached |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in summary["target_checks"]:
+        if c["k"] is None:
+            lines.append(f"| {c['target']:g} | {c['prompt_length']} | refused: {c['refused']} | | | | |")
+            continue
+        analytical = c["k_analytical"] if c["k_analytical"] is not None else "unreachable"
+        lines.append(
+            f"| {c['target']:g} | {c['prompt_length']} | {c['k']} | {analytical} | {c['predicted']['prefill']:.3f} / "
+            f"{c['predicted']['decode']:.3f} | {c['measured']['prefill']:.3f} / {c['measured']['decode']:.3f} | "
+            f"{'yes' if c['reached'] else 'no'} |"
+        )
+    return lines
+
+
+def plot(rows, checks, shares, config, new_tokens, path):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), dpi=120)
-    for ax, phase in zip(axes, ("prefill", "decode"), strict=True):
-        for length in sorted({r["prompt_length"] for r in rows}):
-            mine = [r for r in rows if r["prompt_length"] == length]
-            ks = [0] + [r["k"] for r in mine]
-            (line,) = ax.plot(
-                ks, [1.0] + [r[f"{phase}_speedup"] for r in mine], marker="o", label=f"measured, {length}"
-            )
-            ax.plot(ks, [1.0] + [r[f"{phase}_ideal"] for r in mine], linestyle="--", color=line.get_color(),
-                    label=f"cost-model bound, {length}")  # fmt: skip
-        ax.set_xlabel("attention sublayers removed (of 30)")
+    ks = list(range(shares.max_k + 1))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    for ax, (phase, _) in zip(axes, PHASES, strict=True):
+        for prompt in sorted({r["prompt_length"] for r in rows}):
+            mine = sorted((r for r in rows if r["prompt_length"] == prompt), key=lambda r: r["k"])
+            xs = [0] + [r["k"] for r in mine]
+            (line,) = ax.plot(xs, [1.0] + [r[phase]["speedup"] for r in mine], "o", label=f"measured, {prompt}")
+            color = line.get_color()
+            ax.plot(ks, [shares.speedup(k, phase, 1, prompt) for k in ks], "-", color=color, linewidth=1,
+                    label=f"measured-share bound, {prompt}")  # fmt: skip
+            length = prompt if phase == "prefill" else prompt + new_tokens // 2
+            ax.plot(ks, [predict_speedup(k, None, config, phase, 1, length) for k in ks], "--", color=color,
+                    linewidth=1, label=f"analytical bound, {prompt}")  # fmt: skip
+            planned = [c for c in checks if c["prompt_length"] == prompt and c["k"] is not None]
+            ax.plot([c["k"] for c in planned], [c["measured"][phase] for c in planned], "*", color=color,
+                    markersize=11, linestyle="none", label=f"--target-speedup k, {prompt}")  # fmt: skip
+        for target in sorted({c["target"] for c in checks}):
+            ax.axhline(target, color="grey", linewidth=0.6, linestyle=":")
+        ax.set_xlabel(f"attention sublayers removed (of {shares.num_attention_layers})")
         ax.set_ylabel(f"{phase} speed-up vs k = 0")
-        ax.set_title(f"SmolLM2-135M, onnxruntime: {phase}", fontsize=9)
+        ax.set_title(f"SmolLM2-135M, onnxruntime {shares.provider}: {phase}", fontsize=9)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

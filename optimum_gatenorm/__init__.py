@@ -6,10 +6,30 @@ Importing this package registers the `gatenorm` method with transformers, so
 
 from .adapters import ArchitectureAdapter, get_adapter, register_adapter, supported_model_types
 from .benchmark import BenchmarkResult, BenchmarkSettings, run_benchmark
-from .calibration import Calibration
-from .compare import CompareResult, compare_criteria
+from .checkpoints import (
+    BUILTIN_MODELS,
+    DEFAULT_MODEL,
+    AttentionWeights,
+    GateNormQuantizer,
+    PrunedAttentionConfig,
+    convert_gguf,
+    get_pruned_layers,
+    load_pruned,
+    prune_model,
+    resolve_model,
+    save_pruned,
+)
+from .compare import CompareConfig, CompareResult, compare_criteria
 from .configuration import GateNormConfig
 from .cost_model import ModelCost, ideal_speedup
+from .criteria import (
+    DEFAULT_CRITERION,
+    Calibration,
+    available_criteria,
+    get_criterion,
+    register_criterion,
+    register_model_criterion,
+)
 from .errors import (
     ExportError,
     GateNormError,
@@ -22,26 +42,9 @@ from .errors import (
 )
 from .evaluation import PerplexityResult, evaluate_perplexity, perplexity
 from .exporters import export_onnx
-from .modeling import (
-    GateNormQuantizer,
-    PrunedAttentionConfig,
-    get_pruned_layers,
-    load_pruned,
-    prune_model,
-    save_pruned,
-)
-from .models import BUILTIN_MODELS, DEFAULT_MODEL, convert_gguf, resolve_model
 from .pipeline import PruneResult, prune_and_save
 from .pruner import GateNormPruner, select_layers
 from .report import PruningReport, ScoreReport
-from .scoring import (
-    DEFAULT_CRITERION,
-    AttentionWeights,
-    available_criteria,
-    get_criterion,
-    register_criterion,
-    register_model_criterion,
-)
 from .version import __version__
 
 
@@ -54,6 +57,7 @@ __all__ = [
     "BenchmarkResult",
     "BenchmarkSettings",
     "Calibration",
+    "CompareConfig",
     "CompareResult",
     "ExportError",
     "GateNormConfig",

@@ -36,6 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidCheckpointError, InvalidConfigError, ModelNotFoundError
+from .loading import is_onnx_dir, load_causal_lm
+from .serialization import JSONMixin
+from .validation import check_choice, check_int, check_int_list
 from .version import __version__
 
 
@@ -76,18 +79,14 @@ class BenchmarkSettings:
 
     def __post_init__(self):
         for name in ("batch_sizes", "prompt_lengths"):
-            values = getattr(self, name)
-            if not values or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in values):
+            values = check_int_list(name, getattr(self, name), minimum=1)
+            if not values:
                 raise InvalidConfigError(f"{name} must be integers >= 1, got {values!r}")
             setattr(self, name, sorted(set(values)))
         for name, minimum in (("new_tokens", 2), ("warmup", 0), ("runs", 1), ("seed", 0)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise InvalidConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-        if self.backend not in BACKENDS:
-            raise InvalidConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.provider not in PROVIDERS:
-            raise InvalidConfigError(f"provider must be one of {', '.join(PROVIDERS)}, got {self.provider!r}")
+            check_int(name, getattr(self, name), minimum)
+        check_choice("backend", self.backend, BACKENDS)
+        check_choice("provider", self.provider, PROVIDERS)
 
 
 @dataclass
@@ -107,7 +106,7 @@ class RunRecord:
 
 
 @dataclass
-class BenchmarkResult:
+class BenchmarkResult(JSONMixin):
     """Every run, the per-shape summary and the cost-model bounds; `to_json()` is the `--output` file."""
 
     settings: dict
@@ -118,14 +117,6 @@ class BenchmarkResult:
     weights_mb: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     gatenorm_version: str = __version__
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def to_json(self, indent: int | None = 2) -> str:
-        import json
-
-        return json.dumps(self.to_dict(), indent=indent)
 
     def format_table(self) -> str:
         lines = []
@@ -161,13 +152,9 @@ class BenchmarkResult:
 
     def plot(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """PNG of the measured speed-ups next to the cost-model bounds, per shape."""
-        try:
-            import matplotlib
+        from .utils import require_pyplot
 
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            raise InvalidConfigError('--plot needs matplotlib: pip install -e ".[plot]"') from None
+        plt = require_pyplot()
         from .utils import atomic_save_figure
 
         labels = [f"b{row['batch_size']}/p{row['prompt_length']}" for row in self.summary]
@@ -239,10 +226,6 @@ def _clock_processor(sync):
     return StepClock()
 
 
-def _is_onnx_dir(path: Path) -> bool:
-    return (path / "model.onnx").is_file()
-
-
 def check_model_path(path: str | Path, settings: BenchmarkSettings) -> Path:
     """The directory to load for `settings.backend`, checked without loading anything.
 
@@ -250,19 +233,19 @@ def check_model_path(path: str | Path, settings: BenchmarkSettings) -> Path:
         ModelNotFoundError: If the path does not exist.
         InvalidCheckpointError: If it does not suit the backend (with the path that would).
     """
-    from .models import resolve_model
+    from .checkpoints.models import resolve_model
 
     if settings.backend == "pytorch":
         path = resolve_model(path)
-        if _is_onnx_dir(Path(path)):
+        if is_onnx_dir(Path(path)):
             raise InvalidCheckpointError(f"{path} is an ONNX export; use --backend onnxruntime for it")
         return Path(path)
     path = Path(path)
     if not path.exists():
         raise ModelNotFoundError(f"{path} not found: pass the directory of an ONNX export (with model.onnx)")
-    if path.is_dir() and _is_onnx_dir(path):
+    if path.is_dir() and is_onnx_dir(path):
         return path
-    if path.is_dir() and _is_onnx_dir(path / "onnx"):
+    if path.is_dir() and is_onnx_dir(path / "onnx"):
         raise InvalidCheckpointError(
             f"{path} is a checkpoint whose ONNX export is in {path / 'onnx'}; pass that directory (or --backend pytorch)"
         )
@@ -273,28 +256,16 @@ def check_model_path(path: str | Path, settings: BenchmarkSettings) -> Path:
 
 
 def load_model(path: str | Path, settings: BenchmarkSettings):
-    """Loads one side of the comparison for `settings.backend` / `settings.provider`.
+    """Loads one side of the comparison for `settings.backend` / `settings.provider` (see `check_model_path`).
 
     Raises:
         InvalidCheckpointError: If the directory does not suit the backend.
         InvalidConfigError: If CUDA is asked for but onnxruntime would run on the CPU.
     """
     path = check_model_path(path, settings)
-    if settings.backend == "onnxruntime":
-        from optimum.onnxruntime import ORTModelForCausalLM
-
-        if settings.provider == "cuda":
-            model = ORTModelForCausalLM.from_pretrained(path, provider="CUDAExecutionProvider", use_io_binding=True)
-            if model.providers[0] != "CUDAExecutionProvider":
-                raise InvalidConfigError(
-                    f"onnxruntime fell back to {model.providers[0]} for {path}: CUDA or cuDNN libraries are missing"
-                )
-            return model
-        return ORTModelForCausalLM.from_pretrained(path)
-    from .modeling import load_pruned
-
-    model = load_pruned(path)
-    return model.to("cuda") if settings.provider == "cuda" else model
+    io_binding = True if settings.backend == "onnxruntime" and settings.provider == "cuda" else None
+    model, _ = load_causal_lm(path, provider=settings.provider, io_binding=io_binding)
+    return model
 
 
 def _check_comparable(candidate: Path, baseline: Path, candidate_config, baseline_config) -> None:

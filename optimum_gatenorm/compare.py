@@ -12,19 +12,30 @@ import logging
 import math
 import statistics
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .configuration import GateNormConfig
 from .errors import InvalidConfigError
+from .serialization import JSONMixin
+from .validation import check_int, check_int_list
 from .version import __version__
 
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["ComparePoint", "CompareResult", "compare_criteria", "mask_attention", "spearman"]
+__all__ = [
+    "DEFAULT_COMPARE_CRITERIA",
+    "CompareConfig",
+    "ComparePoint",
+    "CompareResult",
+    "check_compare_request",
+    "compare_criteria",
+    "mask_attention",
+    "spearman",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +113,7 @@ class ComparePoint:
 
 
 @dataclass
-class CompareResult:
+class CompareResult(JSONMixin):
     """Everything `compare` measured; `to_json()` is the `--output` file."""
 
     model: str
@@ -115,14 +126,6 @@ class CompareResult:
     spearman: dict[str, dict[str, float | None]]
     settings: dict = field(default_factory=dict)
     gatenorm_version: str = __version__
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def to_json(self, indent: int | None = 2) -> str:
-        import json
-
-        return json.dumps(self.to_dict(), indent=indent)
 
     def curve(self, criterion: str) -> dict[int, list[float]]:
         """k -> perplexities (one per seed for `random`)."""
@@ -166,13 +169,9 @@ class CompareResult:
 
         check_output_path(path, overwrite)
 
-        try:
-            import matplotlib
+        from .utils import require_pyplot
 
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            raise InvalidConfigError('--plot needs matplotlib: pip install -e ".[plot]"') from None
+        plt = require_pyplot()
         fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
         for name in self.criteria:
             curve = self.curve(name)
@@ -218,21 +217,75 @@ def check_compare_request(
         check_request(config, model_config)
 
 
+DEFAULT_COMPARE_CRITERIA = (
+    "gate_trace",
+    "gate_norm",
+    "gate_norm_head",
+    "gate_norm_folded",
+    "ov_norm",
+    "gate_ov",
+    "ov_relative",
+    "random",
+    "last",
+)
+
+
+@dataclass
+class CompareConfig:
+    """What `compare_criteria` sweeps, validated on construction.
+
+    Args:
+        criteria: Registered criterion names (duplicates dropped, order kept); `random` runs once per seed.
+            Default: the data-free ones (add `cosine`, `attn_norm` with a calibration).
+        num_layers: The k values of the sweep (k = 0 is the unpruned baseline).
+        seeds: Seeds for `random`.
+        protect_first: As in `GateNormConfig`.
+        protect_last: As in `GateNormConfig`.
+        min_gap: As in `GateNormConfig`, for every criterion (`None`: each criterion's own rule).
+        window: Perplexity window (see `optimum_gatenorm.evaluation.perplexity`).
+        stride: Perplexity stride (`None`: non-overlapping windows).
+        max_tokens: Cap on evaluated tokens.
+    """
+
+    criteria: Sequence[str] = DEFAULT_COMPARE_CRITERIA
+    num_layers: Sequence[int] = (0, 2, 4, 8)
+    seeds: Sequence[int] = (0, 1, 2, 3, 4)
+    protect_first: int = 1
+    protect_last: int = 0
+    min_gap: int | None = None
+    window: int = 512
+    stride: int | None = None
+    max_tokens: int | None = None
+
+    def __post_init__(self):
+        from .criteria import get_criterion
+        from .evaluation import check_windowing
+
+        if isinstance(self.criteria, str):
+            raise InvalidConfigError(f"criteria must be a list of names, got {self.criteria!r}")
+        self.criteria = list(dict.fromkeys(self.criteria))
+        if not self.criteria:
+            raise InvalidConfigError("give at least one criterion")
+        for name in self.criteria:
+            get_criterion(name)
+        self.num_layers = _parse_num_layers(self.num_layers)
+        self.seeds = check_int_list("seeds", self.seeds, minimum=0)
+        if RANDOM in self.criteria and not self.seeds:
+            raise InvalidConfigError("the random criterion needs at least one seed")
+        check_int("protect_first", self.protect_first, 0)
+        check_int("protect_last", self.protect_last, 0)
+        if self.min_gap is not None:
+            check_int("min_gap", self.min_gap, 1)
+        check_windowing(self.window, self.stride, self.max_tokens)
+
+
 def compare_criteria(
     model: "PreTrainedModel",
     tokenizer: "PreTrainedTokenizerBase",
     text: str,
+    config: CompareConfig | None = None,
     *,
-    criteria: Sequence[str],
-    num_layers: Iterable[int],
-    seeds: Sequence[int] = (0, 1, 2, 3, 4),
     calibration=None,
-    protect_first: int = 1,
-    protect_last: int = 0,
-    min_gap: int | None = None,
-    window: int = 512,
-    stride: int | None = None,
-    max_tokens: int | None = None,
     model_name: str = "",
     text_name: str = "",
     progress: bool = False,
@@ -243,47 +296,36 @@ def compare_criteria(
         model: A loaded causal LM (pruned or not; already pruned layers are not candidates).
         tokenizer: Its tokenizer.
         text: Evaluation text.
-        criteria: Registered criterion names; `random` is run once per seed in `seeds`.
-        num_layers: The k values of the sweep (k = 0 is the unpruned baseline).
-        seeds: Seeds for `random`.
+        config: The sweep (criteria, k values, seeds, protection, spacing, windowing); default `CompareConfig()`.
         calibration: Calibration data for data-driven criteria (see `GateNormPruner.score`).
-        protect_first: As in `GateNormConfig`.
-        protect_last: As in `GateNormConfig`.
-        min_gap: As in `GateNormConfig`, for every criterion (`None`: each criterion's own rule).
-        window: Perplexity window (see `optimum_gatenorm.evaluation.perplexity`).
-        stride: Perplexity stride.
-        max_tokens: Cap on evaluated tokens.
         model_name: Recorded in the result.
         text_name: Recorded in the result.
         progress: Show progress bars.
 
     Raises:
-        InvalidConfigError: Unknown criterion, bad k, or a k larger than the candidates allow.
+        InvalidConfigError: A data-driven criterion without calibration, or a k larger than the candidates allow.
     """
     from tqdm.auto import tqdm
 
+    from .criteria import get_criterion, require_calibration
     from .evaluation import perplexity
     from .pruner import GateNormPruner, select_layers
-    from .scoring import get_criterion, require_calibration
 
-    criteria = list(dict.fromkeys(criteria))
-    if not criteria:
-        raise InvalidConfigError("give at least one criterion")
+    config = config if config is not None else CompareConfig()
+    if not isinstance(config, CompareConfig):
+        raise TypeError(f"config must be a CompareConfig, got {type(config).__name__}")
+    criteria, ks, seeds, min_gap = config.criteria, config.num_layers, config.seeds, config.min_gap
     for name in criteria:
-        try:
-            require_calibration(get_criterion(name), calibration)  # fail before any forward pass
-        except ValueError as error:
-            raise InvalidConfigError(str(error)) from None
-    ks = _parse_num_layers(num_layers)
-    if RANDOM in criteria and not seeds:
-        raise InvalidConfigError("the random criterion needs at least one seed")
-    check_compare_request(ks, model.config, protect_first=protect_first, protect_last=protect_last)
+        require_calibration(get_criterion(name), calibration)  # fail before any forward pass
+    check_compare_request(ks, model.config, protect_first=config.protect_first, protect_last=config.protect_last)
     model.eval()
     pruner = GateNormPruner(model)
 
     def evaluate(layers: Sequence[int]):
         with mask_attention(model, layers):
-            return perplexity(model, tokenizer, text, window=window, stride=stride, max_tokens=max_tokens)
+            return perplexity(
+                model, tokenizer, text, window=config.window, stride=config.stride, max_tokens=config.max_tokens
+            )
 
     baseline = evaluate([])
     runs = [(name, seed) for name in criteria for seed in (seeds if name == RANDOM else [None])]
@@ -307,14 +349,14 @@ def compare_criteria(
     bar = tqdm(total=total, desc="compare", unit="point", disable=not progress)
     for name, seed in runs:
         for k in ks:
-            config = GateNormConfig(
+            request = GateNormConfig(
                 num_layers=k,
                 criterion=name,
-                protect_first=protect_first,
-                protect_last=protect_last,
+                protect_first=config.protect_first,
+                protect_last=config.protect_last,
                 min_gap=min_gap,
             )
-            removed, _, _ = select_layers(scores_by_run[(name, seed)], config)
+            removed, _, _ = select_layers(scores_by_run[(name, seed)], request)
             if k == 0:
                 value = baseline.perplexity
             else:
@@ -342,11 +384,11 @@ def compare_criteria(
         points=points,
         spearman=correlation,
         settings={
-            "window": window,
-            "stride": stride,
-            "max_tokens": max_tokens,
-            "protect_first": protect_first,
-            "protect_last": protect_last,
+            "window": config.window,
+            "stride": config.stride,
+            "max_tokens": config.max_tokens,
+            "protect_first": config.protect_first,
+            "protect_last": config.protect_last,
             "min_gap": min_gap,
             "seeds": list(seeds),
         },

@@ -5,16 +5,13 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from .criteria import DEFAULT_CRITERION, get_criterion
 from .errors import InvalidConfigError
-from .scoring import DEFAULT_CRITERION, get_criterion
+from .validation import is_int
 from .version import __version__
 
 
 __all__ = ["GateNormConfig"]
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
@@ -52,7 +49,7 @@ class GateNormConfig:
             raise InvalidConfigError(
                 f"give exactly one of num_layers or ratio (got num_layers={self.num_layers!r}, ratio={self.ratio!r})"
             )
-        if self.num_layers is not None and (not _is_int(self.num_layers) or self.num_layers < 0):
+        if self.num_layers is not None and (not is_int(self.num_layers) or self.num_layers < 0):
             raise InvalidConfigError(f"num_layers must be an integer >= 0, got {self.num_layers!r}")
         if self.ratio is not None:
             if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0 <= self.ratio < 1:
@@ -60,25 +57,22 @@ class GateNormConfig:
             self.ratio = float(self.ratio)
         for name in ("protect_first", "protect_last"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 0:
+            if not is_int(value) or value < 0:
                 raise InvalidConfigError(f"{name} must be an integer >= 0, got {value!r}")
-        if isinstance(self.exclude_layers, (str, bytes)) or not all(_is_int(i) for i in self.exclude_layers):
+        if isinstance(self.exclude_layers, (str, bytes)) or not all(is_int(i) for i in self.exclude_layers):
             raise InvalidConfigError(f"exclude_layers must be a list of layer indices, got {self.exclude_layers!r}")
         bad = [i for i in self.exclude_layers if i < 0]
         if bad:
             raise InvalidConfigError(f"exclude_layers must be >= 0, got {bad}")
         self.exclude_layers = tuple(sorted(set(self.exclude_layers)))
-        if self.min_gap is not None and (not _is_int(self.min_gap) or self.min_gap < 1):
+        if self.min_gap is not None and (not is_int(self.min_gap) or self.min_gap < 1):
             raise InvalidConfigError(
                 f"min_gap must be an integer >= 1 (or None for the criterion's), got {self.min_gap!r}"
             )
-        if not _is_int(self.seed):
+        if not is_int(self.seed):
             raise InvalidConfigError(f"seed must be an integer, got {self.seed!r}")
 
-        try:
-            get_criterion(self.criterion)
-        except ValueError as error:
-            raise InvalidConfigError(str(error)) from None
+        get_criterion(self.criterion)
 
     def resolve_num_layers(self, total: int) -> int:
         """The number of sublayers to remove from a model with `total` attention sublayers."""

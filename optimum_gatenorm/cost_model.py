@@ -12,10 +12,11 @@ What is counted (see `ModelCost.prefill` and `ModelCost.decode_step` for the for
   Activations are left out (they stay in cache for small batches and are the same with or without pruning, up to
   the attention outputs).
 
-Parameters are counted per architecture from a small table (`_ARCHITECTURES`), so that
-`ModelCost.num_parameters` equals `sum(p.numel() for p in model.parameters())` (tied weights once) of the real
-model, pruned or not. A pruned layer loses its attention projections (with their biases) and the norm in front of
-the attention; it keeps its MLP and the norm in front of the MLP.
+Parameters are counted from the architecture adapter's facts (`ArchitectureAdapter.params`, its MLP layout, its
+`pruned_modules` and `qk_norms`), so that `ModelCost.num_parameters` equals
+`sum(p.numel() for p in model.parameters())` (tied weights once) of the real model, pruned or not. A pruned layer
+loses its attention projections (with their biases and query/key norms) and the norms that only serve the
+attention (`pruned_modules`); it keeps its MLP and the norms around the MLP.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from typing import TYPE_CHECKING, Literal
 
 from .adapters import get_adapter
 from .adapters.base import HeadDims
-from .errors import InvalidConfigError, UnsupportedModelError
-from .modeling import get_pruned_layers
+from .checkpoints.record import get_pruned_layers
+from .errors import InvalidConfigError
 from .pruning import validate_pruned_set
 
 
@@ -36,60 +37,6 @@ if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
 __all__ = ["Cost", "ModelCost", "ideal_speedup"]
-
-
-@dataclass(frozen=True)
-class _Architecture:
-    """What the parameter count of one model family depends on.
-
-    Whether the MLP is gated (three matrices instead of two) is the adapter's `mlp_layout.gated`.
-
-    Args:
-        norm_bias: Norms are LayerNorms with a bias (2 * D parameters) instead of RMSNorms (D).
-        qkv_bias: The q, k and v projections have biases.
-        o_bias: The output projection has a bias.
-        mlp_bias: Every MLP matrix has a bias.
-        attention_bias_attr: Config attribute that, when present, overrides `qkv_bias` and `o_bias`.
-        mlp_bias_attr: Config attribute that, when present, overrides `mlp_bias`.
-        intermediate_attr: Config attribute holding the MLP width; `None` or missing means 4 * D.
-        position_embeddings_attr: Config attribute holding the number of learned position embeddings, if any.
-    """
-
-    norm_bias: bool = False
-    qkv_bias: bool = False
-    o_bias: bool = False
-    mlp_bias: bool = False
-    attention_bias_attr: str | None = None
-    mlp_bias_attr: str | None = None
-    intermediate_attr: str = "intermediate_size"
-    position_embeddings_attr: str | None = None
-
-
-_ARCHITECTURES: dict[str, _Architecture] = {
-    "llama": _Architecture(attention_bias_attr="attention_bias", mlp_bias_attr="mlp_bias"),
-    "mistral": _Architecture(),
-    # Qwen2 has biases on q, k and v (not on o), always.
-    "qwen2": _Architecture(qkv_bias=True),
-    # Phi-3 fuses q, k, v into qkv_proj and gate, up into gate_up_proj: same counts as separate matrices.
-    "phi3": _Architecture(),
-    # GPT-2: LayerNorms and biases everywhere, learned positions, MLP width n_inner (None means 4 * D).
-    "gpt2": _Architecture(
-        norm_bias=True,
-        qkv_bias=True,
-        o_bias=True,
-        mlp_bias=True,
-        intermediate_attr="n_inner",
-        position_embeddings_attr="n_positions",
-    ),
-    # GPT-NeoX: fused head-interleaved qkv; both residual styles have two norms per layer.
-    "gpt_neox": _Architecture(
-        norm_bias=True,
-        qkv_bias=True,
-        o_bias=True,
-        mlp_bias=True,
-        attention_bias_attr="attention_bias",
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -156,6 +103,9 @@ class ModelCost:
         o_bias: The output projection has a bias.
         mlp_bias: The MLP matrices have biases.
         norm_bias: Norms have a bias besides their weight (LayerNorm) or not (RMSNorm).
+        norms_per_layer: Hidden-size norms in an unpruned decoder layer (2, or 4 with sandwich norms).
+        attention_norms_per_layer: Of those, the norms a pruned layer loses with its attention (1, or 2).
+        qk_norms: The attention has per-head query and key norms (head_dim-sized, shared by the heads).
         dtype_bytes: s, bytes per parameter and per KV cache element.
     """
 
@@ -173,6 +123,9 @@ class ModelCost:
     o_bias: bool = False
     mlp_bias: bool = False
     norm_bias: bool = False
+    norms_per_layer: int = 2
+    attention_norms_per_layer: int = 1
+    qk_norms: bool = False
     dtype_bytes: int = 4
 
     def __post_init__(self):
@@ -192,14 +145,11 @@ class ModelCost:
             dtype_bytes: Bytes per weight and per KV cache element (4 for float32, 2 for float16/bfloat16).
 
         Raises:
-            UnsupportedModelError: If the model type is not in the cost table.
+            UnsupportedModelError: If the model type has no architecture adapter.
             InvalidConfigError: If a pruned layer index is out of range or all layers are pruned.
         """
-        arch = _ARCHITECTURES.get(config.model_type)
-        if arch is None:
-            raise UnsupportedModelError(
-                f"no cost model for model_type {config.model_type!r}; supported: {', '.join(sorted(_ARCHITECTURES))}"
-            )
+        adapter = get_adapter(config.model_type)
+        arch = adapter.params
         hidden = config.hidden_size
         attention_bias = getattr(config, arch.attention_bias_attr, None) if arch.attention_bias_attr else None
         mlp_bias = getattr(config, arch.mlp_bias_attr, None) if arch.mlp_bias_attr else None
@@ -211,7 +161,7 @@ class ModelCost:
             pruned_layers=tuple(get_pruned_layers(config) if pruned_layers is None else pruned_layers),
             head_dims=HeadDims.from_config(config),
             intermediate_size=getattr(config, arch.intermediate_attr, None) or 4 * hidden,
-            gated_mlp=get_adapter(config.model_type).mlp_layout.gated,
+            gated_mlp=adapter.mlp_layout.gated,
             vocab_size=config.vocab_size,
             tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
             position_embeddings=positions,
@@ -219,6 +169,9 @@ class ModelCost:
             o_bias=arch.o_bias if attention_bias is None else bool(attention_bias),
             mlp_bias=arch.mlp_bias if mlp_bias is None else bool(mlp_bias),
             norm_bias=arch.norm_bias,
+            norms_per_layer=arch.norms_per_layer,
+            attention_norms_per_layer=adapter.attention_norms,
+            qk_norms=adapter.qk_norms is not None,
             dtype_bytes=dtype_bytes,
         )
 
@@ -244,10 +197,12 @@ class ModelCost:
 
     @property
     def attention_params_per_layer(self) -> int:
-        """Matmul weights plus biases: H*d + 2*G*d if q, k, v have biases, + D if o has one."""
+        """Matmul weights plus biases (H*d + 2*G*d if q, k, v have biases, + D if o has one) plus the query and key
+        norms, if any (2*d, or 4*d with biases)."""
         q, kv = self.head_dims.q_size, self.head_dims.kv_size
         bias = (q + 2 * kv if self.qkv_bias else 0) + (self.hidden_size if self.o_bias else 0)
-        return self.attention_matmul_params_per_layer + bias
+        qk_norms = 2 * (2 if self.norm_bias else 1) * self.head_dims.head_dim if self.qk_norms else 0
+        return self.attention_matmul_params_per_layer + bias + qk_norms
 
     @property
     def mlp_matmul_params_per_layer(self) -> int:
@@ -267,8 +222,12 @@ class ModelCost:
 
     @property
     def num_norms(self) -> int:
-        """One per kept attention, one per MLP, one final: K + L + 1."""
-        return self.num_kept_layers + self.num_layers + 1
+        """Hidden-size norms: those serving the attention in kept layers, those around every MLP, one final.
+
+        K*a + L*(n - a) + 1 for n norms per layer of which a serve the attention; K + L + 1 for most models.
+        """
+        a = self.attention_norms_per_layer
+        return self.num_kept_layers * a + self.num_layers * (self.norms_per_layer - a) + 1
 
     @property
     def attention_params(self) -> int:

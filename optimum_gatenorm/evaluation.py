@@ -31,7 +31,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidCheckpointError, InvalidConfigError
+from .errors import InvalidConfigError
+from .serialization import JSONMixin
+from .validation import check_int
 from .version import __version__
 
 
@@ -43,8 +45,6 @@ __all__ = [
     "check_windowing",
     "evaluate_perplexity",
     "format_perplexity_table",
-    "is_onnx_dir",
-    "load_tokenizer",
     "perplexity",
     "windows",
 ]
@@ -55,7 +55,7 @@ BACKENDS = ("pytorch", "onnxruntime")
 
 
 @dataclass
-class PerplexityResult:
+class PerplexityResult(JSONMixin):
     """The perplexity of one model on one text.
 
     Args:
@@ -99,12 +99,6 @@ class PerplexityResult:
         if not math.isfinite(data["perplexity"]):
             data["perplexity"] = None
         return json.dumps(data, indent=indent)
-
-    def save(self, path: str | Path) -> Path:
-        """Writes `to_json()` to `path`."""
-        path = Path(path)
-        path.write_text(self.to_json() + "\n", encoding="utf-8")
-        return path
 
     def to_table(self) -> str:
         """A short text table of this result (see `format_perplexity_table`)."""
@@ -152,28 +146,23 @@ def format_perplexity_table(results: Sequence[PerplexityResult], names: Sequence
     return "\n".join(lines)
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise InvalidConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
 def check_windowing(window: int, stride: int | None, max_tokens: int | None) -> int:
     """Validates the windowing options and returns the effective stride.
 
     Raises:
         InvalidConfigError: If `window < 2`, `stride < 1`, `stride > window` or `max_tokens < 2`.
     """
-    _check_int("window", window, 2)
+    check_int("window", window, 2)
     if stride is None:
         stride = window
-    _check_int("stride", stride, 1)
+    check_int("stride", stride, 1)
     if stride > window:
         raise InvalidConfigError(
             f"stride={stride} is larger than window={window}: tokens between windows would never be scored; "
             "use a stride <= window"
         )
     if max_tokens is not None:
-        _check_int("max_tokens", max_tokens, 2)
+        check_int("max_tokens", max_tokens, 2)
     return stride
 
 
@@ -302,38 +291,6 @@ def perplexity(
     )
 
 
-def is_onnx_dir(path: str | Path) -> bool:
-    """Whether `path` is a directory holding an ONNX export (`model.onnx`)."""
-    path = Path(path)
-    return path.is_dir() and (path / "model.onnx").is_file()
-
-
-def load_tokenizer(directory: str | Path):
-    """The tokenizer saved in `directory`.
-
-    Raises:
-        InvalidCheckpointError: If `directory` has no tokenizer, or it cannot be loaded.
-    """
-    from transformers import AutoTokenizer
-
-    from .modeling import TOKENIZER_FILES
-
-    directory = Path(directory)
-    # AutoTokenizer raises AttributeError/TypeError (not OSError) on a directory without tokenizer files.
-    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
-        raise InvalidCheckpointError(
-            f"{directory} has no tokenizer ({', '.join(TOKENIZER_FILES)}); save the model's tokenizer there "
-            "(tokenizer.save_pretrained)"
-        )
-    try:
-        return AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
-    except (OSError, ValueError, TypeError, AttributeError) as error:
-        first = str(error).strip().splitlines()
-        raise InvalidCheckpointError(
-            f"cannot load the tokenizer of {directory}: {first[0] if first else type(error).__name__}"
-        ) from None
-
-
 def evaluate_perplexity(
     model_path: str | Path,
     text_path: str | Path,
@@ -342,7 +299,7 @@ def evaluate_perplexity(
     stride: int | None = None,
     max_tokens: int | None = None,
     dtype: "str | torch.dtype" = "auto",
-    provider: str = "CPUExecutionProvider",
+    provider: str = "cpu",
     progress: bool = False,
 ) -> PerplexityResult:
     """Loads a model and its tokenizer and returns its perplexity on a text file.
@@ -355,7 +312,7 @@ def evaluate_perplexity(
         stride: Start-to-start distance of windows; `None` for non-overlapping windows.
         max_tokens: Evaluate only the first `max_tokens` tokens of the text.
         dtype: Torch dtype of a PyTorch model (`"auto"`: the checkpoint's); ignored for ONNX.
-        provider: onnxruntime execution provider for an ONNX export; ignored for PyTorch.
+        provider: `"cpu"` or `"cuda"`: onnxruntime's execution provider for an ONNX export, the device for PyTorch.
         progress: Show a progress bar over the windows.
 
     Raises:
@@ -363,26 +320,22 @@ def evaluate_perplexity(
         InvalidConfigError: Bad windowing options; a text file that is binary, not UTF-8, empty or too short.
         InvalidCheckpointError: If the model directory has no usable tokenizer or its weights are broken.
     """
+    from .loading import is_onnx_dir, load_causal_lm, load_tokenizer, ort_provider
     from .text import read_text
 
     check_windowing(window, stride, max_tokens)  # before any loading
     text = read_text(text_path)
     if is_onnx_dir(model_path):
         directory = Path(model_path)
-        tokenizer = load_tokenizer(directory)
-        from optimum.onnxruntime import ORTModelForCausalLM
-
-        logger.info("Loading the ONNX model in %s (%s)", directory, provider)
-        model = ORTModelForCausalLM.from_pretrained(directory, provider=provider)
+        logger.info("Loading the ONNX model in %s (%s)", directory, ort_provider(provider))
     else:
-        from .checkpoint import inspect_checkpoint
-        from .modeling import load_pruned
-        from .models import resolve_model
+        from .checkpoints.models import resolve_model
+        from .checkpoints.tensors import inspect_checkpoint
 
         directory = resolve_model(model_path)
         inspect_checkpoint(directory)  # a missing config.json or weights is named before the tokenizer
-        tokenizer = load_tokenizer(directory)
-        model = load_pruned(directory, dtype=dtype)
+    tokenizer = load_tokenizer(directory)
+    model, _ = load_causal_lm(directory, provider=provider, dtype=dtype)
     return perplexity(
         model,
         tokenizer,

@@ -1,7 +1,7 @@
 """Evaluating pruned checkpoints with the lm-evaluation-harness (`lm-eval`), through its `hf` model type.
 
 lm-eval loads `--model hf` checkpoints with `AutoModelForCausalLM.from_pretrained`, which rebuilds the pruned
-structure only in a process that has imported `optimum_gatenorm` (see `optimum_gatenorm.modeling`). Without the
+structure only in a process that has imported `optimum_gatenorm` (see `optimum_gatenorm.checkpoints`). Without the
 import, lm-eval stops on the unknown `gatenorm` quantization method instead of evaluating random attention. So:
 
     python -m optimum_gatenorm.lm_eval run --model hf --model_args pretrained=DIR,dtype=float32 --tasks TASKS ...
@@ -28,8 +28,8 @@ from typing import Any
 # Registers the `gatenorm` quantization method with transformers: this import is the point of the module.
 import optimum_gatenorm  # noqa: F401
 
-from .checkpoint import inspect_checkpoint
-from .modeling import get_pruned_layers
+from .checkpoints.record import get_pruned_layers
+from .checkpoints.tensors import inspect_checkpoint
 
 
 __all__ = ["evaluate_with_lm_eval", "main"]

@@ -129,8 +129,8 @@ def prune_and_save(
     """
     import torch
 
+    from .criteria import get_criterion, require_calibration
     from .pruner import GateNormPruner, check_request
-    from .scoring import get_criterion, require_calibration
 
     if not isinstance(config, GateNormConfig):
         raise TypeError(f"config must be a GateNormConfig, got {type(config).__name__}")
@@ -165,7 +165,7 @@ def prune_and_save(
         config.criterion, calibration=calibration, seed=config.seed, device=device, progress=progress
     )
     pruned_model, report = pruner.prune(config, scores=scores, calibration=calibration)
-    from .modeling import write_pruned
+    from .checkpoints.modeling import write_pruned
 
     exports: dict[str, Path] = {}
     max_diff = None

@@ -6,12 +6,12 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .checkpoint import Checkpoint, ModelWeights, inspect_checkpoint
+from .checkpoints.tensors import Checkpoint, ModelWeights, inspect_checkpoint
 from .configuration import GateNormConfig
+from .criteria import DEFAULT_CRITERION, get_criterion, require_calibration, score_layers, score_with_model
+from .criteria.measurements import breakdown_warning
 from .errors import InvalidConfigError
-from .measurements import breakdown_warning
-from .report import PruningReport, ScoreReport
-from .scoring import DEFAULT_CRITERION, get_criterion, rank, require_calibration, score_layers, score_with_model
+from .report import PruningReport, ScoreReport, rank
 
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from .calibration import Calibration
+    from .criteria.calibration import Calibration
 
 __all__ = ["GateNormPruner", "check_request", "select_layers", "spacing_warning"]
 
@@ -81,7 +81,7 @@ def check_request(config: GateNormConfig, model_config) -> int:
         InvalidConfigError: If the request removes nothing, or more layers than can go, or names layers that
             do not exist.
     """
-    from .modeling import get_pruned_layers
+    from .checkpoints.record import get_pruned_layers
 
     total = model_config.num_hidden_layers
     k = config.resolve_num_layers(total)
@@ -151,7 +151,7 @@ class GateNormPruner:
             dtype: dtype to load the model in when pruning (`"auto"`: the checkpoint's).
             allow_pickle: Accept `pytorch_model.bin` weights, loaded with `torch.load(weights_only=True)`.
         """
-        from .models import resolve_model
+        from .checkpoints.models import resolve_model
 
         self = cls.__new__(cls)
         self._model = None
@@ -173,7 +173,7 @@ class GateNormPruner:
     def model(self) -> "PreTrainedModel":
         """The model, loaded on first use when the pruner was made from a checkpoint."""
         if self._model is None:
-            from .modeling import load_pruned
+            from .checkpoints.modeling import load_pruned
 
             logger.info("Loading %s", self._checkpoint.path)
             self._model = load_pruned(self._checkpoint.path, **self._load_kwargs)
@@ -191,7 +191,7 @@ class GateNormPruner:
                 raise InvalidConfigError(
                     "no tokenizer: pass GateNormPruner(model, tokenizer=...) or a ready Calibration(input_ids)"
                 )
-            from .evaluation import load_tokenizer
+            from .loading import load_tokenizer
 
             self._tokenizer = load_tokenizer(self._checkpoint.path)
         return self._tokenizer
@@ -209,7 +209,7 @@ class GateNormPruner:
         Raises:
             InvalidConfigError: If the text is too short, a setting is bad, or there is no tokenizer.
         """
-        from .calibration import Calibration
+        from .criteria.calibration import Calibration
 
         return Calibration.from_files(
             paths, self.tokenizer, num_samples=num_samples, length=length, batch_size=batch_size
@@ -240,10 +240,7 @@ class GateNormPruner:
         Raises:
             InvalidConfigError: Unknown criterion, or a data-driven one without `calibration`.
         """
-        try:
-            chosen = get_criterion(criterion)
-        except ValueError as error:
-            raise InvalidConfigError(str(error)) from None
+        chosen = get_criterion(criterion)
         if chosen.model_level:
             require_calibration(chosen, calibration)  # before loading a large model for nothing
             model = self.model if chosen.needs_model else self._model
@@ -287,7 +284,7 @@ class GateNormPruner:
         Raises:
             InvalidConfigError: If the request cannot be met (too many layers, bad indices, no calibration).
         """
-        from .modeling import prune_model
+        from .checkpoints.modeling import prune_model
 
         if not isinstance(config, GateNormConfig):
             raise TypeError(f"config must be a GateNormConfig, got {type(config).__name__}")

@@ -1,7 +1,8 @@
 """Removing attention sublayers from a model in memory.
 
-A pruned decoder layer computes `h + mlp(post_norm(h))`: its attention module and pre-attention norm are
-deleted, so it has no weights and no KV-cache entry for them. The surviving attention modules are renumbered
+A pruned decoder layer computes `h + m_n(...m_1(h))` over the adapter's `pruned_forward` modules (for most
+architectures `h + mlp(post_norm(h))`): the adapter's `pruned_modules` (the attention module and the norms that
+only serve it) are deleted, so it has no weights and no KV-cache entry for them. The surviving attention modules are renumbered
 `layer_idx = 0..n_kept-1`, so the KV cache holds exactly the kept layers in order; transformers' caches read
 the sequence length and masks from slot 0, so leaving holes would break incremental decoding.
 
@@ -29,15 +30,15 @@ logger = logging.getLogger(__name__)
 
 
 class AttentionPrunedLayerMixin:
-    """Forward of a decoder layer without attention: `h + mlp(post_norm(h))`."""
+    """Forward of a decoder layer without attention: `h + m_n(...m_1(h))` over the adapter's `pruned_forward`."""
 
     _gatenorm_adapter: ArchitectureAdapter
 
     def forward(self, hidden_states, *args, **kwargs):
         adapter = self._gatenorm_adapter
-        update = getattr(self, adapter.mlp)(getattr(self, adapter.post_norm)(hidden_states))
-        if adapter.mlp_dropout is not None:
-            update = getattr(self, adapter.mlp_dropout)(update)
+        update = hidden_states
+        for name in adapter.pruned_forward:
+            update = getattr(self, name)(update)
         hidden_states = hidden_states + update
         if adapter.returns_tuple:
             return (hidden_states, None) if kwargs.get("output_attentions") else (hidden_states,)
@@ -82,9 +83,9 @@ def validate_pruned_set(layers: Iterable[int], total: int) -> list[int]:
     return layers
 
 
-def _check_layer_types(config, kept: list[int]) -> None:
+def _check_layer_types(config, adapter: ArchitectureAdapter, kept: list[int]) -> None:
     # Caches build slot j from layer_types[j]; with mixed sliding/full layers, renumbering must not change that.
-    layer_types = getattr(config, "layer_types", None)
+    layer_types = getattr(config, adapter.layer_types_attr, None) if adapter.layer_types_attr else None
     if layer_types and [layer_types[i] for i in kept] != list(layer_types[: len(kept)]):
         raise UnsupportedModelError(
             f"{config.model_type} mixes attention types {sorted(set(layer_types))} across layers; removing these "
@@ -96,7 +97,7 @@ def apply_pruned_structure(model: "PreTrainedModel", layers: Iterable[int]) -> l
     """Removes the attention sublayers of `layers` (on top of any already removed) and renumbers the rest.
 
     Works on real and on meta-device models (before weights are loaded). Does not touch the config record;
-    see `optimum_gatenorm.modeling.prune_model` for the full in-memory operation.
+    see `optimum_gatenorm.checkpoints.modeling.prune_model` for the full in-memory operation.
 
     Returns:
         The sorted indices of all layers without attention.
@@ -107,14 +108,14 @@ def apply_pruned_structure(model: "PreTrainedModel", layers: Iterable[int]) -> l
     already = {i for i, layer in enumerate(decoder_layers) if is_attention_pruned(layer)}
     pruned = validate_pruned_set(set(layers) | already, total)
     kept = [i for i in range(total) if i not in pruned]
-    _check_layer_types(model.config, kept)
+    _check_layer_types(model.config, adapter, kept)
     for index in pruned:
         layer = decoder_layers[index]
         if index in already:
             continue
         layer.__class__ = _pruned_class(type(layer), adapter)
-        delattr(layer, adapter.attention)
-        delattr(layer, adapter.input_norm)
+        for name in adapter.pruned_modules:
+            delattr(layer, name)
     for slot, index in enumerate(kept):
         getattr(decoder_layers[index], adapter.attention).layer_idx = slot
     return pruned

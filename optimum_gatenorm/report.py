@@ -2,40 +2,26 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 
+from .serialization import JSONMixin
 from .version import __version__
 
 
-__all__ = ["PruningReport", "ScoreReport"]
+__all__ = ["REPORT_FILE", "PruningReport", "ScoreReport", "rank"]
 
 REPORT_FILE = "gatenorm_report.json"
 
 
-class _JSONMixin:
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
-
-    @classmethod
-    def from_dict(cls, data: dict):
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-    @classmethod
-    def from_json(cls, path: str | Path):
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+def rank(scores: Sequence[float | None]) -> list[int]:
+    """Layer indices with a score, lowest score first (ties: lower index first): the removal order of every
+    criterion."""
+    return sorted((i for i, s in enumerate(scores) if s is not None), key=lambda i: (scores[i], i))
 
 
 @dataclass
-class ScoreReport(_JSONMixin):
+class ScoreReport(JSONMixin):
     """Per-layer scores of one criterion.
 
     Args:
@@ -67,8 +53,6 @@ class ScoreReport(_JSONMixin):
     @property
     def ranking(self) -> list[int]:
         """Scored layers, lowest score (first to remove) first."""
-        from .scoring import rank
-
         return rank(self.scores)
 
     def to_dict(self) -> dict:
@@ -88,7 +72,7 @@ class ScoreReport(_JSONMixin):
 
 
 @dataclass
-class PruningReport(_JSONMixin):
+class PruningReport(JSONMixin):
     """What a pruning run removed and kept, and why.
 
     Args:
@@ -109,7 +93,7 @@ class PruningReport(_JSONMixin):
         scores_source: Where the scores were read from (`"checkpoint"` or `"model"`).
         data_free: Whether the criterion used no data.
         calibration: Calibration settings of a data-driven criterion (see `ScoreReport.calibration`), else `None`.
-        warnings: Measured-quality warnings (see `optimum_gatenorm.measurements.breakdown_warning`).
+        warnings: Measured-quality warnings (see `optimum_gatenorm.criteria.measurements.breakdown_warning`).
     """
 
     model_type: str

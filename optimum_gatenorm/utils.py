@@ -30,6 +30,7 @@ __all__ = [
     "check_writable_dir",
     "is_our_output",
     "mark_output",
+    "require_pyplot",
 ]
 
 OUTPUT_MARKER = ".optimum-gatenorm-output"
@@ -178,12 +179,27 @@ def atomic_write_bytes(path: str | Path, data: bytes, overwrite: bool = False) -
     return path
 
 
+def require_pyplot():
+    """`matplotlib.pyplot` on the non-interactive Agg backend.
+
+    Raises:
+        InvalidConfigError: If matplotlib is not installed, with the install command.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise InvalidConfigError('plots need matplotlib: pip install -e ".[plot]"') from None
+    return plt
+
+
 def atomic_save_figure(fig, path: str | Path, overwrite: bool = False) -> Path:
     """Saves a matplotlib figure as PNG through a temporary file and a rename, then closes it."""
     import io
 
-    import matplotlib.pyplot as plt
-
+    plt = require_pyplot()
     buffer = io.BytesIO()
     try:
         fig.savefig(buffer, format="png")

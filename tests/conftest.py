@@ -11,32 +11,20 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from optimum_gatenorm.adapters import get_adapter, supported_model_types
+
 
 # No hub is reachable here or in CI: fail fast instead of waiting on the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-# One tiny config per registered model type (test_adapters checks that none is missing), plus variants that
-# cover MHA / GQA / MQA and both GPT-NeoX residual styles. hidden 32, 4 layers, 4 query heads.
-_COMMON = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4)
+# One tiny config per registered model type, declared by its adapter (`ArchitectureAdapter.tiny_config`: hidden 32,
+# 4 layers, 4 query heads; test_adapters checks that none is missing), plus variants that cover MHA / GQA / MQA and
+# both GPT-NeoX residual styles. Every test parametrised over ALL_TINY picks up a new adapter without edits.
 TINY_CONFIGS = {
-    "llama": dict(model_type="llama", num_key_value_heads=2, max_position_embeddings=128, **_COMMON),
-    "mistral": dict(model_type="mistral", num_key_value_heads=1, max_position_embeddings=128, **_COMMON),
-    "qwen2": dict(model_type="qwen2", num_key_value_heads=2, max_position_embeddings=128, **_COMMON),
-    "phi3": dict(
-        model_type="phi3",
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        original_max_position_embeddings=128,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        **_COMMON,
-    ),
-    "gpt2": dict(model_type="gpt2", vocab_size=128, n_embd=32, n_layer=4, n_head=4, n_positions=128),
-    "gpt_neox": dict(
-        model_type="gpt_neox", rotary_pct=0.5, use_parallel_residual=True, max_position_embeddings=128, **_COMMON
-    ),
+    model_type: dict(model_type=model_type, **get_adapter(model_type).tiny_config)
+    for model_type in supported_model_types()
+    if get_adapter(model_type).tiny_config
 }
 VARIANTS = {
     "llama_mha": dict(TINY_CONFIGS["llama"], num_key_value_heads=4),

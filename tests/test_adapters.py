@@ -1,18 +1,20 @@
 """Every adapter extracts exactly the Q and K its module computes."""
 
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
-from conftest import ALL_TINY, TINY_CONFIGS, tiny_model
+from conftest import ALL_TINY, TINY_CONFIGS, tiny_config, tiny_model
 
 from optimum_gatenorm import UnsupportedModelError, get_adapter, supported_model_types
 from optimum_gatenorm.adapters import HeadDims, register_adapter
-from optimum_gatenorm.checkpoint import ModelWeights
-from optimum_gatenorm.scoring import layer_weights
+from optimum_gatenorm.checkpoints.tensors import ModelWeights, layer_weights
+from optimum_gatenorm.exporters.onnx import check_onnx_exportable
 
 
 def test_every_registered_architecture_has_a_tiny_config():
+    # TINY_CONFIGS holds the registered adapters' non-empty `tiny_config`s.
     assert sorted(TINY_CONFIGS) == supported_model_types()
     assert set(supported_model_types()) == {"llama", "mistral", "qwen2", "phi3", "gpt2", "gpt_neox"}
 
@@ -81,3 +83,57 @@ def test_gpt2_with_layer_dependent_scale_is_refused():
     config.scale_attn_by_inverse_layer_idx = True
     with pytest.raises(UnsupportedModelError, match="scale_attn_by_inverse_layer_idx"):
         get_adapter(config)
+
+
+@pytest.mark.parametrize("name", sorted(ALL_TINY))
+def test_adapter_names_modules_the_model_has(name):
+    # Catches a misspelt module name in a new adapter before any pruning test does.
+    model = tiny_model(name)
+    adapter = get_adapter(model.config)
+    layer = model.get_submodule(adapter.layers)[0]
+    for module in (*adapter.pruned_modules, *adapter.pruned_forward, adapter.input_norm, adapter.post_norm):
+        assert isinstance(getattr(layer, module), torch.nn.Module), module
+    attention = getattr(layer, adapter.attention)
+    for module in (adapter.qk.o, *(adapter.qk_norms or ())):
+        assert isinstance(getattr(attention, module), torch.nn.Module), module
+    assert isinstance(model.get_submodule(adapter.embedding), torch.nn.Embedding)
+    for attribute in (adapter.params.attention_bias_attr, adapter.params.mlp_bias_attr):
+        assert attribute is None or hasattr(model.config, attribute), attribute
+
+
+def test_adapter_defaults_and_validation():
+    adapter = get_adapter("llama")
+    assert adapter.pruned_modules == ("self_attn", "input_layernorm")
+    assert adapter.pruned_forward == ("post_attention_layernorm", "mlp")
+    assert adapter.pruned_module_prefixes(3) == ("model.layers.3.self_attn", "model.layers.3.input_layernorm")
+    assert adapter.attention_norms == 1
+    sandwich = replace(
+        adapter,
+        model_types=("sandwich",),
+        pruned_modules=("self_attn", "input_layernorm", "post_attention_layernorm"),
+        pruned_forward=("pre_feedforward_layernorm", "mlp", "post_feedforward_layernorm"),
+        norm_gain_offset=1.0,
+    )
+    assert sandwich.attention_norms == 2
+    assert sandwich.norm_gain(torch.zeros(2)).tolist() == [1.0, 1.0]
+    for bad in (
+        dict(pruned_modules=("input_layernorm", "self_attn")),
+        dict(pruned_modules=("self_attn",)),
+        dict(pruned_forward=("post_attention_layernorm",)),
+        dict(pruned_forward=("input_layernorm", "mlp")),
+        dict(norm_gain_offset=0.5),
+        dict(embedding_scale="sqrt"),
+        dict(tiny_config={"model_type": "llama"}),
+    ):
+        with pytest.raises(ValueError):
+            replace(adapter, **bad)
+
+
+def test_onnxruntime_quirks_come_from_the_adapter():
+    check_onnx_exportable(tiny_config("llama"))  # GQA: ORTModelForCausalLM reads num_key_value_heads for llama
+    with pytest.raises(UnsupportedModelError, match="grouped-query"):
+        check_onnx_exportable(tiny_config("phi3"))  # ... but not for phi3
+    config = tiny_config("llama")
+    config.head_dim = 16
+    with pytest.raises(UnsupportedModelError, match="head_dim=16"):
+        check_onnx_exportable(config)

@@ -32,13 +32,14 @@ from optimum_gatenorm import (
     prune_model,
     save_pruned,
     select_layers,
+    supported_model_types,
 )
 from optimum_gatenorm.report import PruningReport
 from optimum_gatenorm.utils import OUTPUT_MARKER, atomic_output_dir, atomic_write_text, check_output_path
 
 
 OPTIMUM_CLI = Path(sys.executable).parent / "optimum-cli"
-SUPPORTED = ("llama", "mistral", "qwen2", "phi3", "gpt2", "gpt_neox")
+SUPPORTED = tuple(supported_model_types())
 ERROR_LINE = re.compile(r"^(error: |optimum-cli gatenorm (score|prune|convert|criteria): error: )\S")
 
 

@@ -99,6 +99,18 @@ CASES = {
         ("prune", "-m", "{model}", "-k", "1", "-c", "cosine", "--calibration-text", "{missing}", "-o", "{new}"),
         ("missing",),
     ),
+    "prune_unreachable_target_speedup": Case(
+        ("prune", "-m", "{model}", "--target-speedup", "50", "-o", "{new}"), ("no k reaches", "the best is")
+    ),
+    "prune_target_speedup_not_above_one": Case(
+        ("prune", "-m", "{model}", "--target-speedup", "0.9", "-o", "{new}"), ("speed-up > 1",)
+    ),
+    "prune_context_without_target": Case(
+        ("prune", "-m", "{model}", "-k", "1", "--context", "64", "-o", "{new}"), ("--target-speedup",)
+    ),
+    "prune_missing_shares_file": Case(
+        ("prune", "-m", "{model}", "--target-speedup", "1.1", "--shares", "{missing}", "-o", "{new}"), ("missing",)
+    ),
     # --- export -------------------------------------------------------------------------------------------------
     "export_overwrite_a_users_directory": Case(
         ("export", "-m", "{model}", "-o", "{userdir}", "--overwrite"), ("not written by optimum-gatenorm",)
@@ -300,7 +312,7 @@ def test_compare_plot_and_table_use_the_same_median_for_an_even_number_of_seeds(
               for i, v in enumerate(values)]  # fmt: skip
     result = CompareResult(
         model="m", text="t", num_tokens=10, baseline_perplexity=10.0, num_layers=[2],
-        criteria={"random": {}}, points=points, spearman={},
+        criteria={"random": {"scoring_seconds": 0.0}}, points=points, spearman={},
     )  # fmt: skip
     assert result.band("random")[2] == pytest.approx((20.0, 27.7, 40.0))
     assert "27.7 (20.0-40.0)" in result.format_table()
@@ -321,3 +333,24 @@ def test_benchmark_warns_when_the_runs_do_not_resolve_the_difference():
     assert any("prefill_s" in w and "within the noise" in w for w in noisy)
     clean = noise_warnings([row((1.0, 1.1), (0.8, 0.9))])
     assert not any("prefill_s" in w for w in clean)
+
+
+def test_prune_target_speedup_removes_the_planned_k_and_says_so(workspace, tmp_path):
+    import json
+
+    from transformers import AutoConfig
+
+    from optimum_gatenorm.planning import resolve_target
+
+    config = AutoConfig.from_pretrained(workspace / "model")
+    k, predicted = resolve_target(config, 1.05, context=64)
+    out = tmp_path / "planned"
+    result = _cli(
+        "prune", "-m", workspace / "model", "--target-speedup", "1.05", "--context", "64", "-o", out, "--json",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert len(data["removed_layers"]) == k >= 1
+    assert data["target_speedup"]["num_layers"] == k and data["target_speedup"]["prefill"] >= 1.05
+    assert predicted["summary"] in result.stderr

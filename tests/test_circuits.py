@@ -10,12 +10,13 @@ from conftest import ALL_TINY, tiny_model
 
 from optimum_gatenorm import GateNormConfig, GateNormPruner
 from optimum_gatenorm.adapters import HeadDims, get_adapter
-from optimum_gatenorm.checkpoint import ModelWeights
-from optimum_gatenorm.circuits import StackWeights, _activation, mlp_output_norm, ov_norm_squared
+from optimum_gatenorm.checkpoints.tensors import ModelWeights, layer_weights
+from optimum_gatenorm.criteria import get_criterion
+from optimum_gatenorm.criteria.circuits import StackWeights, _activation, mlp_output_norm, ov_norm_squared
+from optimum_gatenorm.criteria.gate import gate_norm
+from optimum_gatenorm.criteria.measurements import FIRST_K_WORSE_THAN_RANDOM, breakdown_warning
 from optimum_gatenorm.errors import InvalidConfigError
-from optimum_gatenorm.measurements import FIRST_K_WORSE_THAN_RANDOM, breakdown_warning
 from optimum_gatenorm.pruner import select_layers, spacing_warning
-from optimum_gatenorm.scoring import gate_norm, get_criterion, layer_weights
 
 
 NEW = ("ov_norm", "gate_ov", "ov_relative")
@@ -250,15 +251,14 @@ def test_breakdown_warning_follows_the_measured_table():
 def test_compare_applies_each_criterion_rule_unless_min_gap_is_given():
     from conftest import tiny_tokenizer
 
-    from optimum_gatenorm.compare import compare_criteria
+    from optimum_gatenorm.compare import CompareConfig, compare_criteria
 
     model, tokenizer = tiny_model("llama"), tiny_tokenizer()
     text = "the quick brown fox jumps over the lazy dog. " * 20
     pruner = GateNormPruner(model)
     for min_gap in (None, 1):
-        result = compare_criteria(
-            model, tokenizer, text, criteria=["gate_trace", "gate_norm"], num_layers=[0, 2], min_gap=min_gap, window=64
-        )
+        config = CompareConfig(criteria=["gate_trace", "gate_norm"], num_layers=[0, 2], min_gap=min_gap, window=64)
+        result = compare_criteria(model, tokenizer, text, config)
         for name in ("gate_trace", "gate_norm"):
             gap = min_gap or get_criterion(name).min_gap
             assert result.criteria[name]["min_gap"] == gap

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from conftest import ALL_TINY, tiny_config, tiny_model
@@ -108,6 +109,18 @@ def test_hand_parameter_counts():
     assert cost.embedding_params == EMBED
     assert cost.lm_head_params == LM_HEAD
     assert cost.num_parameters == 2 * ATTN_PER_LAYER + L * MLP_PER_LAYER + 7 * NORM + EMBED + LM_HEAD
+
+
+def test_sandwich_norms_and_query_key_norms_are_counted():
+    # A Gemma-style layer: 4 norms, 2 of which go with the attention, and head_dim-sized query and key norms.
+    cost = replace(
+        ModelCost.from_config(hand_config(), pruned_layers=[1, 2]),
+        norms_per_layer=4,
+        attention_norms_per_layer=2,
+        qk_norms=True,
+    )
+    assert cost.num_norms == 2 * 2 + L * 2 + 1
+    assert cost.attention_params == 2 * (ATTN_PER_LAYER + 2 * d)
 
 
 def test_dtype_bytes_scales_bytes_not_flops():

@@ -18,7 +18,7 @@ from optimum_gatenorm import (
     get_criterion,
     prune_model,
 )
-from optimum_gatenorm.baselines import attention_statistics
+from optimum_gatenorm.criteria.baselines import attention_statistics
 
 
 BASELINES = ["attn_norm", "cosine", "last", "random"]

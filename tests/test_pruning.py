@@ -7,12 +7,8 @@ import torch
 from conftest import ALL_TINY, tiny_model
 
 from optimum_gatenorm import GateNormConfig, GateNormPruner, InvalidConfigError, get_adapter, get_pruned_layers
-from optimum_gatenorm.modeling import prune_model
+from optimum_gatenorm.checkpoints.modeling import prune_model
 from optimum_gatenorm.pruning import is_attention_pruned
-
-
-# The module whose output is the attention sublayer's update to the residual stream, per attention attribute.
-OUTPUT_PROJECTION = {"self_attn": "o_proj", "attn": "c_proj", "attention": "dense"}
 
 
 def _prune(model, layers):
@@ -28,7 +24,8 @@ def _silence_attention(model, layers):
     with torch.no_grad():
         for index in layers:
             attention = getattr(silenced.get_submodule(adapter.layers)[index], adapter.attention)
-            for param in getattr(attention, OUTPUT_PROJECTION[adapter.attention]).parameters():
+            # The output projection's output is the attention sublayer's update to the residual stream.
+            for param in getattr(attention, adapter.qk.o).parameters():
                 param.zero_()
     return silenced
 
@@ -92,6 +89,7 @@ def test_cache_holds_only_kept_layers_and_structure_is_gone(name):
         assert is_attention_pruned(layers[index])
         assert isinstance(layers[index], type(layers[1]).__mro__[1])  # still an instance of the original class
         assert not hasattr(layers[index], adapter.attention) and not hasattr(layers[index], adapter.input_norm)
+        assert not any(hasattr(layers[index], name) for name in adapter.pruned_modules)
         assert not any(f".{index}.{adapter.attention}." in k for k in model.state_dict())
     assert [getattr(layers[i], adapter.attention).layer_idx for i in (1, 3)] == [0, 1]
     with torch.no_grad():

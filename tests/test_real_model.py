@@ -10,7 +10,7 @@ import torch
 from transformers import AutoTokenizer
 
 from optimum_gatenorm import GateNormConfig, GateNormPruner, load_pruned, resolve_model, save_pruned
-from optimum_gatenorm.models import BUILTIN_MODELS, convert_gguf
+from optimum_gatenorm.checkpoints.models import BUILTIN_MODELS, convert_gguf
 
 
 pytestmark = pytest.mark.slow
@@ -119,18 +119,12 @@ def test_default_criterion_holds_up_where_gate_norm_breaks(real_dir, tokenizer):
     from pathlib import Path
 
     from optimum_gatenorm import DEFAULT_CRITERION
-    from optimum_gatenorm.compare import compare_criteria
+    from optimum_gatenorm.compare import CompareConfig, compare_criteria
     from optimum_gatenorm.text import read_text
 
     text = read_text(Path(__file__).parent / "data" / "pride_and_prejudice.txt")
-    result = compare_criteria(
-        load_pruned(real_dir),
-        tokenizer,
-        text,
-        criteria=[DEFAULT_CRITERION, "gate_norm", "random"],
-        num_layers=[8],
-        window=512,
-    )
+    config = CompareConfig(criteria=[DEFAULT_CRITERION, "gate_norm", "random"], num_layers=[8], window=512)
+    result = compare_criteria(load_pruned(real_dir), tokenizer, text, config)
     at_8 = {c: result.curve(c)[8] for c in (DEFAULT_CRITERION, "gate_norm", "random")}
     (default,) = at_8[DEFAULT_CRITERION]
     random_median = statistics.median(at_8["random"])

@@ -5,7 +5,8 @@ import torch
 from conftest import ALL_TINY, save_sharded, tiny_model
 
 from optimum_gatenorm import DEFAULT_CRITERION, GateNormPruner, available_criteria, get_criterion, register_criterion
-from optimum_gatenorm.scoring import AttentionWeights, frobenius_of_product
+from optimum_gatenorm.checkpoints.tensors import AttentionWeights
+from optimum_gatenorm.criteria.gate import frobenius_of_product
 
 
 def _reference(criterion: str, q, k, norm) -> float:

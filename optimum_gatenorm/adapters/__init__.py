@@ -1,4 +1,8 @@
-"""Registry of architecture adapters, keyed by `config.model_type`."""
+"""Registry of architecture adapters, keyed by `config.model_type`: the one place that knows model types.
+
+To add an architecture, write one module next to this one that builds an `ArchitectureAdapter` per model type
+(every field is a fact the rest of the package reads, see `base.py`), and register it in `_REGISTERED` below.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +16,13 @@ from .base import (
     HeadDims,
     HeadInterleaved,
     MLPLayout,
+    ParameterLayout,
     QKLayout,
     SeparateProjections,
 )
 from .gpt2 import GPT2
 from .gpt_neox import GPT_NEOX
-from .llama import LLAMA
+from .llama import LLAMA, MISTRAL, QWEN2
 from .phi3 import PHI3
 
 
@@ -31,6 +36,7 @@ __all__ = [
     "HeadDims",
     "HeadInterleaved",
     "MLPLayout",
+    "ParameterLayout",
     "QKLayout",
     "SeparateProjections",
     "get_adapter",
@@ -77,5 +83,7 @@ def get_adapter(config_or_model_type: "PretrainedConfig | str") -> ArchitectureA
     return adapter
 
 
-for _adapter in (LLAMA, PHI3, GPT2, GPT_NEOX):
+# Every built-in adapter, one per model type.
+_REGISTERED = (LLAMA, MISTRAL, QWEN2, PHI3, GPT2, GPT_NEOX)
+for _adapter in _REGISTERED:
     register_adapter(_adapter)

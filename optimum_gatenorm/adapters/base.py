@@ -1,8 +1,10 @@
-"""Where the query and key weights of an attention sublayer live, as data.
+"""Every per-architecture fact, as data.
 
-An `ArchitectureAdapter` says where the decoder layers, the attention module, its norms and its MLP are, and a
-`QKLayout` says how the query and key projections are stored in the attention module's tensors. The scoring
-and pruning code only talks to these two objects; it never asks for `model_type`.
+An `ArchitectureAdapter` says where the decoder layers, the attention module, its norms and its MLP are, what a
+pruned layer loses and still runs, how norms apply their gain, what the cost model counts (`ParameterLayout`),
+which onnxruntime quirks apply, and a tiny random config for tests; a `QKLayout` says how the query and key
+projections are stored in the attention module's tensors. Scoring, pruning, the cost model, the exporter and the
+tests only talk to these objects; nothing outside `optimum_gatenorm.adapters` asks for `model_type`.
 
 All extracted projections use the `nn.Linear` convention: `q[h]` is the `[head_dim, hidden]` block that maps a
 hidden state `x` to the query of head `h` (`q_h = q[h] @ x`), so `W_Q^h = q[h].T` in the paper's notation.
@@ -11,8 +13,8 @@ hidden state `x` to the query of head `h` (`q_h = q[h] @ x`), so `W_Q^h = q[h].T
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 
 if TYPE_CHECKING:
@@ -26,6 +28,7 @@ __all__ = [
     "HeadDims",
     "HeadInterleaved",
     "MLPLayout",
+    "ParameterLayout",
     "QKLayout",
     "SeparateProjections",
 ]
@@ -247,25 +250,75 @@ class MLPLayout:
 
 
 @dataclass(frozen=True)
-class ArchitectureAdapter:
-    """Where one decoder-only architecture keeps its attention sublayers.
+class ParameterLayout:
+    """What the cost model's parameter count of one architecture depends on, besides the config's sizes.
 
-    Paths are attribute paths from the `*ForCausalLM` model (for modules) or from one decoder layer.
+    Whether the MLP is gated (three matrices instead of two) is the adapter's `mlp_layout.gated`; how many norms a
+    pruned layer loses is the number of norms in its `pruned_modules`; per-head query/key norms are `qk_norms`.
+
+    Args:
+        norm_bias: Norms are LayerNorms with a bias (2 * D parameters) instead of RMSNorms (D).
+        qkv_bias: The q, k and v projections have biases.
+        o_bias: The output projection has a bias.
+        mlp_bias: Every MLP matrix has a bias.
+        attention_bias_attr: Config attribute that, when present, overrides `qkv_bias` and `o_bias`.
+        mlp_bias_attr: Config attribute that, when present, overrides `mlp_bias`.
+        intermediate_attr: Config attribute holding the MLP width; `None` or missing means 4 * D.
+        position_embeddings_attr: Config attribute holding the number of learned position embeddings, if any.
+        norms_per_layer: Hidden-size norms in an unpruned decoder layer (2; 4 for sandwich-norm models). One final
+            norm after the last layer is counted besides.
+    """
+
+    norm_bias: bool = False
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    attention_bias_attr: str | None = None
+    mlp_bias_attr: str | None = None
+    intermediate_attr: str = "intermediate_size"
+    position_embeddings_attr: str | None = None
+    norms_per_layer: int = 2
+
+
+@dataclass(frozen=True)
+class ArchitectureAdapter:
+    """Everything the package knows about one decoder-only architecture.
+
+    Paths are attribute paths from the `*ForCausalLM` model (for modules) or from one decoder layer. Adding an
+    architecture is one module in `optimum_gatenorm/adapters/` that builds one of these per model type (README,
+    "Add an architecture").
 
     Args:
         model_types: The `config.model_type` values this adapter serves.
         layers: Path of the `nn.ModuleList` of decoder layers, e.g. `"model.layers"`.
         attention: Name of the attention module inside a decoder layer.
-        input_norm: Name of the pre-attention norm inside a decoder layer.
+        input_norm: Name of the pre-attention norm inside a decoder layer (its gain is Gate-Norm's `g`).
         post_norm: Name of the norm in front of the MLP inside a decoder layer.
         qk: How Q, K, V and the output projection are stored in the attention module.
         mlp_layout: How the MLP stores its weights (used by weight-only criteria that estimate the MLP's output
             scale); `None` if unknown.
         embedding: Path of the token embedding module, e.g. `"model.embed_tokens"`.
         mlp: Name of the MLP inside a decoder layer.
-        mlp_dropout: Name of a dropout applied to the MLP output before the residual add, if any.
         returns_tuple: Whether a decoder layer returns `(hidden_states, ...)` instead of a tensor.
         unsupported_flags: `(config attribute, reason)` pairs; a truthy attribute makes the model unsupported.
+        pruned_modules: Modules a pruned layer loses: the attention module first, then the norms that only serve it
+            (hidden-size norms, counted by the cost model). Default `(attention, input_norm)`; sandwich-norm models
+            add their post-attention norm.
+        pruned_forward: Modules a pruned layer still runs, in order: it computes `h + m_n(...m_1(h))`. Default
+            `(post_norm, mlp)`; add an MLP-output dropout or a post-MLP norm where the layer applies one.
+        norm_gain_offset: A norm multiplies by `weight + norm_gain_offset`: 0.0 for `w`, 1.0 for Gemma's `1 + w`.
+        qk_norms: Names, inside the attention module, of the per-head query and key norms, or `None`.
+        embedding_scale: How token embeddings are scaled before the first layer: `None`, or `"sqrt_hidden"`
+            (multiplied by `sqrt(hidden_size)`, as Gemma does).
+        layer_types_attr: Config attribute listing each layer's attention type (full / sliding window), which
+            pruning must keep in order for the kept layers; `None` if the architecture has none.
+        params: What the cost model's parameter count depends on.
+        ort_reads_kv_heads: optimum's `ORTModelForCausalLM` reads `num_key_value_heads` for this model type (else it
+            sizes the empty KV cache with `num_attention_heads`, so grouped-query models cannot run).
+        ort_reads_head_dim: `ORTModelForCausalLM` reads `head_dim` for this model type (else it takes
+            `hidden_size // num_attention_heads`, so models with another head_dim cannot run).
+        tiny_config: A tiny random config for tests and docs: `AutoConfig.for_model(model_type, **tiny_config)`
+            kwargs (no `model_type`); hidden 32, 4 layers, 4 query heads, vocabulary 128. Read-only.
     """
 
     model_types: tuple[str, ...]
@@ -277,14 +330,54 @@ class ArchitectureAdapter:
     mlp_layout: MLPLayout | None = None
     embedding: str | None = None
     mlp: str = "mlp"
-    mlp_dropout: str | None = None
     returns_tuple: bool = False
     unsupported_flags: tuple[tuple[str, str], ...] = ()
+    pruned_modules: tuple[str, ...] = ()
+    pruned_forward: tuple[str, ...] = ()
+    norm_gain_offset: float = 0.0
+    qk_norms: tuple[str, str] | None = None
+    embedding_scale: Literal["sqrt_hidden"] | None = None
+    layer_types_attr: str | None = "layer_types"
+    params: ParameterLayout = ParameterLayout()
+    ort_reads_kv_heads: bool = False
+    ort_reads_head_dim: bool = False
+    tiny_config: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self):
+        if not self.pruned_modules:
+            object.__setattr__(self, "pruned_modules", (self.attention, self.input_norm))
+        if not self.pruned_forward:
+            object.__setattr__(self, "pruned_forward", (self.post_norm, self.mlp))
+        if self.pruned_modules[0] != self.attention or self.input_norm not in self.pruned_modules:
+            raise ValueError(
+                f"pruned_modules={self.pruned_modules!r} must start with the attention module {self.attention!r} and "
+                f"include the input norm {self.input_norm!r}"
+            )
+        if self.mlp not in self.pruned_forward or set(self.pruned_forward) & set(self.pruned_modules):
+            raise ValueError(
+                f"pruned_forward={self.pruned_forward!r} must run the MLP {self.mlp!r} and no module of "
+                f"pruned_modules={self.pruned_modules!r}"
+            )
+        if self.norm_gain_offset not in (0.0, 1.0):
+            raise ValueError(f"norm_gain_offset must be 0.0 (w) or 1.0 (1 + w), got {self.norm_gain_offset!r}")
+        if self.embedding_scale not in (None, "sqrt_hidden"):
+            raise ValueError(f"embedding_scale must be None or 'sqrt_hidden', got {self.embedding_scale!r}")
+        if "model_type" in self.tiny_config:
+            raise ValueError("tiny_config must not name model_type; it is built once per entry of model_types")
 
     @property
     def base_model_prefix(self) -> str:
         """First component of `layers`; some checkpoints store weights without it (e.g. `h.0.attn...`)."""
         return self.layers.split(".", 1)[0]
+
+    @property
+    def attention_norms(self) -> int:
+        """Hidden-size norms a pruned layer loses with its attention (1; 2 for sandwich-norm models)."""
+        return len(self.pruned_modules) - 1
+
+    def norm_gain(self, weight: "torch.Tensor") -> "torch.Tensor":
+        """The factor a norm with this `weight` multiplies by (`weight + norm_gain_offset`)."""
+        return weight + self.norm_gain_offset if self.norm_gain_offset else weight
 
     def layer_prefix(self, index: int) -> str:
         return f"{self.layers}.{index}"
@@ -314,9 +407,9 @@ class ArchitectureAdapter:
     def post_norm_tensor_name(self, index: int) -> str:
         return f"{self.layer_prefix(index)}.{self.post_norm}.weight"
 
-    def pruned_module_prefixes(self, index: int) -> tuple[str, str]:
-        """Module paths that disappear when layer `index`'s attention sublayer is removed."""
-        return (self.attention_prefix(index), f"{self.layer_prefix(index)}.{self.input_norm}")
+    def pruned_module_prefixes(self, index: int) -> tuple[str, ...]:
+        """Module paths that disappear when layer `index`'s attention sublayer is removed (`pruned_modules`)."""
+        return tuple(f"{self.layer_prefix(index)}.{name}" for name in self.pruned_modules)
 
     def check_config(self, config: "PretrainedConfig") -> None:
         from ..errors import UnsupportedModelError

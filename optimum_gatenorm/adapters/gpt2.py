@@ -1,6 +1,6 @@
 """GPT-2: `Conv1D` `c_attn` stored `[in, out]`, LayerNorm `ln_1`/`ln_2`, layers return tuples."""
 
-from .base import ArchitectureAdapter, FusedConv1D, MLPLayout
+from .base import ArchitectureAdapter, FusedConv1D, MLPLayout, ParameterLayout
 
 
 GPT2 = ArchitectureAdapter(
@@ -18,4 +18,14 @@ GPT2 = ArchitectureAdapter(
         ("scale_attn_by_inverse_layer_idx", "its attention scale depends on the layer index, which pruning changes"),
         ("add_cross_attention", "only decoder-only models are supported"),
     ),
+    # LayerNorms and biases everywhere, learned positions, MLP width n_inner (None means 4 * D).
+    params=ParameterLayout(
+        norm_bias=True,
+        qkv_bias=True,
+        o_bias=True,
+        mlp_bias=True,
+        intermediate_attr="n_inner",
+        position_embeddings_attr="n_positions",
+    ),
+    tiny_config=dict(vocab_size=128, n_embd=32, n_layer=4, n_head=4, n_positions=128),
 )

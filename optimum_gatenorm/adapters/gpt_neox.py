@@ -1,10 +1,11 @@
 """GPT-NeoX (Pythia): head-interleaved `query_key_value`, parallel or sequential residual."""
 
-from .base import ArchitectureAdapter, HeadInterleaved, MLPLayout
+from .base import ArchitectureAdapter, HeadInterleaved, MLPLayout, ParameterLayout
 
 
 # With parallel residual a layer computes h + attn(ln1(h)) + mlp(ln2(h)); with sequential residual
-# h' = h + attn(ln1(h)), then h' + mlp(ln2(h')). Without attention both reduce to h + mlp(ln2(h)).
+# h' = h + attn(ln1(h)), then h' + mlp(ln2(h')). Without attention both reduce to h + mlp(ln2(h)), followed by the
+# MLP-output dropout (identity in eval mode).
 GPT_NEOX = ArchitectureAdapter(
     model_types=("gpt_neox",),
     layers="gpt_neox.layers",
@@ -14,6 +15,24 @@ GPT_NEOX = ArchitectureAdapter(
     qk=HeadInterleaved("query_key_value"),
     mlp_layout=MLPLayout(up="dense_h_to_4h", down="dense_4h_to_h"),
     embedding="gpt_neox.embed_in",
-    mlp_dropout="post_mlp_dropout",
+    pruned_forward=("post_attention_layernorm", "mlp", "post_mlp_dropout"),
     returns_tuple=True,
+    # LayerNorms and biases everywhere (attention ones switchable); both residual styles have two norms per layer.
+    params=ParameterLayout(
+        norm_bias=True,
+        qkv_bias=True,
+        o_bias=True,
+        mlp_bias=True,
+        attention_bias_attr="attention_bias",
+    ),
+    tiny_config=dict(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        rotary_pct=0.5,
+        use_parallel_residual=True,
+        max_position_embeddings=128,
+    ),
 )

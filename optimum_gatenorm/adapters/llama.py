@@ -1,11 +1,22 @@
 """Llama-style decoders: separate q/k/v/o projections and RMSNorm (llama, mistral, qwen2)."""
 
-from .base import ArchitectureAdapter, MLPLayout, SeparateProjections
+from dataclasses import replace
+
+from .base import ArchitectureAdapter, MLPLayout, ParameterLayout, SeparateProjections
 
 
-# qwen2 adds q/k/v biases; the score reads weights only, so the layout is the same.
+# hidden 32, 4 layers, 4 query heads; the key/value heads differ per model type (GQA / MQA).
+_TINY = dict(
+    vocab_size=128,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    max_position_embeddings=128,
+)
+
 LLAMA = ArchitectureAdapter(
-    model_types=("llama", "mistral", "qwen2"),
+    model_types=("llama",),
     layers="model.layers",
     attention="self_attn",
     input_norm="input_layernorm",
@@ -13,4 +24,20 @@ LLAMA = ArchitectureAdapter(
     qk=SeparateProjections(),
     mlp_layout=MLPLayout(up="up_proj", gate="gate_proj", down="down_proj"),
     embedding="model.embed_tokens",
+    # Only llama's config has switches for the attention and MLP biases.
+    params=ParameterLayout(attention_bias_attr="attention_bias", mlp_bias_attr="mlp_bias"),
+    ort_reads_kv_heads=True,
+    tiny_config=dict(_TINY, num_key_value_heads=2),
+)
+
+MISTRAL = replace(
+    LLAMA, model_types=("mistral",), params=ParameterLayout(), tiny_config=dict(_TINY, num_key_value_heads=1)
+)
+
+# Qwen2 has biases on q, k and v (not on o), always; the score reads weights only, so the layout is the same.
+QWEN2 = replace(
+    LLAMA,
+    model_types=("qwen2",),
+    params=ParameterLayout(qkv_bias=True),
+    tiny_config=dict(_TINY, num_key_value_heads=2),
 )

@@ -1,6 +1,6 @@
 """Phi-3: one fused `qkv_proj` with `[Q; K; V]` rows."""
 
-from .base import ArchitectureAdapter, FusedRows, MLPLayout
+from .base import ArchitectureAdapter, FusedRows, MLPLayout, ParameterLayout
 
 
 PHI3 = ArchitectureAdapter(
@@ -14,5 +14,22 @@ PHI3 = ArchitectureAdapter(
     mlp_layout=MLPLayout(up="gate_up_proj", down="down_proj", fused_gate_up=True),
     embedding="model.embed_tokens",
     # Phi-3 applies a dropout to the MLP output before the residual add (identity in eval mode).
-    mlp_dropout="resid_mlp_dropout",
+    pruned_forward=("post_attention_layernorm", "mlp", "resid_mlp_dropout"),
+    # Fused qkv_proj and gate_up_proj have the same counts as separate matrices.
+    params=ParameterLayout(),
+    # ORTModelForCausalLM sizes phi3's KV cache with num_attention_heads: only MHA shapes run on onnxruntime.
+    ort_reads_kv_heads=False,
+    tiny_config=dict(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        original_max_position_embeddings=128,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    ),
 )

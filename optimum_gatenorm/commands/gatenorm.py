@@ -19,8 +19,8 @@ from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
 if TYPE_CHECKING:
     from argparse import ArgumentParser
 
-DEFAULT_MODEL = "smollm2-135m"  # optimum_gatenorm.models.DEFAULT_MODEL, repeated to keep start-up light
-DEFAULT_CRITERION = "gate_trace"  # optimum_gatenorm.scoring.DEFAULT_CRITERION, likewise (a test checks they agree)
+DEFAULT_MODEL = "smollm2-135m"  # optimum_gatenorm.checkpoints.models.DEFAULT_MODEL, repeated to keep start-up light
+DEFAULT_CRITERION = "gate_trace"  # optimum_gatenorm.criteria.DEFAULT_CRITERION, likewise (a test checks they agree)
 CRITERIA_HELP = (
     "scoring criterion; the lowest-scored sublayers are removed first. Weight-only: gate_trace (default: the "
     "gate's self-match trace), gate_norm (the paper's ||W_Q W_K^T||_F), gate_norm_head, gate_norm_folded, "
@@ -97,6 +97,16 @@ def _int_at_least(minimum: int):
 
 _non_negative_int = _int_at_least(0)
 _positive_int = _int_at_least(1)
+
+
+def _speedup(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not value > 1:
+        raise argparse.ArgumentTypeError(f"expected a speed-up > 1 such as 1.2, got {text!r}")
+    return value
 
 
 def _ratio(text: str) -> float:
@@ -193,9 +203,11 @@ class ScoreCommand(_LeafCommand):
     def parse_args(parser: "ArgumentParser"):
         _setup(
             parser,
-            "Score every attention sublayer from its weights alone (no data, no forward pass) and print the ranking,\n"
-            "lowest score (first to remove) first. Reads only the Q/K tensors from the safetensors files, one layer\n"
-            "at a time, without building the model.",
+            "Score every attention sublayer with a criterion (default gate_trace: from its weights alone, no data, no\n"
+            "forward pass) and print the ranking, lowest score (first to remove) first. Weight-only criteria read\n"
+            "just the tensors they need (Q/K and norm gains; V/O, MLP and embedding for the OV criteria) from the\n"
+            "safetensors files, one layer at a time, without building the model; cosine and attn_norm run the model\n"
+            "on --calibration-text.",
         )
         _add_model_args(parser)
         parser.add_argument("--criterion", "-c", default=DEFAULT_CRITERION, help=CRITERIA_HELP)
@@ -209,13 +221,13 @@ class ScoreCommand(_LeafCommand):
 
     def execute(self):
         from optimum_gatenorm import GateNormPruner
-        from optimum_gatenorm.scoring import get_criterion
+        from optimum_gatenorm.criteria import get_criterion
         from optimum_gatenorm.utils import atomic_write_text, check_output_path
 
         args = self.args
         if args.output:
             check_output_path(args.output, args.overwrite)
-        _check_criterion(get_criterion, args.criterion)
+        get_criterion(args.criterion)  # an unknown name fails before any work
         _check_device(args.device)
         pruner = GateNormPruner.from_pretrained(args.model, allow_pickle=args.allow_pickle)
         report = pruner.score(
@@ -239,15 +251,6 @@ class ScoreCommand(_LeafCommand):
             print(f"Wrote {path}", file=sys.stderr)
         else:
             print(text)
-
-
-def _check_criterion(get_criterion, name: str) -> None:
-    from optimum_gatenorm.errors import InvalidConfigError
-
-    try:
-        get_criterion(name)
-    except ValueError as error:
-        raise InvalidConfigError(str(error)) from None
 
 
 def _check_device(name: str) -> None:
@@ -274,6 +277,30 @@ class PruneCommand(_LeafCommand):
         )
         amount.add_argument(
             "--ratio", type=_ratio, help="fraction of all attention sublayers to remove, in [0, 1) (rounded)"
+        )
+        amount.add_argument(
+            "--target-speedup",
+            type=_speedup,
+            metavar="X",
+            help="remove the fewest attention sublayers whose predicted speed-up reaches X (e.g. 1.2) at --context and "
+            "--batch, for --phase; predicted from --shares when given, else from the analytical cost model",
+        )
+        parser.add_argument(
+            "--context",
+            type=_positive_int,
+            help="with --target-speedup: prompt/context length in tokens (default: 1024)",
+        )
+        parser.add_argument("--batch", type=_positive_int, help="with --target-speedup: batch size (default: 1)")
+        parser.add_argument(
+            "--phase",
+            choices=("prefill", "decode", "both"),
+            help="with --target-speedup: the phase that must reach X (default: both)",
+        )
+        parser.add_argument(
+            "--shares",
+            metavar="FILE",
+            help="with --target-speedup: attention time shares measured on the target backend (JSON written by "
+            "optimum_gatenorm.planning.measure_attention_shares(...).save(FILE)); default: the analytical cost model",
         )
         parser.add_argument("--criterion", "-c", default=DEFAULT_CRITERION, help=CRITERIA_HELP)
         parser.add_argument(
@@ -310,11 +337,35 @@ class PruneCommand(_LeafCommand):
 
     def execute(self):
         from optimum_gatenorm import GateNormConfig
+        from optimum_gatenorm.errors import InvalidConfigError
         from optimum_gatenorm.pipeline import prune_and_save
+        from optimum_gatenorm.utils import check_output_path
 
         args = self.args
+        num_layers, predicted = args.num_layers, None
+        planning = {name: getattr(args, name) for name in ("phase", "batch", "context") if getattr(args, name)}
+        if args.target_speedup is None and (planning or args.shares):
+            raise InvalidConfigError("--context, --batch, --phase and --shares go with --target-speedup X")
+        if args.target_speedup is not None:
+            from optimum_gatenorm import GateNormPruner
+            from optimum_gatenorm.planning import resolve_target
+
+            check_output_path(args.output, args.overwrite, directory=True)  # before planning
+            model_config = GateNormPruner.from_pretrained(args.model, allow_pickle=args.allow_pickle).config
+            num_layers, predicted = resolve_target(
+                model_config,
+                args.target_speedup,
+                shares_file=args.shares,
+                criterion=args.criterion,
+                min_gap=args.min_gap,
+                protect_first=args.protect_first,
+                protect_last=args.protect_last,
+                exclude_layers=args.exclude_layers,
+                **planning,
+            )
+            print(predicted["summary"], file=sys.stderr if args.json else sys.stdout)
         config = GateNormConfig(
-            num_layers=args.num_layers,
+            num_layers=num_layers,
             ratio=args.ratio,
             criterion=args.criterion,
             protect_first=args.protect_first,
@@ -340,7 +391,10 @@ class PruneCommand(_LeafCommand):
         report = result.report
         if args.json:
             exports = {name: str(path) for name, path in result.exports.items()}
-            print(json.dumps({**report.to_dict(), "output": str(result.output_dir), "exports": exports}, indent=2))
+            data = {**report.to_dict(), "output": str(result.output_dir), "exports": exports}
+            if predicted is not None:
+                data["target_speedup"] = {k: v for k, v in predicted.items() if k != "summary"}
+            print(json.dumps(data, indent=2))
         else:
             print(report.summary())
             print(f"Saved the pruned checkpoint to {result.output_dir}")
@@ -444,7 +498,6 @@ class EvalCommand(_LeafCommand):
         args = self.args
         if args.output:
             check_output_path(args.output, args.overwrite)
-        provider = "CUDAExecutionProvider" if args.provider == "cuda" else "CPUExecutionProvider"
         if args.provider == "cuda":
             from optimum_gatenorm.exporters.onnx import check_cuda_available
 
@@ -456,7 +509,7 @@ class EvalCommand(_LeafCommand):
             stride=args.stride,
             max_tokens=args.max_tokens,
             dtype=_torch_dtype(args.dtype),
-            provider=provider,
+            provider=args.provider,
             progress=True,
         )
         print(result.to_json() if args.format == "json" else result.to_table())
@@ -474,17 +527,15 @@ def _add_result_file_args(parser: "ArgumentParser", *, output: str, plot: str) -
 
 def _check_result_files(args) -> None:
     """Refuses, before any work, result files that exist (without --overwrite) or a --plot without matplotlib."""
-    from optimum_gatenorm.errors import InvalidConfigError
     from optimum_gatenorm.utils import check_output_path
 
     for path in (args.output, args.plot):
         if path:
             check_output_path(path, args.overwrite)
     if args.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise InvalidConfigError('--plot needs matplotlib: pip install -e ".[plot]"') from None
+        from optimum_gatenorm.utils import require_pyplot
+
+        require_pyplot()
 
 
 def _name_list(text: str) -> list[str]:
@@ -551,16 +602,24 @@ class CompareCommand(_LeafCommand):
 
     def execute(self):
         from optimum_gatenorm import GateNormPruner
-        from optimum_gatenorm.compare import check_compare_request, compare_criteria
-        from optimum_gatenorm.evaluation import check_windowing, load_tokenizer
-        from optimum_gatenorm.scoring import get_criterion, require_calibration
+        from optimum_gatenorm.compare import CompareConfig, check_compare_request, compare_criteria
+        from optimum_gatenorm.criteria import get_criterion, require_calibration
+        from optimum_gatenorm.loading import load_tokenizer
         from optimum_gatenorm.text import read_text
 
         args = self.args
         _check_result_files(args)
-        for name in args.criteria:
-            _check_criterion(get_criterion, name)
-        check_windowing(args.window, args.stride, args.max_tokens)
+        config = CompareConfig(
+            criteria=args.criteria,
+            num_layers=args.num_layers,
+            seeds=args.seeds,
+            protect_first=args.protect_first,
+            protect_last=args.protect_last,
+            min_gap=args.min_gap,
+            window=args.window,
+            stride=args.stride,
+            max_tokens=args.max_tokens,
+        )
         text = read_text(args.text)
         pruner = GateNormPruner.from_pretrained(args.model, allow_pickle=args.allow_pickle)
         check_compare_request(
@@ -574,16 +633,8 @@ class CompareCommand(_LeafCommand):
             pruner.model,
             tokenizer,
             text,
-            criteria=args.criteria,
-            num_layers=args.num_layers,
-            seeds=args.seeds,
+            config,
             calibration=calibration,
-            protect_first=args.protect_first,
-            protect_last=args.protect_last,
-            min_gap=args.min_gap,
-            window=args.window,
-            stride=args.stride,
-            max_tokens=args.max_tokens,
             model_name=str(args.model),
             text_name=str(args.text),
             progress=True,
@@ -692,8 +743,8 @@ class ConvertCommand(_LeafCommand):
     def execute(self):
         from pathlib import Path
 
+        from optimum_gatenorm.checkpoints.models import BUILTIN_MODELS, convert_gguf, resolve_model
         from optimum_gatenorm.errors import InvalidConfigError
-        from optimum_gatenorm.models import BUILTIN_MODELS, convert_gguf, resolve_model
 
         args = self.args
         if args.output is None:
@@ -715,7 +766,7 @@ class CriteriaCommand(_LeafCommand):
         parser.add_argument("--format", choices=("table", "json"), default="table")
 
     def execute(self):
-        from optimum_gatenorm.scoring import DEFAULT_CRITERION, available_criteria, get_criterion
+        from optimum_gatenorm.criteria import DEFAULT_CRITERION, available_criteria, get_criterion
 
         rows = [get_criterion(name) for name in available_criteria()]
         if self.args.format == "json":
@@ -736,12 +787,13 @@ class CriteriaCommand(_LeafCommand):
 
 class GateNormCommand(BaseOptimumCLICommand):
     COMMAND = CommandInfo(
-        name="gatenorm", help="Data-free attention pruning (Gate-Norm): score, prune, export, convert"
+        name="gatenorm",
+        help="Data-free attention pruning (Gate-Norm): score, prune, eval, compare, benchmark, export, convert, criteria",
     )
     SUBCOMMANDS = (
         CommandInfo(
             name="score",
-            help="rank attention sublayers by Gate-Norm, from weights only",
+            help="rank attention sublayers by a criterion (default gate_trace, from weights alone)",
             subcommand_class=ScoreCommand,
         ),
         CommandInfo(

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..adapters import HeadDims, get_adapter
+from ..checkpoints.record import get_pruned_layers
 from ..errors import ExportError, InvalidConfigError, UnsupportedModelError
-from ..modeling import get_pruned_layers
 from ..utils import atomic_output_dir, check_output_path
 
 
@@ -32,26 +32,27 @@ logger = logging.getLogger(__name__)
 
 DTYPES = {"fp32": "float32", "fp16": "float16"}
 TASK = "text-generation-with-past"
-# optimum.onnxruntime.ORTModelForCausalLM only reads num_key_value_heads for these model types (else it sizes
-# the empty KV cache with num_attention_heads); and it takes head_dim as hidden_size // num_attention_heads.
-_ORT_READS_KV_HEADS = {"llama", "mistral", "qwen2"}
 
 
 def check_onnx_exportable(config: "PretrainedConfig") -> None:
     """Refuses, up front, models that optimum's exporter or `ORTModelForCausalLM` would get wrong.
 
+    optimum.onnxruntime's `ORTModelForCausalLM` reads `num_key_value_heads` and `head_dim` for some model types
+    only (the adapter's `ort_reads_kv_heads` and `ort_reads_head_dim`); for the others it sizes the empty KV cache
+    with `num_attention_heads` and `hidden_size // num_attention_heads`.
+
     Raises:
         UnsupportedModelError: With the reason, on one line.
     """
-    get_adapter(config)
+    adapter = get_adapter(config)
     dims = HeadDims.from_config(config)
-    if dims.num_kv_heads != dims.num_heads and config.model_type not in _ORT_READS_KV_HEADS:
+    if dims.num_kv_heads != dims.num_heads and not adapter.ort_reads_kv_heads:
         raise UnsupportedModelError(
             f"{config.model_type} with grouped-query attention ({dims.num_heads} query / {dims.num_kv_heads} key-value "
             "heads) cannot run on onnxruntime: optimum's ORTModelForCausalLM sizes its cache with "
             "num_attention_heads for this model type"
         )
-    if dims.head_dim * dims.num_heads != config.hidden_size:
+    if dims.head_dim * dims.num_heads != config.hidden_size and not adapter.ort_reads_head_dim:
         raise UnsupportedModelError(
             f"{config.model_type} with head_dim={dims.head_dim} != hidden_size / num_attention_heads cannot run on "
             "onnxruntime: optimum's ORTModelForCausalLM assumes they are equal"
@@ -134,8 +135,8 @@ def export_onnx(
     """
     import torch
 
-    from ..modeling import load_pruned
-    from ..models import resolve_model
+    from ..checkpoints.modeling import load_pruned
+    from ..checkpoints.models import resolve_model
 
     if device not in ("cpu", "cuda"):
         raise InvalidConfigError(f"device must be 'cpu' or 'cuda', got {device!r}")
@@ -150,7 +151,7 @@ def export_onnx(
     source = None
     if isinstance(model_or_path, (str, Path)):
         source = resolve_model(model_or_path)
-        from ..checkpoint import inspect_checkpoint
+        from ..checkpoints.tensors import inspect_checkpoint
 
         check_onnx_exportable(inspect_checkpoint(source, allow_pickle=allow_pickle).config)  # before loading
         model = load_pruned(source, dtype=getattr(torch, DTYPES[dtype]), allow_pickle=allow_pickle)
@@ -246,7 +247,7 @@ def export_onnx_into(
         for handler in optimum_logger.handlers:
             handler.removeFilter(log_filter)
     if not any(directory.glob("tokenizer*")):
-        from ..modeling import _copy_tokenizer
+        from ..checkpoints.modeling import _copy_tokenizer
 
         origin = tokenizer_from or getattr(model, "name_or_path", None)
         if origin and Path(origin).is_dir():

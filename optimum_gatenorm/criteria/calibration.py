@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import InvalidConfigError
+from ..errors import InvalidConfigError
+from ..text import read_texts
+from ..validation import check_int
 
 
 if TYPE_CHECKING:
@@ -20,15 +22,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 __all__ = ["Calibration"]
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_positive(name: str, value) -> None:
-    if not _is_int(value) or value < 1:
-        raise InvalidConfigError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -59,7 +52,7 @@ class Calibration:
             raise InvalidConfigError(f"input_ids must hold integer token ids, got dtype {ids.dtype}")
         if int(ids.min()) < 0:
             raise InvalidConfigError(f"input_ids must be >= 0, got a minimum of {int(ids.min())}")
-        _check_positive("batch_size", self.batch_size)
+        check_int("batch_size", self.batch_size, 1)
         object.__setattr__(self, "input_ids", ids.long())
 
     @property
@@ -116,9 +109,9 @@ class Calibration:
         """
         import torch
 
-        _check_positive("num_samples", num_samples)
-        _check_positive("length", length)
-        _check_positive("batch_size", batch_size)
+        check_int("num_samples", num_samples, 1)
+        check_int("length", length, 1)
+        check_int("batch_size", batch_size, 1)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         needed = num_samples * length
         if len(ids) < needed:
@@ -140,8 +133,6 @@ class Calibration:
         batch_size: int = 1,
     ) -> "Calibration":
         """`from_text` on the UTF-8 files `paths`, joined by blank lines (see `optimum_gatenorm.text.read_texts`)."""
-        from .text import read_texts
-
         names = [paths] if isinstance(paths, (str, Path)) else list(paths)
         text = read_texts(names)
         source = ", ".join(Path(p).name for p in names)

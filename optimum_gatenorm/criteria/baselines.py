@@ -1,6 +1,6 @@
 """Baseline criteria for comparing with Gate-Norm: `cosine`, `attn_norm`, `random`, `last`.
 
-They live in the same registry as Gate-Norm (see `optimum_gatenorm.scoring`), so the pruner, the reports and
+They live in the same registry as Gate-Norm (see `optimum_gatenorm.criteria.registry`), so the pruner, the reports and
 the CLI accept them like any other criterion, and, as for every criterion, the lowest score is removed first.
 
 `cosine` and `attn_norm` are data-driven: they run the model on calibration text (one forward pass per batch,
@@ -20,15 +20,15 @@ from __future__ import annotations
 import random as _random
 from typing import TYPE_CHECKING
 
-from .scoring import register_model_criterion
+from ..adapters import get_adapter
+from .calibration import Calibration
+from .registry import register_model_criterion
 
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-    from .calibration import Calibration
-
-__all__ = ["attention_statistics"]
+__all__ = ["attention_statistics", "attn_norm", "cosine", "last", "random"]
 
 
 class _StopForward(Exception):
@@ -52,8 +52,6 @@ def attention_statistics(
     import torch
     import torch.nn.functional as F
     from tqdm.auto import tqdm
-
-    from .adapters import get_adapter
 
     adapter = get_adapter(model.config)
     decoder_layers = model.get_submodule(adapter.layers)

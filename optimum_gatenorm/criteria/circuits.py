@@ -28,17 +28,18 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from .errors import UnsupportedModelError
-from .scoring import AttentionWeights, gate_norm, layer_weights, register_criterion
+from ..adapters import get_adapter
+from ..checkpoints.tensors import AttentionWeights, WeightSource, layer_weights
+from ..errors import UnsupportedModelError
+from .gate import gate_norm
+from .registry import register_criterion
 
 
 if TYPE_CHECKING:
     import torch
     from transformers import PretrainedConfig
 
-    from .checkpoint import WeightSource
-
-__all__ = ["StackWeights", "mlp_output_norm", "ov_norm_squared"]
+__all__ = ["StackWeights", "gate_ov", "mlp_output_norm", "ov_norm", "ov_norm_squared", "ov_relative"]
 
 QUADRATURE_NODES = 64
 
@@ -161,8 +162,6 @@ class StackWeights:
         device: "str | torch.device" = "cpu",
         progress: bool = False,
     ):
-        from .adapters import get_adapter
-
         self.source = source
         self.config = config
         self.layers = list(layers)

@@ -14,8 +14,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InvalidCheckpointError, ModelNotFoundError, OutputExistsError, UnsupportedModelError
-from .utils import atomic_output_dir, check_output_path, check_writable_dir
+from ..errors import InvalidCheckpointError, ModelNotFoundError, OutputExistsError, UnsupportedModelError
+from ..utils import atomic_output_dir, check_output_path, check_writable_dir
+from ..validation import first_line
 
 
 __all__ = ["BUILTIN_MODELS", "DEFAULT_MODEL", "cache_dir", "convert_gguf", "resolve_model"]
@@ -125,9 +126,8 @@ def _check_gguf_complete(gguf_file: Path) -> None:
     try:
         reader = GGUFReader(gguf_file)
     except (ValueError, IndexError, KeyError, OSError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InvalidCheckpointError(
-            f"{gguf_file} is truncated or corrupt ({reason}); download or reinstall it again"
+            f"{gguf_file} is truncated or corrupt ({first_line(error)}); download or reinstall it again"
         ) from None
     size = gguf_file.stat().st_size
     end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)

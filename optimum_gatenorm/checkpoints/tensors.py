@@ -2,7 +2,8 @@
 
 Scoring needs only the query/key projections (and norm gains) of each layer, so it reads exactly those tensors
 from the safetensors shards with `safetensors.safe_open` and never builds the model: a 70B checkpoint scores in
-the memory of one layer's Q and K.
+the memory of one layer's Q and K. `layer_weights` reads one layer's attention weights through the architecture
+adapter into an `AttentionWeights`, the input of every weight-level criterion.
 """
 
 from __future__ import annotations
@@ -14,14 +15,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import InvalidCheckpointError, ModelNotFoundError, UnsupportedModelError
+from ..adapters import HeadDims, get_adapter
+from ..errors import InvalidCheckpointError, ModelNotFoundError, UnsupportedModelError
+from ..validation import is_int
+from .record import GATENORM_QUANT_METHOD
 
 
 if TYPE_CHECKING:
     import torch
     from transformers import PretrainedConfig, PreTrainedModel
 
-__all__ = ["Checkpoint", "ModelWeights", "WeightSource", "inspect_checkpoint"]
+__all__ = [
+    "AttentionWeights",
+    "Checkpoint",
+    "ModelWeights",
+    "PickleWeights",
+    "SafetensorsWeights",
+    "WeightSource",
+    "check_quantization",
+    "inspect_checkpoint",
+    "layer_weights",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +43,6 @@ SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_FILE = "pytorch_model.bin"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
-GATENORM_QUANT_METHOD = "gatenorm"
 
 
 class WeightSource:
@@ -224,15 +237,10 @@ def _file_weight_map(path: Path, format: str) -> dict[str, Path]:
 
 def _check_dimensions(config: "PretrainedConfig", config_file: Path) -> None:
     """Refuses configs whose layer count or head geometry cannot describe a model (hand-edited, corrupt)."""
-    from .adapters import HeadDims
-
-    def positive_int(value) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
     for name in ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim"):
         value = getattr(config, name, None)
         optional = name in ("num_key_value_heads", "head_dim")  # absent or null: derived from the others
-        if not (positive_int(value) or (optional and value is None)):
+        if not ((is_int(value) and value > 0) or (optional and value is None)):
             raise InvalidCheckpointError(f"{config_file}: {name} must be a positive integer, got {value!r}")
     try:
         dims = HeadDims.from_config(config)
@@ -257,8 +265,6 @@ def inspect_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> Check
         UnsupportedModelError: If the architecture is not supported or the weights are quantized.
     """
     from transformers import AutoConfig
-
-    from .adapters import get_adapter
 
     path = Path(path)
     if not path.exists():
@@ -304,3 +310,85 @@ def inspect_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> Check
         for shard in set(weight_map.values()):
             _safe_open(shard)  # reads the header only; refuses truncated files
     return Checkpoint(path=path, config=config, weight_map=weight_map, format=format)
+
+
+@dataclass(frozen=True)
+class AttentionWeights:
+    """The query/key weights of one attention sublayer, upcast for scoring.
+
+    Args:
+        layer: Decoder layer index.
+        q: `[num_heads, head_dim, hidden]`; `q[h] @ x` is head `h`'s query.
+        k: `[num_kv_heads, head_dim, hidden]`; query head `h` attends with key head `h // (num_heads // num_kv_heads)`.
+        norm: Gain `[hidden]` of the pre-attention norm, or `None` if the criterion does not use it.
+        v: `[num_kv_heads, head_dim, hidden]` value weights, or `None` if the criterion does not use them.
+        o: `[num_heads, hidden, head_dim]` output projection per query head, or `None` likewise.
+    """
+
+    layer: int
+    q: "torch.Tensor"
+    k: "torch.Tensor"
+    norm: "torch.Tensor | None" = None
+    v: "torch.Tensor | None" = None
+    o: "torch.Tensor | None" = None
+
+    @property
+    def group_size(self) -> int:
+        return self.q.shape[0] // self.k.shape[0]
+
+    def grouped_q(self) -> "torch.Tensor":
+        """`[num_kv_heads, head_dim, hidden]`: the query heads that share a key head, summed.
+
+        `sum_h W_Q^h (W_K^{g(h)})^T = sum_g (sum_{h in g} W_Q^h) (W_K^g)^T`, so GQA/MQA need no repeated keys.
+        """
+        kv, d, hidden = self.k.shape
+        return self.q.reshape(kv, self.group_size, d, hidden).sum(dim=1)
+
+    def folded(self) -> "AttentionWeights":
+        """The weights with the norm gain folded in: `W_Q -> diag(gamma) W_Q`, `W_K -> diag(gamma) W_K`."""
+        if self.norm is None:
+            raise ValueError(f"layer {self.layer}: no norm gain to fold")
+        return AttentionWeights(self.layer, self.q * self.norm, self.k * self.norm, self.norm, self.v, self.o)
+
+
+def layer_weights(
+    source: "WeightSource",
+    config: "PretrainedConfig",
+    layer: int,
+    *,
+    with_norm: bool,
+    with_ov: bool = False,
+    device: "str | torch.device" = "cpu",
+) -> AttentionWeights:
+    """Reads and upcasts one layer's Q, K (and norm gain, and V and output projection) from `source`.
+
+    Raises:
+        InvalidCheckpointError: If a tensor is missing or holds NaN/Inf.
+    """
+    import torch
+
+    adapter = get_adapter(config)
+    dims = HeadDims.from_config(config)
+    prefix = adapter.attention_prefix(layer) + "."
+    names = adapter.qk_tensor_names(layer) + (adapter.ov_tensor_names(layer) if with_ov else ())
+    tensors = {}
+    for name in dict.fromkeys(names):
+        tensors[name[len(prefix) :]] = source.get(name, adapter.base_model_prefix).to(device, torch.float32)
+    v = o = None
+    try:
+        q, k = adapter.qk.extract(tensors, dims)
+        if with_ov:
+            v, o = adapter.qk.extract_ov(tensors, dims)
+    except RuntimeError as error:  # reshape of a tensor of the wrong size
+        raise InvalidCheckpointError(
+            f"layer {layer}: attention weights do not match the config's head sizes: {error}"
+        ) from None
+    norm = None
+    if with_norm:
+        norm = source.get(adapter.norm_tensor_name(layer), adapter.base_model_prefix).to(device, torch.float32)
+    for what, tensor in (("query", q), ("key", k), ("norm gain", norm), ("value", v), ("output projection", o)):
+        if tensor is not None and not torch.isfinite(tensor).all():
+            raise InvalidCheckpointError(
+                f"layer {layer}: the {what} weights hold NaN or Inf values; the checkpoint is corrupt"
+            )
+    return AttentionWeights(layer, q, k, norm, v, o)

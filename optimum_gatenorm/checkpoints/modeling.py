@@ -1,9 +1,9 @@
 """Saving and loading pruned checkpoints so that they can never load wrongly.
 
 A pruned checkpoint records its pruned layers in `config.json` as a transformers "quantization" config with
-`quant_method: "gatenorm"`. Importing `optimum_gatenorm` registers that method with transformers' quantizer
-registry, so plain `AutoModelForCausalLM.from_pretrained(dir)` rebuilds the pruned structure before the weights
-load and reports 0 missing keys.
+`quant_method: "gatenorm"` (`optimum_gatenorm.checkpoints.record`). Importing `optimum_gatenorm` registers that
+method with transformers' quantizer registry, so plain `AutoModelForCausalLM.from_pretrained(dir)` rebuilds the
+pruned structure before the weights load and reports 0 missing keys.
 
 A process that has *not* imported `optimum_gatenorm` must not load the checkpoint with randomly initialised
 attention. transformers only warns about an unknown quantization method and then initialises missing weights
@@ -22,111 +22,26 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import AutoModelForCausalLM
 from transformers.quantizers import HfQuantizer
-from transformers.quantizers.auto import register_quantization_config, register_quantizer
-from transformers.utils.quantization_config import QuantizationConfigMixin
+from transformers.quantizers.auto import register_quantizer
 
-from .adapters import get_adapter
-from .checkpoint import GATENORM_QUANT_METHOD, inspect_checkpoint
-from .errors import InvalidCheckpointError
-from .pruning import apply_pruned_structure, validate_pruned_set
-from .version import __version__
+from ..adapters import get_adapter
+from ..errors import InvalidCheckpointError
+from ..pruning import apply_pruned_structure
+from ..report import REPORT_FILE, PruningReport
+from ..utils import atomic_output_dir
+from ..validation import first_line
+from .models import resolve_model
+from .record import GATENORM_QUANT_METHOD, PrunedAttentionConfig, get_pruned_layers, tombstone_name
+from .tensors import inspect_checkpoint
 
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PretrainedConfig, PreTrainedModel
+    from transformers import PreTrainedModel
 
-    from .report import PruningReport
-
-__all__ = [
-    "GateNormQuantizer",
-    "PrunedAttentionConfig",
-    "get_pruned_layers",
-    "load_pruned",
-    "prune_model",
-    "save_pruned",
-]
+__all__ = ["TOKENIZER_FILES", "GateNormQuantizer", "load_pruned", "prune_model", "save_pruned", "write_pruned"]
 
 logger = logging.getLogger(__name__)
-
-
-@register_quantization_config(GATENORM_QUANT_METHOD)
-class PrunedAttentionConfig(QuantizationConfigMixin):
-    """The pruning record stored as `config.quantization_config`.
-
-    Args:
-        pruned_attention_layers: Decoder layers whose attention sublayer was removed.
-        num_hidden_layers: Number of decoder layers of the model.
-        num_attention_layers: Kept attention sublayers; checked against the two above when given.
-        criterion: Criterion that chose the layers, for the record.
-        gatenorm_version: Version of optimum-gatenorm that wrote the record.
-    """
-
-    def __init__(
-        self,
-        pruned_attention_layers: Iterable[int],
-        num_hidden_layers: int,
-        num_attention_layers: int | None = None,
-        criterion: str | None = None,
-        gatenorm_version: str = __version__,
-        **kwargs,
-    ):
-        self.quant_method = GATENORM_QUANT_METHOD
-        if not isinstance(num_hidden_layers, int) or isinstance(num_hidden_layers, bool) or num_hidden_layers < 1:
-            raise InvalidCheckpointError(f"pruning record: bad num_hidden_layers {num_hidden_layers!r}")
-        try:
-            layers = list(pruned_attention_layers)
-            if not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
-                raise TypeError
-        except TypeError:
-            raise InvalidCheckpointError(
-                f"pruning record: pruned_attention_layers must be a list of integers, got {pruned_attention_layers!r}"
-            ) from None
-        if len(set(layers)) != len(layers):
-            raise InvalidCheckpointError(f"pruning record: pruned_attention_layers has duplicates: {layers}")
-        try:
-            self.pruned_attention_layers = validate_pruned_set(layers, num_hidden_layers)
-        except ValueError as error:
-            raise InvalidCheckpointError(f"pruning record: {error}") from None
-        self.num_hidden_layers = num_hidden_layers
-        kept = num_hidden_layers - len(self.pruned_attention_layers)
-        if num_attention_layers is not None and num_attention_layers != kept:
-            raise InvalidCheckpointError(
-                f"pruning record is inconsistent: num_attention_layers={num_attention_layers} but "
-                f"{num_hidden_layers} layers minus {len(self.pruned_attention_layers)} pruned leaves {kept}"
-            )
-        self.num_attention_layers = kept
-        self.criterion = criterion
-        self.gatenorm_version = gatenorm_version
-        if kwargs:
-            logger.debug("Ignoring unknown keys in the pruning record: %s", sorted(kwargs))
-
-    def check_model_config(self, config: "PretrainedConfig") -> None:
-        if config.num_hidden_layers != self.num_hidden_layers:
-            raise InvalidCheckpointError(
-                f"pruning record is inconsistent: it is for {self.num_hidden_layers} layers but the config has "
-                f"num_hidden_layers={config.num_hidden_layers}"
-            )
-
-
-def get_pruned_layers(config: "PretrainedConfig") -> list[int]:
-    """The decoder layers whose attention sublayer was removed, from a config (`[]` for an unpruned model)."""
-    record = getattr(config, "quantization_config", None)
-    if record is None:
-        return []
-    if isinstance(record, dict):
-        if record.get("quant_method") != GATENORM_QUANT_METHOD:
-            return []
-        record = PrunedAttentionConfig.from_dict(record)
-    if getattr(record, "quant_method", None) != GATENORM_QUANT_METHOD:
-        return []
-    record.check_model_config(config)
-    return list(record.pruned_attention_layers)
-
-
-def _tombstone_name(model: "PreTrainedModel", pruned: list[int]) -> str:
-    adapter = get_adapter(model.config)
-    return adapter.qk_tensor_names(pruned[0])[0]
 
 
 @register_quantizer(GATENORM_QUANT_METHOD)
@@ -167,7 +82,7 @@ class GateNormQuantizer(HfQuantizer):
         pruned = self.quantization_config.pruned_attention_layers
         if pruned:
             dtype = next(iter(state_dict.values())).dtype
-            state_dict[_tombstone_name(model, pruned)] = torch.empty(0, dtype=dtype)
+            state_dict[tombstone_name(model.config, pruned)] = torch.empty(0, dtype=dtype)
         return state_dict, {}
 
     def is_serializable(self, safe_serialization=None):
@@ -215,8 +130,6 @@ def load_pruned(
     Raises:
         InvalidCheckpointError: If any weight is missing or has the wrong shape (it would be randomly initialised).
     """
-    from .models import resolve_model
-
     checkpoint = inspect_checkpoint(resolve_model(model_path), allow_pickle=allow_pickle)
     get_pruned_layers(checkpoint.config)  # validates the record before transformers sees it
     kwargs.pop("trust_remote_code", None)
@@ -265,8 +178,6 @@ def save_pruned(
     Raises:
         OutputExistsError: If `output_dir` exists and `overwrite` is false.
     """
-    from .utils import atomic_output_dir
-
     with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
         write_pruned(model, tmp, report=report, tokenizer_from=tokenizer_from, dtype=dtype)
     logger.info("Saved the pruned model to %s", output_dir)
@@ -282,8 +193,6 @@ def write_pruned(
     dtype: "torch.dtype | None" = None,
 ) -> None:
     """`save_pruned` without the atomic rename: writes into an existing (temporary) directory."""
-    from .report import REPORT_FILE
-
     report = report if report is not None else getattr(model, "gatenorm_report", None)
     if dtype is not None:
         model.to(dtype)
@@ -309,6 +218,6 @@ def _copy_tokenizer(source: Path, target: Path) -> None:
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError, TypeError, AttributeError) as error:
-        logger.warning("No tokenizer saved (cannot load one from %s: %s)", source, str(error).splitlines()[0])
+        logger.warning("No tokenizer saved (cannot load one from %s: %s)", source, first_line(error))
         return
     tokenizer.save_pretrained(target)

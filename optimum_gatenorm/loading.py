@@ -1,0 +1,100 @@
+"""One loader for evaluation and benchmarking: PyTorch checkpoints (pruned or not) and ONNX exports.
+
+A directory holding `model.onnx` runs on onnxruntime through `ORTModelForCausalLM`; anything else is what
+`load_pruned` accepts (a checkpoint directory, a `.gguf` file, a built-in alias). Providers are named `"cpu"` and
+`"cuda"` everywhere in this package; `ort_provider` turns them into onnxruntime's names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import InvalidCheckpointError, InvalidConfigError
+from .validation import check_choice, first_line
+
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["PROVIDERS", "is_onnx_dir", "load_causal_lm", "load_tokenizer", "ort_provider"]
+
+# Our provider names -> onnxruntime's execution providers.
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+
+
+def ort_provider(provider: str) -> str:
+    """onnxruntime's name for `provider` (`"cpu"` or `"cuda"`; onnxruntime's own names are accepted as they are)."""
+    if provider in PROVIDERS.values():
+        return provider
+    return PROVIDERS[check_choice("provider", provider, PROVIDERS)]
+
+
+def is_onnx_dir(path: str | Path) -> bool:
+    """Whether `path` is a directory holding an ONNX export (`model.onnx`)."""
+    path = Path(path)
+    return path.is_dir() and (path / "model.onnx").is_file()
+
+
+def load_tokenizer(directory: str | Path):
+    """The tokenizer saved in `directory`.
+
+    Raises:
+        InvalidCheckpointError: If `directory` has no tokenizer, or it cannot be loaded.
+    """
+    from transformers import AutoTokenizer
+
+    directory = Path(directory)
+    # AutoTokenizer raises AttributeError/TypeError (not OSError) on a directory without tokenizer files.
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        raise InvalidCheckpointError(
+            f"{directory} has no tokenizer ({', '.join(TOKENIZER_FILES)}); save the model's tokenizer there "
+            "(tokenizer.save_pretrained)"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
+    except (OSError, ValueError, TypeError, AttributeError) as error:
+        raise InvalidCheckpointError(f"cannot load the tokenizer of {directory}: {first_line(error)}") from None
+
+
+def load_causal_lm(
+    path: str | Path,
+    *,
+    provider: str = "cpu",
+    dtype: "str | torch.dtype" = "auto",
+    io_binding: bool | None = None,
+):
+    """Loads an ONNX export on onnxruntime, or a PyTorch checkpoint with its pruned structure.
+
+    Args:
+        path: An ONNX export directory, or anything `load_pruned` accepts.
+        provider: `"cpu"` or `"cuda"`: onnxruntime's execution provider, or the PyTorch device.
+        dtype: Torch dtype of a PyTorch model (`"auto"`: the checkpoint's); ignored for ONNX.
+        io_binding: onnxruntime IO binding (default: on for CUDA, as `ORTModelForCausalLM` chooses).
+
+    Returns:
+        `(model, directory)`: the model and the directory it was loaded from (for its tokenizer).
+
+    Raises:
+        InvalidConfigError: If CUDA was asked for and onnxruntime fell back to the CPU.
+    """
+    if is_onnx_dir(path):
+        from optimum.onnxruntime import ORTModelForCausalLM
+
+        directory = Path(path)
+        name = ort_provider(provider)
+        kwargs = {} if io_binding is None else {"use_io_binding": io_binding}
+        model = ORTModelForCausalLM.from_pretrained(directory, provider=name, **kwargs)
+        if model.providers[0] != name:
+            raise InvalidConfigError(
+                f"onnxruntime fell back to {model.providers[0]} for {directory}: CUDA or cuDNN libraries are missing"
+            )
+        return model, directory
+    from .checkpoints.modeling import load_pruned
+    from .checkpoints.models import resolve_model
+
+    check_choice("provider", provider, PROVIDERS)
+    directory = resolve_model(path)
+    model = load_pruned(directory, dtype=dtype)
+    return (model.to("cuda") if provider == "cuda" else model), directory

@@ -1,0 +1,602 @@
+"""Speed-up planning: how many attention sublayers to remove for a target speed-up, and what bounds it.
+
+Two predictions of the speed-up of removing k attention sublayers, for prefill and for decode:
+
+* **Measured** (`AttentionShares`, from `measure_attention_shares`): timed ablation of whole sublayers on the
+  target backend. The unpruned model (n attention sublayers) and the model with n - 1 of them removed are timed,
+  interleaved, at each (batch, context); then
+
+      t_attn = (T(k=0) - T(k=n-1)) / (n - 1)     the measured time of one attention sublayer
+      share  = n * t_attn / T(k=0)               attention's share of the measured time
+      ideal(k) = T0 / (T0 - k * t_attn) = 1 / (1 - k * share / n)
+
+  `ideal(k)` is the speed-up if every removed sublayer's measured time vanished and nothing else changed, so a
+  measured speed-up divided by it (efficiency) is at most 100% up to noise. All attention sublayers of a model
+  have the same shape, so which n - 1 are removed does not matter, and one ablation serves every k.
+* **Analytical** (`optimum_gatenorm.cost_model`): the FLOPs ratio for prefill (compute-bound) and the bytes ratio
+  for decode (memory-bound). Hardware-independent, but it counts matmul work and weight/KV bytes only, so on a
+  backend where each sublayer carries overheads (kernel dispatch, softmax, KV-cache copies) it is not a bound.
+
+`plan_num_layers` returns the smallest k whose prediction reaches a target; `resolve_target` is what
+`optimum-cli gatenorm prune --target-speedup` calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import InvalidConfigError
+from .serialization import JSONMixin
+from .validation import check_choice, check_int, check_int_list, first_line
+from .version import __version__
+
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from transformers import PretrainedConfig
+
+    from .benchmark import BenchmarkResult
+
+__all__ = [
+    "PHASES",
+    "AttentionShares",
+    "ShareCell",
+    "attention_shares_from_benchmark",
+    "measure_attention_shares",
+    "plan_num_layers",
+    "predict_speedup",
+    "prepare_variant",
+    "resolve_target",
+]
+
+logger = logging.getLogger(__name__)
+
+PHASES = ("prefill", "decode")
+PLAN_PHASES = (*PHASES, "both")
+BACKENDS = ("onnxruntime", "pytorch")
+PROVIDERS = ("cpu", "cuda")
+DEFINITION = (
+    "timed ablation: t_attn = (T(k=0) - T(k=n-1)) / (n-1) (clamped at 0; raw value kept), share = n t_attn / T0, "
+    "ideal(k) = T0 / (T0 - k t_attn) = 1 / (1 - k share / n); T = median prefill time (time to first token) or "
+    "median decode time per step"
+)
+
+
+@dataclass
+class ShareCell:
+    """The measured attention share of one phase at one (batch, context).
+
+    Args:
+        phase: `"prefill"` or `"decode"`.
+        batch: Batch size.
+        context: Prompt length in tokens (decode steps then see `context` to `context + new_tokens - 1`).
+        T0_s: Median time of the unpruned model (prefill: time to first token; decode: per step).
+        T_ablated_s: Median time with n - 1 attention sublayers removed.
+        t_attn_raw_s: `(T0_s - T_ablated_s) / (n - 1)`, negative when noise exceeds the difference.
+        t_attn_s: `t_attn_raw_s` clamped at 0.
+        share: `n * t_attn_s / T0_s`, attention's share of the time.
+        T0_range_s: Min and max of the unpruned model's runs.
+        T_ablated_range_s: Min and max of the ablated model's runs.
+    """
+
+    phase: str
+    batch: int
+    context: int
+    T0_s: float
+    T_ablated_s: float
+    t_attn_raw_s: float
+    t_attn_s: float
+    share: float
+    T0_range_s: list[float] = field(default_factory=list)
+    T_ablated_range_s: list[float] = field(default_factory=list)
+
+
+@dataclass
+class AttentionShares(JSONMixin):
+    """Measured attention shares of one model on one backend (`measure_attention_shares`); JSON in and out.
+
+    Args:
+        model: The model measured (path or alias).
+        model_type: Its `config.model_type`.
+        num_hidden_layers: Its decoder layers.
+        num_attention_layers: n, the attention sublayers of the measured baseline (fewer than `num_hidden_layers`
+            if it was already pruned).
+        backend: `"onnxruntime"` or `"pytorch"`.
+        provider: `"cpu"` or `"cuda"`.
+        new_tokens: Tokens generated per run (decode is timed over the steps after the first).
+        warmup: Warm-up runs per model and shape.
+        runs: Recorded runs per model and shape.
+        cells: One `ShareCell` per phase and (batch, context).
+        machine: What `run_benchmark` records about the machine.
+        definition: The formulas, in words.
+    """
+
+    model: str
+    model_type: str
+    num_hidden_layers: int
+    num_attention_layers: int
+    backend: str
+    provider: str
+    new_tokens: int
+    warmup: int
+    runs: int
+    cells: list[ShareCell]
+    machine: dict = field(default_factory=dict)
+    definition: str = DEFINITION
+    gatenorm_version: str = __version__
+
+    def __post_init__(self):
+        check_int("num_hidden_layers", self.num_hidden_layers, 1)
+        check_int("num_attention_layers", self.num_attention_layers, 2)
+        check_choice("backend", self.backend, BACKENDS)
+        check_choice("provider", self.provider, PROVIDERS)
+        self.cells = [ShareCell(**c) if isinstance(c, dict) else c for c in self.cells]
+        if not self.cells:
+            raise InvalidConfigError("AttentionShares needs at least one measured cell, got none")
+        for cell in self.cells:
+            check_choice("cell phase", cell.phase, PHASES)
+        missing = [p for p in PHASES if not any(c.phase == p for c in self.cells)]
+        if missing:
+            raise InvalidConfigError(f"AttentionShares has no cell for phase {missing[0]!r}; measure both phases")
+
+    @property
+    def max_k(self) -> int:
+        """The most sublayers the measurement covers: n - 1 (the ablated model)."""
+        return self.num_attention_layers - 1
+
+    def share(self, phase: str, batch: int, context: int) -> tuple[float, str]:
+        """Attention's share of `phase` at (`batch`, `context`), and where it comes from, in words.
+
+        The cell measured at that batch and context when there is one; else, within the nearest measured batch,
+        linear in log(context) between the two measured contexts around `context`, or the nearest measured
+        context outside their range (said in the description).
+        """
+        check_choice("phase", phase, PHASES)
+        check_int("batch", batch, 1)
+        check_int("context", context, 1)
+        cells = [c for c in self.cells if c.phase == phase]
+        nearest_batch = min({c.batch for c in cells}, key=lambda b: (abs(math.log(b / batch)), b))
+        row = sorted((c for c in cells if c.batch == nearest_batch), key=lambda c: c.context)
+        where = f"measured on {self.backend} {self.provider}, batch {nearest_batch}"
+        if nearest_batch != batch:
+            where += f" (nearest measured to batch {batch})"
+        below = [c for c in row if c.context <= context]
+        above = [c for c in row if c.context >= context]
+        if below and below[-1].context == context:
+            return below[-1].share, f"{where}, context {context}"
+        if below and above:
+            lo, hi = below[-1], above[0]
+            t = math.log(context / lo.context) / math.log(hi.context / lo.context)
+            share = lo.share + t * (hi.share - lo.share)
+            return share, f"{where}, interpolated between contexts {lo.context} and {hi.context}"
+        cell = below[-1] if below else above[0]
+        return cell.share, f"{where}, context {cell.context} (nearest measured to {context})"
+
+    def speedup(self, k: int, phase: str, batch: int, context: int) -> float:
+        """`ideal(k) = 1 / (1 - k * share / n)` for `phase` at (`batch`, `context`).
+
+        Raises:
+            InvalidConfigError: If k is negative or above `max_k`.
+        """
+        check_int("k", k, 0)
+        if k > self.max_k:
+            raise InvalidConfigError(
+                f"k={k} is beyond the measured ablation (at most {self.max_k} of {self.num_attention_layers})"
+            )
+        share, _ = self.share(phase, batch, context)
+        remaining = 1.0 - k * share / self.num_attention_layers
+        return 1.0 / remaining if remaining > 0 else math.inf
+
+    def check_model(self, config: PretrainedConfig) -> None:
+        """Refuses a model these shares were not measured on (other type, sizes or attention count).
+
+        Raises:
+            InvalidConfigError: With what differs.
+        """
+        from . import get_pruned_layers
+
+        theirs = {
+            "model_type": config.model_type,
+            "num_hidden_layers": config.num_hidden_layers,
+            "num_attention_layers": config.num_hidden_layers - len(get_pruned_layers(config)),
+        }
+        for name, value in theirs.items():
+            if getattr(self, name) != value:
+                raise InvalidConfigError(
+                    f"the attention shares were measured on a model with {name}={getattr(self, name)!r}, this one "
+                    f"has {value!r}; measure this model (measure_attention_shares) or drop the shares file"
+                )
+
+
+def _median_runs(result: BenchmarkResult, model: str, batch: int, context: int, attr: str) -> tuple[float, list]:
+    values = [
+        getattr(r, attr)
+        for r in result.runs
+        if r.model == model and r.batch_size == batch and r.prompt_length == context
+    ]
+    assert values, f"no {model} runs at batch {batch}, context {context}"
+    return statistics.median(values), [min(values), max(values)]
+
+
+def attention_shares_from_benchmark(
+    result: BenchmarkResult, *, model: str, config: PretrainedConfig, ablated: int
+) -> AttentionShares:
+    """The shares from a `run_benchmark` of the ablated model (candidate) against the unpruned one (baseline).
+
+    Args:
+        result: The benchmark; every shape in it becomes a cell.
+        model: Name of the measured model, for the record.
+        config: The baseline's config.
+        ablated: Attention sublayers the candidate lacks (n - 1 for the bound; any k >= 1 gives an estimate).
+
+    Raises:
+        InvalidConfigError: If `ablated` is not in 1..n-1.
+    """
+    from . import get_pruned_layers
+
+    n = config.num_hidden_layers - len(get_pruned_layers(config))
+    check_int("ablated", ablated, 1)
+    if ablated > n - 1:
+        raise InvalidConfigError(f"ablated must be at most {n - 1} (of {n} attention sublayers), got {ablated}")
+    cells = []
+    for row in result.summary:
+        batch, context = row["batch_size"], row["prompt_length"]
+        for phase, attr in (("prefill", "prefill_s"), ("decode", "decode_s_per_token")):
+            t0, t0_range = _median_runs(result, "baseline", batch, context, attr)
+            tk, tk_range = _median_runs(result, "candidate", batch, context, attr)
+            raw = (t0 - tk) / ablated
+            t_attn = max(raw, 0.0)
+            cells.append(
+                ShareCell(
+                    phase=phase,
+                    batch=batch,
+                    context=context,
+                    T0_s=t0,
+                    T_ablated_s=tk,
+                    t_attn_raw_s=raw,
+                    t_attn_s=t_attn,
+                    share=n * t_attn / t0,
+                    T0_range_s=t0_range,
+                    T_ablated_range_s=tk_range,
+                )
+            )
+    settings = result.settings
+    return AttentionShares(
+        model=model,
+        model_type=config.model_type,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_layers=n,
+        backend=settings["backend"],
+        provider=settings["provider"],
+        new_tokens=settings["new_tokens"],
+        warmup=settings["warmup"],
+        runs=settings["runs"],
+        cells=cells,
+        machine=dict(result.machine),
+    )
+
+
+def prepare_variant(
+    model: str | Path,
+    num_layers: int,
+    output_dir: str | Path,
+    *,
+    backend: str = "onnxruntime",
+    provider: str = "cpu",
+    overwrite: bool = False,
+) -> Path:
+    """Writes `model` with `num_layers` attention sublayers removed, in the form `backend` loads, to `output_dir`.
+
+    For timing only: which sublayers go does not change the speed (they all have the same shape), so they are
+    chosen by `gate_norm` with no spacing rule and nothing protected. `num_layers=0` gives the unpruned model.
+    onnxruntime: an ONNX export (fp32 on the CPU, fp16 on CUDA); pytorch: a checkpoint.
+
+    Raises:
+        InvalidConfigError: If `num_layers` is out of range, or a bad backend/provider.
+    """
+    import torch
+
+    from . import GateNormConfig, GateNormPruner, export_onnx, resolve_model, save_pruned
+
+    check_int("num_layers", num_layers, 0)
+    check_choice("backend", backend, BACKENDS)
+    check_choice("provider", provider, PROVIDERS)
+    path = resolve_model(model)
+    pruner = GateNormPruner.from_pretrained(path)
+    pruned_model = pruner.model
+    if num_layers:
+        config = GateNormConfig(num_layers=num_layers, criterion="gate_norm", protect_first=0, min_gap=1)
+        pruned_model, _ = pruner.prune(config)
+    if backend == "onnxruntime":
+        fp16 = provider == "cuda"
+        if fp16:
+            pruned_model.to(torch.float16)
+        elif pruned_model.dtype != torch.float32:
+            pruned_model.to(torch.float32)
+        device = "cuda" if fp16 else "cpu"
+        return export_onnx(
+            pruned_model, output_dir, device=device, dtype="fp16" if fp16 else "fp32", overwrite=overwrite
+        )
+    return save_pruned(pruned_model, output_dir, tokenizer_from=path, overwrite=overwrite)
+
+
+def measure_attention_shares(
+    model: str | Path,
+    *,
+    contexts: Iterable[int] = (128, 1024),
+    batch_sizes: Iterable[int] = (1,),
+    backend: str = "onnxruntime",
+    provider: str = "cpu",
+    new_tokens: int = 32,
+    warmup: int = 1,
+    runs: int = 5,
+    work_dir: str | Path | None = None,
+    progress: bool = False,
+) -> AttentionShares:
+    """Measures attention's share of prefill and decode time by timed ablation on `backend` (see module doc).
+
+    Builds the unpruned model and the model with n - 1 of its n attention sublayers removed (`prepare_variant`),
+    then times both with `run_benchmark` (random prompts of exactly each context, exactly `new_tokens` new
+    tokens, interleaved runs, medians).
+
+    Args:
+        model: Checkpoint directory or built-in alias.
+        contexts: Prompt lengths to measure.
+        batch_sizes: Batch sizes to measure (every combination with `contexts`).
+        backend: `"onnxruntime"` (ONNX exports) or `"pytorch"` (eager).
+        provider: `"cpu"` or `"cuda"`.
+        new_tokens: Tokens generated per run (at least 2).
+        warmup: Warm-up runs per model and shape.
+        runs: Recorded runs per model and shape.
+        work_dir: Where to write the two variants (default: a temporary directory, removed afterwards).
+        progress: Show a progress bar.
+
+    Returns:
+        The shares; `save(path)` writes the JSON that `prune --shares` reads.
+
+    Raises:
+        InvalidConfigError: Bad settings, or a model with fewer than two attention sublayers.
+    """
+    from . import GateNormPruner, get_pruned_layers, resolve_model
+    from .benchmark import BenchmarkSettings, run_benchmark
+
+    settings = BenchmarkSettings(
+        batch_sizes=check_int_list("batch_sizes", batch_sizes, 1),
+        prompt_lengths=check_int_list("contexts", contexts, 1),
+        new_tokens=new_tokens,
+        warmup=warmup,
+        runs=runs,
+        backend=backend,
+        provider=provider,
+    )
+    path = resolve_model(model)
+    config = GateNormPruner.from_pretrained(path).config
+    n = config.num_hidden_layers - len(get_pruned_layers(config))
+    if n < 2:
+        raise InvalidConfigError(f"{model} has {n} attention sublayer(s); timed ablation needs at least 2")
+    with tempfile.TemporaryDirectory(prefix="gatenorm-shares-") as tmp:
+        root = Path(work_dir) if work_dir is not None else Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        baseline = prepare_variant(path, 0, root / "k0", backend=backend, provider=provider, overwrite=True)
+        ablated = prepare_variant(path, n - 1, root / f"k{n - 1}", backend=backend, provider=provider, overwrite=True)
+        result = run_benchmark(ablated, baseline, settings, progress=progress)
+    return attention_shares_from_benchmark(result, model=str(model), config=config, ablated=n - 1)
+
+
+def _attention_count(config: PretrainedConfig) -> tuple[int, list[int]]:
+    from . import get_pruned_layers
+
+    pruned = list(get_pruned_layers(config))
+    return config.num_hidden_layers - len(pruned), pruned
+
+
+def _analytical(k: int, config: PretrainedConfig, phase: str, batch: int, context: int) -> float:
+    from . import ModelCost, ideal_speedup
+
+    n, pruned = _attention_count(config)
+    kept = [i for i in range(config.num_hidden_layers) if i not in pruned]
+    baseline = ModelCost.from_config(config)
+    candidate = ModelCost.from_config(config, pruned_layers=sorted(pruned + kept[n - k :]) if k else pruned)
+    bounds = ideal_speedup(baseline, candidate, phase, batch, context)
+    return bounds["compute_bound" if phase == "prefill" else "memory_bound"]
+
+
+def predict_speedup(
+    k: int,
+    shares: AttentionShares | None,
+    config: PretrainedConfig,
+    phase: str,
+    batch: int,
+    context: int,
+) -> float:
+    """Predicted speed-up of removing `k` more attention sublayers from the model of `config`.
+
+    From `shares` (the measured bound) when given, else from the analytical cost model (prefill: FLOPs ratio,
+    decode: bytes ratio, at `context` positions). 1.0 at k = 0, non-decreasing in k.
+
+    Args:
+        k: Sublayers removed, 0 to n - 1.
+        shares: Measured shares of this model on the target backend, or `None`.
+        config: The model's config (pruned or not).
+        phase: `"prefill"`, `"decode"` or `"both"` (the smaller of the two).
+        batch: Batch size.
+        context: Prompt length (prefill) or context length (decode), in tokens.
+
+    Raises:
+        InvalidConfigError: Bad arguments, k out of range, or shares measured on another model.
+    """
+    check_choice("phase", phase, PLAN_PHASES)
+    check_int("k", k, 0)
+    check_int("batch", batch, 1)
+    check_int("context", context, 1)
+    n, _ = _attention_count(config)
+    if k > n - 1:
+        raise InvalidConfigError(f"k must be at most {n - 1} (the model has {n} attention sublayers), got {k}")
+    if phase == "both":
+        return min(predict_speedup(k, shares, config, p, batch, context) for p in PHASES)
+    if k == 0:
+        return 1.0
+    if shares is not None:
+        shares.check_model(config)
+        return shares.speedup(k, phase, batch, context)
+    return _analytical(k, config, phase, batch, context)
+
+
+def _check_target(target: Any) -> float:
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not math.isfinite(target) or target <= 1:
+        raise InvalidConfigError(f"target speed-up must be a number > 1 (e.g. 1.2 for 20% faster), got {target!r}")
+    return float(target)
+
+
+def _source(shares: AttentionShares | None, phase: str, batch: int, context: int) -> str:
+    if shares is None:
+        return "analytical cost model (prefill: FLOPs ratio, decode: bytes ratio)"
+    phases = PHASES if phase == "both" else (phase,)
+    return "; ".join(f"{p} {shares.share(p, batch, context)[1]}" for p in phases)
+
+
+def plan_num_layers(
+    target: float,
+    config: PretrainedConfig,
+    *,
+    phase: str = "both",
+    batch: int = 1,
+    context: int = 1024,
+    shares: AttentionShares | None = None,
+    max_k: int | None = None,
+) -> int:
+    """The smallest k whose predicted speed-up (`predict_speedup`) reaches `target`.
+
+    Args:
+        target: The speed-up to reach, > 1.
+        config: The model's config.
+        phase: `"prefill"`, `"decode"` or `"both"` (both must reach it).
+        batch: Batch size.
+        context: Prompt / context length in tokens.
+        shares: Measured shares of this model on the target backend; the analytical model when `None`.
+        max_k: The most sublayers that may go (default n - 1; lower it for protected or excluded layers).
+
+    Raises:
+        InvalidConfigError: If no k up to `max_k` reaches `target` (one line, naming the best reachable
+            speed-up), or a bad argument.
+    """
+    target = _check_target(target)
+    check_choice("phase", phase, PLAN_PHASES)
+    n, _ = _attention_count(config)
+    limit = n - 1 if max_k is None else min(check_int("max_k", max_k, 0), n - 1)
+    for k in range(1, limit + 1):
+        if predict_speedup(k, shares, config, phase, batch, context) >= target:
+            return k
+    best = math.floor(predict_speedup(limit, shares, config, phase, batch, context) * 1000) / 1000
+    what = "speed-up" if phase == "both" else f"{phase} speed-up"
+    raise InvalidConfigError(
+        f"no k reaches a {target:g}x {what} at batch {batch}, context {context}: the best is {best:.3f}x at "
+        f"k={limit} of {n} attention sublayers ({_source(shares, phase, batch, context)}); ask for at most that"
+    )
+
+
+def resolve_target(
+    model_config: PretrainedConfig,
+    target: float,
+    *,
+    phase: str = "both",
+    batch: int = 1,
+    context: int = 1024,
+    shares_file: str | Path | AttentionShares | None = None,
+    criterion: str | None = None,
+    min_gap: int | None = None,
+    protect_first: int = 1,
+    protect_last: int = 0,
+    exclude_layers: Iterable[int] = (),
+) -> tuple[int, dict]:
+    """What `prune --target-speedup` needs: the k to remove and what is predicted for it.
+
+    The most sublayers that may go is n - 1 less the protected and excluded ones (as `GateNormConfig` counts
+    them).
+
+    Args:
+        model_config: The model's config (read before loading any weight).
+        target: Speed-up to reach, > 1.
+        phase: `"prefill"`, `"decode"` or `"both"`.
+        batch: Batch size.
+        context: Prompt / context length in tokens.
+        shares_file: A JSON written by `AttentionShares.save` (or the object); the analytical model when `None`.
+        criterion: The criterion that will choose the layers (for the measured-quality warning; default: the
+            default criterion).
+        min_gap: Its spacing rule (default: the criterion's).
+        protect_first, protect_last, exclude_layers: As in `GateNormConfig`.
+
+    Returns:
+        `(k, predicted)`: `predicted` holds `target`, `phase`, `batch`, `context`, `num_layers` (k),
+        `num_attention_layers`, `prefill` and `decode` (predicted speed-ups at k), `source`, `warning` (the
+        measured-quality warning for k, or `None`) and `summary` (one line to print).
+
+    Raises:
+        InvalidConfigError: Unreachable target (one line, with the best reachable speed-up), a shares file
+            measured on another model, or bad arguments.
+        FileNotFoundError: If `shares_file` does not exist.
+    """
+    from . import DEFAULT_CRITERION, GateNormConfig, get_criterion
+
+    try:
+        from .criteria import breakdown_warning
+    except ImportError:  # before the criteria package existed
+        from .measurements import breakdown_warning
+
+    shares = shares_file
+    if shares is not None and not isinstance(shares, AttentionShares):
+        if not Path(shares).is_file():
+            from .errors import ModelNotFoundError
+
+            raise ModelNotFoundError(f"shares file {shares} not found; write one with measure_attention_shares")
+        try:
+            shares = AttentionShares.from_json(shares)
+        except (ValueError, TypeError, KeyError) as error:  # not JSON, or not this dataclass's fields
+            raise InvalidConfigError(
+                f"{shares_file} is not an attention-shares file (write one with measure_attention_shares(...)"
+                f".save(path)): {first_line(error)}"
+            ) from None
+    if shares is not None:
+        shares.check_model(model_config)
+    criterion = criterion or DEFAULT_CRITERION
+    request = GateNormConfig(
+        num_layers=0,
+        criterion=criterion,
+        protect_first=protect_first,
+        protect_last=protect_last,
+        exclude_layers=tuple(exclude_layers),
+        min_gap=min_gap,
+    )
+    total = model_config.num_hidden_layers
+    n, pruned = _attention_count(model_config)
+    blocked = set(request.protected_layers(total)) | set(request.exclude_layers) | set(pruned)
+    max_k = min(n - 1, sum(1 for i in range(total) if i not in blocked))
+    k = plan_num_layers(target, model_config, phase=phase, batch=batch, context=context, shares=shares, max_k=max_k)
+    predicted = {p: predict_speedup(k, shares, model_config, p, batch, context) for p in PHASES}
+    resolved_gap = min_gap if min_gap is not None else get_criterion(criterion).min_gap
+    warning = breakdown_warning(criterion, resolved_gap, k, total)
+    source = _source(shares, phase, batch, context)
+    summary = (
+        f"target {target:g}x ({phase}) at batch {batch}, context {context}: removing {k} of {n} attention sublayers, "
+        f"predicted prefill {predicted['prefill']:.3f}x, decode {predicted['decode']:.3f}x ({source})"
+    )
+    return k, {
+        "target": float(target),
+        "phase": phase,
+        "batch": batch,
+        "context": context,
+        "num_layers": k,
+        "num_attention_layers": n,
+        "prefill": predicted["prefill"],
+        "decode": predicted["decode"],
+        "source": source,
+        "warning": warning,
+        "summary": summary,
+    }

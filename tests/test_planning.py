@@ -1,0 +1,189 @@
+"""Speed-up planning: measured attention shares, predictions, `plan_num_layers` and `resolve_target`.
+
+No speed is asserted (the machine is shared and noisy): only structure, the formulas and the planning logic.
+"""
+
+import math
+
+import pytest
+from conftest import tiny_config, tiny_model, tiny_tokenizer
+
+from optimum_gatenorm import InvalidConfigError, ModelCost, ideal_speedup, prune_model
+from optimum_gatenorm.planning import (
+    AttentionShares,
+    ShareCell,
+    measure_attention_shares,
+    plan_num_layers,
+    predict_speedup,
+    resolve_target,
+)
+
+
+def _shares(config, prefill=(0.5, 0.6), decode=(0.4, 0.5), contexts=(128, 1024)) -> AttentionShares:
+    """Synthetic shares of the tiny model: exact numbers for the formulas."""
+    cells = []
+    for phase, values in (("prefill", prefill), ("decode", decode)):
+        for context, share in zip(contexts, values, strict=True):
+            t0 = 1.0
+            t_attn = share * t0 / 4
+            cells.append(
+                ShareCell(phase, 1, context, t0, t0 - 3 * t_attn, t_attn, t_attn, share, [t0, t0], [0.5, 0.5])
+            )
+    return AttentionShares(
+        model="tiny",
+        model_type=config.model_type,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_layers=config.num_hidden_layers,
+        backend="onnxruntime",
+        provider="cpu",
+        new_tokens=4,
+        warmup=1,
+        runs=2,
+        cells=cells,
+    )
+
+
+@pytest.fixture
+def config():
+    return tiny_config("llama")  # 4 layers
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "pytorch"])
+def test_measure_attention_shares_on_a_tiny_model(tmp_path, backend):
+    model_dir = tmp_path / "model"
+    tiny_model("llama").save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    shares = measure_attention_shares(
+        model_dir, contexts=[8, 32], new_tokens=4, warmup=1, runs=3, backend=backend, work_dir=tmp_path / "work"
+    )
+    assert shares.num_attention_layers == 4 and shares.max_k == 3 and shares.backend == backend
+    assert {(c.phase, c.batch, c.context) for c in shares.cells} == {
+        (p, 1, c) for p in ("prefill", "decode") for c in (8, 32)
+    }
+    for cell in shares.cells:
+        assert cell.T0_s > 0 and cell.T_ablated_s > 0
+        assert cell.t_attn_raw_s == pytest.approx((cell.T0_s - cell.T_ablated_s) / 3)
+        assert cell.share == pytest.approx(4 * max(cell.t_attn_raw_s, 0) / cell.T0_s)
+        # the formula's range, below n / (n - 1) as T_ablated > 0; no speed is asserted: on a
+        # loaded machine a tiny model's medians can come out either way
+        assert 0 <= cell.share < 4 / 3
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["k0", "k3"]
+    again = AttentionShares.from_json(shares.save(tmp_path / "shares.json"))
+    assert again == shares
+
+
+def test_json_round_trip(config, tmp_path):
+    shares = _shares(config)
+    path = shares.save(tmp_path / "s.json")
+    assert AttentionShares.from_json(path) == shares
+    assert AttentionShares.from_dict({**shares.to_dict(), "newer_field": 1}) == shares
+
+
+def test_bad_shares_are_refused(config):
+    data = _shares(config).to_dict()
+    with pytest.raises(InvalidConfigError, match="phase 'decode'"):
+        AttentionShares.from_dict({**data, "cells": [c for c in data["cells"] if c["phase"] == "prefill"]})
+    with pytest.raises(InvalidConfigError, match="backend"):
+        AttentionShares.from_dict({**data, "backend": "tensorrt"})
+
+
+@pytest.mark.parametrize("phase", ["prefill", "decode", "both"])
+@pytest.mark.parametrize("measured", [True, False])
+def test_predictions_start_at_one_and_are_monotone(config, phase, measured):
+    shares = _shares(config) if measured else None
+    for context in (16, 128, 500, 1024, 4096):
+        values = [predict_speedup(k, shares, config, phase, 1, context) for k in range(4)]
+        assert values[0] == 1.0
+        assert all(b >= a for a, b in zip(values, values[1:], strict=False)) and values[-1] > 1
+
+
+def test_measured_prediction_is_the_share_formula(config):
+    shares = _shares(config)
+    for k in range(4):
+        assert predict_speedup(k, shares, config, "prefill", 1, 128) == pytest.approx(1 / (1 - k * 0.5 / 4))
+        assert predict_speedup(k, shares, config, "decode", 1, 1024) == pytest.approx(1 / (1 - k * 0.5 / 4))
+    # between measured contexts: linear in log(context); outside: the nearest; another batch: the nearest batch
+    middle = round(math.sqrt(128 * 1024))
+    share, source = shares.share("prefill", 1, middle)
+    assert share == pytest.approx(0.55, abs=1e-3) and "interpolated" in source
+    assert shares.share("prefill", 1, 8192)[0] == 0.6 and "nearest" in shares.share("prefill", 1, 8192)[1]
+    assert shares.share("decode", 8, 128)[0] == 0.4 and "batch 8" in shares.share("decode", 8, 128)[1]
+    assert predict_speedup(2, shares, config, "both", 1, 128) == pytest.approx(1 / (1 - 2 * 0.4 / 4))
+
+
+def test_analytical_prediction_without_shares(config):
+    baseline = ModelCost.from_config(config)
+    for k, phase, bound in ((2, "prefill", "compute_bound"), (3, "decode", "memory_bound")):
+        pruned = ModelCost.from_config(config, pruned_layers=list(range(4 - k, 4)))
+        expected = ideal_speedup(baseline, pruned, phase, 2, 64)[bound]
+        assert predict_speedup(k, None, config, phase, 2, 64) == pytest.approx(expected)
+    # the measured shares, when given, change the answer
+    assert predict_speedup(2, _shares(config), config, "prefill", 1, 128) != predict_speedup(
+        2, None, config, "prefill", 1, 128
+    )
+
+
+def test_an_already_pruned_model_counts_its_remaining_sublayers():
+    model = tiny_model("llama")
+    prune_model(model, [1])
+    assert predict_speedup(2, None, model.config, "prefill", 1, 64) > 1
+    with pytest.raises(InvalidConfigError, match="at most 2"):
+        predict_speedup(3, None, model.config, "prefill", 1, 64)
+    with pytest.raises(InvalidConfigError, match="num_attention_layers"):
+        predict_speedup(1, _shares(tiny_config("llama")), model.config, "prefill", 1, 128)
+
+
+@pytest.mark.parametrize("measured", [True, False])
+@pytest.mark.parametrize("phase", ["prefill", "decode", "both"])
+def test_plan_returns_the_smallest_k(config, measured, phase):
+    shares = _shares(config) if measured else None
+    best = predict_speedup(3, shares, config, phase, 1, 1024)
+    for target in (1.0001, (1 + best) / 2, best):
+        k = plan_num_layers(target, config, phase=phase, context=1024, shares=shares)
+        assert predict_speedup(k, shares, config, phase, 1, 1024) >= target
+        assert predict_speedup(k - 1, shares, config, phase, 1, 1024) < target
+
+
+@pytest.mark.parametrize("measured", [True, False])
+def test_unreachable_targets_are_refused_in_one_line(config, measured):
+    shares = _shares(config) if measured else None
+    best = predict_speedup(3, shares, config, "both", 1, 1024)
+    with pytest.raises(InvalidConfigError) as info:
+        plan_num_layers(100, config, context=1024, shares=shares)
+    message = str(info.value)
+    assert "\n" not in message and "100x" in message
+    assert f"the best is {math.floor(best * 1000) / 1000:.3f}x at k=3 of 4" in message
+    with pytest.raises(InvalidConfigError, match="at k=1 of 4"):
+        plan_num_layers(1.5, config, phase="prefill", shares=shares, max_k=1)
+
+
+@pytest.mark.parametrize("target", [1.0, 0.5, -2, float("nan"), "1.2", True])
+def test_bad_targets(config, target):
+    with pytest.raises(InvalidConfigError, match="target speed-up must be a number > 1"):
+        plan_num_layers(target, config)
+
+
+def test_resolve_target_reads_a_shares_file_and_warns(config, tmp_path):
+    path = _shares(config).save(tmp_path / "shares.json")
+    k, predicted = resolve_target(config, 1.2, phase="prefill", context=1024, shares_file=path, protect_first=0)
+    assert k == 2 == predicted["num_layers"]  # 1 / (1 - k 0.6 / 4): 1.176 at k = 1, 1.429 at k = 2
+    assert predicted["prefill"] == pytest.approx(1 / (1 - 2 * 0.6 / 4))
+    assert "measured on onnxruntime cpu" in predicted["source"] and "\n" not in predicted["summary"]
+    assert predicted["warning"] and "beyond what was measured" in predicted["warning"]  # 2 of 4 is past 12 of 30
+    # protected and excluded layers lower the reachable k: here only layer 3 may go
+    with pytest.raises(InvalidConfigError, match="at k=1 of 4"):
+        resolve_target(config, 1.5, phase="prefill", shares_file=path, protect_first=2, exclude_layers=[2])
+    k, predicted = resolve_target(config, 1.05)  # analytical, default phase both, context 1024
+    assert (
+        predicted["source"].startswith("analytical")
+        and k >= 1
+        and min(predicted["prefill"], predicted["decode"]) >= 1.05
+    )
+    with pytest.raises(FileNotFoundError):
+        resolve_target(config, 1.2, shares_file=tmp_path / "missing.json")
+    for text in ("not json", '{"model": "tiny"}', '{"cells": []}'):
+        (tmp_path / "bad.json").write_text(text)
+        with pytest.raises(InvalidConfigError, match="is not an attention-shares file"):
+            resolve_target(config, 1.2, shares_file=tmp_path / "bad.json")
+    with pytest.raises(InvalidConfigError, match="phase"):
+        resolve_target(config, 1.2, phase="train")
