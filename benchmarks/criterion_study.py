@@ -35,9 +35,9 @@ from transformers import AutoTokenizer
 
 from optimum_gatenorm import load_pruned, resolve_model
 from optimum_gatenorm.checkpoints.tensors import ModelWeights
-from optimum_gatenorm.compare import CompareConfig, compare_criteria, mask_attention, spearman
 from optimum_gatenorm.criteria.circuits import StackWeights, ov_relative
-from optimum_gatenorm.evaluation import perplexity
+from optimum_gatenorm.evaluation.compare import CompareConfig, compare_criteria, mask_attention, spearman
+from optimum_gatenorm.evaluation.perplexity import perplexity
 from optimum_gatenorm.text import read_text
 
 
@@ -160,7 +160,7 @@ def plot_record(record: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from optimum_gatenorm.utils import atomic_save_figure
+    from optimum_gatenorm.outputs import atomic_save_figure
 
     fig, ax = plt.subplots(figsize=(8, 5))
     ks = sorted(int(k) for k in record["curves"]["random"])

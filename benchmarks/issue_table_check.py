@@ -20,8 +20,8 @@ from texts import austen
 from transformers import AutoTokenizer
 
 from optimum_gatenorm import DEFAULT_CRITERION, load_pruned, resolve_model
-from optimum_gatenorm.compare import CompareConfig, compare_criteria
 from optimum_gatenorm.criteria import Calibration
+from optimum_gatenorm.evaluation.compare import CompareConfig, compare_criteria
 from optimum_gatenorm.text import read_text
 
 

@@ -25,7 +25,7 @@ from texts import austen, lee_news
 from transformers import AutoTokenizer
 
 from optimum_gatenorm import Calibration, load_pruned, resolve_model
-from optimum_gatenorm.compare import CompareConfig, compare_criteria
+from optimum_gatenorm.evaluation.compare import CompareConfig, compare_criteria
 from optimum_gatenorm.text import read_text
 
 

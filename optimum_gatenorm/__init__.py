@@ -5,7 +5,8 @@ Importing this package registers the `gatenorm` method with transformers, so
 """
 
 from .adapters import ArchitectureAdapter, get_adapter, register_adapter, supported_model_types
-from .benchmark import BenchmarkResult, BenchmarkSettings, run_benchmark
+from .benchmark.cost_model import ModelCost, ideal_speedup
+from .benchmark.throughput import BenchmarkResult, BenchmarkSettings, run_benchmark
 from .checkpoints import (
     BUILTIN_MODELS,
     DEFAULT_MODEL,
@@ -19,9 +20,6 @@ from .checkpoints import (
     resolve_model,
     save_pruned,
 )
-from .compare import CompareConfig, CompareResult, compare_criteria
-from .configuration import GateNormConfig
-from .cost_model import ModelCost, ideal_speedup
 from .criteria import (
     DEFAULT_CRITERION,
     Calibration,
@@ -40,10 +38,12 @@ from .errors import (
     OutputNotWritableError,
     UnsupportedModelError,
 )
-from .evaluation import PerplexityResult, evaluate_perplexity, perplexity
+from .evaluation.compare import CompareConfig, CompareResult, compare_criteria
+from .evaluation.perplexity import PerplexityResult, evaluate_perplexity, perplexity
 from .exporters import export_onnx
 from .pipeline import PruneResult, prune_and_save
-from .pruner import GateNormPruner, select_layers
+from .pruning.configuration import GateNormConfig
+from .pruning.pruner import GateNormPruner, select_layers
 from .report import PruningReport, ScoreReport
 from .version import __version__
 

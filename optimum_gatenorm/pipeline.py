@@ -12,10 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .configuration import GateNormConfig
+from .checkpoints.modeling import write_pruned
+from .criteria import get_criterion, require_calibration
 from .errors import InvalidConfigError
+from .exporters.onnx import check_onnx_exportable, export_onnx_into
+from .outputs import atomic_output_dir, check_output_path, mark_output
+from .pruning.configuration import GateNormConfig
+from .pruning.pruner import GateNormPruner, check_request
 from .report import PruningReport
-from .utils import atomic_output_dir, check_output_path, mark_output
 
 
 if TYPE_CHECKING:
@@ -129,9 +133,6 @@ def prune_and_save(
     """
     import torch
 
-    from .criteria import get_criterion, require_calibration
-    from .pruner import GateNormPruner, check_request
-
     if not isinstance(config, GateNormConfig):
         raise TypeError(f"config must be a GateNormConfig, got {type(config).__name__}")
     if export is not None and export not in EXPORT_FORMATS:
@@ -150,8 +151,6 @@ def prune_and_save(
     check_request(config, pruner.config)
     onnx_dtype = None
     if export == "onnx":
-        from .exporters.onnx import check_onnx_exportable
-
         onnx_dtype = export_dtype(_checkpoint_dtype(pruner.config) if dtype == "auto" else dtype, device)
         check_onnx_exportable(pruner.config)
     calibration = None
@@ -165,7 +164,6 @@ def prune_and_save(
         config.criterion, calibration=calibration, seed=config.seed, device=device, progress=progress
     )
     pruned_model, report = pruner.prune(config, scores=scores, calibration=calibration)
-    from .checkpoints.modeling import write_pruned
 
     exports: dict[str, Path] = {}
     max_diff = None
@@ -173,8 +171,6 @@ def prune_and_save(
     with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
         write_pruned(pruned_model, tmp, report=report)
         if export == "onnx":
-            from .exporters.onnx import export_onnx_into
-
             max_diff = export_onnx_into(pruned_model, tmp / "onnx", device=device, dtype=onnx_dtype)
             mark_output(tmp / "onnx")
             exports["onnx"] = output_dir / "onnx"

@@ -34,8 +34,8 @@ from optimum_gatenorm import (
     select_layers,
     supported_model_types,
 )
+from optimum_gatenorm.outputs import OUTPUT_MARKER, atomic_output_dir, atomic_write_text, check_output_path
 from optimum_gatenorm.report import PruningReport
-from optimum_gatenorm.utils import OUTPUT_MARKER, atomic_output_dir, atomic_write_text, check_output_path
 
 
 OPTIMUM_CLI = Path(sys.executable).parent / "optimum-cli"

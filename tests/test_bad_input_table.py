@@ -18,7 +18,7 @@ import pytest
 from conftest import tiny_model, tiny_tokenizer
 
 from optimum_gatenorm import GateNormConfig, export_onnx, prune_and_save
-from optimum_gatenorm.utils import OUTPUT_MARKER
+from optimum_gatenorm.outputs import OUTPUT_MARKER
 
 
 OPTIMUM_CLI = Path(sys.executable).parent / "optimum-cli"
@@ -305,7 +305,7 @@ def test_result_files_get_a_wrote_line_and_seed_ranges_work(workspace, tmp_path)
 
 
 def test_compare_plot_and_table_use_the_same_median_for_an_even_number_of_seeds():
-    from optimum_gatenorm.compare import ComparePoint, CompareResult
+    from optimum_gatenorm.evaluation.compare import ComparePoint, CompareResult
 
     values = [20.0, 27.0, 28.4, 40.0]  # the case: index len // 2 gives 28.4, the median is 27.7
     points = [ComparePoint(criterion="random", num_layers=2, removed_layers=[1, 2], perplexity=v, seed=i)
@@ -319,7 +319,7 @@ def test_compare_plot_and_table_use_the_same_median_for_an_even_number_of_seeds(
 
 
 def test_benchmark_warns_when_the_runs_do_not_resolve_the_difference():
-    from optimum_gatenorm.benchmark import noise_warnings
+    from optimum_gatenorm.benchmark.throughput import noise_warnings
 
     def row(base, cand):
         stats = {m: {"median": sum(v) / 2, "min": v[0], "max": v[1]} for m, v in (("prefill_s", base),)}
@@ -340,7 +340,7 @@ def test_prune_target_speedup_removes_the_planned_k_and_says_so(workspace, tmp_p
 
     from transformers import AutoConfig
 
-    from optimum_gatenorm.planning import resolve_target
+    from optimum_gatenorm.benchmark.planning import resolve_target
 
     config = AutoConfig.from_pretrained(workspace / "model")
     k, predicted = resolve_target(config, 1.05, context=64)

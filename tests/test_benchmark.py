@@ -11,7 +11,7 @@ import torch
 from conftest import tiny_model, tiny_tokenizer
 
 from optimum_gatenorm import InvalidCheckpointError, InvalidConfigError, export_onnx, prune_model
-from optimum_gatenorm.benchmark import METRICS, BenchmarkSettings, run_benchmark
+from optimum_gatenorm.benchmark.throughput import METRICS, BenchmarkSettings, run_benchmark
 
 
 OPTIMUM_CLI = Path(sys.executable).parent / "optimum-cli"

@@ -16,7 +16,7 @@ from optimum_gatenorm.criteria.circuits import StackWeights, _activation, mlp_ou
 from optimum_gatenorm.criteria.gate import gate_norm
 from optimum_gatenorm.criteria.measurements import FIRST_K_WORSE_THAN_RANDOM, breakdown_warning
 from optimum_gatenorm.errors import InvalidConfigError
-from optimum_gatenorm.pruner import select_layers, spacing_warning
+from optimum_gatenorm.pruning.pruner import select_layers, spacing_warning
 
 
 NEW = ("ov_norm", "gate_ov", "ov_relative")
@@ -251,7 +251,7 @@ def test_breakdown_warning_follows_the_measured_table():
 def test_compare_applies_each_criterion_rule_unless_min_gap_is_given():
     from conftest import tiny_tokenizer
 
-    from optimum_gatenorm.compare import CompareConfig, compare_criteria
+    from optimum_gatenorm.evaluation.compare import CompareConfig, compare_criteria
 
     model, tokenizer = tiny_model("llama"), tiny_tokenizer()
     text = "the quick brown fox jumps over the lazy dog. " * 20

@@ -8,7 +8,7 @@ import torch
 from conftest import ALL_TINY, tiny_model
 
 from optimum_gatenorm import prune_model
-from optimum_gatenorm.compare import mask_attention, spearman
+from optimum_gatenorm.evaluation.compare import mask_attention, spearman
 
 
 IDS = torch.tensor([[3, 9, 27, 81, 115, 12, 40], [7, 21, 63, 101, 45, 8, 99]])

@@ -10,7 +10,7 @@ from conftest import ALL_TINY, tiny_config, tiny_model
 from transformers import LlamaConfig
 
 import optimum_gatenorm
-from optimum_gatenorm.cost_model import ModelCost, ideal_speedup
+from optimum_gatenorm.benchmark.cost_model import ModelCost, ideal_speedup
 from optimum_gatenorm.errors import InvalidConfigError, UnsupportedModelError
 
 

@@ -19,7 +19,7 @@ from optimum_gatenorm import (
     resolve_model,
     save_pruned,
 )
-from optimum_gatenorm.evaluation import (
+from optimum_gatenorm.evaluation.perplexity import (
     PerplexityResult,
     evaluate_perplexity,
     format_perplexity_table,

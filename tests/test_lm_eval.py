@@ -1,7 +1,7 @@
 """Pruned checkpoints through the lm-evaluation-harness `hf` model, on the local file task of tests/data/lm_eval.
 
 One tiny pruned llama with a character-level tokenizer is shared by the module. lm-eval's CLI runs in subprocesses
-(~10 s each): with `python -m optimum_gatenorm.lm_eval` it must evaluate the pruned model, and with plain
+(~10 s each): with `python -m optimum_gatenorm.evaluation.lm_eval` it must evaluate the pruned model, and with plain
 `python -m lm_eval` (no `optimum_gatenorm` import) it must stop rather than evaluate random attention.
 """
 
@@ -17,13 +17,13 @@ import yaml
 from conftest import tiny_model, tiny_tokenizer
 
 from optimum_gatenorm import ModelNotFoundError, get_pruned_layers, load_pruned, prune_model
-from optimum_gatenorm.pruning import is_attention_pruned
+from optimum_gatenorm.pruning.structure import is_attention_pruned
 
 
 # CI installs the `eval` extra (.ci/run), so this skips only in a development venv without it.
 lm_eval = pytest.importorskip("lm_eval", reason='lm-eval is not installed: pip install -e ".[eval]"')
 
-from optimum_gatenorm.lm_eval import evaluate_with_lm_eval  # noqa: E402
+from optimum_gatenorm.evaluation.lm_eval import evaluate_with_lm_eval  # noqa: E402
 
 
 REPO = Path(__file__).resolve().parent.parent
@@ -115,7 +115,7 @@ def test_evaluate_with_lm_eval_matches_load_pruned(checkpoint, task_dir, results
 
 
 def test_cli_module_evaluates_pruned_checkpoint(checkpoint, tmp_path, results):
-    result = run_module("optimum_gatenorm.lm_eval", checkpoint, "--output_path", str(tmp_path))
+    result = run_module("optimum_gatenorm.evaluation.lm_eval", checkpoint, "--output_path", str(tmp_path))
     assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     assert "Traceback" not in result.stderr, result.stderr
     assert TASK in result.stdout and "acc" in result.stdout
@@ -138,7 +138,7 @@ def test_missing_checkpoint(tmp_path, task_dir):
 
 
 def test_missing_lm_eval_is_one_line(monkeypatch, checkpoint):
-    from optimum_gatenorm import lm_eval as module
+    from optimum_gatenorm.evaluation import lm_eval as module
 
     monkeypatch.setitem(sys.modules, "lm_eval", None)
     with pytest.raises(ImportError, match=r'pip install -e "\.\[eval\]"'):

@@ -9,7 +9,7 @@ import pytest
 from conftest import tiny_config, tiny_model, tiny_tokenizer
 
 from optimum_gatenorm import InvalidConfigError, ModelCost, ideal_speedup, prune_model
-from optimum_gatenorm.planning import (
+from optimum_gatenorm.benchmark.planning import (
     AttentionShares,
     ShareCell,
     measure_attention_shares,

@@ -8,7 +8,7 @@ from conftest import ALL_TINY, tiny_model
 
 from optimum_gatenorm import GateNormConfig, GateNormPruner, InvalidConfigError, get_adapter, get_pruned_layers
 from optimum_gatenorm.checkpoints.modeling import prune_model
-from optimum_gatenorm.pruning import is_attention_pruned
+from optimum_gatenorm.pruning.structure import is_attention_pruned
 
 
 def _prune(model, layers):

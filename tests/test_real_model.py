@@ -119,7 +119,7 @@ def test_default_criterion_holds_up_where_gate_norm_breaks(real_dir, tokenizer):
     from pathlib import Path
 
     from optimum_gatenorm import DEFAULT_CRITERION
-    from optimum_gatenorm.compare import CompareConfig, compare_criteria
+    from optimum_gatenorm.evaluation.compare import CompareConfig, compare_criteria
     from optimum_gatenorm.text import read_text
 
     text = read_text(Path(__file__).parent / "data" / "pride_and_prejudice.txt")

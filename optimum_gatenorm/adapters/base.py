@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     import torch
     from transformers import PretrainedConfig
 
+from ..errors import UnsupportedModelError
+
+
 __all__ = [
     "ArchitectureAdapter",
     "FusedConv1D",
@@ -412,7 +415,6 @@ class ArchitectureAdapter:
         return tuple(f"{self.layer_prefix(index)}.{name}" for name in self.pruned_modules)
 
     def check_config(self, config: "PretrainedConfig") -> None:
-        from ..errors import UnsupportedModelError
 
         for flag, reason in self.unsupported_flags:
             if getattr(config, flag, False):

@@ -26,9 +26,9 @@ from transformers.quantizers.auto import register_quantizer
 
 from ..adapters import get_adapter
 from ..errors import InvalidCheckpointError
-from ..pruning import apply_pruned_structure
+from ..outputs import atomic_output_dir
+from ..pruning.structure import apply_pruned_structure
 from ..report import REPORT_FILE, PruningReport
-from ..utils import atomic_output_dir
 from ..validation import first_line
 from .models import resolve_model
 from .record import GATENORM_QUANT_METHOD, PrunedAttentionConfig, get_pruned_layers, tombstone_name
@@ -39,7 +39,15 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
-__all__ = ["TOKENIZER_FILES", "GateNormQuantizer", "load_pruned", "prune_model", "save_pruned", "write_pruned"]
+__all__ = [
+    "TOKENIZER_FILES",
+    "GateNormQuantizer",
+    "load_pruned",
+    "load_tokenizer",
+    "prune_model",
+    "save_pruned",
+    "write_pruned",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -221,3 +229,24 @@ def _copy_tokenizer(source: Path, target: Path) -> None:
         logger.warning("No tokenizer saved (cannot load one from %s: %s)", source, first_line(error))
         return
     tokenizer.save_pretrained(target)
+
+
+def load_tokenizer(directory: str | Path):
+    """The tokenizer saved in `directory`.
+
+    Raises:
+        InvalidCheckpointError: If `directory` has no tokenizer, or it cannot be loaded.
+    """
+    from transformers import AutoTokenizer
+
+    directory = Path(directory)
+    # AutoTokenizer raises AttributeError/TypeError (not OSError) on a directory without tokenizer files.
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        raise InvalidCheckpointError(
+            f"{directory} has no tokenizer ({', '.join(TOKENIZER_FILES)}); save the model's tokenizer there "
+            "(tokenizer.save_pretrained)"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
+    except (OSError, ValueError, TypeError, AttributeError) as error:
+        raise InvalidCheckpointError(f"cannot load the tokenizer of {directory}: {first_line(error)}") from None

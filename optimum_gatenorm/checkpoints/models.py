@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidCheckpointError, ModelNotFoundError, OutputExistsError, UnsupportedModelError
-from ..utils import atomic_output_dir, check_output_path, check_writable_dir
+from ..outputs import atomic_output_dir, check_output_path, check_writable_dir
 from ..validation import first_line
 
 

@@ -16,7 +16,7 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from ..adapters import get_adapter
 from ..errors import InvalidCheckpointError
-from ..pruning import validate_pruned_set
+from ..pruning.structure import validate_pruned_set
 from ..validation import check_int_list, is_int
 from ..version import __version__
 

@@ -176,10 +176,6 @@ class Checkpoint:
         cls = SafetensorsWeights if self.format == "safetensors" else PickleWeights
         return cls(self.weight_map)
 
-    @property
-    def weight_files(self) -> list[Path]:
-        return sorted(set(self.weight_map.values()))
-
 
 def _read_json(path: Path) -> dict:
     try:
@@ -385,7 +381,9 @@ def layer_weights(
         ) from None
     norm = None
     if with_norm:
-        norm = source.get(adapter.norm_tensor_name(layer), adapter.base_model_prefix).to(device, torch.float32)
+        norm = adapter.norm_gain(
+            source.get(adapter.norm_tensor_name(layer), adapter.base_model_prefix).to(device, torch.float32)
+        )
     for what, tensor in (("query", q), ("key", k), ("norm gain", norm), ("value", v), ("output projection", o)):
         if tensor is not None and not torch.isfinite(tensor).all():
             raise InvalidCheckpointError(

@@ -222,7 +222,7 @@ class ScoreCommand(_LeafCommand):
     def execute(self):
         from optimum_gatenorm import GateNormPruner
         from optimum_gatenorm.criteria import get_criterion
-        from optimum_gatenorm.utils import atomic_write_text, check_output_path
+        from optimum_gatenorm.outputs import atomic_write_text, check_output_path
 
         args = self.args
         if args.output:
@@ -300,7 +300,7 @@ class PruneCommand(_LeafCommand):
             "--shares",
             metavar="FILE",
             help="with --target-speedup: attention time shares measured on the target backend (JSON written by "
-            "optimum_gatenorm.planning.measure_attention_shares(...).save(FILE)); default: the analytical cost model",
+            "optimum_gatenorm.benchmark.planning.measure_attention_shares(...).save(FILE)); default: the analytical cost model",
         )
         parser.add_argument("--criterion", "-c", default=DEFAULT_CRITERION, help=CRITERIA_HELP)
         parser.add_argument(
@@ -338,8 +338,8 @@ class PruneCommand(_LeafCommand):
     def execute(self):
         from optimum_gatenorm import GateNormConfig
         from optimum_gatenorm.errors import InvalidConfigError
+        from optimum_gatenorm.outputs import check_output_path
         from optimum_gatenorm.pipeline import prune_and_save
-        from optimum_gatenorm.utils import check_output_path
 
         args = self.args
         num_layers, predicted = args.num_layers, None
@@ -348,7 +348,7 @@ class PruneCommand(_LeafCommand):
             raise InvalidConfigError("--context, --batch, --phase and --shares go with --target-speedup X")
         if args.target_speedup is not None:
             from optimum_gatenorm import GateNormPruner
-            from optimum_gatenorm.planning import resolve_target
+            from optimum_gatenorm.benchmark.planning import resolve_target
 
             check_output_path(args.output, args.overwrite, directory=True)  # before planning
             model_config = GateNormPruner.from_pretrained(args.model, allow_pickle=args.allow_pickle).config
@@ -492,8 +492,8 @@ class EvalCommand(_LeafCommand):
         parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
 
     def execute(self):
-        from optimum_gatenorm.evaluation import evaluate_perplexity
-        from optimum_gatenorm.utils import atomic_write_text, check_output_path
+        from optimum_gatenorm.evaluation.perplexity import evaluate_perplexity
+        from optimum_gatenorm.outputs import atomic_write_text, check_output_path
 
         args = self.args
         if args.output:
@@ -527,13 +527,13 @@ def _add_result_file_args(parser: "ArgumentParser", *, output: str, plot: str) -
 
 def _check_result_files(args) -> None:
     """Refuses, before any work, result files that exist (without --overwrite) or a --plot without matplotlib."""
-    from optimum_gatenorm.utils import check_output_path
+    from optimum_gatenorm.outputs import check_output_path
 
     for path in (args.output, args.plot):
         if path:
             check_output_path(path, args.overwrite)
     if args.plot:
-        from optimum_gatenorm.utils import require_pyplot
+        from optimum_gatenorm.outputs import require_pyplot
 
         require_pyplot()
 
@@ -602,9 +602,9 @@ class CompareCommand(_LeafCommand):
 
     def execute(self):
         from optimum_gatenorm import GateNormPruner
-        from optimum_gatenorm.compare import CompareConfig, check_compare_request, compare_criteria
         from optimum_gatenorm.criteria import get_criterion, require_calibration
-        from optimum_gatenorm.loading import load_tokenizer
+        from optimum_gatenorm.evaluation.compare import CompareConfig, check_compare_request, compare_criteria
+        from optimum_gatenorm.evaluation.loading import load_tokenizer
         from optimum_gatenorm.text import read_text
 
         args = self.args
@@ -645,7 +645,7 @@ class CompareCommand(_LeafCommand):
 
 def _write_results(args, result) -> None:
     """Writes `--output` (JSON) and `--plot` (PNG) of a result, each with a "Wrote" line on stderr."""
-    from optimum_gatenorm.utils import atomic_write_text
+    from optimum_gatenorm.outputs import atomic_write_text
 
     if args.output:
         path = atomic_write_text(args.output, result.to_json() + "\n", overwrite=args.overwrite)
@@ -706,7 +706,7 @@ class BenchmarkCommand(_LeafCommand):
         )
 
     def execute(self):
-        from optimum_gatenorm.benchmark import BenchmarkSettings, run_benchmark
+        from optimum_gatenorm.benchmark.throughput import BenchmarkSettings, run_benchmark
 
         args = self.args
         _check_result_files(args)

@@ -201,14 +201,18 @@ class StackWeights:
         prefix = f"{self.adapter.layer_prefix(layer)}.{self.adapter.mlp}."
         tensors = {name[len(prefix) :]: self._tensor(name) for name in self.adapter.mlp_tensor_names(layer)}
         gate, up, down = layout.extract(tensors)
-        gain = self._tensor(self.adapter.post_norm_tensor_name(layer))
+        gain = self.adapter.norm_gain(self._tensor(self.adapter.post_norm_tensor_name(layer)))
         return mlp_output_norm(gate, up, down, gain, _activation(self.config, layout.activation))
 
     def embedding_norm(self) -> float:
-        """Root-mean-square row norm of the token embedding matrix."""
+        """Root-mean-square row norm of the token embedding as the residual stream receives it (scaled by
+        sqrt(hidden) where the architecture scales its embedding, e.g. Gemma)."""
         self._require("embedding")
         embedding = self._tensor(f"{self.adapter.embedding}.weight")
-        return float(embedding.square().sum(dim=1).mean().sqrt())
+        norm = float(embedding.square().sum(dim=1).mean().sqrt())
+        if self.adapter.embedding_scale == "sqrt_hidden":
+            norm *= math.sqrt(self.config.hidden_size)
+        return norm
 
     def residual_norms(self) -> list[float]:
         """Estimated norm `R_l` of the residual stream entering each decoder layer `l` (see the module docstring)."""

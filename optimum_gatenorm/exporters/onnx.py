@@ -18,9 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..adapters import HeadDims, get_adapter
+from ..checkpoints.modeling import _copy_tokenizer, load_pruned
+from ..checkpoints.models import resolve_model
 from ..checkpoints.record import get_pruned_layers
+from ..checkpoints.tensors import inspect_checkpoint
 from ..errors import ExportError, InvalidConfigError, UnsupportedModelError
-from ..utils import atomic_output_dir, check_output_path
+from ..outputs import atomic_output_dir, check_output_path
 
 
 if TYPE_CHECKING:
@@ -135,9 +138,6 @@ def export_onnx(
     """
     import torch
 
-    from ..checkpoints.modeling import load_pruned
-    from ..checkpoints.models import resolve_model
-
     if device not in ("cpu", "cuda"):
         raise InvalidConfigError(f"device must be 'cpu' or 'cuda', got {device!r}")
     if dtype not in DTYPES:
@@ -151,7 +151,6 @@ def export_onnx(
     source = None
     if isinstance(model_or_path, (str, Path)):
         source = resolve_model(model_or_path)
-        from ..checkpoints.tensors import inspect_checkpoint
 
         check_onnx_exportable(inspect_checkpoint(source, allow_pickle=allow_pickle).config)  # before loading
         model = load_pruned(source, dtype=getattr(torch, DTYPES[dtype]), allow_pickle=allow_pickle)
@@ -247,8 +246,6 @@ def export_onnx_into(
         for handler in optimum_logger.handlers:
             handler.removeFilter(log_filter)
     if not any(directory.glob("tokenizer*")):
-        from ..checkpoints.modeling import _copy_tokenizer
-
         origin = tokenizer_from or getattr(model, "name_or_path", None)
         if origin and Path(origin).is_dir():
             _copy_tokenizer(Path(origin), directory)

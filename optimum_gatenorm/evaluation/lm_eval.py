@@ -4,7 +4,7 @@ lm-eval loads `--model hf` checkpoints with `AutoModelForCausalLM.from_pretraine
 structure only in a process that has imported `optimum_gatenorm` (see `optimum_gatenorm.checkpoints`). Without the
 import, lm-eval stops on the unknown `gatenorm` quantization method instead of evaluating random attention. So:
 
-    python -m optimum_gatenorm.lm_eval run --model hf --model_args pretrained=DIR,dtype=float32 --tasks TASKS ...
+    python -m optimum_gatenorm.evaluation.lm_eval run --model hf --model_args pretrained=DIR,dtype=float32 --tasks TASKS ...
 
 takes exactly lm-eval's own command-line arguments (`lm-eval --help`) and runs lm-eval's own CLI, after the
 import. From Python, `evaluate_with_lm_eval` does the same through `lm_eval.simple_evaluate`.
@@ -28,8 +28,8 @@ from typing import Any
 # Registers the `gatenorm` quantization method with transformers: this import is the point of the module.
 import optimum_gatenorm  # noqa: F401
 
-from .checkpoints.record import get_pruned_layers
-from .checkpoints.tensors import inspect_checkpoint
+from ..checkpoints.record import get_pruned_layers
+from ..checkpoints.tensors import inspect_checkpoint
 
 
 __all__ = ["evaluate_with_lm_eval", "main"]

@@ -24,11 +24,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from .adapters import get_adapter
-from .adapters.base import HeadDims
-from .checkpoints.record import get_pruned_layers
-from .errors import InvalidConfigError
-from .pruning import validate_pruned_set
+from ..adapters import get_adapter
+from ..adapters.base import HeadDims
+from ..checkpoints.record import get_pruned_layers
+from ..errors import InvalidConfigError
+from ..pruning.structure import validate_pruned_set
 
 
 if TYPE_CHECKING:
@@ -176,11 +176,6 @@ class ModelCost:
         )
 
     # Layers.
-
-    @property
-    def kept_layers(self) -> tuple[int, ...]:
-        """Layers that still have attention."""
-        return tuple(i for i in range(self.num_layers) if i not in self.pruned_layers)
 
     @property
     def num_kept_layers(self) -> int:

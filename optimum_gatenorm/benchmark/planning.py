@@ -13,7 +13,7 @@ Two predictions of the speed-up of removing k attention sublayers, for prefill a
   `ideal(k)` is the speed-up if every removed sublayer's measured time vanished and nothing else changed, so a
   measured speed-up divided by it (efficiency) is at most 100% up to noise. All attention sublayers of a model
   have the same shape, so which n - 1 are removed does not matter, and one ablation serves every k.
-* **Analytical** (`optimum_gatenorm.cost_model`): the FLOPs ratio for prefill (compute-bound) and the bytes ratio
+* **Analytical** (`optimum_gatenorm.benchmark.cost_model`): the FLOPs ratio for prefill (compute-bound) and the bytes ratio
   for decode (memory-bound). Hardware-independent, but it counts matmul work and weight/KV bytes only, so on a
   backend where each sublayer carries overheads (kernel dispatch, softmax, KV-cache copies) it is not a bound.
 
@@ -31,10 +31,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidConfigError
-from .serialization import JSONMixin
-from .validation import check_choice, check_int, check_int_list, first_line
-from .version import __version__
+from ..checkpoints.modeling import save_pruned
+from ..checkpoints.models import resolve_model
+from ..checkpoints.record import get_pruned_layers
+from ..criteria import DEFAULT_CRITERION, breakdown_warning, get_criterion
+from ..errors import InvalidConfigError, ModelNotFoundError
+from ..exporters.onnx import export_onnx
+from ..pruning.configuration import GateNormConfig
+from ..pruning.pruner import GateNormPruner
+from ..serialization import JSONMixin
+from ..validation import check_choice, check_int, check_int_list, first_line
+from ..version import __version__
+from .cost_model import ModelCost, ideal_speedup
+from .throughput import BenchmarkSettings, run_benchmark
 
 
 if TYPE_CHECKING:
@@ -42,7 +51,7 @@ if TYPE_CHECKING:
 
     from transformers import PretrainedConfig
 
-    from .benchmark import BenchmarkResult
+    from .throughput import BenchmarkResult
 
 __all__ = [
     "PHASES",
@@ -200,7 +209,6 @@ class AttentionShares(JSONMixin):
         Raises:
             InvalidConfigError: With what differs.
         """
-        from . import get_pruned_layers
 
         theirs = {
             "model_type": config.model_type,
@@ -239,7 +247,6 @@ def attention_shares_from_benchmark(
     Raises:
         InvalidConfigError: If `ablated` is not in 1..n-1.
     """
-    from . import get_pruned_layers
 
     n = config.num_hidden_layers - len(get_pruned_layers(config))
     check_int("ablated", ablated, 1)
@@ -303,8 +310,6 @@ def prepare_variant(
     """
     import torch
 
-    from . import GateNormConfig, GateNormPruner, export_onnx, resolve_model, save_pruned
-
     check_int("num_layers", num_layers, 0)
     check_choice("backend", backend, BACKENDS)
     check_choice("provider", provider, PROVIDERS)
@@ -364,8 +369,6 @@ def measure_attention_shares(
     Raises:
         InvalidConfigError: Bad settings, or a model with fewer than two attention sublayers.
     """
-    from . import GateNormPruner, get_pruned_layers, resolve_model
-    from .benchmark import BenchmarkSettings, run_benchmark
 
     settings = BenchmarkSettings(
         batch_sizes=check_int_list("batch_sizes", batch_sizes, 1),
@@ -391,14 +394,12 @@ def measure_attention_shares(
 
 
 def _attention_count(config: PretrainedConfig) -> tuple[int, list[int]]:
-    from . import get_pruned_layers
 
     pruned = list(get_pruned_layers(config))
     return config.num_hidden_layers - len(pruned), pruned
 
 
 def _analytical(k: int, config: PretrainedConfig, phase: str, batch: int, context: int) -> float:
-    from . import ModelCost, ideal_speedup
 
     n, pruned = _attention_count(config)
     kept = [i for i in range(config.num_hidden_layers) if i not in pruned]
@@ -543,18 +544,10 @@ def resolve_target(
             measured on another model, or bad arguments.
         FileNotFoundError: If `shares_file` does not exist.
     """
-    from . import DEFAULT_CRITERION, GateNormConfig, get_criterion
-
-    try:
-        from .criteria import breakdown_warning
-    except ImportError:  # before the criteria package existed
-        from .measurements import breakdown_warning
 
     shares = shares_file
     if shares is not None and not isinstance(shares, AttentionShares):
         if not Path(shares).is_file():
-            from .errors import ModelNotFoundError
-
             raise ModelNotFoundError(f"shares file {shares} not found; write one with measure_attention_shares")
         try:
             shares = AttentionShares.from_json(shares)

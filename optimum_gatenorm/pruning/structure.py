@@ -17,8 +17,8 @@ import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from .adapters import ArchitectureAdapter, get_adapter
-from .errors import InvalidConfigError, UnsupportedModelError
+from ..adapters import ArchitectureAdapter, get_adapter
+from ..errors import InvalidConfigError, UnsupportedModelError
 
 
 if TYPE_CHECKING:

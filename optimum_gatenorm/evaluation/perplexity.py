@@ -31,10 +31,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidConfigError
-from .serialization import JSONMixin
-from .validation import check_int
-from .version import __version__
+from ..checkpoints.models import resolve_model
+from ..checkpoints.tensors import inspect_checkpoint
+from ..errors import InvalidConfigError
+from ..serialization import JSONMixin
+from ..text import read_text
+from ..validation import check_int
+from ..version import __version__
+from .loading import is_onnx_dir, load_causal_lm, load_tokenizer, ort_provider
 
 
 if TYPE_CHECKING:
@@ -320,8 +324,6 @@ def evaluate_perplexity(
         InvalidConfigError: Bad windowing options; a text file that is binary, not UTF-8, empty or too short.
         InvalidCheckpointError: If the model directory has no usable tokenizer or its weights are broken.
     """
-    from .loading import is_onnx_dir, load_causal_lm, load_tokenizer, ort_provider
-    from .text import read_text
 
     check_windowing(window, stride, max_tokens)  # before any loading
     text = read_text(text_path)
@@ -329,9 +331,6 @@ def evaluate_perplexity(
         directory = Path(model_path)
         logger.info("Loading the ONNX model in %s (%s)", directory, ort_provider(provider))
     else:
-        from .checkpoints.models import resolve_model
-        from .checkpoints.tensors import inspect_checkpoint
-
         directory = resolve_model(model_path)
         inspect_checkpoint(directory)  # a missing config.json or weights is named before the tokenizer
     tokenizer = load_tokenizer(directory)

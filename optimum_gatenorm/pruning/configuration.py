@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from .criteria import DEFAULT_CRITERION, get_criterion
-from .errors import InvalidConfigError
-from .validation import is_int
-from .version import __version__
+from ..criteria import DEFAULT_CRITERION, get_criterion
+from ..errors import InvalidConfigError
+from ..validation import is_int
+from ..version import __version__
 
 
 __all__ = ["GateNormConfig"]

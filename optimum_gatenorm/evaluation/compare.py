@@ -16,11 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .configuration import GateNormConfig
-from .errors import InvalidConfigError
-from .serialization import JSONMixin
-from .validation import check_int, check_int_list
-from .version import __version__
+from ..adapters import get_adapter
+from ..criteria import get_criterion, require_calibration
+from ..errors import InvalidConfigError
+from ..outputs import atomic_save_figure, check_output_path, require_pyplot
+from ..pruning.configuration import GateNormConfig
+from ..pruning.pruner import GateNormPruner, check_request, select_layers
+from ..pruning.structure import is_attention_pruned
+from ..serialization import JSONMixin
+from ..validation import check_int, check_int_list
+from ..version import __version__
+from .perplexity import check_windowing, perplexity
 
 
 if TYPE_CHECKING:
@@ -49,9 +55,6 @@ def mask_attention(model: "PreTrainedModel", layers: Iterable[int]) -> Iterator[
     Numerically identical to removing them (for a forward pass without KV cache), without touching the weights.
     """
     import torch
-
-    from .adapters import get_adapter
-    from .pruning import is_attention_pruned
 
     adapter = get_adapter(model.config)
     decoder_layers = model.get_submodule(adapter.layers)
@@ -165,11 +168,7 @@ class CompareResult(JSONMixin):
         The file is written to a temporary name and renamed into place.
         """
 
-        from .utils import atomic_save_figure, check_output_path
-
         check_output_path(path, overwrite)
-
-        from .utils import require_pyplot
 
         plt = require_pyplot()
         fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
@@ -209,7 +208,6 @@ def check_compare_request(
     Raises:
         InvalidConfigError: If the largest k is more than the candidates allow.
     """
-    from .pruner import check_request
 
     ks = _parse_num_layers(num_layers)
     if ks[-1] > 0:
@@ -242,7 +240,7 @@ class CompareConfig:
         protect_first: As in `GateNormConfig`.
         protect_last: As in `GateNormConfig`.
         min_gap: As in `GateNormConfig`, for every criterion (`None`: each criterion's own rule).
-        window: Perplexity window (see `optimum_gatenorm.evaluation.perplexity`).
+        window: Perplexity window (see `optimum_gatenorm.evaluation.perplexity.perplexity`).
         stride: Perplexity stride (`None`: non-overlapping windows).
         max_tokens: Cap on evaluated tokens.
     """
@@ -258,8 +256,6 @@ class CompareConfig:
     max_tokens: int | None = None
 
     def __post_init__(self):
-        from .criteria import get_criterion
-        from .evaluation import check_windowing
 
         if isinstance(self.criteria, str):
             raise InvalidConfigError(f"criteria must be a list of names, got {self.criteria!r}")
@@ -306,10 +302,6 @@ def compare_criteria(
         InvalidConfigError: A data-driven criterion without calibration, or a k larger than the candidates allow.
     """
     from tqdm.auto import tqdm
-
-    from .criteria import get_criterion, require_calibration
-    from .evaluation import perplexity
-    from .pruner import GateNormPruner, select_layers
 
     config = config if config is not None else CompareConfig()
     if not isinstance(config, CompareConfig):

@@ -6,12 +6,18 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .checkpoints.tensors import Checkpoint, ModelWeights, inspect_checkpoint
+from ..adapters import get_adapter
+from ..checkpoints.modeling import load_pruned, prune_model
+from ..checkpoints.models import resolve_model
+from ..checkpoints.record import get_pruned_layers
+from ..checkpoints.tensors import Checkpoint, ModelWeights, inspect_checkpoint
+from ..criteria import DEFAULT_CRITERION, get_criterion, require_calibration, score_layers, score_with_model
+from ..criteria.calibration import Calibration
+from ..criteria.measurements import breakdown_warning
+from ..errors import InvalidConfigError
+from ..evaluation.loading import load_tokenizer
+from ..report import PruningReport, ScoreReport, rank
 from .configuration import GateNormConfig
-from .criteria import DEFAULT_CRITERION, get_criterion, require_calibration, score_layers, score_with_model
-from .criteria.measurements import breakdown_warning
-from .errors import InvalidConfigError
-from .report import PruningReport, ScoreReport, rank
 
 
 if TYPE_CHECKING:
@@ -20,7 +26,6 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from .criteria.calibration import Calibration
 
 __all__ = ["GateNormPruner", "check_request", "select_layers", "spacing_warning"]
 
@@ -81,7 +86,6 @@ def check_request(config: GateNormConfig, model_config) -> int:
         InvalidConfigError: If the request removes nothing, or more layers than can go, or names layers that
             do not exist.
     """
-    from .checkpoints.record import get_pruned_layers
 
     total = model_config.num_hidden_layers
     k = config.resolve_num_layers(total)
@@ -128,7 +132,6 @@ class GateNormPruner:
     """
 
     def __init__(self, model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase | None" = None):
-        from .adapters import get_adapter
 
         get_adapter(model.config)
         self._model = model
@@ -151,7 +154,6 @@ class GateNormPruner:
             dtype: dtype to load the model in when pruning (`"auto"`: the checkpoint's).
             allow_pickle: Accept `pytorch_model.bin` weights, loaded with `torch.load(weights_only=True)`.
         """
-        from .checkpoints.models import resolve_model
 
         self = cls.__new__(cls)
         self._model = None
@@ -173,8 +175,6 @@ class GateNormPruner:
     def model(self) -> "PreTrainedModel":
         """The model, loaded on first use when the pruner was made from a checkpoint."""
         if self._model is None:
-            from .checkpoints.modeling import load_pruned
-
             logger.info("Loading %s", self._checkpoint.path)
             self._model = load_pruned(self._checkpoint.path, **self._load_kwargs)
         return self._model
@@ -191,7 +191,6 @@ class GateNormPruner:
                 raise InvalidConfigError(
                     "no tokenizer: pass GateNormPruner(model, tokenizer=...) or a ready Calibration(input_ids)"
                 )
-            from .loading import load_tokenizer
 
             self._tokenizer = load_tokenizer(self._checkpoint.path)
         return self._tokenizer
@@ -209,7 +208,6 @@ class GateNormPruner:
         Raises:
             InvalidConfigError: If the text is too short, a setting is bad, or there is no tokenizer.
         """
-        from .criteria.calibration import Calibration
 
         return Calibration.from_files(
             paths, self.tokenizer, num_samples=num_samples, length=length, batch_size=batch_size
@@ -284,7 +282,6 @@ class GateNormPruner:
         Raises:
             InvalidConfigError: If the request cannot be met (too many layers, bad indices, no calibration).
         """
-        from .checkpoints.modeling import prune_model
 
         if not isinstance(config, GateNormConfig):
             raise TypeError(f"config must be a GateNormConfig, got {type(config).__name__}")

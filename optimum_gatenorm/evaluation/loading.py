@@ -10,18 +10,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import InvalidCheckpointError, InvalidConfigError
-from .validation import check_choice, first_line
+from ..checkpoints.modeling import load_pruned, load_tokenizer
+from ..checkpoints.models import resolve_model
+from ..errors import InvalidConfigError
+from ..validation import check_choice
 
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["PROVIDERS", "is_onnx_dir", "load_causal_lm", "load_tokenizer", "ort_provider"]
+__all__ = [
+    "PROVIDERS",
+    "is_onnx_dir",
+    "load_causal_lm",
+    "load_tokenizer",
+    "ort_provider",
+]  # load_tokenizer: from checkpoints
 
 # Our provider names -> onnxruntime's execution providers.
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
 
 
 def ort_provider(provider: str) -> str:
@@ -35,27 +42,6 @@ def is_onnx_dir(path: str | Path) -> bool:
     """Whether `path` is a directory holding an ONNX export (`model.onnx`)."""
     path = Path(path)
     return path.is_dir() and (path / "model.onnx").is_file()
-
-
-def load_tokenizer(directory: str | Path):
-    """The tokenizer saved in `directory`.
-
-    Raises:
-        InvalidCheckpointError: If `directory` has no tokenizer, or it cannot be loaded.
-    """
-    from transformers import AutoTokenizer
-
-    directory = Path(directory)
-    # AutoTokenizer raises AttributeError/TypeError (not OSError) on a directory without tokenizer files.
-    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
-        raise InvalidCheckpointError(
-            f"{directory} has no tokenizer ({', '.join(TOKENIZER_FILES)}); save the model's tokenizer there "
-            "(tokenizer.save_pretrained)"
-        )
-    try:
-        return AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
-    except (OSError, ValueError, TypeError, AttributeError) as error:
-        raise InvalidCheckpointError(f"cannot load the tokenizer of {directory}: {first_line(error)}") from None
 
 
 def load_causal_lm(
@@ -91,9 +77,6 @@ def load_causal_lm(
                 f"onnxruntime fell back to {model.providers[0]} for {directory}: CUDA or cuDNN libraries are missing"
             )
         return model, directory
-    from .checkpoints.modeling import load_pruned
-    from .checkpoints.models import resolve_model
-
     check_choice("provider", provider, PROVIDERS)
     directory = resolve_model(path)
     model = load_pruned(directory, dtype=dtype)

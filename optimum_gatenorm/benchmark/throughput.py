@@ -18,7 +18,7 @@ How it measures (see README, "Throughput"):
   noise of the runs; the result lists a warning for it (raise `--runs`, or quiet the machine).
 - On CUDA: onnxruntime's CUDAExecutionProvider with IO binding, synchronised timestamps, and a loud failure if
   the session fell back to the CPU.
-- "ideal" is the cost model's FLOPs (prefill) or bytes (decode) ratio (`optimum_gatenorm.cost_model`). It counts
+- "ideal" is the cost model's FLOPs (prefill) or bytes (decode) ratio (`optimum_gatenorm.benchmark.cost_model`). It counts
   matmul work, weights and KV-cache traffic only; per-layer overheads (kernel dispatch, softmax and mask
   element-wise work, KV-cache concatenation copies) are not in it, so a measured speed-up can exceed it
   (efficiency above 100% means the removed sublayers cost more than their FLOPs/bytes share).
@@ -35,11 +35,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidCheckpointError, InvalidConfigError, ModelNotFoundError
-from .loading import is_onnx_dir, load_causal_lm
-from .serialization import JSONMixin
-from .validation import check_choice, check_int, check_int_list
-from .version import __version__
+from ..checkpoints.models import resolve_model
+from ..errors import InvalidCheckpointError, InvalidConfigError, ModelNotFoundError
+from ..evaluation.loading import is_onnx_dir, load_causal_lm
+from ..exporters.onnx import check_cuda_available
+from ..outputs import atomic_save_figure, require_pyplot
+from ..serialization import JSONMixin
+from ..validation import check_choice, check_int, check_int_list
+from ..version import __version__
+from .cost_model import ModelCost, ideal_speedup
 
 
 __all__ = ["BenchmarkResult", "BenchmarkSettings", "RunRecord", "run_benchmark"]
@@ -152,10 +156,8 @@ class BenchmarkResult(JSONMixin):
 
     def plot(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """PNG of the measured speed-ups next to the cost-model bounds, per shape."""
-        from .utils import require_pyplot
 
         plt = require_pyplot()
-        from .utils import atomic_save_figure
 
         labels = [f"b{row['batch_size']}/p{row['prompt_length']}" for row in self.summary]
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), dpi=120)
@@ -233,7 +235,6 @@ def check_model_path(path: str | Path, settings: BenchmarkSettings) -> Path:
         ModelNotFoundError: If the path does not exist.
         InvalidCheckpointError: If it does not suit the backend (with the path that would).
     """
-    from .checkpoints.models import resolve_model
 
     if settings.backend == "pytorch":
         path = resolve_model(path)
@@ -315,11 +316,7 @@ def run_benchmark(
     import torch
     from tqdm.auto import tqdm
 
-    from .cost_model import ModelCost, ideal_speedup
-
     if settings.provider == "cuda":
-        from .exporters.onnx import check_cuda_available
-
         check_cuda_available()
     candidate_path, baseline_path = check_model_path(candidate, settings), check_model_path(baseline, settings)
     models = {"candidate": load_model(candidate_path, settings), "baseline": load_model(baseline_path, settings)}
