@@ -150,6 +150,9 @@ CASES = {
     "benchmark_output_unwritable": Case(
         ("benchmark", "-m", "{onnx}", "-b", "{onnx}", "-o", "/proc/gatenorm/b.json"), ("not writable",)
     ),
+    "benchmark_missing_shares_file": Case(
+        ("benchmark", "-m", "{onnx}", "-b", "{onnx}", "--shares", "{missing}"), ("shares file", "not found")
+    ),
     "benchmark_zero_runs": Case(("benchmark", "-m", "{onnx}", "-b", "{onnx}", "--runs", "0"), ("integer >= 1",)),
     # --- convert and criteria -----------------------------------------------------------------------------------
     "convert_not_a_gguf": Case(("convert", "-m", "{afile}", "-o", "{new}"), (".gguf",)),

@@ -187,3 +187,22 @@ def test_resolve_target_reads_a_shares_file_and_warns(config, tmp_path):
             resolve_target(config, 1.2, shares_file=tmp_path / "bad.json")
     with pytest.raises(InvalidConfigError, match="phase"):
         resolve_target(config, 1.2, phase="train")
+
+
+def test_benchmark_reports_the_measured_share_bound(tmp_path):
+    from optimum_gatenorm.benchmark.throughput import BenchmarkSettings, run_benchmark
+
+    base, pruned = tmp_path / "base", tmp_path / "pruned"
+    tiny_model("llama").save_pretrained(base)
+    model = tiny_model("llama")
+    prune_model(model, [1, 2])
+    model.save_pretrained(pruned)
+    shares = _shares(tiny_config("llama"))
+    settings = BenchmarkSettings(prompt_lengths=[128], new_tokens=3, warmup=0, runs=2, backend="pytorch")
+    result = run_benchmark(pruned, base, settings, shares=shares)
+    (row,) = result.summary
+    assert row["measured_bound"]["prefill_s"] == pytest.approx(shares.speedup(2, "prefill", 1, 128))
+    assert row["measured_bound"]["decode_tokens_per_s"] == pytest.approx(shares.speedup(2, "decode", 1, 129))
+    assert "measured-share bound, batch 1, prompt 128" in result.format_table()
+    without = run_benchmark(pruned, base, settings)
+    assert "measured_bound" not in without.summary[0]

@@ -58,6 +58,7 @@ __all__ = [
     "AttentionShares",
     "ShareCell",
     "attention_shares_from_benchmark",
+    "load_shares",
     "measure_attention_shares",
     "plan_num_layers",
     "predict_speedup",
@@ -503,6 +504,28 @@ def plan_num_layers(
     )
 
 
+def load_shares(shares: "str | Path | AttentionShares", model_config: "PretrainedConfig") -> AttentionShares:
+    """Attention shares from a file written by `AttentionShares.save` (or as given), checked against the model.
+
+    Raises:
+        ModelNotFoundError: If the file does not exist.
+        InvalidConfigError: If it is not a shares file, or was measured on another model.
+    """
+    if not isinstance(shares, AttentionShares):
+        if not Path(shares).is_file():
+            raise ModelNotFoundError(f"shares file {shares} not found; write one with measure_attention_shares")
+        try:
+            loaded = AttentionShares.from_json(shares)
+        except (ValueError, TypeError, KeyError) as error:  # not JSON, or not this dataclass's fields
+            raise InvalidConfigError(
+                f"{shares} is not an attention-shares file (write one with measure_attention_shares(...)"
+                f".save(path)): {first_line(error)}"
+            ) from None
+        shares = loaded
+    shares.check_model(model_config)
+    return shares
+
+
 def resolve_target(
     model_config: PretrainedConfig,
     target: float,
@@ -545,19 +568,7 @@ def resolve_target(
         FileNotFoundError: If `shares_file` does not exist.
     """
 
-    shares = shares_file
-    if shares is not None and not isinstance(shares, AttentionShares):
-        if not Path(shares).is_file():
-            raise ModelNotFoundError(f"shares file {shares} not found; write one with measure_attention_shares")
-        try:
-            shares = AttentionShares.from_json(shares)
-        except (ValueError, TypeError, KeyError) as error:  # not JSON, or not this dataclass's fields
-            raise InvalidConfigError(
-                f"{shares_file} is not an attention-shares file (write one with measure_attention_shares(...)"
-                f".save(path)): {first_line(error)}"
-            ) from None
-    if shares is not None:
-        shares.check_model(model_config)
+    shares = load_shares(shares_file, model_config) if shares_file is not None else None
     criterion = criterion or DEFAULT_CRITERION
     request = GateNormConfig(
         num_layers=0,

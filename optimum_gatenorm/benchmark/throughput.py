@@ -33,7 +33,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..checkpoints.models import resolve_model
 from ..errors import InvalidCheckpointError, InvalidConfigError, ModelNotFoundError
@@ -45,6 +45,9 @@ from ..validation import check_choice, check_int, check_int_list
 from ..version import __version__
 from .cost_model import ModelCost, ideal_speedup
 
+
+if TYPE_CHECKING:
+    from .planning import AttentionShares
 
 __all__ = ["BenchmarkResult", "BenchmarkSettings", "RunRecord", "run_benchmark"]
 
@@ -141,6 +144,17 @@ class BenchmarkResult(JSONMixin):
                 lines.append(
                     f"  {metric:<22} {_stat(base):>30} {_stat(cand):>30} {(f'{ratio:.3f}' if ratio else '-'):>7} "
                     f"{(f'{ideal:.3f}' if ideal else '-'):>7} {efficiency:>10}"
+                )
+        for row in self.summary:
+            bound = row.get("measured_bound")
+            if bound:
+                cells = [
+                    f"{metric} {bound[metric]:.3f} (efficiency {row['speedup'][metric] / bound[metric]:.0%})"
+                    for metric in ("prefill_s", "decode_tokens_per_s")
+                ]
+                lines.append(
+                    f"measured-share bound, batch {row['batch_size']}, prompt {row['prompt_length']}: "
+                    + ", ".join(cells)
                 )
         if self.weights_mb:
             lines.append(
@@ -299,6 +313,7 @@ def run_benchmark(
     baseline: str | Path,
     settings: BenchmarkSettings,
     *,
+    shares: "AttentionShares | None" = None,
     progress: bool = False,
 ) -> BenchmarkResult:
     """Measures `candidate` (usually pruned) against `baseline` (usually the original), interleaved.
@@ -307,6 +322,8 @@ def run_benchmark(
         candidate: ONNX export directory (onnxruntime backend) or checkpoint (pytorch backend).
         baseline: The same for the reference model.
         settings: Shapes, run counts, backend and provider.
+        shares: Attention time shares measured on this backend (`optimum_gatenorm.benchmark.planning`): adds the
+            measured-share bound (`measured_bound` per shape) and the efficiency against it.
         progress: Show a progress bar over the runs.
 
     Raises:
@@ -323,6 +340,9 @@ def run_benchmark(
     configs = {name: model.config for name, model in models.items()}
     _check_comparable(candidate_path, baseline_path, configs["candidate"], configs["baseline"])
     costs = {name: ModelCost.from_config(config) for name, config in configs.items()}
+    removed = len(costs["candidate"].pruned_layers) - len(costs["baseline"].pruned_layers)
+    if shares is not None:
+        shares.check_model(configs["baseline"])
     device = "cuda" if settings.provider == "cuda" else "cpu"
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     vocab = configs["baseline"].vocab_size
@@ -399,6 +419,12 @@ def run_benchmark(
             "e2e_tokens_per_s": decode["memory_bound"],
             "memory_growth_mb": None,
         }
+        if shares is not None:
+            # The speed-up if the removed sublayers' measured time vanished (README, "Measured bound").
+            row["measured_bound"] = {
+                "prefill_s": shares.speedup(removed, "prefill", batch, length),
+                "decode_tokens_per_s": shares.speedup(removed, "decode", batch, length + settings.new_tokens // 2),
+            }
         summary.append(row)
     warnings = noise_warnings(summary)
     for warning in warnings:

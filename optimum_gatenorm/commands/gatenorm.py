@@ -699,6 +699,12 @@ class BenchmarkCommand(_LeafCommand):
         parser.add_argument(
             "--seed", type=_non_negative_int, default=0, help="seed of the random prompts (default: 0)"
         )
+        parser.add_argument(
+            "--shares",
+            metavar="FILE",
+            help="attention time shares measured on this backend (JSON of measure_attention_shares(...).save); adds "
+            "the measured-share bound and the efficiency against it",
+        )
         _add_result_file_args(
             parser,
             output="write every raw run and the summary as JSON here",
@@ -720,7 +726,16 @@ class BenchmarkCommand(_LeafCommand):
             provider=args.provider,
             seed=args.seed,
         )
-        result = run_benchmark(args.model, args.baseline, settings, progress=True)
+        shares = None
+        if args.shares:
+            from transformers import AutoConfig
+
+            from optimum_gatenorm.benchmark.planning import load_shares
+            from optimum_gatenorm.benchmark.throughput import check_model_path
+
+            baseline_config = AutoConfig.from_pretrained(check_model_path(args.baseline, settings))
+            shares = load_shares(args.shares, baseline_config)  # checked against the model before any run
+        result = run_benchmark(args.model, args.baseline, settings, shares=shares, progress=True)
         print(result.format_table())
         _write_results(args, result)
 
