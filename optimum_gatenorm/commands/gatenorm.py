@@ -560,17 +560,6 @@ class CompareCommand(_LeafCommand):
         parser.add_argument(
             "--criteria",
             type=_name_list,
-            default=[
-                "gate_trace",
-                "gate_norm",
-                "gate_norm_head",
-                "gate_norm_folded",
-                "ov_norm",
-                "gate_ov",
-                "ov_relative",
-                "random",
-                "last",
-            ],
             help="comma-separated criteria (default: the data-free ones: gate_trace,gate_norm,gate_norm_head,"
             "gate_norm_folded,ov_norm,gate_ov,ov_relative,random,last; add cosine,attn_norm with --calibration-text)",
         )
@@ -610,7 +599,7 @@ class CompareCommand(_LeafCommand):
         args = self.args
         _check_result_files(args)
         config = CompareConfig(
-            criteria=args.criteria,
+            **({"criteria": args.criteria} if args.criteria else {}),  # default: DEFAULT_COMPARE_CRITERIA
             num_layers=args.num_layers,
             seeds=args.seeds,
             protect_first=args.protect_first,
@@ -627,7 +616,7 @@ class CompareCommand(_LeafCommand):
         )
         tokenizer = load_tokenizer(pruner.checkpoint_path)  # before the model: a missing tokenizer fails fast
         calibration = _calibration(pruner, args)
-        for name in args.criteria:
+        for name in config.criteria:
             require_calibration(get_criterion(name), calibration)
         result = compare_criteria(
             pruner.model,
