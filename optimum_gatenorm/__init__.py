@@ -6,6 +6,7 @@ Importing this package registers the `gatenorm` method with transformers, so
 
 from .adapters import ArchitectureAdapter, get_adapter, register_adapter, supported_model_types
 from .benchmark.cost_model import ModelCost, ideal_speedup
+from .benchmark.planning import AttentionShares, measure_attention_shares, plan_num_layers, predict_speedup
 from .benchmark.throughput import BenchmarkResult, BenchmarkSettings, run_benchmark
 from .checkpoints import (
     BUILTIN_MODELS,
@@ -49,10 +50,11 @@ from .version import __version__
 
 
 __all__ = [
-    "DEFAULT_CRITERION",
     "BUILTIN_MODELS",
+    "DEFAULT_CRITERION",
     "DEFAULT_MODEL",
     "ArchitectureAdapter",
+    "AttentionShares",
     "AttentionWeights",
     "BenchmarkResult",
     "BenchmarkSettings",
@@ -61,18 +63,18 @@ __all__ = [
     "CompareResult",
     "ExportError",
     "GateNormConfig",
-    "ModelCost",
     "GateNormError",
     "GateNormPruner",
     "GateNormQuantizer",
     "InvalidCheckpointError",
     "InvalidConfigError",
+    "ModelCost",
     "ModelNotFoundError",
     "OutputExistsError",
     "OutputNotWritableError",
     "PerplexityResult",
-    "PrunedAttentionConfig",
     "PruneResult",
+    "PrunedAttentionConfig",
     "PruningReport",
     "ScoreReport",
     "UnsupportedModelError",
@@ -87,7 +89,10 @@ __all__ = [
     "get_pruned_layers",
     "ideal_speedup",
     "load_pruned",
+    "measure_attention_shares",
     "perplexity",
+    "plan_num_layers",
+    "predict_speedup",
     "prune_and_save",
     "prune_model",
     "register_adapter",
