@@ -178,6 +178,11 @@ class ModelCost:
     # Layers.
 
     @property
+    def kept_layers(self) -> tuple[int, ...]:
+        """Layers that still have attention."""
+        return tuple(i for i in range(self.num_layers) if i not in self.pruned_layers)
+
+    @property
     def num_kept_layers(self) -> int:
         """K."""
         return self.num_layers - len(self.pruned_layers)
