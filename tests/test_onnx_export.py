@@ -261,3 +261,20 @@ def test_export_refuses_bad_inputs_and_leaves_nothing(tmp_path):
     with pytest.raises(InvalidCheckpointError, match="inconsistent"):
         export_onnx(tmp_path / "bad_record", tmp_path / "out")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_only_the_known_benign_exporter_messages_are_filtered():
+    import logging
+
+    from optimum_gatenorm.exporters.onnx import _BenignLogFilter
+
+    def kept(message: str) -> bool:
+        return _BenignLogFilter().filter(logging.LogRecord("optimum", logging.WARNING, "", 0, message, None, None))
+
+    assert not kept("Found different candidate ONNX initializers (likely duplicate) for the tied weights:")
+    assert not kept("\tlm_head.weight: {'onnx::MatMul_8649'}")
+    assert not kept("\tmodel.embed_tokens.weight: {'model.embed_tokens.weight'}")
+    assert not kept("The groups of weights [['a', 'b']] will not be tied as either already tied or ...")
+    assert kept("The ONNX export succeeded with the warning: max diff 0.5")
+    assert kept("\tsomething else entirely")
+    assert kept("Opset 12 is lower than the recommended minimum opset")

@@ -14,6 +14,7 @@ config from `num_hidden_layers`. Without `optimum_gatenorm` imported the load fa
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -176,14 +177,21 @@ _BENIGN_WARNINGS = (
     (".*Exporting aten::index operator of advanced indexing.*", "UserWarning"),
 )
 _BENIGN_LOG_PREFIXES = (
-    # Tied embedding / LM head: optimum leaves an already-tied pair as it is. Only the file size is affected.
+    # Tied embedding / LM head (SmolLM2): optimum cannot deduplicate the pair (the LM head became a MatMul input)
+    # or leaves an already-tied pair as it is. Only the file size is affected; the logit check below still runs.
     "The groups of weights",
+    "Found different candidate ONNX initializers",
 )
+
+
+_TIED_DETAIL = re.compile(r"^\t[\w.]+: (\{.*\}|set\(\))( --> ignored .*)?$")
 
 
 class _BenignLogFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.getMessage()).startswith(_BENIGN_LOG_PREFIXES)
+        message = str(record.getMessage())
+        # The tied-weights message goes on in one record per tensor: "\tlm_head.weight: {'onnx::MatMul_8649'}".
+        return not (message.startswith(_BENIGN_LOG_PREFIXES) or _TIED_DETAIL.match(message))
 
 
 def export_onnx_into(
