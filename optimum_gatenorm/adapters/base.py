@@ -24,7 +24,11 @@ if TYPE_CHECKING:
 from ..errors import UnsupportedModelError
 
 
+# The shape every tiny test model shares (hidden 32, 4 layers, 4 query heads); adapters add their own keys.
+TINY_COMMON = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4)
+
 __all__ = [
+    "TINY_COMMON",
     "ArchitectureAdapter",
     "FusedConv1D",
     "FusedRows",

@@ -1,6 +1,6 @@
 """GPT-NeoX (Pythia): head-interleaved `query_key_value`, parallel or sequential residual."""
 
-from .base import ArchitectureAdapter, HeadInterleaved, MLPLayout, ParameterLayout
+from .base import TINY_COMMON, ArchitectureAdapter, HeadInterleaved, MLPLayout, ParameterLayout
 
 
 # With parallel residual a layer computes h + attn(ln1(h)) + mlp(ln2(h)); with sequential residual
@@ -26,11 +26,7 @@ GPT_NEOX = ArchitectureAdapter(
         attention_bias_attr="attention_bias",
     ),
     tiny_config=dict(
-        vocab_size=128,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
+        TINY_COMMON,
         rotary_pct=0.5,
         use_parallel_residual=True,
         max_position_embeddings=128,

@@ -2,18 +2,11 @@
 
 from dataclasses import replace
 
-from .base import ArchitectureAdapter, MLPLayout, ParameterLayout, SeparateProjections
+from .base import TINY_COMMON, ArchitectureAdapter, MLPLayout, ParameterLayout, SeparateProjections
 
 
 # hidden 32, 4 layers, 4 query heads; the key/value heads differ per model type (GQA / MQA).
-_TINY = dict(
-    vocab_size=128,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    max_position_embeddings=128,
-)
+_TINY = dict(TINY_COMMON, max_position_embeddings=128)
 
 LLAMA = ArchitectureAdapter(
     model_types=("llama",),

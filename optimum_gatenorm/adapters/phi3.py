@@ -1,6 +1,6 @@
 """Phi-3: one fused `qkv_proj` with `[Q; K; V]` rows."""
 
-from .base import ArchitectureAdapter, FusedRows, MLPLayout, ParameterLayout
+from .base import TINY_COMMON, ArchitectureAdapter, FusedRows, MLPLayout, ParameterLayout
 
 
 PHI3 = ArchitectureAdapter(
@@ -20,11 +20,7 @@ PHI3 = ArchitectureAdapter(
     # ORTModelForCausalLM sizes phi3's KV cache with num_attention_heads: only MHA shapes run on onnxruntime.
     ort_reads_kv_heads=False,
     tiny_config=dict(
-        vocab_size=128,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
+        TINY_COMMON,
         num_key_value_heads=2,
         max_position_embeddings=128,
         original_max_position_embeddings=128,
