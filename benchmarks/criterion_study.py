@@ -1,14 +1,18 @@
-"""Criterion study: can a weight-only criterion match the data-driven ones on SmolLM2-135M?
+"""Criterion study: can a weight-only criterion match the data-driven ones, on SmolLM2-135M and Gemma-3-270M?
 
-    python benchmarks/criterion_study.py [--max-tokens 2048] [--window 512] [--output-dir benchmarks/criteria]
+    python benchmarks/criterion_study.py [--model smollm2-135m] [--max-tokens 2048] [--window 512]
+        [--ks 0,2,4,...] [--seeds 0-6] [--texts pride-and-prejudice,lee-news,emma] [--extra-criteria NAME,...]
+        [--output-dir benchmarks/criteria]
+
+`--model gemma3-270m` writes to `benchmarks/criteria/gemma3-270m/` by default, with k in {0, 2, 3, ..., 7} (of 18).
 
 For each evaluation text (Pride and Prejudice first: criteria are *chosen* on it; gensim's Lee news corpus and
 Jane Austen's *Emma*, never looked at while designing, *confirm* the choice; see benchmarks/texts.py), on one
 loaded model:
 
 1. `compare` over every criterion (weight-only: gate_norm, gate_norm_head, gate_norm_folded, ov_norm, gate_ov,
-   ov_relative, gate_trace; data-driven: cosine, attn_norm; random over 5 seeds; last), k in {0, 2, ..., 12},
-   protect_first=1;
+   ov_relative, gate_trace; data-driven: cosine, attn_norm; random over 7 seeds; last; any `--extra-criteria`),
+   k in {0, 2, ..., 12} (SmolLM2) or {0, 2, ..., 7} (Gemma), protect_first=1;
 2. the same with the selection rule min_gap=2 (no two removed sublayers adjacent) for gate_norm, ov_relative and
    gate_trace;
 3. ov_relative re-scored after each removal (the removed sublayer no longer feeds the residual-scale estimate);
@@ -55,44 +59,76 @@ CRITERIA = (
     "last",
 )
 GAP_CRITERIA = ("gate_norm", "ov_relative", "gate_trace")
-KS = (0, 2, 4, 6, 8, 10, 12)
+# The k values of the sweep per built-in model: up to L / 2.5 of L layers (30 for SmolLM2, 18 for Gemma).
+DEFAULT_KS = {"smollm2-135m": (0, 2, 4, 6, 8, 10, 12), "gemma3-270m": (0, 2, 3, 4, 5, 6, 7)}
+MODEL_NAMES = {"smollm2-135m": "SmolLM2-135M-Instruct", "gemma3-270m": "Gemma-3-270M"}
+TEXTS = ("pride-and-prejudice", "lee-news", "emma")
 PROTECT_FIRST = 1
 
 
+def _text_path(name: str) -> Path:
+    return {
+        "pride-and-prejudice": lambda: austen("prideprejudice"),
+        "lee-news": lee_news,
+        "emma": lambda: austen("emma"),
+    }[name]()
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    values: list[int] = []
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        values += range(int(low), int(high or low) + 1)
+    return tuple(values)
+
+
 def main():
-    parser = study_parser(__doc__, max_tokens=2048, window=512, output_dir="benchmarks/criteria")
+    parser = study_parser(__doc__, max_tokens=2048, window=512, output_dir="")
+    parser.add_argument("--model", default="smollm2-135m", choices=sorted(DEFAULT_KS), help="built-in model")
+    parser.add_argument("--ks", type=_int_list, default=None, help="k values, e.g. 0,2-7 (default: per model)")
+    parser.add_argument("--seeds", type=_int_list, default=tuple(range(7)), help="random seeds (default 0-6)")
+    parser.add_argument("--texts", default=",".join(TEXTS), help=f"evaluation texts, the first chooses ({TEXTS})")
+    parser.add_argument("--extra-criteria", default="", help="more registered criteria, comma-separated")
     parser.add_argument(
         "--plot-only", action="store_true", help="redraw the PNGs from the JSON files, measure nothing"
     )
     args = parser.parse_args()
-
-    out = Path(args.output_dir)
+    ks = args.ks or DEFAULT_KS[args.model]
+    criteria = CRITERIA + tuple(c for c in args.extra_criteria.split(",") if c)
+    default_out = "benchmarks/criteria" if args.model == "smollm2-135m" else f"benchmarks/criteria/{args.model}"
+    out = Path(args.output_dir or default_out)
     if args.plot_only:
         for path in sorted(out.glob("*.json")):
             plot_record(json.loads(path.read_text()), path.with_suffix(".png"))
         return
     out.mkdir(parents=True, exist_ok=True)
-    path = resolve_model("smollm2-135m")
+    path = resolve_model(args.model)
     model = load_pruned(path).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     calibration = make_calibration(tokenizer, austen("sensesensibility"), args)
-    texts = {"pride-and-prejudice": austen("prideprejudice"), "lee-news": lee_news(), "emma": austen("emma")}
+    names = [name for name in args.texts.split(",") if name]
+    texts = {name: _text_path(name) for name in names}
+    model_name = MODEL_NAMES[args.model]
+    command = " ".join(
+        ["python benchmarks/criterion_study.py", f"--model {args.model}", f"--max-tokens {args.max_tokens}"]
+        + [f"--window {args.window}", f"--ks {','.join(map(str, ks))}", f"--seeds {args.seeds[0]}-{args.seeds[-1]}"]
+        + ([f"--extra-criteria {args.extra_criteria}"] if args.extra_criteria else [])
+    )
     summary = [
-        "# Criterion study: SmolLM2-135M-Instruct, perplexity with k attention sublayers removed",
+        f"# Criterion study: {model_name}, perplexity with k attention sublayers removed",
         "",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}. "
-        f"Command: `python benchmarks/criterion_study.py --max-tokens {args.max_tokens} --window {args.window}`. "
-        f"protect_first={PROTECT_FIRST}. Criteria are chosen on pride-and-prejudice and confirmed on lee-news and "
-        "emma.",
+        f"Command: `{command}`. protect_first={PROTECT_FIRST}. Criteria are chosen on {names[0]} and confirmed on "
+        f"{' and '.join(names[1:]) or 'no other text'}.",
         "",
     ]
     for name, text_path in texts.items():
         start = time.perf_counter()
         text = read_text(text_path)
-        sweep = dict(num_layers=KS, window=args.window, max_tokens=args.max_tokens, protect_first=PROTECT_FIRST)
-        common = dict(calibration=calibration, model_name="SmolLM2-135M-Instruct", text_name=name, progress=True)
+        sweep = dict(num_layers=ks, window=args.window, max_tokens=args.max_tokens, protect_first=PROTECT_FIRST)
+        common = dict(calibration=calibration, model_name=model_name, text_name=name, progress=True)
         main_result = compare_criteria(
-            model, tokenizer, text, CompareConfig(criteria=CRITERIA, min_gap=1, **sweep), **common
+            model, tokenizer, text, CompareConfig(criteria=criteria, min_gap=1, seeds=args.seeds, **sweep), **common
         )
         gap_result = compare_criteria(
             model, tokenizer, text, CompareConfig(criteria=GAP_CRITERIA, min_gap=2, **sweep), **common
@@ -102,25 +138,27 @@ def main():
             with mask_attention(model, layers), torch.no_grad():
                 return perplexity(model, tokenizer, text, window=args.window, max_tokens=args.max_tokens).perplexity
 
-        rescored = rescored_ov_relative(model, max(KS))
-        rescored_curve = {k: ppl(rescored[:k]) if k else main_result.baseline_perplexity for k in KS}
+        rescored = rescored_ov_relative(model, max(ks))
+        rescored_curve = {k: ppl(rescored[:k]) if k else main_result.baseline_perplexity for k in ks}
         ablation = [ppl([layer]) for layer in range(model.config.num_hidden_layers)]
 
-        curves = {c: _median_curve(main_result, c) for c in CRITERIA}
+        curves = {c: _median_curve(main_result, c) for c in criteria}
         curves.update({f"{c} (min_gap=2)": _median_curve(gap_result, c) for c in GAP_CRITERIA})
         curves["ov_relative (re-scored)"] = rescored_curve
-        removed = {c: _removed(main_result, c) for c in CRITERIA if c != "random"}
+        removed = {c: _removed(main_result, c) for c in criteria if c != "random"}
         removed.update({f"{c} (min_gap=2)": _removed(gap_result, c) for c in GAP_CRITERIA})
-        removed["ov_relative (re-scored)"] = {k: sorted(rescored[:k]) for k in KS}
+        removed["ov_relative (re-scored)"] = {k: sorted(rescored[:k]) for k in ks}
         scores = {c: info["scores"] for c, info in main_result.criteria.items()}
         correlations = {
             c: {
                 ref: _spearman(scores[c], scores[ref] if ref != "ablation" else ablation)
                 for ref in ("cosine", "attn_norm", "ablation")
             }
-            for c in CRITERIA
+            for c in criteria
         }
         record = {
+            "model": model_name,
+            "num_layers": model.config.num_hidden_layers,
             "text": name,
             "num_tokens": main_result.num_tokens,
             "baseline_perplexity": main_result.baseline_perplexity,
@@ -167,14 +205,16 @@ def plot_record(record: dict, path: Path) -> None:
     runs = record["random_per_seed"].values()
     low = [min(run[str(k)] for run in runs) for k in ks]
     high = [max(run[str(k)] for run in runs) for k in ks]
-    ax.fill_between(ks, low, high, color="0.85", label="random, 5 seeds (min-max)")
+    ax.fill_between(ks, low, high, color="0.85", label=f"random, {len(runs)} seeds (min-max)")
     ax.plot(ks, [record["curves"]["random"][str(k)] for k in ks], color="0.4", label="random, median")
     for key, (label, color, style, width) in PLOTTED.items():
+        if key not in record["curves"]:
+            continue
         ax.plot(ks, [record["curves"][key][str(k)] for k in ks], style, color=color, linewidth=width, label=label)
     ax.set_yscale("log")
-    ax.set_xlabel("attention sublayers removed (k of 30)")
+    ax.set_xlabel(f"attention sublayers removed (k of {record.get('num_layers', 30)})")
     ax.set_ylabel("perplexity")
-    ax.set_title(f"SmolLM2-135M-Instruct, {record['text']} ({record['num_tokens']} tokens)")
+    ax.set_title(f"{record.get('model', 'SmolLM2-135M-Instruct')}, {record['text']} ({record['num_tokens']} tokens)")
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     atomic_save_figure(fig, path, overwrite=True)
@@ -230,9 +270,10 @@ def _section(name, record, seconds):
     ]
     for criterion, curve in curves.items():
         worse = [k for k in ks if criterion != "random" and curve[str(k)] > random_median[str(k)]]
-        first = str(worse[0]) if worse else ("-" if criterion == "random" else "never (k <= 12)")
+        first = str(worse[0]) if worse else ("-" if criterion == "random" else f"never (k <= {max(ks)})")
         cells = " | ".join(f"{curve[str(k)]:.1f}" for k in ks)
-        label = "random (median of 5 seeds)" if criterion == "random" else criterion
+        seeds = len(record["random_per_seed"])
+        label = f"random (median of {seeds} seeds)" if criterion == "random" else criterion
         lines.append(f"| {label} | {cells} | {first} |")
     lines += [
         "",
@@ -250,8 +291,8 @@ def _section(name, record, seconds):
         "Single-layer ablation (perplexity with only that attention sublayer removed), least harmful first: "
         + ", ".join(f"{i} ({ablation[i]:.1f})" for i in order),
         "",
-        "Removed at k=12: "
-        + "; ".join(f"{c}: {r['12']}" for c, r in record["removed"].items() if c not in ("random",)),
+        f"Removed at k={max(ks)}: "
+        + "; ".join(f"{c}: {r[str(max(ks))]}" for c, r in record["removed"].items() if c not in ("random",)),
         "",
     ]
     return lines
