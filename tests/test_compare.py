@@ -38,3 +38,24 @@ def test_spearman_known_values():
     assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
     with pytest.raises(ValueError):
         spearman([1], [1])
+
+
+def test_each_distinct_set_is_evaluated_once(monkeypatch):
+    """Criteria that agree on a set share one perplexity run; the numbers stay those of a run per point."""
+    from conftest import tiny_tokenizer
+
+    import optimum_gatenorm.evaluation.compare as compare
+
+    model, tokenizer = tiny_model("llama"), tiny_tokenizer()
+    text = "the quick brown fox jumps over the lazy dog. " * 20
+    calls = []
+    real = compare.perplexity
+    monkeypatch.setattr(compare, "perplexity", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    config = compare.CompareConfig(criteria=["last", "random"], num_layers=[0, 1, 2], seeds=[0, 1, 2, 3], window=64)
+    result = compare.compare_criteria(model, tokenizer, text, config)
+    distinct = {tuple(p.removed_layers) for p in result.points}
+    assert len(calls) == len(distinct) < len(result.points)
+    for point in result.points:
+        with mask_attention(model, point.removed_layers), torch.no_grad():
+            expected = real(model, tokenizer, text, window=64).perplexity
+        assert point.perplexity == pytest.approx(expected, rel=1e-6)

@@ -313,11 +313,18 @@ def compare_criteria(
     model.eval()
     pruner = GateNormPruner(model)
 
+    # Criteria often agree on a set (and every k = 0 is the baseline): the evaluation is deterministic, so each
+    # distinct set is evaluated once.
+    evaluated: dict[tuple[int, ...], object] = {}
+
     def evaluate(layers: Sequence[int]):
-        with mask_attention(model, layers):
-            return perplexity(
-                model, tokenizer, text, window=config.window, stride=config.stride, max_tokens=config.max_tokens
-            )
+        key = tuple(sorted(set(layers)))
+        if key not in evaluated:
+            with mask_attention(model, key):
+                evaluated[key] = perplexity(
+                    model, tokenizer, text, window=config.window, stride=config.stride, max_tokens=config.max_tokens
+                )
+        return evaluated[key]
 
     baseline = evaluate([])
     runs = [(name, seed) for name in criteria for seed in (seeds if name == RANDOM else [None])]
