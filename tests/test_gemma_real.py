@@ -3,7 +3,7 @@
 transformers 4.57's GGUF loader converts this model wrongly (checkpoints/gguf.py says where), so the built-in
 `gemma3-270m` is converted by `optimum_gatenorm.checkpoints.gguf`; these tests check that conversion against the
 GGUF file's own metadata and tensors, and the converted model against what a working Gemma-3-270M does.
-Marked `slow`; CI runs them (README's test command runs the whole suite).
+The real-model tests are marked `slow`; CI runs them (README's test command runs the whole suite).
 """
 
 import os
@@ -18,14 +18,14 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from optimum_gatenorm import resolve_model
-from optimum_gatenorm.checkpoints.gguf import GEMMA3_NORM_OFFSET, tensor_name
+from optimum_gatenorm import InvalidCheckpointError, UnsupportedModelError, resolve_model
+from optimum_gatenorm.checkpoints.gguf import GEMMA3_NORM_OFFSET, gemma3_config, tensor_name
 from optimum_gatenorm.checkpoints.models import BUILTIN_MODELS, cache_dir
 from optimum_gatenorm.evaluation.perplexity import perplexity
 from optimum_gatenorm.text import read_text
 
 
-pytestmark = pytest.mark.slow
+slow = pytest.mark.slow  # the real-model tests; the metadata checks at the end are fast
 
 OPTIMUM_CLI = Path(sys.executable).parent / "optimum-cli"
 PRIDE = Path(__file__).parent / "data" / "pride_and_prejudice.txt"
@@ -61,6 +61,7 @@ def _meta(reader, key: str):
     return reader.fields[key].contents()
 
 
+@slow
 def test_config_equals_the_gguf_metadata(real_dir, reader):
     config = AutoConfig.from_pretrained(real_dir)
     assert config.model_type == "gemma3_text"
@@ -93,6 +94,7 @@ def test_config_equals_the_gguf_metadata(real_dir, reader):
     assert config.tie_word_embeddings and config.hidden_activation == "gelu_pytorch_tanh"
 
 
+@slow
 def test_tensors_equal_the_gguf_tensors(real_dir, reader):
     with safe_open(real_dir / "model.safetensors", "pt") as saved:
         names = set(saved.keys())
@@ -114,6 +116,7 @@ def test_tensors_equal_the_gguf_tensors(real_dir, reader):
     assert 1.5 < float(np.median(gguf_gain)) < 2.5
 
 
+@slow
 def test_tokenizer_adds_bos_and_uses_whole_words(tokenizer):
     ids = tokenizer("The capital of France is").input_ids
     assert ids == [2, 818, 5279, 529, 7001, 563]  # <bos> The ▁capital ▁of ▁France ▁is
@@ -122,6 +125,7 @@ def test_tokenizer_adds_bos_and_uses_whole_words(tokenizer):
     assert tokenizer.decode(tokenizer(text).input_ids, skip_special_tokens=True) == text
 
 
+@slow
 def test_answers_paris(model, tokenizer):
     prompt = tokenizer("The capital of France is", return_tensors="pt")
     with torch.no_grad():
@@ -136,6 +140,7 @@ def test_answers_paris(model, tokenizer):
     assert answer.startswith(" Paris"), answer
 
 
+@slow
 def test_unpruned_perplexity_on_pride_and_prejudice(model, tokenizer):
     text = read_text(PRIDE)
     result = perplexity(model, tokenizer, text, window=512, max_tokens=4096, bos=True)
@@ -161,6 +166,7 @@ def _shadowed_part(root: Path, *, truncate: bool) -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(root), OPTIMUM_GATENORM_CACHE=str(cache), HF_HUB_OFFLINE="1")
 
 
+@slow
 @pytest.mark.parametrize("truncate, words", [(True, "damaged"), (False, "missing")])
 def test_bad_or_missing_part_is_refused_in_one_line(tmp_path, truncate, words):
     env = _shadowed_part(tmp_path, truncate=truncate)
@@ -178,7 +184,63 @@ def test_bad_or_missing_part_is_refused_in_one_line(tmp_path, truncate, words):
     assert not list((tmp_path / "cache").rglob("*.gguf*"))  # nothing half-assembled is left behind
 
 
+@slow
 def test_assembled_file_lives_in_the_cache(real_dir):
     path = BUILTIN.gguf_path()
     assert path == cache_dir() / "gguf" / "gemma-3-270m-q4_k_m.gguf"
     assert path.stat().st_size == 253_113_024
+
+
+def _small_meta(**changes):
+    """The metadata of a small gemma3 GGUF file (keys as llama.cpp writes them), with `changes` applied."""
+    meta = {
+        "general.architecture": "gemma3",
+        "gemma3.block_count": 4,
+        "gemma3.embedding_length": 64,
+        "gemma3.feed_forward_length": 128,
+        "gemma3.attention.head_count": 2,
+        "gemma3.attention.head_count_kv": 1,
+        "gemma3.attention.key_length": 32,
+        "gemma3.attention.value_length": 32,
+        "gemma3.attention.layer_norm_rms_epsilon": 1e-6,
+        "gemma3.attention.sliding_window": 16,
+        "gemma3.rope.freq_base": 1e6,
+        "gemma3.context_length": 1024,
+        "tokenizer.ggml.tokens": ["<pad>", "<eos>", "<bos>", "<unk>", "a"],
+        "tokenizer.ggml.bos_token_id": 2,
+        "tokenizer.ggml.eos_token_id": 1,
+    }
+    meta.update(changes)
+    return {key: value for key, value in meta.items() if value is not None}
+
+
+def test_config_reads_the_optional_keys_when_a_file_has_them():
+    plain = gemma3_config(_small_meta())
+    assert plain.layer_types == ["sliding_attention"] * 4 and plain.rope_local_base_freq == 10_000.0
+    stated = gemma3_config(
+        _small_meta(**{"gemma3.attention.sliding_window_pattern": 2, "gemma3.rope.freq_base_swa": 5_000.0})
+    )
+    assert stated.layer_types == ["sliding_attention", "full_attention"] * 2
+    assert stated.rope_local_base_freq == 5_000.0 and stated.vocab_size == 5 and stated.head_dim == 32
+
+
+@pytest.mark.parametrize(
+    "changes, error, words",
+    [
+        ({"general.architecture": "llama"}, UnsupportedModelError, "gemma3 files only"),
+        ({"gemma3.rope.scaling.type": "linear"}, UnsupportedModelError, "rope scaling"),
+        ({"gemma3.attention.value_length": 64}, UnsupportedModelError, "value_length"),
+        ({"gemma3.block_count": None}, InvalidCheckpointError, "gemma3.block_count"),
+    ],
+)
+def test_config_refuses_what_it_cannot_read(changes, error, words):
+    with pytest.raises(error, match=words):
+        gemma3_config(_small_meta(**changes))
+
+
+def test_tensor_names_map_or_are_refused():
+    assert tensor_name("blk.17.post_ffw_norm.weight") == "model.layers.17.post_feedforward_layernorm.weight"
+    assert tensor_name("token_embd.weight") == "model.embed_tokens.weight"
+    for name in ("output.weight", "v.blk.0.attn_q.weight", "blk.0.attn_qkv.weight"):
+        with pytest.raises(UnsupportedModelError, match="unknown tensor"):
+            tensor_name(name)

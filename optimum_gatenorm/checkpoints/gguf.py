@@ -63,7 +63,7 @@ _BLOCK_NAMES = {
 _BLOCK = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
 
 # GGUF token types (llama.cpp's llama_token_type).
-_NORMAL, _CONTROL, _USER_DEFINED, _BYTE = 1, 3, 4, 6
+_NORMAL, _CONTROL, _USER_DEFINED = 1, 3, 4  # (6: byte tokens, <0x00>..<0xFF>, BPE byte fallback)
 
 
 def tensor_name(gguf_name: str) -> str:
@@ -150,7 +150,7 @@ def gemma3_config(meta: dict[str, Any]) -> Gemma3TextConfig:
         eos_token_id=int(meta["tokenizer.ggml.eos_token_id"]),
         pad_token_id=int(meta.get("tokenizer.ggml.padding_token_id", 0)),
         tie_word_embeddings=True,
-        torch_dtype="float32",
+        dtype="float32",
     )
 
 
