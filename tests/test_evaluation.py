@@ -117,6 +117,29 @@ def test_overlapping_windows_give_more_context_and_score_all_but_the_first_token
     assert sliding.perplexity != pytest.approx(chunks.perplexity, rel=1e-6)
 
 
+def test_bos_is_context_only_and_needs_a_bos_token(model, tokenizer):
+    """`bos=True`: each window runs as [BOS] + window; the same tokens are scored, each once."""
+    with pytest.raises(InvalidConfigError, match="no BOS token"):
+        perplexity(model, tokenizer, TEXT, window=64, bos=True)
+    with_bos = tiny_tokenizer()
+    with_bos.bos_token = "<eos>"  # any token will do for the scheme; the tiny vocabulary has no <bos>
+    bos_id = with_bos.bos_token_id
+    ids = with_bos(TEXT, add_special_tokens=False)["input_ids"]
+    nll, count = 0.0, 0
+    for start, end, first in windows(len(ids), 64, 64):
+        with torch.no_grad():
+            logits = model(torch.tensor([[bos_id, *ids[start:end]]])).logits[0].double()
+        logp = torch.log_softmax(logits, dim=-1)
+        for t in range(first, end):  # position of ids[t] in the input is t - start + 1
+            nll -= logp[t - start, ids[t]].item()
+            count += 1
+    result = perplexity(model, with_bos, TEXT, window=64, bos=True)
+    plain = perplexity(model, with_bos, TEXT, window=64)
+    assert result.bos and not plain.bos and result.num_tokens == plain.num_tokens == count
+    assert result.perplexity == pytest.approx(math.exp(nll / count), rel=1e-9)
+    assert result.perplexity != pytest.approx(plain.perplexity, rel=1e-6)
+
+
 def test_max_tokens_caps_the_text(model, tokenizer):
     result = perplexity(model, tokenizer, TEXT, window=64, max_tokens=100)
     assert result.text_tokens == 100 and result.max_tokens == 100

