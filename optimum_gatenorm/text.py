@@ -8,7 +8,7 @@ from pathlib import Path
 from .errors import InvalidConfigError, ModelNotFoundError
 
 
-__all__ = ["read_text", "read_texts"]
+__all__ = ["bos_prefix", "read_text", "read_texts"]
 
 
 def read_text(path: str | Path) -> str:
@@ -44,3 +44,28 @@ def read_texts(paths: str | Path | Sequence[str | Path]) -> str:
     if not paths:
         raise InvalidConfigError("no text file given")
     return "\n\n".join(read_text(p) for p in paths)
+
+
+def bos_prefix(tokenizer, bos: bool | None = None) -> list[int]:
+    """The token ids to put in front of every evaluation or calibration window: `[bos_token_id]` or `[]`.
+
+    Args:
+        tokenizer: The model's tokenizer.
+        bos: `True` or `False` to choose; `None` (default) does what the tokenizer does when it encodes text with
+            its special tokens: Gemma's tokenizer adds `<bos>` (the model is far off without it: perplexity
+            67 instead of 20 on Gemma-3-270M), SmolLM2's adds nothing.
+
+    Raises:
+        InvalidConfigError: If `bos=True` and the tokenizer has no BOS token.
+    """
+    if bos is None:
+        bos_id = tokenizer.bos_token_id
+        if bos_id is None:
+            return []
+        ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+        return [bos_id] if ids[:1] == [bos_id] else []
+    if not bos:
+        return []
+    if tokenizer.bos_token_id is None:
+        raise InvalidConfigError("bos=True but the tokenizer has no BOS token; evaluate without it")
+    return [tokenizer.bos_token_id]

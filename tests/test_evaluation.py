@@ -26,6 +26,7 @@ from optimum_gatenorm.evaluation.perplexity import (
     perplexity,
     windows,
 )
+from optimum_gatenorm.text import bos_prefix
 
 
 AUSTEN = Path(__file__).parent / "data" / "pride_and_prejudice.txt"
@@ -134,10 +135,24 @@ def test_bos_is_context_only_and_needs_a_bos_token(model, tokenizer):
             nll -= logp[t - start, ids[t]].item()
             count += 1
     result = perplexity(model, with_bos, TEXT, window=64, bos=True)
-    plain = perplexity(model, with_bos, TEXT, window=64)
+    plain = perplexity(model, with_bos, TEXT, window=64, bos=False)
+    assert bos_prefix(with_bos) == [] and perplexity(model, with_bos, TEXT, window=64).perplexity == plain.perplexity
     assert result.bos and not plain.bos and result.num_tokens == plain.num_tokens == count
     assert result.perplexity == pytest.approx(math.exp(nll / count), rel=1e-9)
     assert result.perplexity != pytest.approx(plain.perplexity, rel=1e-6)
+
+
+def test_default_bos_follows_the_tokenizer(tokenizer):
+    """`bos=None` puts BOS in front exactly where the tokenizer adds one when it encodes text."""
+    from tokenizers.processors import TemplateProcessing
+
+    adding = tiny_tokenizer()
+    adding.bos_token = "<eos>"
+    bos_id = adding.bos_token_id
+    assert bos_prefix(adding) == [] and bos_prefix(adding, True) == [bos_id] and bos_prefix(adding, False) == []
+    adding._tokenizer.post_processor = TemplateProcessing(single="<eos> $A", special_tokens=[("<eos>", bos_id)])
+    assert adding("a")["input_ids"][0] == bos_id
+    assert bos_prefix(adding) == [bos_id] and bos_prefix(adding, False) == []
 
 
 def test_max_tokens_caps_the_text(model, tokenizer):

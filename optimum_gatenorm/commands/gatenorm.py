@@ -463,6 +463,13 @@ def _add_window_args(parser: "ArgumentParser") -> None:
         "(default: the window, i.e. non-overlapping windows)",
     )
     parser.add_argument("--max-tokens", type=_positive_int, help="evaluate only the first N tokens of the text")
+    parser.add_argument(
+        "--bos",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run each window with the BOS token in front of it, as context only (default: if the tokenizer adds "
+        "one when it encodes text, as Gemma's does; SmolLM2's does not)",
+    )
 
 
 class EvalCommand(_LeafCommand):
@@ -478,11 +485,6 @@ class EvalCommand(_LeafCommand):
         _add_model_args(parser)
         parser.add_argument("--text", "-t", required=True, help="UTF-8 text file to evaluate on")
         _add_window_args(parser)
-        parser.add_argument(
-            "--bos",
-            action="store_true",
-            help="run each window with the BOS token in front of it, as context (Gemma needs it)",
-        )
         parser.add_argument(
             "--dtype", choices=DTYPES, default="auto", help="dtype of a PyTorch model (default: the checkpoint's)"
         )
@@ -614,6 +616,7 @@ class CompareCommand(_LeafCommand):
             window=args.window,
             stride=args.stride,
             max_tokens=args.max_tokens,
+            bos=args.bos,
         )
         text = read_text(args.text)
         pruner = GateNormPruner.from_pretrained(args.model, allow_pickle=args.allow_pickle)

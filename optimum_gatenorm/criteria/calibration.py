@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import InvalidConfigError
-from ..text import read_texts
+from ..text import bos_prefix, read_texts
 from ..validation import check_int
 
 
@@ -103,6 +103,9 @@ class Calibration:
     ) -> "Calibration":
         """Tokenizes `text` and takes `num_samples` consecutive non-overlapping windows of `length` tokens.
 
+        Each window starts with the BOS token where the tokenizer adds one when it encodes text (Gemma), as in
+        `optimum_gatenorm.text.bos_prefix`.
+
         Raises:
             InvalidConfigError: If a setting is not a positive integer, or the text has fewer than
                 `num_samples * length` tokens.
@@ -120,6 +123,9 @@ class Calibration:
                 f"= {needed} are needed; pass more text or lower --calibration-samples / --calibration-length"
             )
         windows = torch.tensor(ids[:needed], dtype=torch.long).reshape(num_samples, length)
+        prefix = bos_prefix(tokenizer)
+        if prefix:  # the model sees text as its tokenizer encodes it: Gemma always after <bos>
+            windows = torch.cat([torch.tensor(prefix, dtype=torch.long).expand(num_samples, 1), windows], dim=1)
         return cls(windows, batch_size=batch_size, source=source)
 
     @classmethod

@@ -243,6 +243,7 @@ class CompareConfig:
         window: Perplexity window (see `optimum_gatenorm.evaluation.perplexity.perplexity`).
         stride: Perplexity stride (`None`: non-overlapping windows).
         max_tokens: Cap on evaluated tokens.
+        bos: Put the BOS token in front of every window (see `perplexity`); `None`: if the tokenizer adds one.
     """
 
     criteria: Sequence[str] = DEFAULT_COMPARE_CRITERIA
@@ -254,6 +255,7 @@ class CompareConfig:
     window: int = 512
     stride: int | None = None
     max_tokens: int | None = None
+    bos: bool | None = None
 
     def __post_init__(self):
 
@@ -322,7 +324,13 @@ def compare_criteria(
         if key not in evaluated:
             with mask_attention(model, key):
                 evaluated[key] = perplexity(
-                    model, tokenizer, text, window=config.window, stride=config.stride, max_tokens=config.max_tokens
+                    model,
+                    tokenizer,
+                    text,
+                    window=config.window,
+                    stride=config.stride,
+                    max_tokens=config.max_tokens,
+                    bos=config.bos,
                 )
         return evaluated[key]
 

@@ -21,7 +21,8 @@ Each window runs as one batch-of-one forward pass with an all-ones attention mas
 
 With `bos=True` every window is run with the tokenizer's BOS token in front of it, as extra context only: the
 same tokens are scored. Models trained to always see a BOS first (Gemma) need it; without it Gemma-3-270M's
-perplexity is several times higher.
+perplexity is several times higher. The default, `bos=None`, does what the tokenizer does when it encodes text
+(`optimum_gatenorm.text.bos_prefix`): BOS for Gemma, none for SmolLM2.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from ..checkpoints.models import resolve_model
 from ..checkpoints.tensors import inspect_checkpoint
 from ..errors import InvalidConfigError
 from ..serialization import JSONMixin
-from ..text import read_text
+from ..text import bos_prefix, read_text
 from ..validation import check_int
 from ..version import __version__
 from .loading import is_onnx_dir, load_causal_lm, load_tokenizer, ort_provider
@@ -223,7 +224,7 @@ def perplexity(
     progress: bool = False,
     model_name: str | None = None,
     text_file: str | None = None,
-    bos: bool = False,
+    bos: bool | None = None,
 ) -> PerplexityResult:
     """Perplexity of `model` on `text`, with the windowing scheme of the module docstring.
 
@@ -238,7 +239,7 @@ def perplexity(
         model_name: Recorded as `PerplexityResult.model`.
         text_file: Recorded as `PerplexityResult.text_file`.
         bos: Run each window with the tokenizer's BOS token in front of it (context only; the same tokens are
-            scored).
+            scored); `None`: if the tokenizer adds one when it encodes text.
 
     Raises:
         InvalidConfigError: Bad windowing options, a window longer than the model's maximum positions, a text
@@ -247,11 +248,7 @@ def perplexity(
     import torch
 
     stride = check_windowing(window, stride, max_tokens)
-    prefix = []
-    if bos:
-        if tokenizer.bos_token_id is None:
-            raise InvalidConfigError("bos=True but the tokenizer has no BOS token; evaluate without it")
-        prefix = [tokenizer.bos_token_id]
+    prefix = bos_prefix(tokenizer, bos)
     limit = _max_positions(model)
     if limit is not None and window + len(prefix) > limit:
         raise InvalidConfigError(
@@ -322,7 +319,7 @@ def evaluate_perplexity(
     dtype: "str | torch.dtype" = "auto",
     provider: str = "cpu",
     progress: bool = False,
-    bos: bool = False,
+    bos: bool | None = None,
 ) -> PerplexityResult:
     """Loads a model and its tokenizer and returns its perplexity on a text file.
 
@@ -336,7 +333,8 @@ def evaluate_perplexity(
         dtype: Torch dtype of a PyTorch model (`"auto"`: the checkpoint's); ignored for ONNX.
         provider: `"cpu"` or `"cuda"`: onnxruntime's execution provider for an ONNX export, the device for PyTorch.
         progress: Show a progress bar over the windows.
-        bos: Run each window with the BOS token in front of it (Gemma needs it; see the module docstring).
+        bos: Run each window with the BOS token in front of it (Gemma needs it; see the module docstring);
+            `None`: if the tokenizer adds one when it encodes text.
 
     Raises:
         ModelNotFoundError: If the model or the text file does not exist.
