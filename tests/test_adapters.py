@@ -16,7 +16,17 @@ from optimum_gatenorm.exporters.onnx import check_onnx_exportable
 def test_every_registered_architecture_has_a_tiny_config():
     # TINY_CONFIGS holds the registered adapters' non-empty `tiny_config`s.
     assert sorted(TINY_CONFIGS) == supported_model_types()
-    assert set(supported_model_types()) == {"llama", "mistral", "qwen2", "phi3", "gpt2", "gpt_neox"}
+    assert set(supported_model_types()) == {
+        "llama",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "phi3",
+        "gpt2",
+        "gpt_neox",
+        "gemma2",
+        "gemma3_text",
+    }
 
 
 def _capture_attention(model, monkeypatch):
@@ -45,6 +55,11 @@ def _capture_attention(model, monkeypatch):
 @pytest.mark.parametrize("name", sorted(ALL_TINY))
 def test_extracted_qk_reproduce_the_modules_projections(name, monkeypatch):
     model = tiny_model(name)
+    adapter = get_adapter(model.config)
+    with torch.no_grad():  # non-trivial query/key norm gains, so that a wrong gain offset (w vs 1 + w) shows
+        for layer in model.get_submodule(adapter.layers):
+            for norm in adapter.qk_norms or ():
+                getattr(getattr(layer, adapter.attention), norm).weight.uniform_(-0.5, 0.5)
     records = _capture_attention(model, monkeypatch)
     # One token per sequence at position 0: rotary embeddings are the identity there. Two sequences, so the
     # difference of their projections cancels the biases (qwen2, gpt2, gpt_neox have them).
@@ -55,6 +70,15 @@ def test_extracted_qk_reproduce_the_modules_projections(name, monkeypatch):
     assert len(records) == model.config.num_hidden_layers
     for index, record in records.items():
         weights = layer_weights(source, model.config, index, with_norm=False)
+        if adapter.qk_norms:
+            # The module normalises each head's query and key (RMS over head_dim, then the gain) before the dot
+            # product; no biases here, so compare one sequence directly.
+            eps = model.config.rms_norm_eps
+            for got, w, gain in ((record["q"], weights.q, weights.q_norm), (record["k"], weights.k, weights.k_norm)):
+                raw = torch.einsum("hdn,n->hd", w, record["x"][0].reshape(dims.hidden_size))
+                expected = gain * raw * torch.rsqrt(raw.square().mean(dim=-1, keepdim=True) + eps)
+                torch.testing.assert_close(got[0][:, 0], expected, rtol=1e-4, atol=1e-5)
+            continue
         dx = (record["x"][0] - record["x"][1]).reshape(dims.hidden_size)  # [hidden]
         expected_q = torch.einsum("hdn,n->hd", weights.q, dx)
         expected_k = torch.einsum("gdn,n->gd", weights.k, dx)

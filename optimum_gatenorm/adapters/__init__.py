@@ -20,10 +20,12 @@ from .base import (
     QKLayout,
     SeparateProjections,
 )
+from .gemma import GEMMA2, GEMMA3_TEXT
 from .gpt2 import GPT2
 from .gpt_neox import GPT_NEOX
 from .llama import LLAMA, MISTRAL, QWEN2
 from .phi3 import PHI3
+from .qwen3 import QWEN3
 
 
 if TYPE_CHECKING:
@@ -84,6 +86,6 @@ def get_adapter(config_or_model_type: "PretrainedConfig | str") -> ArchitectureA
 
 
 # Every built-in adapter, one per model type.
-_REGISTERED = (LLAMA, MISTRAL, QWEN2, PHI3, GPT2, GPT_NEOX)
+_REGISTERED = (LLAMA, MISTRAL, QWEN2, QWEN3, PHI3, GPT2, GPT_NEOX, GEMMA2, GEMMA3_TEXT)
 for _adapter in _REGISTERED:
     register_adapter(_adapter)
