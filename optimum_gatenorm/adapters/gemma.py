@@ -52,4 +52,13 @@ GEMMA3_TEXT = ArchitectureAdapter(
     **_SANDWICH,
 )
 
-GEMMA2 = replace(GEMMA3_TEXT, model_types=("gemma2",), qk_norms=None, tiny_config=dict(_TINY, num_key_value_heads=2))
+# optimum-onnx 0.1.0's ORTModelForCausalLM reads neither num_key_value_heads nor head_dim for gemma2, so only
+# MHA shapes with head_dim * heads == hidden run there (the released Gemma 2 models do not): the tiny one is MHA.
+GEMMA2 = replace(
+    GEMMA3_TEXT,
+    model_types=("gemma2",),
+    qk_norms=None,
+    ort_reads_kv_heads=False,
+    ort_reads_head_dim=False,
+    tiny_config=dict(_TINY, num_key_value_heads=4),
+)
