@@ -161,3 +161,38 @@ def test_onnxruntime_quirks_come_from_the_adapter():
     config.head_dim = 16
     with pytest.raises(UnsupportedModelError, match="head_dim=16"):
         check_onnx_exportable(config)
+
+
+def test_gemma3_wrapper_is_refused_with_a_recipe_that_works(tmp_path):
+    from transformers import Gemma3Config, Gemma3ForCausalLM, Gemma3ForConditionalGeneration
+
+    from optimum_gatenorm import GateNormConfig, GateNormPruner
+
+    with pytest.raises(UnsupportedModelError) as error:
+        get_adapter("gemma3")
+    assert "\n" not in str(error.value) and "Gemma3ForCausalLM.from_pretrained" in str(error.value)
+    # The recipe: the text model of a (tiny) multimodal checkpoint loads with no missing weights, computes the same
+    # logits as the wrapper, and prunes as gemma3_text.
+    text = dict(ALL_TINY["gemma3_text"], vocab_size=300)
+    text.pop("model_type")
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28)
+    config = Gemma3Config(
+        text_config=text,
+        vision_config=dict(vision, patch_size=14),
+        mm_tokens_per_image=4,
+        image_token_index=299,
+        boi_token_index=297,
+        eoi_token_index=298,
+    )
+    torch.manual_seed(0)
+    wrapper = Gemma3ForConditionalGeneration(config).eval()
+    wrapper.save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedModelError, match="Gemma3ForCausalLM"):
+        GateNormPruner.from_pretrained(tmp_path)
+    text_model, info = Gemma3ForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["mismatched_keys"]
+    ids = torch.randint(0, 290, (1, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(text_model.eval()(ids).logits, wrapper(input_ids=ids).logits)
+    _, report = GateNormPruner(text_model).prune(GateNormConfig(num_layers=1))
+    assert report.model_type == "gemma3_text" and len(report.removed_layers) == 1

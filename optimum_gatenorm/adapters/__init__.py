@@ -48,6 +48,17 @@ __all__ = [
 
 _ADAPTERS: dict[str, ArchitectureAdapter] = {}
 
+# Model types refused with their own reason and the way out, instead of the generic "not supported" line.
+_REFUSED = {
+    # The multimodal wrapper keeps its text layers under model.language_model and its sizes under text_config;
+    # its language model alone is a gemma3_text model that transformers loads from the same checkpoint.
+    "gemma3": (
+        "model_type 'gemma3' (Gemma3ForConditionalGeneration, text + vision) is not supported; prune its language "
+        "model: Gemma3ForCausalLM.from_pretrained(path) loads it from the same checkpoint with no missing weights "
+        "(model_type gemma3_text), then save_pretrained it and prune that"
+    ),
+}
+
 
 def register_adapter(adapter: ArchitectureAdapter) -> ArchitectureAdapter:
     """Registers `adapter` for each of its model types.
@@ -74,6 +85,8 @@ def get_adapter(config_or_model_type: "PretrainedConfig | str") -> ArchitectureA
         UnsupportedModelError: If the model type has no adapter or the config uses an unsupported option.
     """
     model_type = getattr(config_or_model_type, "model_type", config_or_model_type)
+    if model_type in _REFUSED:
+        raise UnsupportedModelError(_REFUSED[model_type])
     adapter = _ADAPTERS.get(model_type)
     if adapter is None:
         raise UnsupportedModelError(
