@@ -243,6 +243,13 @@ def test_mixed_layer_types_keep_their_own_cache_type_whatever_is_removed(name, l
         "sliding_attention"
     )
     assert model.config.layer_types == tiny_model(name).config.layer_types  # the per-layer record is untouched
+    # generate's caches are built the same way, the static one (Gemma's default) included.
+    kwargs = dict(max_new_tokens=2 * window, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        expected = model.generate(ids[:, : window + 1], use_cache=False, **kwargs)
+        for implementation in ("dynamic", "static"):
+            got = model.generate(ids[:, : window + 1], use_cache=True, cache_implementation=implementation, **kwargs)
+            assert torch.equal(got, expected), implementation
 
 
 @pytest.mark.parametrize("name", MIXED)

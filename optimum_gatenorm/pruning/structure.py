@@ -155,13 +155,20 @@ def _cache_config_class(base: type, adapter: ArchitectureAdapter) -> type:
     return cls
 
 
-def _set_cache_layer_types(config, adapter: ArchitectureAdapter, kept: list[int]) -> None:
+def _set_cache_layer_types(config, adapter: ArchitectureAdapter, decoder_layers, kept: list[int]) -> None:
     """Makes the caches built from `config` hold one slot per kept layer, of that layer's type (see the mixin)."""
-    if not adapter.layer_types_attr or getattr(config, adapter.layer_types_attr, None) is None:
+    layer_types = getattr(config, adapter.layer_types_attr, None) if adapter.layer_types_attr else None
+    if layer_types is None:
         return  # one type for every layer (or none): slot j of a cache of num_hidden_layers slots fits any layer
     if not isinstance(config, CacheLayerTypesConfigMixin):
         config.__class__ = _cache_config_class(type(config), adapter)
     config.__dict__[_KEPT_ATTRIBUTE] = list(kept)
+    # The model's forward looks each layer's mask up by `layer.attention_type`, pruned layers too (which ignore
+    # it); `generate` with a static cache builds masks only for the types of the cache slots, so a pruned layer
+    # must name a type a kept layer has (when, e.g., every full-attention layer was removed).
+    for layer in decoder_layers:
+        if is_attention_pruned(layer) and hasattr(layer, "attention_type"):
+            layer.attention_type = layer_types[kept[0]]
 
 
 def apply_pruned_structure(model: "PreTrainedModel", layers: Iterable[int]) -> list[int]:
@@ -188,5 +195,5 @@ def apply_pruned_structure(model: "PreTrainedModel", layers: Iterable[int]) -> l
             delattr(layer, name)
     for slot, index in enumerate(kept):
         getattr(decoder_layers[index], adapter.attention).layer_idx = slot
-    _set_cache_layer_types(model.config, adapter, kept)
+    _set_cache_layer_types(model.config, adapter, decoder_layers, kept)
     return pruned
