@@ -163,6 +163,13 @@ def test_onnxruntime_quirks_come_from_the_adapter():
         check_onnx_exportable(config)
 
 
+def test_bidirectional_gemma3_is_refused():
+    config = tiny_config("gemma3_text")
+    config.use_bidirectional_attention = True
+    with pytest.raises(UnsupportedModelError, match="use_bidirectional_attention"):
+        get_adapter(config)
+
+
 def test_gemma3_wrapper_is_refused_with_a_recipe_that_works(tmp_path):
     from transformers import Gemma3Config, Gemma3ForCausalLM, Gemma3ForConditionalGeneration
 

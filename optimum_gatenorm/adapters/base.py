@@ -321,8 +321,9 @@ class ArchitectureAdapter:
             sandwich `post_attention_layernorm`), or `None`; it must be one of `pruned_modules`.
         mlp_output_norm: Name of a norm applied to the MLP output before the residual add (Gemma's
             `post_feedforward_layernorm`), or `None`; it must be one of `pruned_forward`.
-        layer_types_attr: Config attribute listing each layer's attention type (full / sliding window), which
-            pruning must keep in order for the kept layers; `None` if the architecture has none.
+        layer_types_attr: Config attribute listing each layer's attention type (full / sliding window); pruning
+            gives the compacted KV cache one slot per kept layer of that layer's own type
+            (`pruning.structure.CacheLayerTypesConfigMixin`). `None` if the architecture has none.
         params: What the cost model's parameter count depends on.
         ort_reads_kv_heads: optimum's `ORTModelForCausalLM` reads `num_key_value_heads` for this model type (else it
             sizes the empty KV cache with `num_attention_heads`, so grouped-query models cannot run).

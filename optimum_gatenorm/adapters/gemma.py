@@ -48,6 +48,9 @@ _TINY = dict(
 GEMMA3_TEXT = ArchitectureAdapter(
     model_types=("gemma3_text",),
     qk_norms=("q_norm", "k_norm"),
+    unsupported_flags=(
+        ("use_bidirectional_attention", "bidirectional attention (EmbeddingGemma) is an encoder, not a causal LM"),
+    ),
     tiny_config=dict(_TINY),
     **_SANDWICH,
 )
@@ -58,6 +61,7 @@ GEMMA2 = replace(
     GEMMA3_TEXT,
     model_types=("gemma2",),
     qk_norms=None,
+    unsupported_flags=(),
     ort_reads_kv_heads=False,
     ort_reads_head_dim=False,
     tiny_config=dict(_TINY, num_key_value_heads=4),
