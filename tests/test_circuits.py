@@ -171,11 +171,15 @@ def test_ov_relative_is_ov_norm_over_the_estimated_residual_scale(name):
     total = model.config.num_hidden_layers
     stack = StackWeights(ModelWeights(model), model.config, list(range(total)))
     residual = stack.residual_norms()
-    # The stream entering layer 0, as the model builds it (Gemma scales the embedding by sqrt(hidden)).
-    with torch.no_grad():
-        ids = torch.arange(model.config.vocab_size)[:, None]
-        embedded = model(input_ids=ids, output_hidden_states=True).hidden_states[0][:, 0].double()
-    assert residual[0] == pytest.approx(float(embedded.square().sum(dim=1).mean().sqrt()), rel=1e-5)
+    adapter = get_adapter(model.config)
+    embedding = model.get_input_embeddings().weight.detach().double()
+    scale = math.sqrt(model.config.hidden_size) if adapter.embedding_scale == "sqrt_hidden" else 1.0
+    assert residual[0] == pytest.approx(float(embedding.square().sum(dim=1).mean().sqrt()) * scale, rel=1e-5)
+    if adapter.params.position_embeddings_attr is None:  # then the stream entering layer 0 is exactly that
+        with torch.no_grad():  # (Gemma scales the embedding by sqrt(hidden), inside or outside its module)
+            ids = torch.arange(model.config.vocab_size)[:, None]
+            embedded = model(input_ids=ids, output_hidden_states=True).hidden_states[0][:, 0].double()
+        assert residual[0] == pytest.approx(float(embedded.square().sum(dim=1).mean().sqrt()), rel=1e-5)
     for layer in range(1, total):
         grown = (
             residual[layer - 1] ** 2
