@@ -16,7 +16,17 @@ from optimum_gatenorm.exporters.onnx import check_onnx_exportable
 def test_every_registered_architecture_has_a_tiny_config():
     # TINY_CONFIGS holds the registered adapters' non-empty `tiny_config`s.
     assert sorted(TINY_CONFIGS) == supported_model_types()
-    assert set(supported_model_types()) == {"llama", "mistral", "qwen2", "phi3", "gpt2", "gpt_neox"}
+    assert set(supported_model_types()) == {
+        "llama",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "phi3",
+        "gpt2",
+        "gpt_neox",
+        "gemma2",
+        "gemma3_text",
+    }
 
 
 def _capture_attention(model, monkeypatch):
@@ -45,6 +55,11 @@ def _capture_attention(model, monkeypatch):
 @pytest.mark.parametrize("name", sorted(ALL_TINY))
 def test_extracted_qk_reproduce_the_modules_projections(name, monkeypatch):
     model = tiny_model(name)
+    adapter = get_adapter(model.config)
+    with torch.no_grad():  # non-trivial query/key norm gains, so that a wrong gain offset (w vs 1 + w) shows
+        for layer in model.get_submodule(adapter.layers):
+            for norm in adapter.qk_norms or ():
+                getattr(getattr(layer, adapter.attention), norm).weight.uniform_(-0.5, 0.5)
     records = _capture_attention(model, monkeypatch)
     # One token per sequence at position 0: rotary embeddings are the identity there. Two sequences, so the
     # difference of their projections cancels the biases (qwen2, gpt2, gpt_neox have them).
@@ -55,6 +70,15 @@ def test_extracted_qk_reproduce_the_modules_projections(name, monkeypatch):
     assert len(records) == model.config.num_hidden_layers
     for index, record in records.items():
         weights = layer_weights(source, model.config, index, with_norm=False)
+        if adapter.qk_norms:
+            # The module normalises each head's query and key (RMS over head_dim, then the gain) before the dot
+            # product; no biases here, so compare one sequence directly.
+            eps = model.config.rms_norm_eps
+            for got, w, gain in ((record["q"], weights.q, weights.q_norm), (record["k"], weights.k, weights.k_norm)):
+                raw = torch.einsum("hdn,n->hd", w, record["x"][0].reshape(dims.hidden_size))
+                expected = gain * raw * torch.rsqrt(raw.square().mean(dim=-1, keepdim=True) + eps)
+                torch.testing.assert_close(got[0][:, 0], expected, rtol=1e-4, atol=1e-5)
+            continue
         dx = (record["x"][0] - record["x"][1]).reshape(dims.hidden_size)  # [hidden]
         expected_q = torch.einsum("hdn,n->hd", weights.q, dx)
         expected_k = torch.einsum("gdn,n->gd", weights.k, dx)
@@ -137,3 +161,45 @@ def test_onnxruntime_quirks_come_from_the_adapter():
     config.head_dim = 16
     with pytest.raises(UnsupportedModelError, match="head_dim=16"):
         check_onnx_exportable(config)
+
+
+def test_bidirectional_gemma3_is_refused():
+    config = tiny_config("gemma3_text")
+    config.use_bidirectional_attention = True
+    with pytest.raises(UnsupportedModelError, match="use_bidirectional_attention"):
+        get_adapter(config)
+
+
+def test_gemma3_wrapper_is_refused_with_a_recipe_that_works(tmp_path):
+    from transformers import Gemma3Config, Gemma3ForCausalLM, Gemma3ForConditionalGeneration
+
+    from optimum_gatenorm import GateNormConfig, GateNormPruner
+
+    with pytest.raises(UnsupportedModelError) as error:
+        get_adapter("gemma3")
+    assert "\n" not in str(error.value) and "Gemma3ForCausalLM.from_pretrained" in str(error.value)
+    # The recipe: the text model of a (tiny) multimodal checkpoint loads with no missing weights, computes the same
+    # logits as the wrapper, and prunes as gemma3_text.
+    text = dict(ALL_TINY["gemma3_text"], vocab_size=300)
+    text.pop("model_type")
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28)
+    config = Gemma3Config(
+        text_config=text,
+        vision_config=dict(vision, patch_size=14),
+        mm_tokens_per_image=4,
+        image_token_index=299,
+        boi_token_index=297,
+        eoi_token_index=298,
+    )
+    torch.manual_seed(0)
+    wrapper = Gemma3ForConditionalGeneration(config).eval()
+    wrapper.save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedModelError, match="Gemma3ForCausalLM"):
+        GateNormPruner.from_pretrained(tmp_path)
+    text_model, info = Gemma3ForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["mismatched_keys"]
+    ids = torch.randint(0, 290, (1, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(text_model.eval()(ids).logits, wrapper(input_ids=ids).logits)
+    _, report = GateNormPruner(text_model).prune(GateNormConfig(num_layers=1))
+    assert report.model_type == "gemma3_text" and len(report.removed_layers) == 1

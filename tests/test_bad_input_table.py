@@ -70,6 +70,9 @@ CASES = {
         ("prune", "-m", "{model}", "-k", "1", "-o", "{afile}", "--overwrite"), ("not a directory",)
     ),
     "prune_output_exists": Case(("prune", "-m", "{model}", "-k", "1", "-o", "{ours}"), ("already exists",)),
+    "prune_gemma3_multimodal_wrapper": Case(
+        ("prune", "-m", "{gemma3}", "-k", "1", "-o", "{new}"), ("gemma3", "Gemma3ForCausalLM.from_pretrained")
+    ),
     "prune_into_its_own_input": Case(
         ("prune", "-m", "{ours}", "-k", "1", "-o", "{ours}", "--overwrite"), ("own directory",)
     ),
@@ -180,6 +183,8 @@ def workspace(tmp_path_factory) -> Path:
     tiny_tokenizer().save_pretrained(root / "model")
     model.save_pretrained(root / "notok")
     (root / "noconfig").mkdir()
+    (root / "gemma3").mkdir()  # a multimodal Gemma 3 checkpoint, as far as its config says
+    (root / "gemma3" / "config.json").write_text('{"model_type": "gemma3", "text_config": {"hidden_size": 32}}')
     (root / "noconfig" / "model.safetensors").write_bytes((root / "model" / "model.safetensors").read_bytes())
     prune_and_save(root / "model", root / "ours", GateNormConfig(num_layers=1), export="onnx")
     export_onnx(root / "model", root / "onnx", validate=False)

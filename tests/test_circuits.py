@@ -81,6 +81,50 @@ def test_ov_norm_is_the_root_sum_of_per_head_dense_norms(name):
     )
 
 
+SANDWICH = [name for name in sorted(ALL_TINY) if get_adapter(ALL_TINY[name]["model_type"]).attention_output_norm]
+
+
+@pytest.mark.parametrize("name", SANDWICH)
+def test_sandwich_norms_enter_ov_norm_and_the_mlp_output_norm(name):
+    """With an RMSNorm of gain g on a sublayer's output a, the update's expected squared norm is
+    D * sum_i g_i^2 C_ii / tr(C), C the covariance of a (float64 reference of the documented formula)."""
+    model = tiny_model(name)
+    adapter = get_adapter(model.config)
+    layer = model.get_submodule(adapter.layers)[1]
+    with torch.no_grad():  # non-trivial gains (stored as w, applied as 1 + w)
+        for norm in (adapter.input_norm, adapter.post_norm, adapter.attention_output_norm, adapter.mlp_output_norm):
+            getattr(layer, norm).weight.uniform_(-0.8, 0.8)
+    weights = layer_weights(ModelWeights(model), model.config, 1, with_norm=True, with_ov=True)
+    gamma = 1 + layer.input_layernorm.weight.detach().double()
+    g = 1 + getattr(layer, adapter.attention_output_norm).weight.detach().double()
+    torch.testing.assert_close(weights.out_norm.double(), g)
+    v, o = weights.v.double(), weights.o.double()
+    dense = [o[h] @ v[h // weights.group_size] @ torch.diag(gamma) for h in range(o.shape[0])]
+    covariance = sum(m @ m.T for m in dense)
+    expected = covariance.shape[0] * float((g.square() * covariance.diagonal()).sum() / covariance.trace())
+    assert ov_norm_squared(weights) == pytest.approx(expected, rel=1e-5)
+    assert get_criterion("ov_norm").fn(weights) == pytest.approx(math.sqrt(expected), rel=1e-5)
+
+    # The MLP: per-coordinate second moments of its output, then the same weighting by the post-MLP norm gain.
+    stack = StackWeights(ModelWeights(model), model.config, [0, 1, 2, 3])
+    prefix = f"{adapter.layer_prefix(1)}.{adapter.mlp}."
+    tensors = {n[len(prefix) :]: stack._tensor(n).double() for n in adapter.mlp_tensor_names(1)}
+    gate, up, down = adapter.mlp_layout.extract(tensors)
+    act = _activation(model.config, adapter.mlp_layout.activation)
+    pre = 1 + getattr(layer, adapter.post_norm).weight.detach().double()
+    post = 1 + getattr(layer, adapter.mlp_output_norm).weight.detach().double()
+    plain = mlp_output_norm(gate, up, down, pre, act)
+    folded = mlp_output_norm(gate, up, down, pre, act, out_gain=post)
+    assert stack.mlp_output_norm(1) == pytest.approx(folded, rel=1e-5)
+    x = torch.randn(200_000, model.config.hidden_size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = (act(x * pre @ gate.T) * (x * pre @ up.T)) @ down.T
+    moments = y.square().mean(dim=0)
+    sampled = math.sqrt(len(moments) * float((post.square() * moments).sum() / moments.sum()))
+    assert folded == pytest.approx(sampled, rel=0.05)  # Monte Carlo of the documented formula
+    assert plain == pytest.approx(float(moments.sum().sqrt()), rel=0.05)
+    assert folded != pytest.approx(plain, rel=0.05)  # the output norm does change the estimate
+
+
 @pytest.mark.parametrize("name", sorted(ALL_TINY))
 def test_mlp_layout_reproduces_the_mlp_module(name):
     model = tiny_model(name)
@@ -127,8 +171,15 @@ def test_ov_relative_is_ov_norm_over_the_estimated_residual_scale(name):
     total = model.config.num_hidden_layers
     stack = StackWeights(ModelWeights(model), model.config, list(range(total)))
     residual = stack.residual_norms()
+    adapter = get_adapter(model.config)
     embedding = model.get_input_embeddings().weight.detach().double()
-    assert residual[0] == pytest.approx(float(embedding.square().sum(dim=1).mean().sqrt()), rel=1e-5)
+    scale = math.sqrt(model.config.hidden_size) if adapter.embedding_scale == "sqrt_hidden" else 1.0
+    assert residual[0] == pytest.approx(float(embedding.square().sum(dim=1).mean().sqrt()) * scale, rel=1e-5)
+    if adapter.params.position_embeddings_attr is None:  # then the stream entering layer 0 is exactly that
+        with torch.no_grad():  # (Gemma scales the embedding by sqrt(hidden), inside or outside its module)
+            ids = torch.arange(model.config.vocab_size)[:, None]
+            embedded = model(input_ids=ids, output_hidden_states=True).hidden_states[0][:, 0].double()
+        assert residual[0] == pytest.approx(float(embedded.square().sum(dim=1).mean().sqrt()), rel=1e-5)
     for layer in range(1, total):
         grown = (
             residual[layer - 1] ** 2

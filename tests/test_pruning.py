@@ -197,11 +197,84 @@ def test_pruning_twice_accumulates():
     assert [layers[i].self_attn.layer_idx for i in report.kept_attention_layers] == [0, 1]
 
 
-def test_mixed_layer_types_that_would_shift_are_refused():
-    config_kwargs = dict(use_sliding_window=True, sliding_window=4, max_window_layers=2)
-    model = tiny_model("qwen2")
-    model.config.layer_types = ["full_attention", "full_attention", "sliding_attention", "sliding_attention"]
-    del config_kwargs
-    with pytest.raises(Exception, match="mixes attention types"):
-        prune_model(copy.deepcopy(model), [0])
-    prune_model(model, [3])  # keeps the type sequence [full, full, sliding]: allowed
+# Architectures whose tiny config mixes sliding-window and full-attention layers (S, F, S, S with a window of 4).
+MIXED = [
+    name
+    for name, spec in sorted(ALL_TINY.items())
+    if len(set(spec.get("layer_types") or ())) > 1 and spec.get("sliding_window")
+]
+# Every kind of shift of the kept layers' type sequence: layer 0 removed, the only full layer removed, alternate
+# layers, and all but one.
+PATTERNS = {"layer0": [0], "all_full": [1], "alternate_even": [0, 2], "alternate_odd": [1, 3], "keep_one": [0, 1, 3]}
+
+
+def test_mixed_tiny_configs_exist():
+    assert {"qwen3", "gemma2", "gemma3_text"} <= set(MIXED)
+
+
+def _incremental_logits(model, ids, prefill: int):
+    """Logits of `ids` from a prefill of `prefill` tokens, then one cached step per token."""
+    with torch.no_grad():
+        out = model(ids[:, :prefill], use_cache=True)
+        cache, steps = out.past_key_values, [out.logits]
+        for t in range(prefill, ids.shape[1]):
+            out = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            steps.append(out.logits)
+    return torch.cat(steps, dim=1), cache
+
+
+@pytest.mark.parametrize("name", MIXED)
+@pytest.mark.parametrize("layers", PATTERNS.values(), ids=PATTERNS.keys())
+def test_mixed_layer_types_keep_their_own_cache_type_whatever_is_removed(name, layers):
+    model = _prune(tiny_model(name), layers)
+    window = model.config.sliding_window
+    ids = torch.randint(0, 128, (2, 4 * window), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+    cached, cache = _incremental_logits(model, ids, prefill=window + 1)
+    scale = max(1.0, full.abs().max().item())
+    torch.testing.assert_close(cached, full, rtol=1e-5, atol=1e-5 * scale)
+    kept = [i for i in range(model.config.num_hidden_layers) if i not in layers]
+    expected = ["sliding_attention" if model.config.layer_types[i] == "sliding_attention" else "full" for i in kept]
+    got = ["sliding_attention" if layer.is_sliding else "full" for layer in cache.layers]
+    assert got == expected  # one slot per kept layer, of that layer's own type
+    assert [layer.sliding_window for layer in cache.layers if layer.is_sliding] == [window] * got.count(
+        "sliding_attention"
+    )
+    assert model.config.layer_types == tiny_model(name).config.layer_types  # the per-layer record is untouched
+    # generate's caches are built the same way, the static one (Gemma's default) included.
+    kwargs = dict(max_new_tokens=2 * window, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        expected = model.generate(ids[:, : window + 1], use_cache=False, **kwargs)
+        for implementation in ("dynamic", "static"):
+            got = model.generate(ids[:, : window + 1], use_cache=True, cache_implementation=implementation, **kwargs)
+            assert torch.equal(got, expected), implementation
+
+
+@pytest.mark.parametrize("name", MIXED)
+def test_kept_sliding_layers_attend_only_within_their_window(name):
+    # Without the full layer, the last token sees at most (window - 1) tokens back per kept layer: 3 layers of
+    # window 4 reach 9 tokens back. A token further back must not matter, with or without the cache; had the kept
+    # sliding layers become full-attention ones (or read a full layer's cache slot), it would.
+    model = _prune(tiny_model(name), [1])
+    window = model.config.sliding_window
+    length = 3 * (window - 1) + 4
+    ids = torch.randint(0, 128, (1, length), generator=torch.Generator().manual_seed(2))
+    changed = ids.clone()
+    changed[0, 0] = (ids[0, 0] + 1) % 128
+    near = ids.clone()
+    near[0, -2] = (ids[0, -2] + 1) % 128
+    for use_cache in (False, True):
+        last = {}
+        for key, prompt in (("ids", ids), ("far", changed), ("near", near)):
+            if use_cache:
+                last[key] = _incremental_logits(model, prompt, prefill=window)[0][0, -1]
+            else:
+                with torch.no_grad():
+                    last[key] = model(prompt, use_cache=False).logits[0, -1]
+        torch.testing.assert_close(last["far"], last["ids"], rtol=0, atol=1e-5)
+        assert not torch.allclose(last["near"], last["ids"], atol=1e-3)  # within the window it does matter
+    unpruned = tiny_model(name)  # and with its full-attention layer the same change is seen
+    with torch.no_grad():
+        assert not torch.allclose(unpruned(changed).logits[0, -1], unpruned(ids).logits[0, -1], atol=1e-4)

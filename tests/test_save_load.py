@@ -57,6 +57,9 @@ def test_roundtrip_is_exact_and_checkpoint_smaller_by_removed_weights(name, tmp_
     assert record["num_attention_layers"] == 2 and record["num_hidden_layers"] == 4
     assert config["model_type"] == model.config.model_type
     assert config["architectures"] == [type(model).__name__]
+    # Per-layer attention types are stored as they were (the cache's per-slot view is never written).
+    assert config.get("layer_types") == tiny_model(name).config.to_dict().get("layer_types")
+    assert not any(key.startswith("_gatenorm") for key in config)
     saved_report = PruningReport.from_json(tmp_path / "pruned" / "gatenorm_report.json")
     assert saved_report.removed_layers == report.removed_layers and saved_report.scores == report.scores
 
@@ -110,18 +113,30 @@ except Exception as error:
     sys.exit(3)
 expected = torch.load(sys.argv[2])
 with torch.no_grad():
-    print("IDENTICAL" if torch.equal(model(expected["ids"]).logits, expected["logits"]) else "DIFFERENT")
+    same = torch.equal(model(expected["ids"]).logits, expected["logits"])
+    tokens = model.generate(expected["ids"], max_new_tokens=8, do_sample=False, use_cache=True, pad_token_id=0)
+    same = same and torch.equal(tokens, expected["tokens"])
+print("IDENTICAL" if same else "DIFFERENT")
 """
 
+# Prompts longer than the sliding windows of the tiny mixed-type models (4), so the cached generation after
+# reloading crosses them.
+LONG_IDS = torch.tensor([[3, 9, 27, 81, 115, 12, 40, 5, 77, 2], [7, 21, 63, 101, 45, 8, 90, 14, 33, 66]])
 
-@pytest.fixture(scope="module")
-def saved_pruned(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("fresh")
-    model = tiny_model("llama")
-    GateNormPruner(model).prune(GateNormConfig(num_layers=2))
+
+@pytest.fixture(scope="module", params=["llama", "gemma3_text", "qwen3"])
+def saved_pruned(request, tmp_path_factory):
+    directory = tmp_path_factory.mktemp(f"fresh_{request.param}")
+    model = tiny_model(request.param)
+    if request.param == "llama":
+        GateNormPruner(model).prune(GateNormConfig(num_layers=2))
+    else:  # layers 0 and 2 (S, F, S, S -> F, S): the kept layers' type sequence shifts
+        prune_model(model, [0, 2])
     model.save_pretrained(directory / "model")
     with torch.no_grad():
-        torch.save({"ids": IDS, "logits": model(IDS).logits}, directory / "expected.pt")
+        # Expected tokens from generation without the cache: the reloaded model's cache must reproduce them.
+        tokens = model.generate(LONG_IDS, max_new_tokens=8, do_sample=False, use_cache=False, pad_token_id=0)
+        torch.save({"ids": LONG_IDS, "logits": model(LONG_IDS).logits, "tokens": tokens}, directory / "expected.pt")
     return directory
 
 

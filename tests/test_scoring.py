@@ -5,7 +5,8 @@ import torch
 from conftest import ALL_TINY, save_sharded, tiny_model
 
 from optimum_gatenorm import DEFAULT_CRITERION, GateNormPruner, available_criteria, get_criterion, register_criterion
-from optimum_gatenorm.checkpoints.tensors import AttentionWeights
+from optimum_gatenorm.adapters import HeadDims, get_adapter
+from optimum_gatenorm.checkpoints.tensors import AttentionWeights, ModelWeights, layer_weights
 from optimum_gatenorm.criteria.gate import frobenius_of_product
 
 
@@ -46,6 +47,45 @@ def test_criteria_match_float64_reference(criterion, shape):
     norm = torch.rand(hidden, generator=generator) * 2
     got = get_criterion(criterion).fn(AttentionWeights(0, q, k, norm))
     assert got == pytest.approx(_reference(criterion, q, k, norm), rel=1e-5)
+
+
+QK_NORMED = [name for name in sorted(ALL_TINY) if get_adapter(ALL_TINY[name]["model_type"]).qk_norms]
+
+
+@pytest.mark.parametrize("name", QK_NORMED)
+@pytest.mark.parametrize("criterion", ["gate_norm", "gate_norm_head", "gate_norm_folded", "gate_trace"])
+def test_query_key_norm_gains_are_folded_in(name, criterion):
+    """With per-head q/k RMSNorms the criteria score W_Q^h diag(g_q g_k) W_K^h^T, each projection divided by the
+    expected RMS of its head's output for an input gamma * x_hat (AttentionWeights.gate), in float64."""
+    model = tiny_model(name)
+    adapter = get_adapter(model.config)
+    offset = adapter.norm_gain_offset
+    layer = model.get_submodule(adapter.layers)[2]
+    attention = getattr(layer, adapter.attention)
+    with torch.no_grad():  # non-trivial gains everywhere
+        for norm in (attention.q_norm, attention.k_norm, layer.input_layernorm):
+            norm.weight.uniform_(-0.6, 0.6)
+    weights = layer_weights(ModelWeights(model), model.config, 2, with_norm=get_criterion(criterion).uses_norm)
+    dims = HeadDims.from_config(model.config)
+    d = dims.head_dim
+    gamma = layer.input_layernorm.weight.detach().double() + offset
+    g_q = attention.q_norm.weight.detach().double() + offset
+    g_k = attention.k_norm.weight.detach().double() + offset
+    q = attention.q_proj.weight.detach().double().reshape(dims.num_heads, d, dims.hidden_size)
+    k = attention.k_proj.weight.detach().double().reshape(dims.num_kv_heads, d, dims.hidden_size)
+    q = torch.stack([g_q[:, None] * g_k[:, None] * q[h] / ((q[h] * gamma).norm() / d**0.5) for h in range(len(q))])
+    k = torch.stack([k[g] / ((k[g] * gamma).norm() / d**0.5) for g in range(len(k))])
+    expected = _reference(criterion, q, k, gamma)
+    assert get_criterion(criterion).fn(weights) == pytest.approx(expected, rel=1e-5)
+    # The raw projections give another score: the norms are not ignored.
+    raw = AttentionWeights(2, weights.q, weights.k, gamma.float())
+    assert get_criterion(criterion).fn(raw) != pytest.approx(expected, rel=1e-3)
+    # The per-token normalisation makes the score independent of the projections' scale.
+    with torch.no_grad():
+        attention.q_proj.weight.mul_(3.0)
+        attention.k_proj.weight.mul_(0.5)
+    scaled = layer_weights(ModelWeights(model), model.config, 2, with_norm=True)
+    assert get_criterion(criterion).fn(scaled) == pytest.approx(expected, rel=1e-5)
 
 
 def test_gram_and_direct_products_agree():

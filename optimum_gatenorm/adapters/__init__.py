@@ -20,10 +20,12 @@ from .base import (
     QKLayout,
     SeparateProjections,
 )
+from .gemma import GEMMA2, GEMMA3_TEXT
 from .gpt2 import GPT2
 from .gpt_neox import GPT_NEOX
 from .llama import LLAMA, MISTRAL, QWEN2
 from .phi3 import PHI3
+from .qwen3 import QWEN3
 
 
 if TYPE_CHECKING:
@@ -45,6 +47,17 @@ __all__ = [
 ]
 
 _ADAPTERS: dict[str, ArchitectureAdapter] = {}
+
+# Model types refused with their own reason and the way out, instead of the generic "not supported" line.
+_REFUSED = {
+    # The multimodal wrapper keeps its text layers under model.language_model and its sizes under text_config;
+    # its language model alone is a gemma3_text model that transformers loads from the same checkpoint.
+    "gemma3": (
+        "model_type 'gemma3' (Gemma3ForConditionalGeneration, text + vision) is not supported; prune its language "
+        "model: Gemma3ForCausalLM.from_pretrained(path) loads it from the same checkpoint with no missing weights "
+        "(model_type gemma3_text), then save_pretrained it and prune that"
+    ),
+}
 
 
 def register_adapter(adapter: ArchitectureAdapter) -> ArchitectureAdapter:
@@ -72,6 +85,8 @@ def get_adapter(config_or_model_type: "PretrainedConfig | str") -> ArchitectureA
         UnsupportedModelError: If the model type has no adapter or the config uses an unsupported option.
     """
     model_type = getattr(config_or_model_type, "model_type", config_or_model_type)
+    if model_type in _REFUSED:
+        raise UnsupportedModelError(_REFUSED[model_type])
     adapter = _ADAPTERS.get(model_type)
     if adapter is None:
         raise UnsupportedModelError(
@@ -84,6 +99,6 @@ def get_adapter(config_or_model_type: "PretrainedConfig | str") -> ArchitectureA
 
 
 # Every built-in adapter, one per model type.
-_REGISTERED = (LLAMA, MISTRAL, QWEN2, PHI3, GPT2, GPT_NEOX)
+_REGISTERED = (LLAMA, MISTRAL, QWEN2, QWEN3, PHI3, GPT2, GPT_NEOX, GEMMA2, GEMMA3_TEXT)
 for _adapter in _REGISTERED:
     register_adapter(_adapter)

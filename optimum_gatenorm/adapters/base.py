@@ -317,8 +317,13 @@ class ArchitectureAdapter:
         qk_norms: Names, inside the attention module, of the per-head query and key norms, or `None`.
         embedding_scale: How token embeddings are scaled before the first layer: `None`, or `"sqrt_hidden"`
             (multiplied by `sqrt(hidden_size)`, as Gemma does).
-        layer_types_attr: Config attribute listing each layer's attention type (full / sliding window), which
-            pruning must keep in order for the kept layers; `None` if the architecture has none.
+        attention_output_norm: Name of a norm applied to the attention output before the residual add (Gemma's
+            sandwich `post_attention_layernorm`), or `None`; it must be one of `pruned_modules`.
+        mlp_output_norm: Name of a norm applied to the MLP output before the residual add (Gemma's
+            `post_feedforward_layernorm`), or `None`; it must be one of `pruned_forward`.
+        layer_types_attr: Config attribute listing each layer's attention type (full / sliding window); pruning
+            gives the compacted KV cache one slot per kept layer of that layer's own type
+            (`pruning.structure.CacheLayerTypesConfigMixin`). `None` if the architecture has none.
         params: What the cost model's parameter count depends on.
         ort_reads_kv_heads: optimum's `ORTModelForCausalLM` reads `num_key_value_heads` for this model type (else it
             sizes the empty KV cache with `num_attention_heads`, so grouped-query models cannot run).
@@ -344,6 +349,8 @@ class ArchitectureAdapter:
     norm_gain_offset: float = 0.0
     qk_norms: tuple[str, str] | None = None
     embedding_scale: Literal["sqrt_hidden"] | None = None
+    attention_output_norm: str | None = None
+    mlp_output_norm: str | None = None
     layer_types_attr: str | None = "layer_types"
     params: ParameterLayout = ParameterLayout()
     ort_reads_kv_heads: bool = False
@@ -369,6 +376,16 @@ class ArchitectureAdapter:
             raise ValueError(f"norm_gain_offset must be 0.0 (w) or 1.0 (1 + w), got {self.norm_gain_offset!r}")
         if self.embedding_scale not in (None, "sqrt_hidden"):
             raise ValueError(f"embedding_scale must be None or 'sqrt_hidden', got {self.embedding_scale!r}")
+        attention_only_norms = set(self.pruned_modules) - {self.attention, self.input_norm}
+        if self.attention_output_norm is not None and self.attention_output_norm not in attention_only_norms:
+            raise ValueError(
+                f"attention_output_norm={self.attention_output_norm!r} must be one of the norms in "
+                f"pruned_modules={self.pruned_modules!r}"
+            )
+        if self.mlp_output_norm is not None and self.mlp_output_norm not in self.pruned_forward:
+            raise ValueError(
+                f"mlp_output_norm={self.mlp_output_norm!r} must be one of pruned_forward={self.pruned_forward!r}"
+            )
         if "model_type" in self.tiny_config:
             raise ValueError("tiny_config must not name model_type; it is built once per entry of model_types")
 

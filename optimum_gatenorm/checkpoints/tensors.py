@@ -319,6 +319,11 @@ class AttentionWeights:
         norm: Gain `[hidden]` of the pre-attention norm, or `None` if the criterion does not use it.
         v: `[num_kv_heads, head_dim, hidden]` value weights, or `None` if the criterion does not use them.
         o: `[num_heads, hidden, head_dim]` output projection per query head, or `None` likewise.
+        q_norm: Gain `[head_dim]` of a per-head query RMSNorm applied before the dot product (Qwen3, Gemma 3), or
+            `None`. When set, `norm` is always read too (see `gate`).
+        k_norm: Gain `[head_dim]` of the per-head key RMSNorm, or `None`.
+        out_norm: Gain `[hidden]` of a norm on the attention output (Gemma's sandwich `post_attention_layernorm`),
+            read with `v` and `o`; `None` if there is none or they were not read.
     """
 
     layer: int
@@ -327,6 +332,9 @@ class AttentionWeights:
     norm: "torch.Tensor | None" = None
     v: "torch.Tensor | None" = None
     o: "torch.Tensor | None" = None
+    q_norm: "torch.Tensor | None" = None
+    k_norm: "torch.Tensor | None" = None
+    out_norm: "torch.Tensor | None" = None
 
     @property
     def group_size(self) -> int:
@@ -340,11 +348,44 @@ class AttentionWeights:
         kv, d, hidden = self.k.shape
         return self.q.reshape(kv, self.group_size, d, hidden).sum(dim=1)
 
+    def gate(self) -> "AttentionWeights":
+        """The query/key projections as the attention logit sees them; `self` when there are no query/key norms.
+
+        With per-head RMSNorms on queries and keys (gains `g_q`, `g_k`), head `h` scores query token `i` against
+        key token `j` with
+
+            (g_q * q_i / rms(q_i)) . (g_k * k_j / rms(k_j)) = x_i^T W_Q^h diag(g_q * g_k) W_K^h^T x_j / (rms(q_i) rms(k_j)),
+
+        where `q_i = W_Q^h^T x_i`, `k_j = W_K^h^T x_j` and `x` is the attention input (the normalised residual
+        stream times the pre-attention gain `gamma`). The per-token normalisation removes the projections' scale:
+        multiplying `W_Q` by any constant changes nothing. It is replaced by its expectation under the modelling
+        assumption of the weight-only criteria (`x = gamma * x_hat` with isotropic unit-variance `x_hat`):
+        `rms(q_i)^2 ~ E[rms(q_i)^2] = ||diag(gamma) W_Q^h||_F^2 / head_dim`, likewise for `k`. The returned weights
+        are therefore `W_Q^h diag(g_q * g_k) / (||diag(gamma) W_Q^h||_F / sqrt(d))` and
+        `W_K^h / (||diag(gamma) W_K^h||_F / sqrt(d))`: a gate whose bilinear form is the expected logit (before
+        the `1/sqrt(d)` scaling). Criteria on it measure how the *direction* of the projections and the gains
+        `g_q * g_k` (which now carry all of the scale, i.e. the attention's temperature) couple tokens, not the
+        projections' arbitrary scale. Idempotent: the result has no query/key norms left.
+        """
+        if self.q_norm is None and self.k_norm is None:
+            return self
+        if self.norm is None or self.q_norm is None or self.k_norm is None:
+            raise ValueError(f"layer {self.layer}: query/key norms need both gains and the pre-attention norm gain")
+        head_dim = self.k.shape[1]
+        q_rms = (self.q * self.norm).square().sum(dim=(1, 2)).div(head_dim).sqrt()  # [heads]
+        k_rms = (self.k * self.norm).square().sum(dim=(1, 2)).div(head_dim).sqrt()  # [kv_heads]
+        q = self.q * (self.q_norm * self.k_norm)[None, :, None] / q_rms[:, None, None]
+        k = self.k / k_rms[:, None, None]
+        return AttentionWeights(self.layer, q, k, self.norm, self.v, self.o, out_norm=self.out_norm)
+
     def folded(self) -> "AttentionWeights":
-        """The weights with the norm gain folded in: `W_Q -> diag(gamma) W_Q`, `W_K -> diag(gamma) W_K`."""
+        """The gate (`gate`) with the norm gain folded in: `W_Q -> diag(gamma) W_Q`, `W_K -> diag(gamma) W_K`."""
         if self.norm is None:
             raise ValueError(f"layer {self.layer}: no norm gain to fold")
-        return AttentionWeights(self.layer, self.q * self.norm, self.k * self.norm, self.norm, self.v, self.o)
+        gate = self.gate()
+        return AttentionWeights(
+            self.layer, gate.q * self.norm, gate.k * self.norm, self.norm, self.v, self.o, out_norm=self.out_norm
+        )
 
 
 def layer_weights(
@@ -379,14 +420,28 @@ def layer_weights(
         raise InvalidCheckpointError(
             f"layer {layer}: attention weights do not match the config's head sizes: {error}"
         ) from None
-    norm = None
-    if with_norm:
+    norm = q_norm = k_norm = None
+    # Query/key norms need the pre-attention gain too: it sets the expected scale of the queries (`gate`).
+    if with_norm or adapter.qk_norms:
         norm = adapter.norm_gain(
             source.get(adapter.norm_tensor_name(layer), adapter.base_model_prefix).to(device, torch.float32)
         )
-    for what, tensor in (("query", q), ("key", k), ("norm gain", norm), ("value", v), ("output projection", o)):
+    if adapter.qk_norms:
+        q_norm, k_norm = (
+            adapter.norm_gain(
+                source.get(f"{prefix}{name}.weight", adapter.base_model_prefix).to(device, torch.float32)
+            )
+            for name in adapter.qk_norms
+        )
+    out_norm = None
+    if with_ov and adapter.attention_output_norm:
+        name = f"{adapter.layer_prefix(layer)}.{adapter.attention_output_norm}.weight"
+        out_norm = adapter.norm_gain(source.get(name, adapter.base_model_prefix).to(device, torch.float32))
+    checked = (("query", q), ("key", k), ("norm gain", norm), ("value", v), ("output projection", o))
+    checked += (("query norm gain", q_norm), ("key norm gain", k_norm), ("attention output norm gain", out_norm))
+    for what, tensor in checked:
         if tensor is not None and not torch.isfinite(tensor).all():
             raise InvalidCheckpointError(
                 f"layer {layer}: the {what} weights hold NaN or Inf values; the checkpoint is corrupt"
             )
-    return AttentionWeights(layer, q, k, norm, v, o)
+    return AttentionWeights(layer, q, k, norm, v, o, q_norm, k_norm, out_norm)

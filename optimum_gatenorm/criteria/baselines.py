@@ -11,7 +11,9 @@ no gradients, eval mode) and read, for each decoder layer `l` that still has att
 
 through forward hooks placed where the architecture adapter says the layers and attention modules are. The
 attention module's output `[0]` is what the layer adds to the residual stream (GPT-NeoX's post-attention dropout
-and Phi-3's residual dropout are identities in eval mode). Statistics are averaged over every calibration token
+and Phi-3's residual dropout are identities in eval mode). With sandwich norms (Gemma) the layer adds
+`A_l = post_attention_layernorm(Attn_l(LN_l(X_l)))` instead: the hook then sits on that norm (the adapter's
+`attention_output_norm`), whose output is exactly the update. Statistics are averaged over every calibration token
 (the windows are full, so there is no padding) in float32, accumulated in float64.
 """
 
@@ -89,8 +91,12 @@ def attention_statistics(
             decoder_layer = decoder_layers[layer]
             attention = getattr(decoder_layer, adapter.attention, None)
             assert attention is not None, f"layer {layer} has no attention module to score"
+            # The module whose output the layer adds to the residual stream: the attention, or its output norm.
+            update = (
+                getattr(decoder_layer, adapter.attention_output_norm) if adapter.attention_output_norm else attention
+            )
             handles.append(decoder_layer.register_forward_pre_hook(capture_input(layer), with_kwargs=True))
-            handles.append(attention.register_forward_hook(measure(layer)))
+            handles.append(update.register_forward_hook(measure(layer)))
         model.eval()
         with torch.no_grad():
             for batch in tqdm(calibration.batches(), desc="Calibration passes", unit="batch", disable=not progress):

@@ -21,6 +21,15 @@ are ignored. For every criterion the lowest score is removed first.
   (0 for attention already removed) and `M_j` the expected output norm of MLP `j` for an isotropic unit-variance
   input, computed per neuron by Gauss-Hermite quadrature (`mlp_output_norm`). The data-driven `cosine` baseline
   measures the same quantity (`1 - cos(X, X + A)` grows with `||A|| / ||X||`) on real text.
+
+Sandwich norms (Gemma 2 and 3) put an RMSNorm with gain `g` on a sublayer's output `a` before the residual add, so
+the update is `g * a / rms(a)`: its size no longer scales with the weights that produce `a`, only its direction
+does. Under the same modelling assumption, with `C = E[a a^T]` the output covariance,
+`E ||g * a / rms(a)||^2 ~ sum_i g_i^2 E[a_i^2] / E[rms(a)^2] = D * sum_i g_i^2 C_ii / tr(C)` (`D` = hidden size):
+the output norm gain weighted by where the sublayer writes. `ov_norm` and the MLP output norms of `ov_relative`
+use this where the adapter names an output norm (`attention_output_norm`, `mlp_output_norm`); `C_ii` is
+`sum_h ||(O_h V_{g(h)} diag(gamma))_i||^2` for attention and the per-coordinate second moment of the MLP output.
+The embedding enters the residual stream times `sqrt(hidden)` where the adapter says so (`embedding_scale`).
 """
 
 from __future__ import annotations
@@ -39,16 +48,35 @@ if TYPE_CHECKING:
     import torch
     from transformers import PretrainedConfig
 
-__all__ = ["StackWeights", "gate_ov", "mlp_output_norm", "ov_norm", "ov_norm_squared", "ov_relative"]
+__all__ = [
+    "StackWeights",
+    "gate_ov",
+    "mlp_output_norm",
+    "normalized_output_norm_squared",
+    "ov_norm",
+    "ov_norm_squared",
+    "ov_relative",
+]
 
 QUADRATURE_NODES = 64
+
+
+def normalized_output_norm_squared(second_moments: "torch.Tensor", gain: "torch.Tensor") -> float:
+    """`D * sum_i g_i^2 m_i / sum_i m_i`: expected squared norm of `g * a / rms(a)` for an output `a` with
+    per-coordinate second moments `m_i = E[a_i^2]` (module docstring); 0 for an output that is always zero."""
+    total = float(second_moments.sum())
+    if total <= 0:
+        return 0.0
+    return second_moments.numel() * float((gain.square() * second_moments).sum()) / total
 
 
 def ov_norm_squared(weights: AttentionWeights) -> float:
     """`sum_h ||O_h V_{g(h)} diag(gamma)||_F^2` through `head_dim x head_dim` Gram matrices.
 
     `||O V G||_F^2 = trace((V G^2 V^T)(O^T O))`, so no `hidden x hidden` product is formed. Without a norm gain
-    (`weights.norm is None`) `gamma = 1`.
+    (`weights.norm is None`) `gamma = 1`. With a norm on the attention output (`weights.out_norm`, gain `g`) it is
+    `D * sum_i g_i^2 C_ii / tr(C)` with `C_ii = sum_h ||(O_h V_{g(h)} diag(gamma))_i||^2` and `tr(C)` the sum
+    above (module docstring).
     """
     import torch
 
@@ -56,6 +84,9 @@ def ov_norm_squared(weights: AttentionWeights) -> float:
         raise ValueError(f"layer {weights.layer}: the value and output projections were not read")
     v = weights.v if weights.norm is None else weights.v * weights.norm
     v_gram = torch.einsum("gdn,gen->gde", v, v).repeat_interleave(weights.group_size, dim=0)  # [heads, d, d]
+    if weights.out_norm is not None:
+        diagonal = torch.einsum("hnd,hde,hne->n", weights.o, v_gram, weights.o).clamp_min(0)  # C_ii
+        return normalized_output_norm_squared(diagonal, weights.out_norm)
     o_gram = torch.einsum("hnd,hne->hde", weights.o, weights.o)  # [heads, d, d]
     return float((v_gram * o_gram).sum().clamp_min(0))
 
@@ -102,6 +133,7 @@ def mlp_output_norm(
     activation,
     *,
     nodes: int = QUADRATURE_NODES,
+    out_gain: "torch.Tensor | None" = None,
 ) -> float:
     """Expected norm of `down(act(gate x) * up x)` (or `down(act(up x))` when `gate` is `None`).
 
@@ -119,6 +151,9 @@ def mlp_output_norm(
         gain: `[hidden]` gain of the norm in front of the MLP.
         activation: The elementwise activation (a callable on tensors).
         nodes: Quadrature nodes.
+        out_gain: `[hidden]` gain of an RMSNorm on the MLP output (Gemma's `post_feedforward_layernorm`), or
+            `None`. With it the result is the expected norm of `out_gain * y / rms(y)`, `y` the MLP output:
+            `sqrt(D * sum_i g_i^2 E[y_i^2] / sum_i E[y_i^2])` (module docstring).
     """
     import numpy
     import torch
@@ -138,8 +173,10 @@ def mlp_output_norm(
         mean = (phi * z) @ w * s_b * rho
         second = (phi.square() * (rho[:, None].square() * z.square() + (1 - rho.square())[:, None])) @ w * s_b.square()
     variance = (second - mean.square()).clamp_min(0)
-    squared = (down @ mean).square().sum() + (down.square().sum(dim=0) * variance).sum()
-    return float(squared.sqrt())
+    moments = (down @ mean).square() + down.square() @ variance  # E[y_i^2] per output coordinate
+    if out_gain is not None:
+        return math.sqrt(normalized_output_norm_squared(moments, out_gain))
+    return float(moments.sum().sqrt())
 
 
 class StackWeights:
@@ -195,14 +232,19 @@ class StackWeights:
             )
 
     def mlp_output_norm(self, layer: int) -> float:
-        """Expected output norm of layer `layer`'s MLP for an isotropic unit-variance input (`mlp_output_norm`)."""
+        """Expected output norm of layer `layer`'s MLP for an isotropic unit-variance input (`mlp_output_norm`),
+        after its output norm where the architecture has one (sandwich norms)."""
         self._require("mlp_layout")
         layout = self.adapter.mlp_layout
         prefix = f"{self.adapter.layer_prefix(layer)}.{self.adapter.mlp}."
         tensors = {name[len(prefix) :]: self._tensor(name) for name in self.adapter.mlp_tensor_names(layer)}
         gate, up, down = layout.extract(tensors)
         gain = self.adapter.norm_gain(self._tensor(self.adapter.post_norm_tensor_name(layer)))
-        return mlp_output_norm(gate, up, down, gain, _activation(self.config, layout.activation))
+        out_gain = None
+        if self.adapter.mlp_output_norm:
+            name = f"{self.adapter.layer_prefix(layer)}.{self.adapter.mlp_output_norm}.weight"
+            out_gain = self.adapter.norm_gain(self._tensor(name))
+        return mlp_output_norm(gate, up, down, gain, _activation(self.config, layout.activation), out_gain=out_gain)
 
     def embedding_norm(self) -> float:
         """Root-mean-square row norm of the token embedding as the residual stream receives it (scaled by

@@ -14,6 +14,15 @@ Measured on SmolLM2-135M (benchmarks/RESULTS.md), the paper's criterion removes 
 worse than a random choice from k = 4 on; the default is therefore `gate_trace`, minus the *trace* of the same gate
 (with the norm gain folded in): how much each head prefers tokens like the query itself, which are redundant to
 attend to. `gate_norm` stays available by name, exactly as the paper defines it.
+
+Architectures with per-head query/key RMSNorms (Qwen3, Gemma 3) normalise every query and key before the dot
+product, so `W_Q` and `W_K` alone do not determine the gate and their scale means nothing. Every criterion here
+scores `AttentionWeights.gate()` instead of the raw projections: `W_Q^h diag(g_q * g_k) W_K^h^T` divided by the
+expected RMS of that head's queries and keys (derivation in `AttentionWeights.gate`); without such norms it is the
+raw gate, unchanged. Norm gains stored as `w` and applied as `1 + w` (Gemma) are read through the adapter's
+`norm_gain`, so `gamma`, `g_q` and `g_k` are always the factors the model multiplies by. Gemma scales logits by
+`query_pre_attn_scalar^-1/2` instead of `head_dim^-1/2` (and Gemma 2 soft-caps them with a monotone `tanh`): a
+constant factor for every layer, so rankings are unchanged; `gate_trace` keeps its documented `1/sqrt(head_dim)`.
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ def frobenius_of_product(a: "torch.Tensor", b: "torch.Tensor") -> float:
 @register_criterion("gate_norm", description="||W_Q W_K^T||_F, the paper's Gate-Norm")
 def gate_norm(weights: AttentionWeights) -> float:
     """Gate-Norm, arXiv:2512.20636: `s = ||W_Q W_K^T||_F` with `W_Q W_K^T = sum_h W_Q^h (W_K^{g(h)})^T`."""
+    weights = weights.gate()
     kv, d, hidden = weights.k.shape
     return frobenius_of_product(weights.grouped_q().reshape(kv * d, hidden), weights.k.reshape(kv * d, hidden))
 
@@ -57,6 +67,7 @@ def gate_norm_head(weights: AttentionWeights) -> float:
     """Per-head Gate-Norm: `s = sum_h ||W_Q^h (W_K^{g(h)})^T||_F`, via `head_dim x head_dim` Gram matrices."""
     import torch
 
+    weights = weights.gate()
     q_gram = torch.einsum("hdn,hen->hde", weights.q, weights.q)  # [heads, d, d]
     k_gram = torch.einsum("gdn,gen->gde", weights.k, weights.k)  # [kv_heads, d, d]
     k_gram = k_gram.repeat_interleave(weights.group_size, dim=0)
@@ -100,6 +111,7 @@ def gate_trace(weights: AttentionWeights) -> float:
     """
     if weights.norm is None:
         raise ValueError(f"layer {weights.layer}: gate_trace needs the pre-attention norm gain")
-    head_dim = weights.k.shape[1]
-    trace = (weights.grouped_q() * weights.k * weights.norm.square()).sum()
+    gate = weights.gate()
+    head_dim = gate.k.shape[1]
+    trace = (gate.grouped_q() * gate.k * weights.norm.square()).sum()
     return -float(trace) / math.sqrt(head_dim)

@@ -6,25 +6,34 @@ only serve it) are deleted, so it has no weights and no KV-cache entry for them.
 `layer_idx = 0..n_kept-1`, so the KV cache holds exactly the kept layers in order; transformers' caches read
 the sequence length and masks from slot 0, so leaving holes would break incremental decoding.
 
+Architectures that mix sliding-window and full-attention layers (`config.layer_types`) keep each kept layer's own
+type in the compacted cache, whatever layers are removed: see `CacheLayerTypesConfigMixin`.
+
 The pruned layer keeps the class of the original layer (a subclass is swapped in), so every `isinstance` check
 transformers makes (hidden-state recording, gradient checkpointing) still holds.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ..adapters import ArchitectureAdapter, get_adapter
-from ..errors import InvalidConfigError, UnsupportedModelError
+from ..errors import InvalidConfigError
 
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-__all__ = ["AttentionPrunedLayerMixin", "apply_pruned_structure", "is_attention_pruned"]
+__all__ = [
+    "AttentionPrunedLayerMixin",
+    "CacheLayerTypesConfigMixin",
+    "apply_pruned_structure",
+    "is_attention_pruned",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -83,14 +92,83 @@ def validate_pruned_set(layers: Iterable[int], total: int) -> list[int]:
     return layers
 
 
-def _check_layer_types(config, adapter: ArchitectureAdapter, kept: list[int]) -> None:
-    # Caches build slot j from layer_types[j]; with mixed sliding/full layers, renumbering must not change that.
+class CacheLayerTypesConfigMixin:
+    """A model config whose KV caches are built for the kept attention layers only, each with its own type.
+
+    transformers' caches (`DynamicCache`, `StaticCache`) build slot `j` from `config.layer_types[j]` (full or
+    sliding window), and they build them from `config.get_text_config(decoder=True)`. The kept attention modules are
+    renumbered `0..n_kept-1`, so slot `j` belongs to the `j`-th kept layer, whose type is
+    `layer_types[kept[j]]`. This mixin makes `get_text_config` return a shallow copy of the config whose layer types
+    are exactly those, one per kept layer (and so one cache slot per kept layer). Everything else reads the types
+    per decoder layer, as stored: each decoder layer and attention module took its type (mask, window, rotary
+    embedding) from `layer_types[i]` when it was built, and `config.json` keeps `layer_types` as it was.
+    """
+
+    _gatenorm_layer_types_attr: str
+    _gatenorm_base_class: type
+
+    def get_text_config(self, *args, **kwargs):
+        config = super().get_text_config(*args, **kwargs)
+        kept = self.__dict__.get(_KEPT_ATTRIBUTE)
+        layer_types = getattr(self, self._gatenorm_layer_types_attr, None)
+        if config is not self or kept is None or layer_types is None:
+            return config
+        view = copy.copy(self)
+        view.__class__ = self._gatenorm_base_class
+        del view.__dict__[_KEPT_ATTRIBUTE]
+        setattr(view, self._gatenorm_layer_types_attr, [layer_types[i] for i in kept])
+        return view
+
+    def to_dict(self):
+        output = super().to_dict()
+        output.pop(_KEPT_ATTRIBUTE, None)
+        return output
+
+
+_KEPT_ATTRIBUTE = "_gatenorm_kept_attention_layers"
+_PRUNED_CONFIG_CLASSES: dict[type, type] = {}
+
+
+def _cache_config_class(base: type, adapter: ArchitectureAdapter) -> type:
+    """A subclass of the config class with `CacheLayerTypesConfigMixin`, registered in this module so it pickles.
+
+    It keeps the base class's `__name__`: transformers' auto classes look configs up by class name.
+    """
+    if base in _PRUNED_CONFIG_CLASSES:
+        return _PRUNED_CONFIG_CLASSES[base]
+    name = f"AttentionPruned{base.__name__}"
+    module = sys.modules[__name__]
+    while hasattr(module, name):
+        name += "_"
+    cls = type(
+        base.__name__,
+        (CacheLayerTypesConfigMixin, base),
+        {
+            "_gatenorm_layer_types_attr": adapter.layer_types_attr,
+            "_gatenorm_base_class": base,
+            "__module__": __name__,
+            "__qualname__": name,
+        },
+    )
+    setattr(module, name, cls)
+    _PRUNED_CONFIG_CLASSES[base] = cls
+    return cls
+
+
+def _set_cache_layer_types(config, adapter: ArchitectureAdapter, decoder_layers, kept: list[int]) -> None:
+    """Makes the caches built from `config` hold one slot per kept layer, of that layer's type (see the mixin)."""
     layer_types = getattr(config, adapter.layer_types_attr, None) if adapter.layer_types_attr else None
-    if layer_types and [layer_types[i] for i in kept] != list(layer_types[: len(kept)]):
-        raise UnsupportedModelError(
-            f"{config.model_type} mixes attention types {sorted(set(layer_types))} across layers; removing these "
-            "layers would give kept layers a cache of the wrong type. Choose layers that keep the type sequence"
-        )
+    if layer_types is None:
+        return  # one type for every layer (or none): slot j of a cache of num_hidden_layers slots fits any layer
+    if not isinstance(config, CacheLayerTypesConfigMixin):
+        config.__class__ = _cache_config_class(type(config), adapter)
+    config.__dict__[_KEPT_ATTRIBUTE] = list(kept)
+    # The model's forward looks each layer's mask up by `layer.attention_type`, pruned layers too (which ignore
+    # it); `generate` with a static cache builds masks only for the types of the cache slots, so a pruned layer
+    # must name a type a kept layer has (when, e.g., every full-attention layer was removed).
+    for layer in decoder_layers:
+        if is_attention_pruned(layer) and hasattr(layer, "attention_type"):
+            layer.attention_type = layer_types[kept[0]]
 
 
 def apply_pruned_structure(model: "PreTrainedModel", layers: Iterable[int]) -> list[int]:
@@ -108,7 +186,6 @@ def apply_pruned_structure(model: "PreTrainedModel", layers: Iterable[int]) -> l
     already = {i for i, layer in enumerate(decoder_layers) if is_attention_pruned(layer)}
     pruned = validate_pruned_set(set(layers) | already, total)
     kept = [i for i in range(total) if i not in pruned]
-    _check_layer_types(model.config, adapter, kept)
     for index in pruned:
         layer = decoder_layers[index]
         if index in already:
@@ -118,4 +195,5 @@ def apply_pruned_structure(model: "PreTrainedModel", layers: Iterable[int]) -> l
             delattr(layer, name)
     for slot, index in enumerate(kept):
         getattr(decoder_layers[index], adapter.attention).layer_idx = slot
+    _set_cache_layer_types(model.config, adapter, decoder_layers, kept)
     return pruned
