@@ -95,18 +95,23 @@ def require_onnx(feature: str) -> None:
         raise MissingExtraError(f"{feature} needs the [onnx] extra (optimum-onnx), not installed; {ONNX_INSTALL}")
 
 
-def require_onnxruntime(feature: str) -> None:
+def require_onnxruntime(feature: str, alternative: str = "") -> None:
     """Refuses `feature` (e.g. "running an ONNX export") in one line when onnxruntime or optimum-onnx is missing.
+
+    Args:
+        feature: What needs it, as the start of the sentence.
+        alternative: A way around it without the extra, appended as ", or <alternative>".
 
     Raises:
         MissingExtraError: Naming the extras and the command that installs them.
     """
+    tail = f", or {alternative}" if alternative else ""
     if not _module_exists("optimum.onnxruntime"):
         raise MissingExtraError(
-            f"{feature} needs the [onnx] and [onnxruntime] extras (optimum-onnx), not installed; {ONNX_INSTALL}"
+            f"{feature} needs the [onnx] and [onnxruntime] extras (optimum-onnx), not installed; {ONNX_INSTALL}{tail}"
         )
     if not _module_exists("onnxruntime"):
-        raise MissingExtraError(f"{feature} needs onnxruntime, not installed; {ONNXRUNTIME_INSTALL}")
+        raise MissingExtraError(f"{feature} needs onnxruntime, not installed; {ONNXRUNTIME_INSTALL}{tail}")
 
 
 def layer_returns_tuple(adapter: "ArchitectureAdapter") -> bool:
