@@ -10,6 +10,7 @@ __all__ = [
     "GateNormError",
     "InvalidCheckpointError",
     "InvalidConfigError",
+    "MissingExtraError",
     "ModelNotFoundError",
     "OutputExistsError",
     "OutputNotWritableError",
@@ -47,3 +48,7 @@ class ExportError(GateNormError, RuntimeError):
 
 class OutputNotWritableError(GateNormError, PermissionError):
     """The output (or cache) location cannot be written: a read-only filesystem, no permission, a full disk."""
+
+
+class MissingExtraError(GateNormError, ImportError):
+    """A feature needs an optional extra that is not installed (e.g. `[onnx]` for the ONNX export)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .checkpoints.modeling import write_pruned
+from .compat import require_onnx
 from .criteria import get_criterion, require_calibration
 from .errors import InvalidConfigError
 from .exporters.onnx import check_onnx_exportable, export_onnx_into
@@ -137,6 +138,8 @@ def prune_and_save(
         raise TypeError(f"config must be a GateNormConfig, got {type(config).__name__}")
     if export is not None and export not in EXPORT_FORMATS:
         raise InvalidConfigError(f"export must be one of {', '.join(EXPORT_FORMATS)} or None, got {export!r}")
+    if export == "onnx":
+        require_onnx("--export onnx")
     if dtype not in ("auto", "float32", "float16", "bfloat16"):
         raise InvalidConfigError(f"dtype must be auto, float32, float16 or bfloat16, got {dtype!r}")
     check_output_path(output_dir, overwrite, directory=True)

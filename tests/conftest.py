@@ -5,17 +5,63 @@ from __future__ import annotations
 import json
 import os
 import string
+import subprocess
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from optimum_gatenorm.adapters import get_adapter, supported_model_types
+from optimum_gatenorm.compat import TRANSFORMERS_VERSION, has_onnx, has_onnxruntime
 
 
 # No hub is reachable here or in CI: fail fast instead of waiting on the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# --- which tests this environment runs ------------------------------------------------------------------------------
+# The suite runs in two environments (README, "Tests"; `.ci/test` runs both): the transformers 4.57 line with the
+# [onnx,onnxruntime] extras, and the 5.x line with the core only (optimum-onnx pins transformers<4.58). Tests marked
+# `onnx` need the extras; tests marked `no_onnx` check what a user without them sees. Each set runs in exactly one
+# of the two environments, so each is skipped, with this reason, in the other.
+HAS_ONNX = has_onnx() and has_onnxruntime()
+SKIP_ONNX = "needs the [onnx,onnxruntime] extras (the transformers 4.57 environment of `.ci/test` runs it)"
+SKIP_NO_ONNX = "checks the refusal without the [onnx] extra (the transformers 5 environment of `.ci/test` runs it)"
+
+# The other transformers line's python, for the tests that move checkpoints between lines (`.ci/test` sets it).
+OTHER_PYTHON_ENV = "OPTIMUM_GATENORM_OTHER_PYTHON"
+# Set by `.ci/test`: a test that needs the other line fails instead of skipping when it is missing.
+STRICT_ENV = "OPTIMUM_GATENORM_TEST_BOTH_LINES"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "onnx" in item.keywords and not HAS_ONNX:
+            item.add_marker(pytest.mark.skip(reason=SKIP_ONNX))
+        if "no_onnx" in item.keywords and HAS_ONNX:
+            item.add_marker(pytest.mark.skip(reason=SKIP_NO_ONNX))
+
+
+@pytest.fixture(scope="session")
+def other_python() -> Path:
+    """The python of a virtualenv on the other transformers line (4.57 here on 5.x, and the reverse)."""
+    value = os.environ.get(OTHER_PYTHON_ENV)
+    if not value:
+        message = f"needs the other transformers line: set {OTHER_PYTHON_ENV} to its venv's python (`.ci/test` does)"
+        if os.environ.get(STRICT_ENV):
+            pytest.fail(message)
+        pytest.skip(message)
+    python = Path(value)
+    assert python.is_file(), f"{OTHER_PYTHON_ENV}={value} does not exist"
+    version = subprocess.run(
+        [str(python), "-c", "import transformers; print(transformers.__version__)"],
+        capture_output=True, text=True, check=True, timeout=120,
+    ).stdout.strip()  # fmt: skip
+    assert version.split(".")[0] != str(TRANSFORMERS_VERSION.major), (
+        f"{OTHER_PYTHON_ENV} has transformers {version}, the same line as this one ({TRANSFORMERS_VERSION})"
+    )
+    return python
 
 
 # One tiny config per registered model type, declared by its adapter (`ArchitectureAdapter.tiny_config`: hidden 32,
@@ -34,18 +80,18 @@ VARIANTS = {
 ALL_TINY = {**TINY_CONFIGS, **VARIANTS}
 
 
-def tiny_config(name: str):
-    spec = dict(ALL_TINY[name])
+def tiny_config(name: str, **overrides):
+    spec = dict(ALL_TINY[name], **overrides)
     model_type = spec.pop("model_type")
     config = AutoConfig.for_model(model_type, **spec)
     config._attn_implementation = "eager"
     return config
 
 
-def tiny_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32):
+def tiny_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, **overrides):
     """A tiny random model; weights are scaled up so attention patterns are far from uniform."""
     torch.manual_seed(seed)
-    config = tiny_config(name)
+    config = tiny_config(name, **overrides)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
     with torch.no_grad():
         for param in model.parameters():

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import tiny_model, tiny_tokenizer
+from conftest import HAS_ONNX, tiny_model, tiny_tokenizer
 
 from optimum_gatenorm import GateNormConfig, export_onnx, prune_and_save
 from optimum_gatenorm.outputs import OUTPUT_MARKER
@@ -32,6 +32,15 @@ class Case:
     needles: tuple[str, ...]
     cwd: str = "."
     env: dict = field(default_factory=dict)
+    without_onnx: bool = False  # checks the refusal where the [onnx] extra is missing (marker `no_onnx`)
+
+    @property
+    def needs_onnx(self) -> bool:
+        """Whether the case runs the ONNX path (export, --export onnx, the onnxruntime benchmark, an ONNX dir)."""
+        args = " ".join(self.args)
+        return not self.without_onnx and (
+            self.args[0] in ("export", "benchmark") or "--export onnx" in args or "{onnx}" in args
+        )
 
 
 CASES = {
@@ -164,7 +173,24 @@ CASES = {
         ("convert", "-m", "{real.gguf}", "-o", "{userdir}", "--overwrite"), ("not written by optimum-gatenorm",)
     ),
     "criteria_bad_format": Case(("criteria", "--format", "xml"), ("invalid choice",)),
+    # --- without the [onnx] extra (the transformers 5 environment): one line naming the extra ----------------------
+    "export_without_onnx_extra": Case(
+        ("export", "-m", "{model}", "-o", "{new}"), ("[onnx]", "pip install"), without_onnx=True
+    ),
+    "prune_export_onnx_without_onnx_extra": Case(
+        ("prune", "-m", "{model}", "-k", "1", "-o", "{new}", "--export", "onnx"), ("[onnx]",), without_onnx=True
+    ),
+    "eval_onnx_dir_without_onnx_extra": Case(
+        ("eval", "-m", "{fakeonnx}", "-t", "{text}"), ("[onnx]", "[onnxruntime]"), without_onnx=True
+    ),
+    "benchmark_without_onnx_extra": Case(
+        ("benchmark", "-m", "{model}", "-b", "{model}"), ("[onnx]", "--backend pytorch"), without_onnx=True
+    ),
 }
+
+
+def _marks(case: Case):
+    return [pytest.mark.onnx] if case.needs_onnx else [pytest.mark.no_onnx] if case.without_onnx else []
 
 
 def _real_gguf() -> Path:
@@ -186,8 +212,14 @@ def workspace(tmp_path_factory) -> Path:
     (root / "gemma3").mkdir()  # a multimodal Gemma 3 checkpoint, as far as its config says
     (root / "gemma3" / "config.json").write_text('{"model_type": "gemma3", "text_config": {"hidden_size": 32}}')
     (root / "noconfig" / "model.safetensors").write_bytes((root / "model" / "model.safetensors").read_bytes())
-    prune_and_save(root / "model", root / "ours", GateNormConfig(num_layers=1), export="onnx")
-    export_onnx(root / "model", root / "onnx", validate=False)
+    prune_and_save(root / "model", root / "ours", GateNormConfig(num_layers=1), export="onnx" if HAS_ONNX else None)
+    if HAS_ONNX:
+        export_onnx(root / "model", root / "onnx", validate=False)
+    # What an ONNX export directory looks like to a loader (model.onnx, config, tokenizer), for the refusals
+    # without the [onnx] extra: they come before the file is read.
+    model.config.save_pretrained(root / "fakeonnx")
+    tiny_tokenizer().save_pretrained(root / "fakeonnx")
+    (root / "fakeonnx" / "model.onnx").write_bytes(b"not read")
     for name in ("userdir", "fakehome"):
         (root / name).mkdir()
         (root / name / "precious.txt").write_text("a file the user cares about\n")
@@ -232,7 +264,7 @@ def test_the_table_has_at_least_40_cases_over_every_command():
     assert commands == {"score", "prune", "export", "eval", "compare", "benchmark", "convert", "criteria"}
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", [pytest.param(name, marks=_marks(CASES[name])) for name in sorted(CASES)])
 def test_bad_input_is_refused_in_one_line_and_nothing_changes(name, workspace):
     case = CASES[name]
     args = [_fill(arg, workspace) for arg in case.args]
@@ -261,7 +293,8 @@ def test_bad_input_is_refused_in_one_line_and_nothing_changes(name, workspace):
 
 
 def test_our_outputs_carry_the_marker_and_overwrite_replaces_only_them(workspace, tmp_path):
-    assert (workspace / "ours" / OUTPUT_MARKER).is_file() and (workspace / "ours" / "onnx" / OUTPUT_MARKER).is_file()
+    assert (workspace / "ours" / OUTPUT_MARKER).is_file()
+    assert (workspace / "ours" / "onnx" / OUTPUT_MARKER).is_file() == HAS_ONNX
     target = tmp_path / "pruned"
     prune_and_save(workspace / "model", target, GateNormConfig(num_layers=1))
     prune_and_save(workspace / "model", target, GateNormConfig(num_layers=2), overwrite=True)
@@ -282,6 +315,7 @@ def _cli(*args, cwd) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.onnx
 def test_prune_with_export_prints_a_short_true_summary(workspace, tmp_path):
     result = _cli(
         "prune", "-m", workspace / "model", "-k", "1", "-o", tmp_path / "out", "--export", "onnx", cwd=tmp_path

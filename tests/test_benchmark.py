@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_model, tiny_tokenizer
+from conftest import HAS_ONNX, tiny_model, tiny_tokenizer
 
 from optimum_gatenorm import InvalidCheckpointError, InvalidConfigError, export_onnx, prune_model
 from optimum_gatenorm.benchmark.throughput import METRICS, BenchmarkSettings, run_benchmark
@@ -25,7 +25,8 @@ def models(tmp_path_factory):
         prune_model(model, layers)
         model.save_pretrained(root / name)
         tiny_tokenizer().save_pretrained(root / name)
-        export_onnx(root / name, root / f"{name}-onnx", validate=False)  # from the directory: tokenizer too
+        if HAS_ONNX:
+            export_onnx(root / name, root / f"{name}-onnx", validate=False)  # from the directory: tokenizer too
     return root
 
 
@@ -48,6 +49,7 @@ def _check_result(result, settings):
     json.loads(result.to_json())
 
 
+@pytest.mark.onnx
 def test_onnxruntime_benchmark_structure(models):
     settings = BenchmarkSettings(batch_sizes=[1, 2], prompt_lengths=[8, 16], new_tokens=4, warmup=1, runs=2)
     result = run_benchmark(models / "pruned-onnx", models / "base-onnx", settings)
@@ -80,6 +82,7 @@ def test_bad_settings(kwargs):
         BenchmarkSettings(**kwargs)
 
 
+@pytest.mark.onnx
 def test_wrong_directories_and_vocabularies_are_refused(models, tmp_path):
     settings = BenchmarkSettings(prompt_lengths=[8], new_tokens=2, warmup=0, runs=1)
     with pytest.raises(InvalidCheckpointError, match="not an ONNX export"):
@@ -97,12 +100,14 @@ def test_wrong_directories_and_vocabularies_are_refused(models, tmp_path):
         run_benchmark(tmp_path / "other", models / "base-onnx", settings)
 
 
+@pytest.mark.onnx
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised when CUDA is missing")
 def test_cuda_without_cuda_names_the_missing_piece(models):
     with pytest.raises(InvalidConfigError, match="CUDA was asked for"):
         run_benchmark(models / "pruned-onnx", models / "base-onnx", BenchmarkSettings(provider="cuda"))
 
 
+@pytest.mark.onnx
 def test_cli_writes_json_and_plot(models, tmp_path):
     result = subprocess.run(
         [
@@ -121,6 +126,7 @@ def test_cli_writes_json_and_plot(models, tmp_path):
     assert "efficiency" in result.stdout
 
 
+@pytest.mark.onnx
 @pytest.mark.parametrize(
     "args, needle",
     [
@@ -139,6 +145,7 @@ def test_cli_bad_values_are_one_line(models, args, needle):
     assert needle in result.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.onnx
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU and onnxruntime-gpu")
 def test_cuda_benchmark(models):
@@ -147,6 +154,7 @@ def test_cuda_benchmark(models):
     assert result.machine["providers"]["candidate"][0] == "CUDAExecutionProvider"
 
 
+@pytest.mark.onnx
 @pytest.mark.slow
 def test_real_model_benchmark_cli(tmp_path):
     from optimum_gatenorm import GateNormConfig, GateNormPruner, resolve_model

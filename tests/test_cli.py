@@ -275,6 +275,7 @@ def test_score_of_pruned_checkpoint_marks_removed_layers(tmp_path):
     assert sorted(data["ranking"]) == report.kept_attention_layers
 
 
+@pytest.mark.onnx
 def test_export_and_prune_with_export_load_in_ort(llama_dir, tmp_path):
     from optimum.onnxruntime import ORTModelForCausalLM
 
@@ -296,6 +297,7 @@ def test_export_and_prune_with_export_load_in_ort(llama_dir, tmp_path):
             assert torch.equal(ort.generate(ids, pad_token_id=0, **kwargs), expected_tokens)
 
 
+@pytest.mark.onnx
 def test_export_refusals_are_one_line_exit_2(llama_dir, tmp_path):
     result = run_cli("gatenorm", "export", "--model", llama_dir, "--output", tmp_path / "x", "--dtype", "fp16")
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -334,6 +336,7 @@ def llama_with_tokenizer(tmp_path_factory) -> Path:
     return directory
 
 
+@pytest.mark.onnx
 def test_eval_pytorch_and_onnx_agree_through_the_cli(llama_with_tokenizer, tmp_path):
     text = llama_with_tokenizer.parent / "text.txt"
     ok(run_cli("gatenorm", "prune", "-m", llama_with_tokenizer, "-k", "1", "-o", tmp_path / "p", "--export", "onnx"))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_model, tiny_tokenizer
+from conftest import HAS_ONNX, tiny_model, tiny_tokenizer
 
 from optimum_gatenorm import (
     GateNormConfig,
@@ -79,8 +79,10 @@ def saved(tmp_path_factory, tokenizer):
             prune_model(model, pruned)
         model.save_pretrained(root / name)
         tokenizer.save_pretrained(root / name)
-        export_onnx(root / name, root / f"{name}-onnx")
-        dirs[name], dirs[f"{name}-onnx"] = root / name, root / f"{name}-onnx"
+        dirs[name] = root / name
+        if HAS_ONNX:
+            export_onnx(root / name, root / f"{name}-onnx")
+            dirs[f"{name}-onnx"] = root / f"{name}-onnx"
     return dirs
 
 
@@ -194,6 +196,7 @@ def test_result_serialises_and_formats(model, tokenizer, tmp_path):
     assert json.loads(overflow.to_json())["perplexity"] is None
 
 
+@pytest.mark.onnx
 @pytest.mark.parametrize("which", ["original", "pruned"])
 def test_pytorch_and_onnx_agree(saved, text_file, which):
     assert (saved[f"{which}-onnx"] / "tokenizer.json").is_file()  # export_onnx copied it
@@ -235,6 +238,7 @@ def test_bad_text_files(saved, tmp_path):
         assert "\n" not in str(info.value)
 
 
+@pytest.mark.onnx
 @pytest.mark.parametrize(
     "options,words",
     [
@@ -260,6 +264,7 @@ def test_bad_windowing_options(model, tokenizer, saved, text_file, options, word
             evaluate_perplexity(saved["original-onnx"], text_file, **options)
 
 
+@pytest.mark.onnx
 def test_model_without_tokenizer_or_missing(tmp_path, text_file):
     bare = tmp_path / "bare"
     tiny_model("llama").save_pretrained(bare)
@@ -275,6 +280,7 @@ def test_model_without_tokenizer_or_missing(tmp_path, text_file):
         evaluate_perplexity(tmp_path / "nowhere", text_file, window=16)
 
 
+@pytest.mark.onnx
 @pytest.mark.slow
 def test_real_model_perplexity_pytorch_onnx_and_pruned(tmp_path):
     real = resolve_model("smollm2-135m")

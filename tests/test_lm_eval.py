@@ -20,7 +20,8 @@ from optimum_gatenorm import ModelNotFoundError, get_pruned_layers, load_pruned,
 from optimum_gatenorm.pruning.structure import is_attention_pruned
 
 
-# CI installs the `eval` extra (.ci/run), so this skips only in a development venv without it.
+# CI's transformers 4.57 environment installs the `eval` extra (.ci/test); it skips in the transformers 5 one
+# (not installed there) and in a development venv without it.
 lm_eval = pytest.importorskip("lm_eval", reason='lm-eval is not installed: pip install -e ".[eval]"')
 
 from optimum_gatenorm.evaluation.lm_eval import evaluate_with_lm_eval  # noqa: E402

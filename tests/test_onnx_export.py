@@ -4,11 +4,15 @@ import subprocess
 import sys
 import textwrap
 
-import onnx
 import pytest
 import torch
-from conftest import ALL_TINY, tiny_config, tiny_model
-from optimum.onnxruntime import ORTModelForCausalLM
+from conftest import ALL_TINY, HAS_ONNX, SKIP_ONNX, tiny_config, tiny_model
+
+
+if not HAS_ONNX:
+    pytest.skip(SKIP_ONNX, allow_module_level=True)
+import onnx  # noqa: E402
+from optimum.onnxruntime import ORTModelForCausalLM  # noqa: E402
 
 from optimum_gatenorm import (
     ExportError,

@@ -48,7 +48,7 @@ def config():
     return tiny_config("llama")  # 4 layers
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "pytorch"])
+@pytest.mark.parametrize("backend", [pytest.param("onnxruntime", marks=pytest.mark.onnx), "pytorch"])
 def test_measure_attention_shares_on_a_tiny_model(tmp_path, backend):
     model_dir = tmp_path / "model"
     tiny_model("llama").save_pretrained(model_dir)

@@ -88,6 +88,7 @@ def test_gguf_file_given_directly_converts_to_the_same_model(real_dir, tmp_path)
     assert scores == GateNormPruner.from_pretrained(real_dir).score().scores
 
 
+@pytest.mark.onnx
 def test_pruned_real_model_exports_and_generates_like_pytorch_on_onnxruntime(real_dir, tokenizer, tmp_path):
     import onnx
     from optimum.onnxruntime import ORTModelForCausalLM

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,7 +110,7 @@ from transformers import AutoModelForCausalLM
 try:
     model = AutoModelForCausalLM.from_pretrained(sys.argv[1], attn_implementation="eager").eval()
 except Exception as error:
-    print("LOAD FAILED:", type(error).__name__, str(error).splitlines()[-1])
+    print("LOAD FAILED:", type(error).__name__, " ".join(str(error).split()))
     sys.exit(3)
 expected = torch.load(sys.argv[2])
 with torch.no_grad():
@@ -153,7 +154,8 @@ def _run_fresh(saved, imports: str):
 def test_fresh_process_without_the_package_fails_loudly(saved_pruned):
     result = _run_fresh(saved_pruned, imports="")
     assert result.returncode == 3, result.stdout + result.stderr
-    assert "LOAD FAILED" in result.stdout and "size mismatch" in result.stdout
+    # 4.57: "size mismatch for weight"; 5.x: "You set `ignore_mismatched_sizes` to `False`" (the tombstone's shape)
+    assert "LOAD FAILED: RuntimeError" in result.stdout and "mismatch" in result.stdout.lower(), result.stdout
     assert "IDENTICAL" not in result.stdout and "DIFFERENT" not in result.stdout
 
 
@@ -161,3 +163,80 @@ def test_fresh_process_with_the_package_loads_correctly(saved_pruned):
     result = _run_fresh(saved_pruned, imports="import optimum_gatenorm")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "IDENTICAL" in result.stdout
+
+
+# --- checkpoints move between the transformers lines (4.57 and 5.x) -------------------------------------------------
+# One process of the other line's python (`other_python`, from conftest) first tries plain `from_pretrained` on the
+# checkpoints saved here before anything imported optimum_gatenorm (the tombstone must stop it), then loads them
+# with the package and compares logits, then saves pruned checkpoints of its own for this process to load.
+# Name -> (config overrides, tolerance). llama's rope_theta is not the default (5.x saves it only inside
+# rope_parameters); gpt_neox's tiny rotary_pct likewise; gpt2 and gpt_neox layers return tuples on 4.57 only.
+# gpt2's own eager attention differs between the lines by ~4e-6 on an unpruned model too, hence its tolerance.
+CROSS_LINE = {"llama": ({"rope_theta": 100000.0}, 0.0), "gpt2": ({}, 1e-5), "gpt_neox": ({}, 0.0), "phi3": ({}, 0.0)}
+
+_OTHER_LINE = """
+import json, sys
+from pathlib import Path
+import torch, transformers
+from transformers import AutoModelForCausalLM
+here, there, cases = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
+out = {"transformers": transformers.__version__}
+for name in cases:
+    try:
+        AutoModelForCausalLM.from_pretrained(here / name / "model", attn_implementation="eager")
+        out[name + "/plain"] = "LOADED"
+    except Exception as error:
+        out[name + "/plain"] = type(error).__name__ + ": " + " ".join(str(error).split())
+assert "optimum_gatenorm" not in sys.modules
+sys.path.insert(0, sys.argv[4])  # tests/, for conftest.tiny_model
+from conftest import tiny_model
+from optimum_gatenorm import GateNormConfig, GateNormPruner, InvalidCheckpointError, load_pruned
+for name, (overrides, atol) in cases.items():
+    expected = torch.load(here / name / "expected.pt")
+    with torch.no_grad():
+        logits = load_pruned(here / name / "model", attn_implementation="eager")(expected["ids"]).logits
+        out[name + "/max_diff"] = (logits - expected["logits"]).abs().max().item()
+        try:  # plain from_pretrained with the package imported: right, or refused; never silently different
+            model = AutoModelForCausalLM.from_pretrained(here / name / "model", attn_implementation="eager").eval()
+            out[name + "/auto_max_diff"] = (model(expected["ids"]).logits - expected["logits"]).abs().max().item()
+        except InvalidCheckpointError as error:
+            out[name + "/auto_max_diff"] = 0.0
+            out[name + "/auto_refused"] = str(error)
+    model = tiny_model(name, seed=1, **overrides)
+    GateNormPruner(model).prune(GateNormConfig(num_layers=2))
+    model.save_pretrained(there / name / "model")
+    with torch.no_grad():
+        torch.save({"ids": expected["ids"], "logits": model(expected["ids"]).logits}, there / name / "expected.pt")
+print(json.dumps(out))
+"""
+
+
+def test_checkpoints_move_between_transformers_lines_with_identical_logits(other_python, tmp_path):
+    import transformers
+
+    here, there = tmp_path / "here", tmp_path / "there"
+    for name, (overrides, _) in CROSS_LINE.items():
+        model = tiny_model(name, **overrides)
+        GateNormPruner(model).prune(GateNormConfig(num_layers=2))
+        save_pruned(model, here / name / "model")
+        with torch.no_grad():
+            torch.save({"ids": IDS, "logits": model(IDS).logits}, here / name / "expected.pt")
+    result = subprocess.run(
+        [str(other_python), "-c", _OTHER_LINE, str(here), str(there), json.dumps(CROSS_LINE), str(Path(__file__).parent)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["transformers"].split(".")[0] != transformers.__version__.split(".")[0]
+    for name, (_, atol) in CROSS_LINE.items():
+        # saved here, loaded there: plain transformers stops at the tombstone; with the package, the same logits
+        assert out[f"{name}/plain"].startswith("RuntimeError") and "mismatch" in out[f"{name}/plain"].lower(), out
+        assert out[f"{name}/max_diff"] <= atol and out[f"{name}/auto_max_diff"] <= atol, (name, out)
+        # saved there (with plain model.save_pretrained), loaded here
+        expected = torch.load(there / name / "expected.pt")
+        with torch.no_grad():
+            logits = load_pruned(there / name / "model", attn_implementation="eager")(expected["ids"]).logits
+        assert (logits - expected["logits"]).abs().max().item() <= atol, name
+    # and plain transformers of this line, in a process without the package, stops at their tombstone too
+    plain = _run_fresh(there / "llama", imports="")
+    assert plain.returncode == 3 and "mismatch" in plain.stdout.lower(), plain.stdout + plain.stderr

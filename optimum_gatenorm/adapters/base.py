@@ -306,7 +306,8 @@ class ArchitectureAdapter:
             scale); `None` if unknown.
         embedding: Path of the token embedding module, e.g. `"model.embed_tokens"`.
         mlp: Name of the MLP inside a decoder layer.
-        returns_tuple: Whether a decoder layer returns `(hidden_states, ...)` instead of a tensor.
+        returns_tuple: Whether a decoder layer returns `(hidden_states, ...)` instead of a tensor on transformers
+            4.57 (on 5.x every layer returns a tensor; `compat.layer_returns_tuple` reads this).
         unsupported_flags: `(config attribute, reason)` pairs; a truthy attribute makes the model unsupported.
         pruned_modules: Modules a pruned layer loses: the attention module first, then the norms that only serve it
             (hidden-size norms, counted by the cost model). Default `(attention, input_norm)`; sandwich-norm models
@@ -329,6 +330,10 @@ class ArchitectureAdapter:
             sizes the empty KV cache with `num_attention_heads`, so grouped-query models cannot run).
         ort_reads_head_dim: `ORTModelForCausalLM` reads `head_dim` for this model type (else it takes
             `hidden_size // num_attention_heads`, so models with another head_dim cannot run).
+        legacy_rope_names: Where transformers 4.57 reads what 5.x keeps in `config.rope_parameters`: key of
+            `rope_parameters` (`"<layer type>.<key>"` for per-layer-type parameters) -> 4.57 config attribute.
+            Default: `rope_theta` and `partial_rotary_factor` under their own names (`compat` also writes
+            `rope_scaling`). Checkpoints saved on 5.x carry these too, so 4.57 reads them right.
         tiny_config: A tiny random config for tests and docs: `AutoConfig.for_model(model_type, **tiny_config)`
             kwargs (no `model_type`); hidden 32, 4 layers, 4 query heads, vocabulary 128. Read-only.
     """
@@ -355,6 +360,10 @@ class ArchitectureAdapter:
     params: ParameterLayout = ParameterLayout()
     ort_reads_kv_heads: bool = False
     ort_reads_head_dim: bool = False
+    legacy_rope_names: Mapping[str, str] = field(
+        default_factory=lambda: {"rope_theta": "rope_theta", "partial_rotary_factor": "partial_rotary_factor"},
+        hash=False,
+    )
     tiny_config: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self):

@@ -17,6 +17,8 @@ GPT_NEOX = ArchitectureAdapter(
     embedding="gpt_neox.embed_in",
     pruned_forward=("post_attention_layernorm", "mlp", "post_mlp_dropout"),
     returns_tuple=True,
+    # transformers 4.57 names these rotary_emb_base and rotary_pct (5.x: rope_parameters).
+    legacy_rope_names={"rope_theta": "rotary_emb_base", "partial_rotary_factor": "rotary_pct"},
     # LayerNorms and biases everywhere (attention ones switchable); both residual styles have two norms per layer.
     params=ParameterLayout(
         norm_bias=True,

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..checkpoints.models import resolve_model
+from ..compat import require_onnxruntime
 from ..errors import InvalidCheckpointError, InvalidConfigError, ModelNotFoundError
 from ..evaluation.loading import is_onnx_dir, load_causal_lm
 from ..exporters.onnx import check_cuda_available
@@ -255,6 +256,7 @@ def check_model_path(path: str | Path, settings: BenchmarkSettings) -> Path:
         if is_onnx_dir(Path(path)):
             raise InvalidCheckpointError(f"{path} is an ONNX export; use --backend onnxruntime for it")
         return Path(path)
+    require_onnxruntime("--backend onnxruntime (the default)", "pass --backend pytorch")
     path = Path(path)
     if not path.exists():
         raise ModelNotFoundError(f"{path} not found: pass the directory of an ONNX export (with model.onnx)")

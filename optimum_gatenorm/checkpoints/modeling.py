@@ -20,11 +20,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.quantizers import HfQuantizer
 from transformers.quantizers.auto import register_quantizer
 
 from ..adapters import get_adapter
+from ..compat import TRANSFORMERS_5, adapt_config, check_config_readable, ignore_unexpected_keys, write_portable_config
 from ..errors import InvalidCheckpointError
 from ..outputs import atomic_output_dir
 from ..pruning.structure import apply_pruned_structure
@@ -65,6 +66,7 @@ class GateNormQuantizer(HfQuantizer):
 
     def _process_model_before_weight_loading(self, model, **kwargs):
         self.quantization_config.check_model_config(model.config)
+        check_config_readable(model.config)  # a 5.x checkpoint on 4.57 outside load_pruned: refuse, not wrong RoPE
         apply_pruned_structure(model, self.quantization_config.pruned_attention_layers)
         # Checkpoint keys of removed modules (the tombstone, or the attention weights of an unpruned checkpoint
         # loaded with a pruning record) stay "unexpected", so transformers skips them, but are not reported.
@@ -75,7 +77,7 @@ class GateNormQuantizer(HfQuantizer):
             for layer in self.quantization_config.pruned_attention_layers
             for prefix in adapter.pruned_module_prefixes(layer)
         ]
-        model._keys_to_ignore_on_load_unexpected = list(model._keys_to_ignore_on_load_unexpected or []) + patterns
+        ignore_unexpected_keys(model, patterns)
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):
@@ -141,6 +143,10 @@ def load_pruned(
     checkpoint = inspect_checkpoint(resolve_model(model_path), allow_pickle=allow_pickle)
     get_pruned_layers(checkpoint.config)  # validates the record before transformers sees it
     kwargs.pop("trust_remote_code", None)
+    if "config" not in kwargs and not TRANSFORMERS_5:
+        config = adapt_config(AutoConfig.from_pretrained(checkpoint.path, trust_remote_code=False))
+        if config is not None:  # written by transformers 5 without the 4.57 names (compat.adapt_config)
+            kwargs["config"] = config
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
             checkpoint.path,
@@ -205,6 +211,7 @@ def write_pruned(
     if dtype is not None:
         model.to(dtype)
     model.save_pretrained(directory)
+    write_portable_config(directory)
     source = tokenizer_from if tokenizer_from is not None else getattr(model, "name_or_path", None)
     if source and Path(source).is_dir():
         _copy_tokenizer(Path(source), directory)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..checkpoints.modeling import load_pruned, load_tokenizer
 from ..checkpoints.models import resolve_model
+from ..compat import require_onnxruntime
 from ..errors import InvalidConfigError
 from ..validation import check_choice
 
@@ -66,9 +67,10 @@ def load_causal_lm(
         InvalidConfigError: If CUDA was asked for and onnxruntime fell back to the CPU.
     """
     if is_onnx_dir(path):
+        directory = Path(path)
+        require_onnxruntime(f"running the ONNX export {directory}")
         from optimum.onnxruntime import ORTModelForCausalLM
 
-        directory = Path(path)
         name = ort_provider(provider)
         kwargs = {} if io_binding is None else {"use_io_binding": io_binding}
         model = ORTModelForCausalLM.from_pretrained(directory, provider=name, **kwargs)

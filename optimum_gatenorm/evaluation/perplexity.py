@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..checkpoints.models import resolve_model
 from ..checkpoints.tensors import inspect_checkpoint
+from ..compat import require_onnxruntime
 from ..errors import InvalidConfigError
 from ..serialization import JSONMixin
 from ..text import bos_prefix, read_text
@@ -346,6 +347,7 @@ def evaluate_perplexity(
     text = read_text(text_path)
     if is_onnx_dir(model_path):
         directory = Path(model_path)
+        require_onnxruntime(f"running the ONNX export {directory}")  # before the tokenizer and the log line
         logger.info("Loading the ONNX model in %s (%s)", directory, ort_provider(provider))
     else:
         directory = resolve_model(model_path)

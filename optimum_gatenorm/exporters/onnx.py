@@ -23,6 +23,7 @@ from ..checkpoints.modeling import _copy_tokenizer, load_pruned
 from ..checkpoints.models import resolve_model
 from ..checkpoints.record import get_pruned_layers
 from ..checkpoints.tensors import inspect_checkpoint
+from ..compat import require_onnx, require_onnxruntime
 from ..errors import ExportError, InvalidConfigError, UnsupportedModelError
 from ..outputs import atomic_output_dir, check_output_path
 
@@ -69,6 +70,7 @@ def check_cuda_available() -> None:
     Raises:
         InvalidConfigError: If onnxruntime has no CUDA provider, torch has no CUDA, or no GPU is visible.
     """
+    require_onnxruntime("CUDA through onnxruntime")
     import onnxruntime
     import torch
 
@@ -139,6 +141,7 @@ def export_onnx(
     """
     import torch
 
+    require_onnx("the ONNX export")
     if device not in ("cpu", "cuda"):
         raise InvalidConfigError(f"device must be 'cpu' or 'cuda', got {device!r}")
     if dtype not in DTYPES:
@@ -217,6 +220,8 @@ def export_onnx_into(
     import warnings
 
     import torch
+
+    require_onnx("the ONNX export")
     from optimum.exporters.onnx import onnx_export_from_model
 
     check_onnx_exportable(model.config)

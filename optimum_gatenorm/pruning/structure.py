@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ..adapters import ArchitectureAdapter, get_adapter
+from ..compat import layer_returns_tuple
 from ..errors import InvalidConfigError
 
 
@@ -49,7 +50,7 @@ class AttentionPrunedLayerMixin:
         for name in adapter.pruned_forward:
             update = getattr(self, name)(update)
         hidden_states = hidden_states + update
-        if adapter.returns_tuple:
+        if layer_returns_tuple(adapter):
             return (hidden_states, None) if kwargs.get("output_attentions") else (hidden_states,)
         return hidden_states
 
