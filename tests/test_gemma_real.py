@@ -46,7 +46,7 @@ def reader(real_dir):
 
 @pytest.fixture(scope="module")
 def model(real_dir):
-    # transformers' own loader, strictly: `load_pruned` needs the gemma3_text adapter (a separate change).
+    # transformers' own loader, strictly: the unpruned checkpoint is a plain Gemma3ForCausalLM.
     model, info = AutoModelForCausalLM.from_pretrained(real_dir, dtype=torch.float32, output_loading_info=True)
     assert not any(info[key] for key in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
     return model.eval()
@@ -246,3 +246,56 @@ def test_tensor_names_map_or_are_refused():
     for name in ("output.weight", "v.blk.0.attn_q.weight", "blk.0.attn_qkv.weight"):
         with pytest.raises(UnsupportedModelError, match="unknown tensor"):
             tensor_name(name)
+
+
+# Pruned: the sliding/full type sequence of the kept layers shifts whatever is removed (full layers are 5, 11, 17).
+PROMPT = "It is a truth universally acknowledged, that a single man in possession of a good fortune"
+
+
+@slow
+def test_pruned_real_gemma_reloads_bit_identically_and_keeps_its_cache_types(real_dir, tokenizer, tmp_path):
+    from optimum_gatenorm import load_pruned, prune_model, save_pruned
+
+    model = load_pruned(real_dir).eval()
+    assert prune_model(model, [1, 5, 8, 12]) == [1, 5, 8, 12]
+    save_pruned(model, tmp_path / "pruned")
+    loaded = load_pruned(tmp_path / "pruned").eval()
+    assert loaded.state_dict().keys() == model.state_dict().keys()
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    types = loaded.config.get_text_config(decoder=True).layer_types
+    kept = [i for i in range(18) if i not in (1, 5, 8, 12)]
+    assert types == [model.config.layer_types[i] for i in kept]  # each kept layer's own type, per cache slot
+    # A prompt longer than the sliding window (512): cached greedy decoding equals uncached recomputation.
+    ids = tokenizer(read_text(PRIDE), return_tensors="pt").input_ids[:, :600]
+    with torch.no_grad():
+        logits = loaded(ids).logits
+        assert torch.equal(logits, model(ids).logits)
+        out = loaded.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+        full = loaded(out, use_cache=False).logits
+    assert out[0, 600:].tolist() == full[0, 599:-1].argmax(-1).tolist()
+
+
+@slow
+@pytest.mark.onnx
+def test_pruned_real_gemma_exports_and_generates_like_pytorch_on_onnxruntime(real_dir, tokenizer, tmp_path):
+    import onnx
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    from optimum_gatenorm import export_onnx, load_pruned, prune_model
+
+    model = load_pruned(real_dir).eval()
+    prune_model(model, [1, 5, 8, 12])
+    export_onnx(model, tmp_path / "onnx")
+    graph = onnx.load(str(tmp_path / "onnx" / "model.onnx"), load_external_data=False).graph
+    assert sum(i.name.startswith("past_key_values.") for i in graph.input) == 2 * 14
+    ort = ORTModelForCausalLM.from_pretrained(tmp_path / "onnx")
+    inputs = tokenizer(PROMPT, return_tensors="pt")
+    kwargs = dict(max_new_tokens=32, min_new_tokens=32, do_sample=False)
+    with torch.no_grad():
+        from_torch = model.generate(**inputs, **kwargs)
+        from_ort = ort.generate(**inputs, **kwargs)
+    assert from_ort.shape[1] == inputs.input_ids.shape[1] + 32
+    assert from_ort[0].tolist() == from_torch[0].tolist(), (
+        tokenizer.decode(from_ort[0]),
+        tokenizer.decode(from_torch[0]),
+    )
