@@ -64,6 +64,8 @@ base = get_model_class(get_model_architecture(hparams, ModelType.TEXT))
 assert base.__name__ == "DeciModel", base
 
 class Converter(base):
+    model_arch = base.model_arch
+
     def set_vocab(self):
         self._set_vocab_gpt2()
 
@@ -88,11 +90,25 @@ def convert_with_llama_cpp(model_dir: Path, outfile: Path, outtype: str = "f32",
     return outfile
 
 
+def _llama(gguf_file: Path):
+    """llama.cpp with a float32 KV cache (its default f16 cache alone moves logits by ~1e-3 relative)."""
+    from llama_cpp import GGML_TYPE_F32, Llama
+
+    return Llama(
+        model_path=str(gguf_file),
+        n_ctx=256,
+        n_batch=256,
+        logits_all=True,
+        verbose=False,
+        n_threads=2,
+        type_k=GGML_TYPE_F32,
+        type_v=GGML_TYPE_F32,
+    )
+
+
 def llama_cpp_greedy(gguf_file: Path, prompt: list[int], new_tokens: int) -> tuple[list[int], np.ndarray]:
     """Greedy decoding on llama.cpp: returns the new tokens and the logits at every position (prompt + new)."""
-    from llama_cpp import Llama
-
-    llm = Llama(model_path=str(gguf_file), n_ctx=256, n_batch=256, logits_all=True, verbose=False, n_threads=2, seed=0)
+    llm = _llama(gguf_file)
     llm.eval(prompt)
     tokens = []
     for _ in range(new_tokens):
@@ -106,9 +122,7 @@ def llama_cpp_greedy(gguf_file: Path, prompt: list[int], new_tokens: int) -> tup
 
 def llama_cpp_logits(gguf_file: Path, ids: list[int]) -> np.ndarray:
     """llama.cpp's logits at every position of `ids` (teacher-forced)."""
-    from llama_cpp import Llama
-
-    llm = Llama(model_path=str(gguf_file), n_ctx=256, n_batch=256, logits_all=True, verbose=False, n_threads=2)
+    llm = _llama(gguf_file)
     llm.eval(ids)
     logits = np.array(llm.scores[: llm.n_tokens], dtype=np.float32)
     llm.close()

