@@ -275,14 +275,15 @@ def test_smollm2_gguf_and_nemotron_nas_give_pytorch_tokens_on_llama_cpp(smollm2,
     heads = fields.get("deci.attention.head_count", fields.get("llama.attention.head_count"))
     assert (heads.count(0) if pruned else 0) == (4 if pruned else 0)
     _check_parity(model, out, prompt)
-    # The tokenizer metadata alone: llama.cpp tokenizes text as transformers does, specials and all.
+    # The tokenizer metadata alone: llama.cpp tokenizes text as transformers does, specials and the BOS llama.cpp
+    # adds by itself (tokenizer.ggml.add_bos_token) included.
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(out), vocab_only=True, verbose=False)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(smollm2)
     chat = tokenizer.apply_chat_template([{"role": "user", "content": TEXT}], tokenize=False)
     for text in (TEXT, chat):
-        assert llm.tokenize(text.encode(), add_bos=False, special=True) == tokenizer(text).input_ids
+        assert llm.tokenize(text.encode(), add_bos=True, special=True) == tokenizer(text).input_ids
     llm.close()
 
     nas = export_nemotron_nas(source, tmp_path / "nas")

@@ -21,7 +21,7 @@ those loaders:
 - Weights keep transformers' Llama names (`model.layers.{i}.self_attn.{q,k,v,o}_proj`,
   `input_layernorm`, `post_attention_layernorm`, `mlp.{gate,up,down}_proj`, `model.embed_tokens`, `model.norm`,
   `lm_head` unless `tie_word_embeddings`); a removed sublayer has none of its `self_attn.*` or `input_layernorm`
-  tensors. Weights are safetensors in the checkpoint's dtype.
+  tensors. Weights are written as float32 safetensors (the exporter loads the model in float32).
 """
 
 from __future__ import annotations
