@@ -111,7 +111,8 @@ def export_nemotron_nas(
         from ..checkpoints.models import resolve_model
         from ..checkpoints.tensors import inspect_checkpoint
 
-        block_configs(ServingPlan.from_config(inspect_checkpoint(resolve_model(model_or_path)).config, "nemotron-nas"))
+        config = inspect_checkpoint(resolve_model(model_or_path), allow_pickle=allow_pickle).config
+        block_configs(ServingPlan.from_config(config, "nemotron-nas"))
     model, plan, source = load_for_serving(model_or_path, "nemotron-nas", allow_pickle=allow_pickle)
     blocks = block_configs(plan)
     dtype = next(model.parameters()).dtype
