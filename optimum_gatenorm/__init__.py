@@ -42,7 +42,7 @@ from .errors import (
 )
 from .evaluation.compare import CompareConfig, CompareResult, compare_criteria
 from .evaluation.perplexity import PerplexityResult, evaluate_perplexity, perplexity
-from .exporters import export_onnx
+from .exporters import export_gguf, export_nemotron_nas, export_onnx
 from .pipeline import PruneResult, prune_and_save
 from .pruning.configuration import GateNormConfig
 from .pruning.pruner import GateNormPruner, select_layers
@@ -85,6 +85,8 @@ __all__ = [
     "compare_criteria",
     "convert_gguf",
     "evaluate_perplexity",
+    "export_gguf",
+    "export_nemotron_nas",
     "export_onnx",
     "get_adapter",
     "get_criterion",

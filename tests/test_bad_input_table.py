@@ -130,6 +130,22 @@ CASES = {
     "export_fp16_on_cpu": Case(("export", "-m", "{model}", "-o", "{new}", "--dtype", "fp16"), ("--device cuda",)),
     "export_missing_model": Case(("export", "-m", "{missing}", "-o", "{new}"), ("not found",)),
     "export_output_unwritable": Case(("export", "-m", "{model}", "-o", "/proc/gatenorm"), ("not writable",)),
+    "export_gguf_unsupported_architecture": Case(
+        ("export", "-m", "{gpt2}", "-o", "{new}", "--format", "gguf"), ("model_type 'gpt2'", "--format onnx")
+    ),
+    "export_gguf_unknown_pre_tokenizer": Case(
+        ("export", "-m", "{model}", "-o", "{new}", "--format", "gguf"), ("pre-tokenizer", "--gguf-pre-tokenizer")
+    ),
+    "export_gguf_output_exists": Case(
+        ("export", "-m", "{model}", "-o", "{afile}", "--format", "gguf"), ("already exists", "--overwrite")
+    ),
+    "export_gguf_bad_type": Case(("export", "-m", "{model}", "-o", "{new}", "--gguf-type", "q4"), ("invalid choice",)),
+    "export_nemotron_nas_inexpressible_ffn": Case(
+        ("export", "-m", "{model}", "-o", "{new}", "--format", "nemotron-nas"), ("intermediate_size=64", "256")
+    ),
+    "export_nemotron_nas_unsupported_architecture": Case(
+        ("export", "-m", "{gpt2}", "-o", "{new}", "--format", "nemotron-nas"), ("model_type 'gpt2'",)
+    ),
     # --- eval ---------------------------------------------------------------------------------------------------
     "eval_directory_without_config": Case(("eval", "-m", "{noconfig}", "-t", "{text}"), ("config.json",)),
     "eval_checkpoint_without_tokenizer": Case(("eval", "-m", "{notok}", "-t", "{text}"), ("no tokenizer",)),
@@ -208,6 +224,7 @@ def workspace(tmp_path_factory) -> Path:
     model.save_pretrained(root / "model")
     tiny_tokenizer().save_pretrained(root / "model")
     model.save_pretrained(root / "notok")
+    tiny_model("gpt2").save_pretrained(root / "gpt2")
     (root / "noconfig").mkdir()
     (root / "gemma3").mkdir()  # a multimodal Gemma 3 checkpoint, as far as its config says
     (root / "gemma3" / "config.json").write_text('{"model_type": "gemma3", "text_config": {"hidden_size": 32}}')

@@ -334,6 +334,14 @@ class ArchitectureAdapter:
             `rope_parameters` (`"<layer type>.<key>"` for per-layer-type parameters) -> 4.57 config attribute.
             Default: `rope_theta` and `partial_rotary_factor` under their own names (`compat` also writes
             `rope_scaling`). Checkpoints saved on 5.x carry these too, so 4.57 reads them right.
+        llama_cpp_arch: llama.cpp architecture (`general.architecture` of a GGUF file) that runs this model type
+            unpruned, with the q/k row permutation of llama-style rope (`llama`), or `None` if the GGUF exporter
+            cannot write it. A pruned model is written as llama.cpp's `deci` instead (per-layer head counts, 0 for
+            an attention-free layer), so only Llama-family layouts qualify.
+        nemotron_nas: The checkpoint can be written as NVIDIA's Nemotron-NAS (`DeciLMForCausalLM`): Llama layer
+            layout and weight names, no biases, one rope and no sliding window.
+        serving_unsupported_flags: `(config attribute, reason)` pairs that make the GGUF and Nemotron-NAS exports
+            refuse the model when truthy (e.g. a sliding window neither format expresses).
         tiny_config: A tiny random config for tests and docs: `AutoConfig.for_model(model_type, **tiny_config)`
             kwargs (no `model_type`); hidden 32, 4 layers, 4 query heads, vocabulary 128. Read-only.
     """
@@ -364,6 +372,9 @@ class ArchitectureAdapter:
         default_factory=lambda: {"rope_theta": "rope_theta", "partial_rotary_factor": "partial_rotary_factor"},
         hash=False,
     )
+    llama_cpp_arch: str | None = None
+    nemotron_nas: bool = False
+    serving_unsupported_flags: tuple[tuple[str, str], ...] = ()
     tiny_config: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self):

@@ -416,31 +416,78 @@ class ExportCommand(_LeafCommand):
     def parse_args(parser: "ArgumentParser"):
         _setup(
             parser,
-            "Export a pruned (or unpruned, as the baseline) checkpoint to ONNX with KV cache, through optimum's\n"
-            "exporter, for optimum.onnxruntime.ORTModelForCausalLM. The graph has KV inputs and attention only for\n"
-            "the kept layers. Do not use `optimum-cli export onnx` on a pruned checkpoint: it cannot load it.",
+            "Export a pruned (or unpruned, as the baseline) checkpoint for an inference engine.\n"
+            "  onnx (default): ONNX with KV cache through optimum's exporter, for ORTModelForCausalLM; KV inputs and\n"
+            "    attention only for the kept layers. Do not use `optimum-cli export onnx` on a pruned checkpoint.\n"
+            "  gguf: one GGUF file for llama.cpp (llama-cli, llama-server, llama-cpp-python); a pruned model is\n"
+            "    llama.cpp's `deci` architecture with zero heads in the removed layers (Llama family only).\n"
+            "  nemotron-nas: a DeciLMForCausalLM checkpoint (block_configs, attention.no_op for removed sublayers)\n"
+            "    for vLLM, TensorRT-LLM and SGLang (Llama family only; FFN width a multiple of 256).",
         )
         _add_model_args(parser)
-        parser.add_argument("--output", "-o", required=True, help="directory for model.onnx, config and tokenizer")
+        parser.add_argument(
+            "--output", "-o", required=True, help="output directory (onnx, nemotron-nas) or .gguf file (gguf)"
+        )
+        parser.add_argument(
+            "--format",
+            choices=("onnx", "gguf", "nemotron-nas"),
+            default="onnx",
+            help="target format (default: onnx)",
+        )
+        parser.add_argument(
+            "--gguf-type",
+            choices=("f32", "f16", "q8_0"),
+            default="f16",
+            help="--format gguf: weight matrices in f32, f16 or q8_0; norms stay f32 (default: f16)",
+        )
+        parser.add_argument(
+            "--gguf-pre-tokenizer",
+            help="--format gguf: llama.cpp pre-tokenizer name (tokenizer.ggml.pre) for a tokenizer llama.cpp's hash "
+            "table does not know, e.g. llama-bpe, gpt-2, default",
+        )
         parser.add_argument(
             "--device",
             choices=("cpu", "cuda"),
             default="cpu",
-            help="export for onnxruntime's CPU or CUDA execution provider (default: cpu)",
+            help="--format onnx: export for onnxruntime's CPU or CUDA execution provider (default: cpu)",
         )
         parser.add_argument(
-            "--dtype", choices=("fp32", "fp16"), default="fp32", help="weights dtype; fp16 needs --device cuda"
+            "--dtype",
+            choices=("fp32", "fp16"),
+            default="fp32",
+            help="--format onnx: weights dtype; fp16 needs --device cuda",
         )
         parser.add_argument("--opset", type=_non_negative_int, help="ONNX opset (default: optimum's choice)")
         parser.add_argument(
             "--no-validate", action="store_true", help="skip optimum's ONNX Runtime vs PyTorch output check"
         )
-        parser.add_argument("--overwrite", action="store_true", help="replace an existing --output directory")
+        parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
 
     def execute(self):
+        args = self.args
+        if args.format == "gguf":
+            from optimum_gatenorm.exporters.gguf import export_gguf
+
+            path = export_gguf(
+                args.model,
+                args.output,
+                gguf_type=args.gguf_type,
+                overwrite=args.overwrite,
+                allow_pickle=args.allow_pickle,
+                pre_tokenizer=args.gguf_pre_tokenizer,
+            )
+            print(f"Exported to {path}; run it with llama-cli -m {str(path)!r} or llama_cpp.Llama(model_path=...)")
+            return
+        if args.format == "nemotron-nas":
+            from optimum_gatenorm.exporters.nemotron_nas import export_nemotron_nas
+
+            path = export_nemotron_nas(
+                args.model, args.output, overwrite=args.overwrite, allow_pickle=args.allow_pickle
+            )
+            print(f"Exported to {path}; serve it with e.g. vllm serve {str(path)!r} (README, Serving)")
+            return
         from optimum_gatenorm.exporters.onnx import export_onnx
 
-        args = self.args
         path = export_onnx(
             args.model,
             args.output,

@@ -1,0 +1,137 @@
+"""llama.cpp CPU throughput of SmolLM2-135M pruned by k attention sublayers vs unpruned, from our GGUF exports.
+
+    python benchmarks/llama_cpp_study.py [--k 4] [--gguf-type f32] [--prompt-lengths 128,1024] [--new-tokens 32] \
+        [--runs 5] [--warmup 1] [--threads 2] [--output benchmarks/llama_cpp/summary.json]
+
+Both models are exported with `export_gguf` (unpruned: llama.cpp's `llama`; pruned with `gate_trace`, the default
+criterion, layer 0 protected: `deci` with zero heads in the removed layers) and loaded once each through
+llama-cpp-python. Each round times, for A then B (then B then A in the next round, interleaved): prefill of a random
+prompt (one `eval` of the whole prompt, KV cache cleared first) and exactly `--new-tokens` greedy decode steps (one
+`eval` per token, no early stop). Reported: medians over rounds, speed-up = median unpruned / median pruned time
+(prefill) and pruned / unpruned tokens per second (decode), and the per-round range of the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+
+def _export(k: int, gguf_type: str, root: Path) -> Path:
+    from optimum_gatenorm import GateNormConfig, GateNormPruner, export_gguf, resolve_model
+
+    source = resolve_model("smollm2-135m")
+    out = root / f"smollm2-k{k}-{gguf_type}.gguf"
+    if out.is_file():
+        return out
+    if k == 0:
+        return export_gguf(source, out, gguf_type=gguf_type)
+    model, _ = GateNormPruner.from_pretrained(source).prune(GateNormConfig(num_layers=k))
+    return export_gguf(model, out, gguf_type=gguf_type, tokenizer_from=source)
+
+
+def _next_token(llm) -> int:
+    # Without logits_all, llama-cpp-python keeps no scores: read the last position's logits from the context.
+    return int(np.argmax(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))))
+
+
+def _time_once(llm, prompt: list[int], new_tokens: int) -> tuple[float, float]:
+    llm.reset()  # the next eval drops the whole KV cache (kv_cache_seq_rm from position 0)
+    start = time.perf_counter()
+    llm.eval(prompt)
+    prefill = time.perf_counter() - start
+    token = _next_token(llm)
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+        llm.eval([token])
+        token = _next_token(llm)
+    decode = time.perf_counter() - start
+    return prefill, new_tokens / decode
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--k", type=int, default=4)
+    parser.add_argument("--gguf-type", default="f32", choices=("f32", "f16", "q8_0"))
+    parser.add_argument("--prompt-lengths", default="128,1024")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=Path("benchmarks/llama_cpp/summary.json"))
+    args = parser.parse_args()
+
+    import llama_cpp
+    from llama_cpp import Llama
+
+    from optimum_gatenorm.checkpoints import cache_dir
+
+    root = cache_dir() / "llama_cpp_study"
+    root.mkdir(parents=True, exist_ok=True)
+    started, load_start = datetime.now(timezone.utc), os.getloadavg()
+    files = {"unpruned": _export(0, args.gguf_type, root), f"k{args.k}": _export(args.k, args.gguf_type, root)}
+    lengths = [int(x) for x in args.prompt_lengths.split(",")]
+    n_ctx = max(lengths) + args.new_tokens + 8
+    models = {
+        name: Llama(
+            model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_threads=args.threads, logits_all=False, verbose=False
+        )
+        for name, path in files.items()
+    }
+    rng = np.random.default_rng(0)
+    rows = []
+    for length in lengths:
+        prompt = rng.integers(100, 49000, size=length).tolist()
+        times = {name: {"prefill_s": [], "decode_tok_s": []} for name in models}
+        order = list(models)
+        for round_ in range(args.warmup + args.runs):
+            for name in order if round_ % 2 == 0 else order[::-1]:
+                prefill, decode = _time_once(models[name], prompt, args.new_tokens)
+                if round_ >= args.warmup:
+                    times[name]["prefill_s"].append(prefill)
+                    times[name]["decode_tok_s"].append(decode)
+        base, cand = times["unpruned"], times[f"k{args.k}"]
+        prefill_ratios = [b / c for b, c in zip(base["prefill_s"], cand["prefill_s"], strict=True)]
+        decode_ratios = [c / b for b, c in zip(base["decode_tok_s"], cand["decode_tok_s"], strict=True)]
+        rows.append(
+            {
+                "prompt": length,
+                "prefill_s": {name: statistics.median(t["prefill_s"]) for name, t in times.items()},
+                "decode_tok_s": {name: statistics.median(t["decode_tok_s"]) for name, t in times.items()},
+                "prefill_speedup": statistics.median(base["prefill_s"]) / statistics.median(cand["prefill_s"]),
+                "decode_speedup": statistics.median(cand["decode_tok_s"]) / statistics.median(base["decode_tok_s"]),
+                "prefill_speedup_range": [min(prefill_ratios), max(prefill_ratios)],
+                "decode_speedup_range": [min(decode_ratios), max(decode_ratios)],
+                "raw": times,
+            }
+        )
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "raw"}))
+    summary = {
+        "command": "python benchmarks/llama_cpp_study.py "
+        + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("output",) and v is not None
+        ),
+        "started_utc": started.isoformat(timespec="seconds"),
+        "minutes": round((datetime.now(timezone.utc) - started).total_seconds() / 60, 1),
+        "machine": f"{os.cpu_count()} CPU cores, {platform.platform()}",
+        "load_average_start": load_start,
+        "load_average_end": os.getloadavg(),
+        "llama_cpp_python": llama_cpp.__version__,
+        "gguf_type": args.gguf_type,
+        "files": {name: path.name for name, path in files.items()},
+        "rows": rows,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

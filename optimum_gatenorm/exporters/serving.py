@@ -1,0 +1,140 @@
+"""What the serving-engine exports (GGUF for llama.cpp, Nemotron-NAS for vLLM / TensorRT-LLM / SGLang) share.
+
+Both formats describe a pruned Llama-family model layer by layer: a layer either keeps its attention (with the
+model's query and key-value head counts) or has none (no input norm, no q/k/v/o, no KV cache), and every layer
+keeps its MLP. `ServingPlan` is that description, built once from a config; the exporters only write it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..adapters import HeadDims, get_adapter
+from ..checkpoints.record import get_pruned_layers
+from ..errors import UnsupportedModelError
+
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel
+
+__all__ = ["DECI_FFN_MULTIPLE", "ServingPlan", "ffn_mult_for", "intermediate_size_for", "load_for_serving"]
+
+# DeciLM rounds every FFN width up to a multiple of 256 (`_find_multiple(..., 256)` in vLLM's nemotron_nas.py,
+# llama.cpp's conversion/deci.py and NVIDIA's modeling_decilm.py).
+DECI_FFN_MULTIPLE = 256
+
+# Rope settings both formats carry: none (plain rope), linear position interpolation and Llama 3's frequency
+# smoothing (`rope_type: llama3`, written to GGUF as the `rope_freqs` factors, as llama.cpp's converter does).
+_ROPE_TYPES = ("default", "linear", "llama3")
+
+
+def intermediate_size_for(ffn_mult: float, hidden_size: int) -> int:
+    """DeciLM's `_ffn_mult_to_intermediate_size`: `int(2 * ffn_mult * hidden / 3)` rounded up to a multiple of 256.
+
+    The same function in vLLM (`vllm/model_executor/models/nemotron_nas.py`), llama.cpp's converter
+    (`conversion/deci.py`, `DeciModel._ffn_mult_to_intermediate_size`) and NVIDIA's `modeling_decilm.py`.
+    """
+    size = int(2 * ffn_mult * hidden_size / 3)
+    return size if size % DECI_FFN_MULTIPLE == 0 else size + DECI_FFN_MULTIPLE - size % DECI_FFN_MULTIPLE
+
+
+def ffn_mult_for(intermediate_size: int, hidden_size: int) -> float:
+    """The `ffn_mult` that DeciLM loaders turn back into exactly `intermediate_size`.
+
+    Raises:
+        UnsupportedModelError: If no `ffn_mult` gives `intermediate_size` (DeciLM widths are multiples of 256).
+    """
+    mult = 3 * intermediate_size / (2 * hidden_size)
+    if intermediate_size_for(mult, hidden_size) != intermediate_size:
+        raise UnsupportedModelError(
+            f"intermediate_size={intermediate_size} cannot be written as a Nemotron-NAS ffn_mult: DeciLM loaders round "
+            f"the FFN width up to a multiple of {DECI_FFN_MULTIPLE}; use --format gguf or onnx for this model"
+        )
+    return mult
+
+
+@dataclass(frozen=True)
+class ServingPlan:
+    """One pruned (or unpruned) Llama-family model, layer by layer, as the serving formats describe it.
+
+    Args:
+        num_layers: Decoder layers.
+        pruned: Layers whose attention sublayer was removed (sorted).
+        dims: Head geometry of every kept attention sublayer.
+        intermediate_size: MLP width of every layer.
+        rope_type: `"default"`, `"linear"` or `"llama3"`.
+        tied_embeddings: The LM head is the token embedding (no `lm_head.weight` is written).
+    """
+
+    num_layers: int
+    pruned: tuple[int, ...]
+    dims: HeadDims
+    intermediate_size: int
+    rope_type: str
+    tied_embeddings: bool
+
+    @property
+    def kept(self) -> tuple[bool, ...]:
+        """Per layer: whether its attention sublayer is kept."""
+        return tuple(index not in self.pruned for index in range(self.num_layers))
+
+    @classmethod
+    def from_config(cls, config: "PretrainedConfig", fmt: str) -> "ServingPlan":
+        """Checks that `config` can be served in format `fmt` (`"gguf"` or `"nemotron-nas"`) and describes it.
+
+        Raises:
+            UnsupportedModelError: With the reason, on one line: an architecture the format cannot express (the
+                adapter's `llama_cpp_arch` / `nemotron_nas`), an option of `serving_unsupported_flags`, or a rope
+                scaling the format does not carry.
+        """
+        adapter = get_adapter(config)
+        supported = adapter.llama_cpp_arch is not None if fmt == "gguf" else adapter.nemotron_nas
+        if not supported:
+            raise UnsupportedModelError(
+                f"--format {fmt} does not support model_type {config.model_type!r}: only Llama-family layouts "
+                "(llama, mistral) are written; use --format onnx"
+            )
+        for flag, reason in adapter.serving_unsupported_flags:
+            if getattr(config, flag, None):
+                raise UnsupportedModelError(
+                    f"--format {fmt} cannot write {config.model_type} with {flag}={getattr(config, flag)!r}: {reason}"
+                )
+        rope = getattr(config, "rope_scaling", None) or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in _ROPE_TYPES:
+            raise UnsupportedModelError(
+                f"--format {fmt} cannot write rope_scaling type {rope_type!r}; supported: {', '.join(_ROPE_TYPES)}"
+            )
+        return cls(
+            num_layers=config.num_hidden_layers,
+            pruned=tuple(sorted(get_pruned_layers(config))),
+            dims=HeadDims.from_config(config),
+            intermediate_size=config.intermediate_size,
+            rope_type=rope_type,
+            tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+        )
+
+
+def load_for_serving(
+    model_or_path: "PreTrainedModel | str | Path", fmt: str, *, allow_pickle: bool = False
+) -> tuple["PreTrainedModel", "ServingPlan", Path | None]:
+    """Checks the model's config for format `fmt` before loading, then loads it in float32.
+
+    Returns:
+        `(model, plan, source)`: `source` is the checkpoint directory (for its tokenizer), `None` for a model passed
+        in memory.
+    """
+    import torch
+
+    from ..checkpoints.modeling import load_pruned
+    from ..checkpoints.models import resolve_model
+    from ..checkpoints.tensors import inspect_checkpoint
+
+    if isinstance(model_or_path, (str, Path)):
+        source = resolve_model(model_or_path)
+        plan = ServingPlan.from_config(inspect_checkpoint(source, allow_pickle=allow_pickle).config, fmt)
+        model = load_pruned(source, dtype=torch.float32, allow_pickle=allow_pickle)
+        return model.eval(), plan, source
+    return model_or_path.eval(), ServingPlan.from_config(model_or_path.config, fmt), None
