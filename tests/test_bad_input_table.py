@@ -80,7 +80,7 @@ CASES = {
     ),
     "prune_output_exists": Case(("prune", "-m", "{model}", "-k", "1", "-o", "{ours}"), ("already exists",)),
     "prune_gemma3_multimodal_wrapper": Case(
-        ("prune", "-m", "{gemma3}", "-k", "1", "-o", "{new}"), ("gemma3", "Gemma3ForCausalLM.from_pretrained")
+        ("prune", "-m", "{gemma3}", "-k", "1", "-o", "{new}"), ("gemma3", "Gemma3ForCausalLM(m.config.text_config)")
     ),
     "prune_into_its_own_input": Case(
         ("prune", "-m", "{ours}", "-k", "1", "-o", "{ours}", "--overwrite"), ("own directory",)

@@ -54,8 +54,9 @@ _REFUSED = {
     # its language model alone is a gemma3_text model that transformers loads from the same checkpoint.
     "gemma3": (
         "model_type 'gemma3' (Gemma3ForConditionalGeneration, text + vision) is not supported; prune its language "
-        "model: Gemma3ForCausalLM.from_pretrained(path) loads it from the same checkpoint with no missing weights "
-        "(model_type gemma3_text), then save_pretrained it and prune that"
+        "model: m = Gemma3ForConditionalGeneration.from_pretrained(path); text = Gemma3ForCausalLM(m.config.text_config); "
+        "text.model, text.lm_head = m.model.language_model, m.lm_head; text.save_pretrained(out), then prune out "
+        "(a gemma3_text model)"
     ),
 }
 
