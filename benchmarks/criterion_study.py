@@ -90,6 +90,12 @@ def main():
     parser.add_argument("--texts", default=",".join(TEXTS), help=f"evaluation texts, the first chooses ({TEXTS})")
     parser.add_argument("--extra-criteria", default="", help="more registered criteria, comma-separated")
     parser.add_argument(
+        "--ablation-texts",
+        type=int,
+        default=None,
+        help="single-layer ablation on the first N texts only (default all)",
+    )
+    parser.add_argument(
         "--plot-only", action="store_true", help="redraw the PNGs from the JSON files, measure nothing"
     )
     args = parser.parse_args()
@@ -112,6 +118,7 @@ def main():
     command = " ".join(
         ["python benchmarks/criterion_study.py", f"--model {args.model}", f"--max-tokens {args.max_tokens}"]
         + [f"--window {args.window}", f"--ks {','.join(map(str, ks))}", f"--seeds {args.seeds[0]}-{args.seeds[-1]}"]
+        + ([f"--ablation-texts {args.ablation_texts}"] if args.ablation_texts is not None else [])
         + ([f"--extra-criteria {args.extra_criteria}"] if args.extra_criteria else [])
     )
     summary = [
@@ -140,7 +147,11 @@ def main():
 
         rescored = rescored_ov_relative(model, max(ks))
         rescored_curve = {k: ppl(rescored[:k]) if k else main_result.baseline_perplexity for k in ks}
-        ablation = [ppl([layer]) for layer in range(model.config.num_hidden_layers)]
+        index = list(texts).index(name)
+        if args.ablation_texts is None or index < args.ablation_texts:
+            ablation = [ppl([layer]) for layer in range(model.config.num_hidden_layers)]
+        else:
+            ablation = None
 
         curves = {c: _median_curve(main_result, c) for c in criteria}
         curves.update({f"{c} (min_gap=2)": _median_curve(gap_result, c) for c in GAP_CRITERIA})
@@ -153,6 +164,7 @@ def main():
             c: {
                 ref: _spearman(scores[c], scores[ref] if ref != "ablation" else ablation)
                 for ref in ("cosine", "attn_norm", "ablation")
+                if ref != "ablation" or ablation is not None
             }
             for c in criteria
         }
@@ -281,15 +293,20 @@ def _section(name, record, seconds):
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for criterion, rho in record["spearman"].items():
-        cells = " | ".join("n/a" if rho[r] is None else f"{rho[r]:+.2f}" for r in ("cosine", "attn_norm", "ablation"))
+        cells = " | ".join(
+            "n/a" if rho.get(r) is None else f"{rho[r]:+.2f}" for r in ("cosine", "attn_norm", "ablation")
+        )
         data_free = "no" if criterion in ("cosine", "attn_norm") else "yes"
         lines.append(f"| {criterion} | {data_free} | {record['scoring_seconds'][criterion]:.3f} | {cells} |")
     ablation = record["single_layer_ablation"]
-    order = sorted(range(len(ablation)), key=lambda i: ablation[i])
+    if ablation is not None:
+        order = sorted(range(len(ablation)), key=lambda i: ablation[i])
+        lines += [
+            "",
+            "Single-layer ablation (perplexity with only that attention sublayer removed), least harmful first: "
+            + ", ".join(f"{i} ({ablation[i]:.1f})" for i in order),
+        ]
     lines += [
-        "",
-        "Single-layer ablation (perplexity with only that attention sublayer removed), least harmful first: "
-        + ", ".join(f"{i} ({ablation[i]:.1f})" for i in order),
         "",
         f"Removed at k={max(ks)}: "
         + "; ".join(f"{c}: {r[str(max(ks))]}" for c, r in record["removed"].items() if c not in ("random",)),
