@@ -14,7 +14,7 @@ from optimum_gatenorm.checkpoints.tensors import ModelWeights, layer_weights
 from optimum_gatenorm.criteria import get_criterion
 from optimum_gatenorm.criteria.circuits import StackWeights, _activation, mlp_output_norm, ov_norm_squared
 from optimum_gatenorm.criteria.gate import gate_norm
-from optimum_gatenorm.criteria.measurements import FIRST_K_WORSE_THAN_RANDOM, breakdown_warning
+from optimum_gatenorm.criteria.measurements import FIRST_K_WORSE_THAN_RANDOM, MEASUREMENTS, breakdown_warning
 from optimum_gatenorm.errors import InvalidConfigError
 from optimum_gatenorm.pruning.pruner import select_layers, spacing_warning
 
@@ -282,21 +282,46 @@ def test_pruning_report_carries_the_spacing_warning():
     assert any(w.startswith("not every removed sublayer could be kept min_gap=2") for w in report.warnings)
 
 
-def test_breakdown_warning_follows_the_measured_table():
-    assert FIRST_K_WORSE_THAN_RANDOM, "the criterion study's numbers are missing"
-    for (criterion, gap), first in FIRST_K_WORSE_THAN_RANDOM.items():
+@pytest.mark.parametrize("measured_on", sorted(MEASUREMENTS))
+def test_breakdown_warning_follows_the_measured_table(measured_on):
+    measurement = MEASUREMENTS[measured_on]
+    n, top = measurement.layers, measurement.max_k
+    assert measurement.first_k_worse, "the criterion study's numbers are missing"
+
+    def warn(criterion, gap, k, total):
+        return breakdown_warning(criterion, gap, k, total, measured_on=measured_on)
+
+    for (criterion, gap), first in measurement.first_k_worse.items():
         if first is None:
-            assert breakdown_warning(criterion, gap, 12, 30) is None
-            assert "beyond what was measured" in breakdown_warning(criterion, gap, 13, 30)
+            assert warn(criterion, gap, top, n) is None
+            assert "beyond what was measured" in warn(criterion, gap, top + 1, n)
             continue
         if first > 1:
-            assert breakdown_warning(criterion, gap, first - 1, 30) is None
-            assert breakdown_warning(criterion, gap, 2 * first - 2, 60) is None  # scaled by depth
-        message = breakdown_warning(criterion, gap, first, 30)
-        assert f"k={first}" in message and "--criterion cosine" in message
-        assert breakdown_warning(criterion, gap, 2 * first, 60) is not None
-    assert breakdown_warning("no_such_criterion", 1, 29, 30) is None
-    assert breakdown_warning("gate_norm", 1, 0, 30) is None
+            assert warn(criterion, gap, first - 1, n) is None
+            assert warn(criterion, gap, 2 * first - 2, 2 * n) is None  # scaled by depth
+        message = warn(criterion, gap, first, n)
+        assert f"k={first}" in message and measurement.model in message and measurement.advice in message
+        assert warn(criterion, gap, 2 * first, 2 * n) is not None
+    for reference in ("cosine", "attn_norm", "random"):  # references: only the measured range
+        assert warn(reference, 1, top, n) is None and "beyond what was measured" in warn(reference, 1, top + 1, n)
+    assert "was not measured" in warn("no_such_criterion", 1, 1, n)
+    assert warn("gate_norm", 1, 0, n) is None
+
+
+def test_breakdown_warning_says_when_a_family_was_never_measured():
+    message = breakdown_warning("gate_trace", 2, 1, 30, measured_on=None)
+    assert "no criterion was measured on this architecture's family" in message and "\n" not in message
+    assert all(m.model in message for m in MEASUREMENTS.values())
+    assert breakdown_warning("gate_trace", 2, 0, 30, measured_on=None) is None
+    assert FIRST_K_WORSE_THAN_RANDOM is MEASUREMENTS["smollm2-135m"].first_k_worse
+    # Which adapters point where: the Llama layouts at SmolLM2, the sandwich-norm Gemmas at Gemma-3-270M.
+    from optimum_gatenorm.adapters import get_adapter
+
+    expected = {"llama": "smollm2-135m", "mistral": "smollm2-135m", "qwen2": "smollm2-135m", "phi3": "smollm2-135m"}
+    expected.update({"gemma3_text": "gemma3-270m", "gemma2": "gemma3-270m", "qwen3": None, "gpt2": None})
+    for model_type, reference in expected.items():
+        assert get_adapter(model_type).quality_reference == reference
+        assert reference is None or reference in MEASUREMENTS
 
 
 def test_compare_applies_each_criterion_rule_unless_min_gap_is_given():

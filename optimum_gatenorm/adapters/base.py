@@ -326,6 +326,9 @@ class ArchitectureAdapter:
             gives the compacted KV cache one slot per kept layer of that layer's own type
             (`pruning.structure.CacheLayerTypesConfigMixin`). `None` if the architecture has none.
         params: What the cost model's parameter count depends on.
+        quality_reference: The built-in model on which the criterion study measured the family nearest to this
+            architecture (`optimum_gatenorm.criteria.measurements`), so that `prune` can warn past the measured
+            limits; `None` if no measured family is close (then `prune` says the criteria were never measured on it).
         ort_reads_kv_heads: optimum's `ORTModelForCausalLM` reads `num_key_value_heads` for this model type (else it
             sizes the empty KV cache with `num_attention_heads`, so grouped-query models cannot run).
         ort_reads_head_dim: `ORTModelForCausalLM` reads `head_dim` for this model type (else it takes
@@ -366,6 +369,7 @@ class ArchitectureAdapter:
     mlp_output_norm: str | None = None
     layer_types_attr: str | None = "layer_types"
     params: ParameterLayout = ParameterLayout()
+    quality_reference: str | None = None
     ort_reads_kv_heads: bool = False
     ort_reads_head_dim: bool = False
     legacy_rope_names: Mapping[str, str] = field(

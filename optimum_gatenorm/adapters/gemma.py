@@ -29,6 +29,8 @@ _SANDWICH = dict(
     embedding_scale="sqrt_hidden",
     returns_tuple=True,
     params=ParameterLayout(attention_bias_attr="attention_bias", norms_per_layer=4),
+    # Measured on Gemma-3-270M: sandwich norms, 1 + w gains, sliding/full layers (Gemma 2 shares all three).
+    quality_reference="gemma3-270m",
     ort_reads_kv_heads=True,
     ort_reads_head_dim=True,
 )

@@ -19,6 +19,8 @@ LLAMA = ArchitectureAdapter(
     embedding="model.embed_tokens",
     # Only llama's config has switches for the attention and MLP biases.
     params=ParameterLayout(attention_bias_attr="attention_bias", mlp_bias_attr="mlp_bias"),
+    # SmolLM2-135M is a Llama: same pre-norm layer, RMSNorm gains w, separate projections (mistral and qwen2 too).
+    quality_reference="smollm2-135m",
     ort_reads_kv_heads=True,
     # llama.cpp's `llama` (unpruned) and `deci` (pruned) graphs and Nemotron-NAS are this layout exactly.
     llama_cpp_arch="llama",

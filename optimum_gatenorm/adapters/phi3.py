@@ -19,6 +19,8 @@ PHI3 = ArchitectureAdapter(
     params=ParameterLayout(),
     # ORTModelForCausalLM sizes phi3's KV cache with num_attention_heads: only MHA shapes run on onnxruntime.
     ort_reads_kv_heads=False,
+    # A Llama layer with fused projections: the criteria read the same Q, K, V, O and gains as on SmolLM2-135M.
+    quality_reference="smollm2-135m",
     tiny_config=dict(
         TINY_COMMON,
         num_key_value_heads=2,

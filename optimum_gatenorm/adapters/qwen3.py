@@ -14,6 +14,7 @@ QWEN3 = ArchitectureAdapter(
     embedding="model.embed_tokens",
     # The logit is (g_q * q / rms(q)) . (g_k * k / rms(k)): the criteria fold these gains in (criteria/gate.py).
     qk_norms=("q_norm", "k_norm"),
+    # No quality_reference: the q/k norms change what every gate criterion reads, and no Qwen3 was measured.
     # One switch for the q, k, v and o biases.
     params=ParameterLayout(attention_bias_attr="attention_bias"),
     ort_reads_kv_heads=True,

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..adapters import get_adapter
 from ..checkpoints.modeling import save_pruned
 from ..checkpoints.models import resolve_model
 from ..checkpoints.record import get_pruned_layers
@@ -585,7 +586,8 @@ def resolve_target(
     k = plan_num_layers(target, model_config, phase=phase, batch=batch, context=context, shares=shares, max_k=max_k)
     predicted = {p: predict_speedup(k, shares, model_config, p, batch, context) for p in PHASES}
     resolved_gap = min_gap if min_gap is not None else get_criterion(criterion).min_gap
-    warning = breakdown_warning(criterion, resolved_gap, k, total)
+    measured_on = get_adapter(model_config).quality_reference
+    warning = breakdown_warning(criterion, resolved_gap, k, total, measured_on=measured_on)
     source = _source(shares, phase, batch, context)
     summary = (
         f"target {target:g}x ({phase}) at batch {batch}, context {context}: removing {k} of {n} attention sublayers, "

@@ -295,7 +295,13 @@ class GateNormPruner:
         removed, protected, excluded = select_layers(scores.scores, config)
         warnings = [
             spacing_warning(removed, scores.scores, config.resolved_min_gap),
-            breakdown_warning(config.criterion, config.resolved_min_gap, len(removed), len(scores.scores)),
+            breakdown_warning(
+                config.criterion,
+                config.resolved_min_gap,
+                len(removed),
+                len(scores.scores),
+                measured_on=get_adapter(self.config).quality_reference,
+            ),
         ]
         warnings = [w for w in warnings if w]
         for warning in warnings:
