@@ -19,6 +19,7 @@ from optimum_gatenorm import (
     prune_model,
 )
 from optimum_gatenorm.criteria.baselines import attention_statistics
+from optimum_gatenorm.pruning.pruner import select_layers
 
 
 BASELINES = ["attn_norm", "cosine", "last", "random"]
@@ -251,3 +252,65 @@ def test_hooks_are_removed_even_after_an_error():
         assert not module._forward_hooks and not module._forward_pre_hooks
     GateNormPruner(model).score("cosine", calibration=token_windows())
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def _gate_trace_reference(model) -> list[float]:
+    """`-(1/sqrt(d)) sum_h tr(diag(g) W_Q^h W_K^{g(h)T} diag(g))` per layer, by hand from the llama modules, in
+    float64."""
+    config = model.config
+    heads, kv = config.num_attention_heads, config.num_key_value_heads
+    d = config.hidden_size // heads
+    scores = []
+    for layer in model.model.layers:
+        q = layer.self_attn.q_proj.weight.detach().double().reshape(heads, d, -1)
+        k = layer.self_attn.k_proj.weight.detach().double().reshape(kv, d, -1).repeat_interleave(heads // kv, dim=0)
+        gain = layer.input_layernorm.weight.detach().double()
+        trace = sum(float(torch.trace(q[h] * gain @ (k[h] * gain).T)) for h in range(heads))
+        scores.append(-trace / math.sqrt(d))
+    return scores
+
+
+def test_gate_trace_local_is_gate_trace_without_two_attention_kinds():
+    for name, kinds in (("llama", None), ("llama", ["full_attention"] * 4), ("llama", ["sliding_attention"] * 4)):
+        model = tiny_model(name)
+        with torch.no_grad():
+            model.model.layers[1].input_layernorm.weight.uniform_(0.2, 2.0)
+        model.config.layer_types = kinds
+        scores = GateNormPruner(model).score("gate_trace_local").scores
+        assert scores == pytest.approx(_gate_trace_reference(model), rel=1e-5, abs=1e-6)
+    tied = tiny_model("llama")  # two kinds, equally common: none is scarcer
+    tied.config.layer_types = ["sliding_attention", "full_attention"] * 2
+    assert GateNormPruner(tied).score("gate_trace_local").scores == pytest.approx(
+        _gate_trace_reference(tied), rel=1e-5
+    )
+
+
+def test_gate_trace_local_ranks_the_scarce_attention_kind_last():
+    model = tiny_model("llama")
+    with torch.no_grad():  # layer 2 self-matches most (q = k): gate_trace's lowest, removed first by gate_trace
+        k = model.model.layers[2].self_attn.k_proj.weight
+        model.model.layers[2].self_attn.q_proj.weight.copy_(k.reshape(2, 1, 8, 32).expand(2, 2, 8, 32).reshape(32, 32))
+    model.config.layer_types = ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"]
+    reference = _gate_trace_reference(model)
+    assert min(range(1, 4), key=reference.__getitem__) == 2
+    scores = GateNormPruner(model).score("gate_trace_local").scores
+    common = [0, 1, 3]
+    assert [scores[i] for i in common] == pytest.approx([reference[i] for i in common], rel=1e-5)
+    assert scores[2] > max(scores[i] for i in common)  # the only full-attention layer goes last
+    assert get_criterion("gate_trace_local").min_gap == 2
+    assert select_layers(scores, GateNormConfig(num_layers=2, criterion="gate_trace_local"))[0] == [1, 3]
+    assert 2 in select_layers(reference, GateNormConfig(num_layers=2, criterion="gate_trace"))[0]  # gate_trace: first
+    everything_else = GateNormConfig(num_layers=3, criterion="gate_trace_local", protect_first=0)
+    assert 2 not in select_layers(scores, everything_else)[0]
+
+
+def test_scarce_attention_layers_reads_layer_types():
+    from transformers import PretrainedConfig
+
+    from optimum_gatenorm.criteria.routing import scarce_attention_layers
+
+    gemma_like = ["sliding_attention"] * 5 + ["full_attention"]
+    assert scarce_attention_layers(PretrainedConfig(layer_types=gemma_like * 3)) == {5, 11, 17}
+    assert scarce_attention_layers(PretrainedConfig()) == set()
+    assert scarce_attention_layers(PretrainedConfig(layer_types=["full_attention"] * 6)) == set()
+    assert scarce_attention_layers(PretrainedConfig(layer_types=["a", "b", "a", "b"])) == set()
