@@ -424,5 +424,53 @@ def main():
     print("written", args.output)
 
 
+def report(paths: list[str]) -> str:
+    """Markdown tables (criterion x k, random median [min-max], ratio to cosine) from the JSON files `paths`
+    of one model (several runs of the same model and text are merged)."""
+    texts: dict[str, dict] = {}
+    for path in paths:
+        record = json.loads(Path(path).read_text())
+        for name, entry in record["texts"].items():
+            merged = texts.setdefault(name, {"baseline": entry["baseline"], "curves": {}, "random": {}, "sel": {}})
+            merged["curves"].update(entry["curves"])
+            merged["random"].update(entry["random"])
+            merged["sel"].update(record["selections"])
+            merged["tokens"] = record["max_tokens"]
+    lines = []
+    for name, entry in texts.items():
+        ks = sorted({int(k) for curve in entry["curves"].values() for k in curve} | {int(k) for k in entry["random"]})
+        lines += [f"**{name}** (first {entry['tokens']} tokens, unpruned {entry['baseline']:.2f})", ""]
+        lines += ["| criterion | " + " | ".join(f"k={k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
+        cosine = entry["curves"].get("cosine", {})
+        for crit, curve in entry["curves"].items():
+            cells = []
+            for k in ks:
+                value = curve.get(str(k))
+                if value is None:
+                    cells.append("")
+                    continue
+                cell = f"{value:.1f}"
+                if crit != "cosine" and str(k) in cosine:
+                    cell += f" ({value / cosine[str(k)]:.2f}x)"
+                if str(k) in entry["random"] and value > entry["random"][str(k)]["median"]:
+                    cell = f"**{cell}**"
+                cells.append(cell)
+            lines.append(f"| {crit} | " + " | ".join(cells) + " |")
+        cells = [
+            f"{r['median']:.1f} ({r['min']:.1f}-{r['max']:.1f})" if (r := entry["random"].get(str(k))) else ""
+            for k in ks
+        ]
+        lines.append("| random, median (min-max) | " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            "Removed: " + "; ".join(f"{c}: {s}" for c, s in entry["sel"].items() if c in entry["curves"]),
+            "",
+        ]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--report"]:
+        print(report(sys.argv[2:]))
+    else:
+        main()

@@ -270,38 +270,46 @@ def _gate_trace_reference(model) -> list[float]:
     return scores
 
 
-def test_gate_trace_local_is_gate_trace_without_two_attention_kinds():
-    for name, kinds in (("llama", None), ("llama", ["full_attention"] * 4), ("llama", ["sliding_attention"] * 4)):
-        model = tiny_model(name)
+def _rank_sum_reference(model) -> list[float]:
+    """rank(gate_trace, float64 by hand) + rank(ov_relative) per layer, 0 for the lowest."""
+    from optimum_gatenorm.criteria.routing import ranks
+
+    writes = GateNormPruner(model).score("ov_relative").scores
+    return [float(a + b) for a, b in zip(ranks(_gate_trace_reference(model)), ranks(writes), strict=True)]
+
+
+def test_trace_write_sums_the_ranks_of_self_match_and_relative_write():
+    for kinds in (
+        None,
+        ["full_attention"] * 4,
+        ["sliding_attention"] * 4,
+        ["sliding_attention", "full_attention"] * 2,
+    ):
+        model = tiny_model("llama")
         with torch.no_grad():
             model.model.layers[1].input_layernorm.weight.uniform_(0.2, 2.0)
-        model.config.layer_types = kinds
-        scores = GateNormPruner(model).score("gate_trace_local").scores
-        assert scores == pytest.approx(_gate_trace_reference(model), rel=1e-5, abs=1e-6)
-    tied = tiny_model("llama")  # two kinds, equally common: none is scarcer
-    tied.config.layer_types = ["sliding_attention", "full_attention"] * 2
-    assert GateNormPruner(tied).score("gate_trace_local").scores == pytest.approx(
-        _gate_trace_reference(tied), rel=1e-5
-    )
+            model.model.layers[3].self_attn.o_proj.weight.mul_(0.01)  # the smallest write, whatever its trace
+        model.config.layer_types = kinds  # one kind, or two equally common: no kind is scarcer
+        scores = GateNormPruner(model).score("trace_write").scores
+        assert scores == _rank_sum_reference(model)
+        assert sorted(scores) != [scores[0]] * 4  # the ranks do differ
+    assert get_criterion("trace_write").min_gap == 1
 
 
-def test_gate_trace_local_ranks_the_scarce_attention_kind_last():
+def test_trace_write_ranks_the_scarce_attention_kind_last():
     model = tiny_model("llama")
-    with torch.no_grad():  # layer 2 self-matches most (q = k): gate_trace's lowest, removed first by gate_trace
+    with torch.no_grad():  # layer 2 self-matches most (q = k) and writes least: the lowest on both signals
         k = model.model.layers[2].self_attn.k_proj.weight
         model.model.layers[2].self_attn.q_proj.weight.copy_(k.reshape(2, 1, 8, 32).expand(2, 2, 8, 32).reshape(32, 32))
+        model.model.layers[2].self_attn.o_proj.weight.mul_(0.01)
+    plain = _rank_sum_reference(model)
+    assert min(range(1, 4), key=plain.__getitem__) == 2
     model.config.layer_types = ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"]
-    reference = _gate_trace_reference(model)
-    assert min(range(1, 4), key=reference.__getitem__) == 2
-    scores = GateNormPruner(model).score("gate_trace_local").scores
-    common = [0, 1, 3]
-    assert [scores[i] for i in common] == pytest.approx([reference[i] for i in common], rel=1e-5)
-    assert scores[2] > max(scores[i] for i in common)  # the only full-attention layer goes last
-    assert get_criterion("gate_trace_local").min_gap == 2
-    assert select_layers(scores, GateNormConfig(num_layers=2, criterion="gate_trace_local"))[0] == [1, 3]
-    assert 2 in select_layers(reference, GateNormConfig(num_layers=2, criterion="gate_trace"))[0]  # gate_trace: first
-    everything_else = GateNormConfig(num_layers=3, criterion="gate_trace_local", protect_first=0)
-    assert 2 not in select_layers(scores, everything_else)[0]
+    scores = GateNormPruner(model).score("trace_write").scores
+    assert [scores[i] for i in (0, 1, 3)] == [plain[i] for i in (0, 1, 3)]
+    assert scores[2] > max(scores[i] for i in (0, 1, 3))  # the only full-attention layer goes last
+    assert select_layers(scores, GateNormConfig(num_layers=2, criterion="trace_write"))[0] == [1, 3]
+    assert 2 in select_layers(plain, GateNormConfig(num_layers=2, criterion="trace_write"))[0]
 
 
 def test_scarce_attention_layers_reads_layer_types():
