@@ -1,5 +1,4 @@
-"""`trace_write`: `gate_trace`'s self-match and the attention's relative write, by rank; a sliding-window model's
-few long-range layers last.
+"""`trace_write`: `gate_trace`'s self-match and the attention's relative write, combined by rank.
 
 Two weight-only signals, each derived in its own module, say different things about an attention sublayer:
 
@@ -18,17 +17,13 @@ Neither is on a scale of the other, so they are combined by rank, with no consta
 rank(A_l / R_l)` (0 = the lowest of the layers being scored); the lowest sum is removed first, plain k lowest
 (`min_gap 1`).
 
-Some architectures interleave two kinds of attention layer (the kind is `config.layer_types`, a standard
-`transformers` config field): many *local* sliding-window layers and a few *global* full-attention ones (Gemma 3:
-one in six). A global layer is the only way information travels further than the window, and no weight shows
-which kind a layer is (the mask that makes a layer local is not a weight), so the layers of the *scarcer* kind are
-moved after all the others, keeping their order: `s_l += max(s) + 1 - min(s)` for them. A model with one kind
-(every model without `layer_types`, or one value in it: Llama, SmolLM2, Qwen2/3 without sliding windows), or two
-equally common kinds, is scored by the rank sum alone.
+Sliding-window models (Gemma 3) get no special rule for their few full-attention layers: moving them last was
+measured *worse* on Gemma-3-270M (benchmarks/criteria/default_search.md), and in 512-token windows, no longer than
+Gemma's sliding window, a full-attention layer does what a local one does.
 
-Measured (benchmarks/criteria/default_search.md): at least as good as the median of 7 random draws at every
-measured k on Gemma-3-270M (k = 4, 6, 7 of 18) and SmolLM2-135M (k = 4, 8, 12 of 30), on *Pride and Prejudice*
-only, and 1.4-1.7x `cosine`'s perplexity at the largest k.
+Measured (benchmarks/criteria/default_search.md): better than the median of 7 random draws at every measured k
+on Gemma-3-270M (k = 4, 6, 7 of 18: 1.65 / 1.04 / 1.09x `cosine`) and SmolLM2-135M (k = 4, 8, 12 of 30: 0.97 /
+1.02 / 1.73x `cosine`), on *Pride and Prejudice* only.
 """
 
 from __future__ import annotations
@@ -43,27 +38,9 @@ from .registry import register_criterion
 
 
 if TYPE_CHECKING:
-    from transformers import PretrainedConfig
-
     from .circuits import StackWeights
 
-__all__ = ["ranks", "relative_writes", "scarce_attention_layers", "trace_write"]
-
-
-def scarce_attention_layers(config: "PretrainedConfig") -> set[int]:
-    """Indices of the layers of the least common attention kind in `config.layer_types`, or none.
-
-    None when the config has no `layer_types`, one kind only, or no single least common kind (a tie).
-    """
-    kinds = list(getattr(config, "layer_types", None) or [])
-    counts = {kind: kinds.count(kind) for kind in set(kinds)}
-    if len(counts) < 2:
-        return set()
-    fewest = min(counts.values())
-    scarce = [kind for kind, count in counts.items() if count == fewest]
-    if len(scarce) != 1 or fewest == max(counts.values()):
-        return set()
-    return {index for index, kind in enumerate(kinds) if kind == scarce[0]}
+__all__ = ["ranks", "relative_writes", "trace_write"]
 
 
 def ranks(values: list[float]) -> list[int]:
@@ -101,21 +78,15 @@ def relative_writes(stack: "StackWeights") -> list[float]:
 
 @register_criterion(
     "trace_write",
-    description="rank of gate_trace + rank of the attention's relative write (weights only); a sliding-window "
-    "model's few full-attention layers last",
+    description="rank of gate_trace + rank of the attention's relative write (weights only)",
     uses_norm=True,
     uses_ov=True,  # informational for a stack criterion: StackWeights reads what it needs
     stack=True,
 )
 def trace_write(stack: "StackWeights") -> list[float]:
-    """`rank(gate_trace_l) + rank(A_l / R_l)`, the scarcer attention kind shifted last (module docstring)."""
+    """`rank(gate_trace_l) + rank(A_l / R_l)` (module docstring)."""
     traces = [
         gate_trace(layer_weights(stack.source, stack.config, layer, with_norm=True, device=stack.device))
         for layer in stack.layers
     ]
-    combined = [float(a + b) for a, b in zip(ranks(traces), ranks(relative_writes(stack)), strict=True)]
-    scarce = scarce_attention_layers(stack.config)
-    if not combined or not scarce:
-        return combined
-    shift = max(combined) + 1.0 - min(combined)
-    return [score + shift if layer in scarce else score for layer, score in zip(stack.layers, combined, strict=True)]
+    return [float(a + b) for a, b in zip(ranks(traces), ranks(relative_writes(stack)), strict=True)]
