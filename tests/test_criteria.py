@@ -251,3 +251,40 @@ def test_hooks_are_removed_even_after_an_error():
         assert not module._forward_hooks and not module._forward_pre_hooks
     GateNormPruner(model).score("cosine", calibration=token_windows())
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def _gate_trace_reference(model) -> list[float]:
+    """`-(1/sqrt(d)) sum_h tr(diag(g) W_Q^h W_K^{g(h)T} diag(g))` per layer, by hand from the llama modules, in
+    float64."""
+    config = model.config
+    heads, kv = config.num_attention_heads, config.num_key_value_heads
+    d = config.hidden_size // heads
+    scores = []
+    for layer in model.model.layers:
+        q = layer.self_attn.q_proj.weight.detach().double().reshape(heads, d, -1)
+        k = layer.self_attn.k_proj.weight.detach().double().reshape(kv, d, -1).repeat_interleave(heads // kv, dim=0)
+        gain = layer.input_layernorm.weight.detach().double()
+        trace = sum(float(torch.trace(q[h] * gain @ (k[h] * gain).T)) for h in range(heads))
+        scores.append(-trace / math.sqrt(d))
+    return scores
+
+
+def _rank_sum_reference(model) -> list[float]:
+    """rank(gate_trace, float64 by hand) + rank(ov_relative) per layer, 0 for the lowest."""
+    from optimum_gatenorm.criteria.routing import ranks
+
+    writes = GateNormPruner(model).score("ov_relative").scores
+    return [float(a + b) for a, b in zip(ranks(_gate_trace_reference(model)), ranks(writes), strict=True)]
+
+
+def test_trace_write_sums_the_ranks_of_self_match_and_relative_write():
+    for kinds in (None, ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"]):
+        model = tiny_model("llama")
+        with torch.no_grad():
+            model.model.layers[1].input_layernorm.weight.uniform_(0.2, 2.0)
+            model.model.layers[3].self_attn.o_proj.weight.mul_(0.01)  # the smallest write, whatever its trace
+        model.config.layer_types = kinds  # no special rule for a sliding-window model's full-attention layers
+        scores = GateNormPruner(model).score("trace_write").scores
+        assert scores == _rank_sum_reference(model)
+        assert sorted(scores) != [scores[0]] * 4  # the ranks do differ
+    assert get_criterion("trace_write").min_gap == 1

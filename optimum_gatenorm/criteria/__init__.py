@@ -3,6 +3,7 @@
 - `registry`: `Criterion`, `register_criterion` / `register_model_criterion`, `get_criterion`.
 - `gate`: the Gate-Norm family (`gate_norm`, `gate_norm_head`, `gate_norm_folded`) and `gate_trace`, the default.
 - `circuits`: weight-only criteria of the value-output circuit (`ov_norm`, `gate_ov`, `ov_relative`).
+- `routing`: `trace_write`, the ranks of `gate_trace` and of the attention's relative write, summed.
 - `baselines`: data-driven (`cosine`, `attn_norm`) and control (`random`, `last`) baselines.
 - `calibration`: the token windows data-driven criteria run on.
 - `scoring`: the drivers (`score_layers`, `score_with_model`) that run a criterion over a model's layers.
@@ -11,7 +12,7 @@
 Importing this package imports the criterion modules, which register themselves (as peft's tuners do).
 """
 
-from . import baselines, circuits, gate  # noqa: F401  (register their criteria)
+from . import baselines, circuits, gate, routing  # noqa: F401  (register their criteria)
 from .calibration import Calibration
 from .measurements import breakdown_warning
 from .registry import (
