@@ -288,3 +288,29 @@ def test_trace_write_sums_the_ranks_of_self_match_and_relative_write():
         assert scores == _rank_sum_reference(model)
         assert sorted(scores) != [scores[0]] * 4  # the ranks do differ
     assert get_criterion("trace_write").min_gap == 1
+
+
+def test_trace_write_reads_the_sandwich_norm_gains_on_gemma():
+    """On a sandwich-norm model the write is `||1 + w_post||` (the post-attention RMSNorm fixes its size), the
+    residual `R_l^2 = e^2 + sum_{j<l} (||1 + w_post_attn_j||^2 + ||1 + w_post_ff_j||^2)`, in float64 here."""
+    from optimum_gatenorm.checkpoints.tensors import ModelWeights
+    from optimum_gatenorm.criteria.circuits import StackWeights
+    from optimum_gatenorm.criteria.routing import ranks, relative_writes
+
+    model = tiny_model("gemma3_text")
+    layers = model.model.layers
+    with torch.no_grad():
+        for layer in layers:
+            layer.post_attention_layernorm.weight.uniform_(-0.9, 1.5)
+            layer.post_feedforward_layernorm.weight.uniform_(-0.9, 1.5)
+    stack = StackWeights(ModelWeights(model), model.config, list(range(4)))
+    residual2 = float(stack.embedding_norm()) ** 2
+    expected = []
+    for layer in layers:
+        write = (1 + layer.post_attention_layernorm.weight.double()).norm().item()
+        expected.append(write / residual2**0.5)
+        residual2 += write**2 + (1 + layer.post_feedforward_layernorm.weight.double()).norm().item() ** 2
+    assert relative_writes(stack) == pytest.approx(expected, rel=1e-5)
+    scores = GateNormPruner(model).score("trace_write").scores
+    traces = GateNormPruner(model).score("gate_trace").scores
+    assert scores == [float(a + b) for a, b in zip(ranks(traces), ranks(expected), strict=True)]

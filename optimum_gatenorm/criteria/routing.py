@@ -54,18 +54,17 @@ def ranks(values: list[float]) -> list[int]:
 
 def relative_writes(stack: "StackWeights") -> list[float]:
     """`A_l / R_l` for each layer of `stack.layers` (module docstring): `ov_relative` for pre-norm models, the
-    post-attention and post-MLP norm gains for sandwich-norm ones (`adapter.attention_norms == 2`: the norm after
-    the input norm in `pruned_modules` is the post-attention norm, the last of `pruned_forward` the post-MLP one)."""
+    post-attention and post-MLP norm gains for sandwich-norm ones (the adapter's `attention_output_norm` and
+    `mlp_output_norm`)."""
     adapter = stack.adapter
-    if adapter.attention_norms < 2:
+    if adapter.attention_output_norm is None or adapter.mlp_output_norm is None:
         return ov_relative(stack)
 
     def gain_norm(layer: int, module: str) -> float:
         name = f"{adapter.layer_prefix(layer)}.{module}.weight"
         return float(adapter.norm_gain(stack._tensor(name)).norm())
 
-    post_attention = adapter.pruned_modules[adapter.pruned_modules.index(adapter.input_norm) + 1]
-    post_mlp = adapter.pruned_forward[-1]
+    post_attention, post_mlp = adapter.attention_output_norm, adapter.mlp_output_norm
     squared = stack.embedding_norm() ** 2
     residual, writes = [], []
     for layer in range(stack.config.num_hidden_layers):
