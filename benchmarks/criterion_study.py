@@ -192,7 +192,8 @@ def main():
 
 
 PLOTTED = {
-    "gate_trace (min_gap=2)": ("gate_trace, min_gap 2 (default)", "tab:green", "-", 2.5),
+    "trace_write": ("trace_write (data-free)", "tab:orange", "-", 2.5),
+    "gate_trace (min_gap=2)": ("gate_trace, min_gap 2", "tab:green", "-", 2.0),
     "gate_trace": ("gate_trace, k lowest", "tab:green", ":", 1.5),
     "gate_norm": ("gate_norm (paper)", "tab:red", "-", 1.5),
     "ov_relative (min_gap=2)": ("ov_relative, min_gap 2", "tab:purple", "-", 1.5),

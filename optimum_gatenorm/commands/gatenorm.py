@@ -515,7 +515,7 @@ def _add_window_args(parser: "ArgumentParser") -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="run each window with the BOS token in front of it, as context only (default: if the tokenizer adds "
-        "one when it encodes text, as Gemma's does; SmolLM2's does not)",
+        "one when it encodes text, as Gemma's and SmolLM2's do; --no-bos: never)",
     )
 
 

@@ -22,7 +22,8 @@ Each window runs as one batch-of-one forward pass with an all-ones attention mas
 With `bos=True` every window is run with the tokenizer's BOS token in front of it, as extra context only: the
 same tokens are scored. Models trained to always see a BOS first (Gemma) need it; without it Gemma-3-270M's
 perplexity is several times higher. The default, `bos=None`, does what the tokenizer does when it encodes text
-(`optimum_gatenorm.text.bos_prefix`): BOS for Gemma, none for SmolLM2.
+(`optimum_gatenorm.text.bos_prefix`): BOS for Gemma and SmolLM2, whose tokenizers add it; none for a tokenizer
+that adds none.
 """
 
 from __future__ import annotations
