@@ -106,6 +106,7 @@ def main():
     if args.plot_only:
         for path in sorted(out.glob("*.json")):
             plot_record(json.loads(path.read_text()), path.with_suffix(".png"))
+        write_summary(out)
         return
     out.mkdir(parents=True, exist_ok=True)
     path = resolve_model(args.model)
@@ -121,14 +122,7 @@ def main():
         + ([f"--ablation-texts {args.ablation_texts}"] if args.ablation_texts is not None else [])
         + ([f"--extra-criteria {args.extra_criteria}"] if args.extra_criteria else [])
     )
-    summary = [
-        f"# Criterion study: {model_name}, perplexity with k attention sublayers removed",
-        "",
-        f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}. "
-        f"Command: `{command}`. protect_first={PROTECT_FIRST}. Criteria are chosen on {names[0]} and confirmed on "
-        f"{' and '.join(names[1:]) or 'no other text'}.",
-        "",
-    ]
+    machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     for name, text_path in texts.items():
         start = time.perf_counter()
         text = read_text(text_path)
@@ -170,6 +164,8 @@ def main():
         }
         record = {
             "model": model_name,
+            "command": command,
+            "machine": machine,
             "num_layers": model.config.num_hidden_layers,
             "text": name,
             "num_tokens": main_result.num_tokens,
@@ -183,12 +179,33 @@ def main():
             "single_layer_ablation": ablation,
             "spearman": correlations,
         }
+        record["seconds"] = round(time.perf_counter() - start)
         (out / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
         plot_record(record, out / f"{name}.png")
-        summary += _section(name, record, time.perf_counter() - start)
-        print("\n".join(summary), flush=True)
-    (out / "summary.md").write_text("\n".join(summary) + "\n")
+        print(write_summary(out), flush=True)
     print(json.dumps({"written": sorted(p.name for p in out.iterdir())}))
+
+
+def write_summary(out: Path) -> str:
+    """`summary.md` from every `<text>.json` in `out` (texts of separate runs included), the choosing text first."""
+    records = [json.loads(path.read_text()) for path in out.glob("*.json")]
+    records.sort(key=lambda r: TEXTS.index(r["text"]) if r["text"] in TEXTS else len(TEXTS))
+    if not records:
+        return ""
+    first = records[0]
+    summary = [
+        f"# Criterion study: {first.get('model', 'SmolLM2-135M-Instruct')}, perplexity with k attention sublayers "
+        "removed",
+        "",
+        f"Criteria are chosen on {first['text']} and confirmed on the other texts. protect_first={PROTECT_FIRST}.",
+        "",
+    ]
+    for record in records:
+        summary += [f"Command: `{record.get('command', '')}` (machine: {record.get('machine', '')}).", ""]
+        summary += _section(record["text"], record, record.get("seconds", 0))
+    text = "\n".join(summary) + "\n"
+    (out / "summary.md").write_text(text)
+    return text
 
 
 PLOTTED = {
