@@ -11,9 +11,13 @@ What differs, and where it is handled:
   (every family does on 5.x): `layer_returns_tuple`.
 - `PreTrainedModel._keys_to_ignore_on_load_unexpected` is a list on 4.57 and a set on 5.x:
   `ignore_unexpected_keys`.
+- Models that mix sliding-window and full layers look each layer's mask up by `layer.attention_type` on 4.57 and
+  by `config.layer_types[i]` on 5.x, pruned layers included; `pruning.structure` serves both (a pruned layer names
+  a kept type, and the base model's mask mapping gets the types only pruned layers have).
 - RoPE settings: 5.x keeps them in `config.rope_parameters` and no longer writes `rope_theta`, `rope_scaling`,
   `partial_rotary_factor` (gpt_neox: `rotary_emb_base`, `rotary_pct`); 4.57 ignores `rope_parameters` and falls
-  back to its defaults, which silently changes the model (SmolLM2's `rope_theta` is 100000, the default 10000).
+  back to its defaults, which silently changes the model (SmolLM2's `rope_theta` is 100000, the default 10000;
+  Gemma 3's sliding layers read `rope_local_base_freq` on 4.57, `rope_parameters["sliding_attention"]` on 5.x).
   On 5.x our writers add the 4.57 names to `config.json` (`write_portable_config`; the names per architecture are
   `ArchitectureAdapter.legacy_rope_names`); on 4.57, `load_pruned` reads `rope_parameters` of a checkpoint written
   elsewhere by 5.x (`adapt_config`), and plain `from_pretrained` of such a pruned checkpoint fails loudly
