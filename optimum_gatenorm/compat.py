@@ -21,7 +21,8 @@ What differs, and where it is handled:
   On 5.x our writers add the 4.57 names to `config.json` (`write_portable_config`; the names per architecture are
   `ArchitectureAdapter.legacy_rope_names`); on 4.57, `load_pruned` reads `rope_parameters` of a checkpoint written
   elsewhere by 5.x (`adapt_config`), and plain `from_pretrained` of such a pruned checkpoint fails loudly
-  (`check_config_readable`, from our quantizer) instead of loading with the wrong RoPE.
+  (`check_config_readable`, from our quantizer) instead of loading with the wrong RoPE. A 5.x config object has no
+  `rope_theta` attribute: code that reads the settings (the serving exporters) calls `rope_settings`.
 - The quantizer a pruned checkpoint loads through (`checkpoints.modeling.GateNormQuantizer`) needs no change: both
   lines call `_process_model_before_weight_loading` on the meta-device model and take our state dict from
   `get_state_dict_and_metadata` (4.57 passes `safe_serialization`, 5.x does not).
@@ -50,6 +51,7 @@ __all__ = [
     "adapt_config",
     "check_config_readable",
     "legacy_rope_config",
+    "rope_settings",
     "write_portable_config",
     "ONNX_INSTALL",
     "ONNXRUNTIME_INSTALL",
@@ -161,6 +163,21 @@ def legacy_rope_config(config: "dict[str, Any]") -> "dict[str, Any]":
     scaling = {key: value for key, value in main.items() if key not in ("rope_theta", "partial_rotary_factor")}
     out["rope_scaling"] = None if scaling.get("rope_type", "default") == "default" else scaling
     return out
+
+
+def rope_settings(config) -> "dict[str, Any]":
+    """The RoPE settings of a config object under their transformers 4.57 names, on either line.
+
+    The names are the adapter's `legacy_rope_names` and `rope_scaling` (`None` for plain RoPE). 5.x configs have no
+    `rope_theta` attribute (only `rope_parameters`), so `getattr(config, "rope_theta", default)` silently reads the
+    default there; writers of other formats (GGUF, Nemotron-NAS) read the settings here instead.
+    """
+    from .adapters import get_adapter
+
+    if TRANSFORMERS_5:
+        return legacy_rope_config(config.to_dict())
+    names = [*get_adapter(config.model_type).legacy_rope_names.values(), "rope_scaling"]
+    return {name: getattr(config, name) for name in names if hasattr(config, name)}
 
 
 def write_portable_config(directory: "str | Path") -> None:
