@@ -11,13 +11,18 @@ What differs, and where it is handled:
   (every family does on 5.x): `layer_returns_tuple`.
 - `PreTrainedModel._keys_to_ignore_on_load_unexpected` is a list on 4.57 and a set on 5.x:
   `ignore_unexpected_keys`.
+- Models that mix sliding-window and full layers look each layer's mask up by `layer.attention_type` on 4.57 and
+  by `config.layer_types[i]` on 5.x, pruned layers included; `pruning.structure` serves both (a pruned layer names
+  a kept type, and the base model's mask mapping gets the types only pruned layers have).
 - RoPE settings: 5.x keeps them in `config.rope_parameters` and no longer writes `rope_theta`, `rope_scaling`,
   `partial_rotary_factor` (gpt_neox: `rotary_emb_base`, `rotary_pct`); 4.57 ignores `rope_parameters` and falls
-  back to its defaults, which silently changes the model (SmolLM2's `rope_theta` is 100000, the default 10000).
+  back to its defaults, which silently changes the model (SmolLM2's `rope_theta` is 100000, the default 10000;
+  Gemma 3's sliding layers read `rope_local_base_freq` on 4.57, `rope_parameters["sliding_attention"]` on 5.x).
   On 5.x our writers add the 4.57 names to `config.json` (`write_portable_config`; the names per architecture are
   `ArchitectureAdapter.legacy_rope_names`); on 4.57, `load_pruned` reads `rope_parameters` of a checkpoint written
   elsewhere by 5.x (`adapt_config`), and plain `from_pretrained` of such a pruned checkpoint fails loudly
-  (`check_config_readable`, from our quantizer) instead of loading with the wrong RoPE.
+  (`check_config_readable`, from our quantizer) instead of loading with the wrong RoPE. A 5.x config object has no
+  `rope_theta` attribute: code that reads the settings (the serving exporters) calls `rope_settings`.
 - The quantizer a pruned checkpoint loads through (`checkpoints.modeling.GateNormQuantizer`) needs no change: both
   lines call `_process_model_before_weight_loading` on the meta-device model and take our state dict from
   `get_state_dict_and_metadata` (4.57 passes `safe_serialization`, 5.x does not).
@@ -46,6 +51,7 @@ __all__ = [
     "adapt_config",
     "check_config_readable",
     "legacy_rope_config",
+    "rope_settings",
     "write_portable_config",
     "ONNX_INSTALL",
     "ONNXRUNTIME_INSTALL",
@@ -157,6 +163,21 @@ def legacy_rope_config(config: "dict[str, Any]") -> "dict[str, Any]":
     scaling = {key: value for key, value in main.items() if key not in ("rope_theta", "partial_rotary_factor")}
     out["rope_scaling"] = None if scaling.get("rope_type", "default") == "default" else scaling
     return out
+
+
+def rope_settings(config) -> "dict[str, Any]":
+    """The RoPE settings of a config object under their transformers 4.57 names, on either line.
+
+    The names are the adapter's `legacy_rope_names` and `rope_scaling` (`None` for plain RoPE). 5.x configs have no
+    `rope_theta` attribute (only `rope_parameters`), so `getattr(config, "rope_theta", default)` silently reads the
+    default there; writers of other formats (GGUF, Nemotron-NAS) read the settings here instead.
+    """
+    from .adapters import get_adapter
+
+    if TRANSFORMERS_5:
+        return legacy_rope_config(config.to_dict())
+    names = [*get_adapter(config.model_type).legacy_rope_names.values(), "rope_scaling"]
+    return {name: getattr(config, name) for name in names if hasattr(config, name)}
 
 
 def write_portable_config(directory: "str | Path") -> None:

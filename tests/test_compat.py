@@ -15,6 +15,7 @@ from optimum_gatenorm.compat import (
     legacy_rope_config,
     require_onnx,
     require_onnxruntime,
+    rope_settings,
     write_portable_config,
 )
 
@@ -54,6 +55,20 @@ def test_with_the_onnx_extra_nothing_is_refused():
     assert has_onnx()
     require_onnx("the ONNX export")
     require_onnxruntime("the benchmark")
+
+
+def test_rope_settings_read_the_config_on_either_line():
+    from transformers import AutoConfig
+
+    linear = {"rope_type": "linear", "factor": 2.0}
+    config = AutoConfig.for_model("llama", rope_theta=1e5, rope_scaling=linear)
+    assert not TRANSFORMERS_5 or not hasattr(config, "rope_theta")  # why the helper exists
+    settings = rope_settings(config)
+    assert settings["rope_theta"] == 1e5 and settings["rope_scaling"]["factor"] == 2.0
+    assert settings["rope_scaling"].get("rope_type", settings["rope_scaling"].get("type")) == "linear"
+    assert rope_settings(AutoConfig.for_model("llama", rope_theta=1e5))["rope_scaling"] is None
+    gemma = rope_settings(AutoConfig.for_model("gemma3_text", rope_theta=1e6, rope_local_base_freq=5e3))
+    assert gemma["rope_theta"] == 1e6 and gemma["rope_local_base_freq"] == 5e3
 
 
 def test_legacy_rope_names_per_architecture():

@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from optimum_gatenorm import InvalidCheckpointError, UnsupportedModelError, resolve_model
 from optimum_gatenorm.checkpoints.gguf import GEMMA3_NORM_OFFSET, gemma3_config, tensor_name
 from optimum_gatenorm.checkpoints.models import BUILTIN_MODELS, cache_dir
+from optimum_gatenorm.compat import rope_settings
 from optimum_gatenorm.evaluation.perplexity import perplexity
 from optimum_gatenorm.text import read_text
 
@@ -72,7 +73,6 @@ def test_config_equals_the_gguf_metadata(real_dir, reader):
         "num_attention_heads": "gemma3.attention.head_count",
         "num_key_value_heads": "gemma3.attention.head_count_kv",
         "head_dim": "gemma3.attention.key_length",
-        "rope_theta": "gemma3.rope.freq_base",
         "sliding_window": "gemma3.attention.sliding_window",
         "rms_norm_eps": "gemma3.attention.layer_norm_rms_epsilon",
         "max_position_embeddings": "gemma3.context_length",
@@ -82,12 +82,13 @@ def test_config_equals_the_gguf_metadata(real_dir, reader):
     }
     for field, key in derived.items():
         assert getattr(config, field) == _meta(reader, key), (field, key)
+    assert rope_settings(config)["rope_theta"] == _meta(reader, "gemma3.rope.freq_base")  # 5.x: rope_parameters
     assert config.head_dim == _meta(reader, "gemma3.attention.value_length")
     assert config.vocab_size == len(reader.fields["tokenizer.ggml.tokens"].data) == 262_144
     # Not in this file's metadata: llama.cpp hard-codes them for gemma3 (checkpoints/gguf.py), and so do we.
     assert "gemma3.rope.freq_base_swa" not in reader.fields
     assert "gemma3.attention.sliding_window_pattern" not in reader.fields
-    assert config.rope_local_base_freq == 10_000.0
+    assert _sliding_rope_base(config) == 10_000.0
     assert config.query_pre_attn_scalar == config.head_dim
     full = [i for i, kind in enumerate(config.layer_types) if kind == "full_attention"]
     assert full == [5, 11, 17] and len(config.layer_types) == 18
@@ -216,14 +217,19 @@ def _small_meta(**changes):
     return {key: value for key, value in meta.items() if value is not None}
 
 
+def _sliding_rope_base(config) -> float:
+    # transformers 4.57 keeps it as `rope_local_base_freq`, 5.x only in `rope_parameters["sliding_attention"]`.
+    return rope_settings(config)["rope_local_base_freq"]
+
+
 def test_config_reads_the_optional_keys_when_a_file_has_them():
     plain = gemma3_config(_small_meta())
-    assert plain.layer_types == ["sliding_attention"] * 4 and plain.rope_local_base_freq == 10_000.0
+    assert plain.layer_types == ["sliding_attention"] * 4 and _sliding_rope_base(plain) == 10_000.0
     stated = gemma3_config(
         _small_meta(**{"gemma3.attention.sliding_window_pattern": 2, "gemma3.rope.freq_base_swa": 5_000.0})
     )
     assert stated.layer_types == ["sliding_attention", "full_attention"] * 2
-    assert stated.rope_local_base_freq == 5_000.0 and stated.vocab_size == 5 and stated.head_dim == 32
+    assert _sliding_rope_base(stated) == 5_000.0 and stated.vocab_size == 5 and stated.head_dim == 32
 
 
 @pytest.mark.parametrize(

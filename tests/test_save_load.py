@@ -172,7 +172,17 @@ def test_fresh_process_with_the_package_loads_correctly(saved_pruned):
 # Name -> (config overrides, tolerance). llama's rope_theta is not the default (5.x saves it only inside
 # rope_parameters); gpt_neox's tiny rotary_pct likewise; gpt2 and gpt_neox layers return tuples on 4.57 only.
 # gpt2's own eager attention differs between the lines by ~4e-6 on an unpruned model too, hence its tolerance.
-CROSS_LINE = {"llama": ({"rope_theta": 100000.0}, 0.0), "gpt2": ({}, 1e-5), "gpt_neox": ({}, 0.0), "phi3": ({}, 0.0)}
+# The mixed sliding/full models (window 4, prompts of 6 tokens) keep a cache type per kept layer; Gemma 3's
+# sliding-layer RoPE base is `rope_local_base_freq` on 4.57 and `rope_parameters["sliding_attention"]` on 5.x.
+CROSS_LINE = {
+    "llama": ({"rope_theta": 100000.0}, 0.0),
+    "gpt2": ({}, 1e-5),
+    "gpt_neox": ({}, 0.0),
+    "phi3": ({}, 0.0),
+    "qwen3": ({"rope_theta": 100000.0}, 0.0),
+    "gemma2": ({"rope_theta": 100000.0}, 0.0),
+    "gemma3_text": ({"rope_theta": 100000.0, "rope_local_base_freq": 5000.0}, 0.0),
+}
 
 _OTHER_LINE = """
 import json, sys

@@ -79,7 +79,9 @@ def _tiny_llama():
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=256,
-        rope_theta=10000.0,
+        # Not the default 10000: a writer reading the default instead (5.x configs keep it in rope_parameters
+        # only) would give llama.cpp other logits.
+        rope_theta=1000.0,
     )
     model = AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():

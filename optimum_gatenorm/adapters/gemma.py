@@ -54,6 +54,9 @@ GEMMA3_TEXT = ArchitectureAdapter(
         ("use_bidirectional_attention", "bidirectional attention (EmbeddingGemma) is an encoder, not a causal LM"),
     ),
     tiny_config=dict(_TINY),
+    # 4.57 reads the sliding layers' RoPE base (5.x: rope_parameters["sliding_attention"]) as rope_local_base_freq;
+    # the full layers' base and scaling under the plain names.
+    legacy_rope_names={"rope_theta": "rope_theta", "sliding_attention.rope_theta": "rope_local_base_freq"},
     **_SANDWICH,
 )
 
@@ -67,4 +70,5 @@ GEMMA2 = replace(
     ort_reads_kv_heads=False,
     ort_reads_head_dim=False,
     tiny_config=dict(_TINY, num_key_value_heads=4),
+    legacy_rope_names={"rope_theta": "rope_theta"},
 )

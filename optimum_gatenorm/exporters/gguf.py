@@ -34,6 +34,7 @@ from hashlib import sha256
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..compat import rope_settings
 from ..errors import InvalidConfigError, UnsupportedModelError
 from ..outputs import check_output_path
 from .serving import ServingPlan, load_for_serving
@@ -207,8 +208,9 @@ def _llama3_rope_factors(config, head_dim: int):
 
     import numpy as np
 
-    rope = config.rope_scaling
-    base = float(getattr(config, "rope_theta", 10000.0))
+    settings = rope_settings(config)
+    rope = settings["rope_scaling"]
+    base = float(settings.get("rope_theta", 10000.0))
     factor = rope.get("factor", 8.0)
     low, high = rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
     old_context = rope.get("original_max_position_embeddings", 8192)
@@ -251,7 +253,8 @@ def _write(model, plan: ServingPlan, tokenizer, tokenizer_dir: Path, path: Path,
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_rope_freq_base(float(getattr(config, "rope_theta", 10000.0)))
+    rope = rope_settings(config)
+    writer.add_rope_freq_base(float(rope.get("rope_theta", 10000.0)))
     writer.add_rope_dimension_count(dims.head_dim)
     writer.add_vocab_size(config.vocab_size)
     if pruned:
@@ -267,7 +270,7 @@ def _write(model, plan: ServingPlan, tokenizer, tokenizer_dir: Path, path: Path,
     writer.add_value_length(dims.head_dim)
     if plan.rope_type == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(float(config.rope_scaling["factor"]))
+        writer.add_rope_scaling_factor(float(rope["rope_scaling"]["factor"]))
     if pruned:
         # Gate-Norm's record of the removed attention sublayers (informational: head_count already says it).
         writer.add_array("gatenorm.pruned_attention_layers", list(plan.pruned))

@@ -31,6 +31,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..compat import rope_settings
 from ..outputs import atomic_output_dir, check_output_path
 from .serving import ServingPlan, ffn_mult_for, load_for_serving
 
@@ -117,6 +118,8 @@ def export_nemotron_nas(
     blocks = block_configs(plan)
     dtype = next(model.parameters()).dtype
     config = {k: v for k, v in model.config.to_dict().items() if k not in _DROPPED_KEYS}
+    # DeciLM readers (llama.cpp's converter, vLLM) read rope_theta / rope_scaling, which 5.x keeps in rope_parameters.
+    config.update(rope_settings(model.config))
     config.update(
         architectures=["DeciLMForCausalLM"],
         model_type="nemotron-nas",

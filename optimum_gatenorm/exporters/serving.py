@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from ..adapters import HeadDims, get_adapter
 from ..checkpoints.record import get_pruned_layers
+from ..compat import rope_settings
 from ..errors import UnsupportedModelError
 
 
@@ -101,7 +102,7 @@ class ServingPlan:
                 raise UnsupportedModelError(
                     f"--format {fmt} cannot write {config.model_type} with {flag}={getattr(config, flag)!r}: {reason}"
                 )
-        rope = getattr(config, "rope_scaling", None) or {}
+        rope = rope_settings(config).get("rope_scaling") or {}
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type not in _ROPE_TYPES:
             raise UnsupportedModelError(

@@ -156,20 +156,44 @@ def _cache_config_class(base: type, adapter: ArchitectureAdapter) -> type:
     return cls
 
 
-def _set_cache_layer_types(config, adapter: ArchitectureAdapter, decoder_layers, kept: list[int]) -> None:
+def _set_cache_layer_types(model, adapter: ArchitectureAdapter, decoder_layers, kept: list[int]) -> None:
     """Makes the caches built from `config` hold one slot per kept layer, of that layer's type (see the mixin)."""
+    config = model.config
     layer_types = getattr(config, adapter.layer_types_attr, None) if adapter.layer_types_attr else None
     if layer_types is None:
         return  # one type for every layer (or none): slot j of a cache of num_hidden_layers slots fits any layer
     if not isinstance(config, CacheLayerTypesConfigMixin):
         config.__class__ = _cache_config_class(type(config), adapter)
     config.__dict__[_KEPT_ATTRIBUTE] = list(kept)
-    # The model's forward looks each layer's mask up by `layer.attention_type`, pruned layers too (which ignore
-    # it); `generate` with a static cache builds masks only for the types of the cache slots, so a pruned layer
-    # must name a type a kept layer has (when, e.g., every full-attention layer was removed).
+    # The model's forward looks each layer's mask up by type, pruned layers too (which ignore it): by
+    # `layer.attention_type` on transformers 4.57, by `config.layer_types[i]` on 5.x. `generate` builds masks only
+    # for the types of the cache slots, so when no kept layer has a pruned layer's type (e.g. every full-attention
+    # layer was removed) that lookup must still find a mask: the pruned layer names a kept type (4.57), and the
+    # base model's mask mapping gets the missing types (`_fill_missing_mask_types`, both lines).
     for layer in decoder_layers:
         if is_attention_pruned(layer) and hasattr(layer, "attention_type"):
             layer.attention_type = layer_types[kept[0]]
+    base_model = model.get_submodule(adapter.layers.rpartition(".")[0])
+    if not any(hook is _fill_missing_mask_types for hook in base_model._forward_pre_hooks.values()):
+        base_model.register_forward_pre_hook(_fill_missing_mask_types, with_kwargs=True)
+
+
+def _fill_missing_mask_types(module, args, kwargs):
+    """Forward pre-hook of the base model: a mask mapping ({layer type: mask}) gets every type of the layer types.
+
+    `generate` passes masks keyed by the cache slots' types, i.e. the kept layers' types; a type it lacks belongs
+    to pruned layers only, which ignore their mask, so any mask of the mapping stands in for it.
+    """
+    masks = kwargs.get("attention_mask")
+    attribute = getattr(module.config, "_gatenorm_layer_types_attr", None)  # set by CacheLayerTypesConfigMixin
+    layer_types = getattr(module.config, attribute, None) if attribute else None
+    if not isinstance(masks, dict) or not masks or not layer_types:
+        return None
+    missing = set(layer_types) - masks.keys()
+    if not missing:
+        return None
+    stand_in = next(iter(masks.values()))
+    return args, {**kwargs, "attention_mask": {**masks, **dict.fromkeys(missing, stand_in)}}
 
 
 def apply_pruned_structure(model: "PreTrainedModel", layers: Iterable[int]) -> list[int]:
@@ -196,5 +220,5 @@ def apply_pruned_structure(model: "PreTrainedModel", layers: Iterable[int]) -> l
             delattr(layer, name)
     for slot, index in enumerate(kept):
         getattr(decoder_layers[index], adapter.attention).layer_idx = slot
-    _set_cache_layer_types(model.config, adapter, decoder_layers, kept)
+    _set_cache_layer_types(model, adapter, decoder_layers, kept)
     return pruned
