@@ -88,7 +88,8 @@ def breakdown_warning(
         num_layers: Sublayers removed.
         total: Attention sublayers of the model.
         measured_on: The built-in model of the nearest measured family (`ArchitectureAdapter.quality_reference`),
-            or `None` for an architecture whose family was never measured.
+            or `None` for an architecture whose family was never measured (a model without a `Measurement` counts
+            as never measured too).
 
     The measured k is scaled by `total / layers`. The data-driven criteria and `random` are the references: they
     only get the "beyond what was measured" warning.
@@ -96,7 +97,7 @@ def breakdown_warning(
     if num_layers == 0 or total <= 0:
         return None
     check = "check quality with `optimum-cli gatenorm eval` or `compare` before relying on it"
-    if measured_on is None:
+    if measured_on not in MEASUREMENTS:
         measured = ", ".join(m.model for m in MEASUREMENTS.values())
         return (
             f"no criterion was measured on this architecture's family (measured: {measured}; benchmarks/RESULTS.md): "
