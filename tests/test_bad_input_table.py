@@ -133,8 +133,9 @@ CASES = {
     "export_gguf_unsupported_architecture": Case(
         ("export", "-m", "{gpt2}", "-o", "{new}", "--format", "gguf"), ("model_type 'gpt2'", "--format onnx")
     ),
-    "export_gguf_unknown_pre_tokenizer": Case(
-        ("export", "-m", "{model}", "-o", "{new}", "--format", "gguf"), ("pre-tokenizer", "--gguf-pre-tokenizer")
+    # The workspace's character-level tokenizer is BPE without a byte-level pre-tokenizer.
+    "export_gguf_tokenizer_not_byte_level": Case(
+        ("export", "-m", "{model}", "-o", "{new}", "--format", "gguf"), ("byte-level", "--format nemotron-nas")
     ),
     "export_gguf_output_exists": Case(
         ("export", "-m", "{model}", "-o", "{afile}", "--format", "gguf"), ("already exists", "--overwrite")
