@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from .adapters import ArchitectureAdapter
 
 __all__ = [
+    "CONFIG_ERRORS",
     "adapt_config",
     "check_config_readable",
     "legacy_rope_config",
@@ -67,6 +68,20 @@ __all__ = [
 
 TRANSFORMERS_VERSION = Version(transformers.__version__)
 TRANSFORMERS_5 = TRANSFORMERS_VERSION.major >= 5
+
+
+def _config_errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = (ValueError, OSError, TypeError, KeyError, ZeroDivisionError)
+    try:  # 5.x configs are strict dataclasses: a wrong type raises this (not a ValueError / TypeError)
+        from huggingface_hub.errors import StrictDataclassFieldValidationError
+    except ImportError:
+        return errors
+    return (*errors, StrictDataclassFieldValidationError)
+
+
+# What `AutoConfig.from_pretrained` raises on a malformed config.json. 4.57 accepts wrong types and fails later;
+# 5.x validates while loading (a strict-dataclass error, or ZeroDivisionError for num_attention_heads=0).
+CONFIG_ERRORS = _config_errors()
 
 # The one-line fixes the ONNX commands print when an extra is missing. optimum-onnx 0.1.0 requires
 # transformers<4.58, so installing it moves a transformers 5 environment back to 4.57.

@@ -13,9 +13,10 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..adapters import HeadDims, get_adapter
+from ..compat import CONFIG_ERRORS
 from ..errors import InvalidCheckpointError, ModelNotFoundError, UnsupportedModelError
 from ..validation import is_int
 from .record import GATENORM_QUANT_METHOD
@@ -231,13 +232,20 @@ def _file_weight_map(path: Path, format: str) -> dict[str, Path]:
     return {name: path for name in PickleWeights({})._open(path)}
 
 
-def _check_dimensions(config: "PretrainedConfig", config_file: Path) -> None:
-    """Refuses configs whose layer count or head geometry cannot describe a model (hand-edited, corrupt)."""
-    for name in ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim"):
-        value = getattr(config, name, None)
+_SIZES = ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim")
+
+
+def _check_sizes(values: Mapping[str, Any], config_file: Path) -> None:
+    for name in _SIZES:
+        value = values.get(name)
         optional = name in ("num_key_value_heads", "head_dim")  # absent or null: derived from the others
         if not ((is_int(value) and value > 0) or (optional and value is None)):
             raise InvalidCheckpointError(f"{config_file}: {name} must be a positive integer, got {value!r}")
+
+
+def _check_dimensions(config: "PretrainedConfig", config_file: Path) -> None:
+    """Refuses configs whose layer count or head geometry cannot describe a model (hand-edited, corrupt)."""
+    _check_sizes({name: getattr(config, name, None) for name in _SIZES}, config_file)
     try:
         dims = HeadDims.from_config(config)
     except ValueError as error:
@@ -276,10 +284,15 @@ def inspect_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> Check
         raise InvalidCheckpointError(f"{config_file} has no 'model_type'")
     get_adapter(str(model_type))  # one-line error listing the supported types, before transformers sees it
     check_quantization(config_dict, str(path))
+    # The sizes config.json names, before transformers 5's strict config validation words the error its own way.
+    _check_sizes(
+        {**{name: 1 for name in _SIZES}, **{k: v for k, v in config_dict.items() if k in _SIZES}}, config_file
+    )
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-    except (ValueError, OSError, TypeError, KeyError) as error:
-        raise InvalidCheckpointError(f"cannot load {config_file}: {error}") from None
+    except CONFIG_ERRORS as error:
+        detail = " ".join(str(error).split())  # one line; 5.x's validation errors span several
+        raise InvalidCheckpointError(f"cannot load {config_file}: {detail}") from None
     get_adapter(config)
     _check_dimensions(config, config_file)
 
