@@ -98,6 +98,12 @@ def main():
     parser.add_argument(
         "--plot-only", action="store_true", help="redraw the PNGs from the JSON files, measure nothing"
     )
+    parser.add_argument(
+        "--add-criteria",
+        default="",
+        help="measure only these registered criteria (comma-separated) and add them to the existing <text>.json "
+        "files of --texts, at their k values (random, ablation and the other criteria are kept as they are)",
+    )
     args = parser.parse_args()
     ks = args.ks or DEFAULT_KS[args.model]
     criteria = CRITERIA + tuple(c for c in args.extra_criteria.split(",") if c)
@@ -109,6 +115,9 @@ def main():
         write_summary(out)
         return
     out.mkdir(parents=True, exist_ok=True)
+    if args.add_criteria:
+        add_criteria(args, out, [c for c in args.add_criteria.split(",") if c])
+        return
     path = resolve_model(args.model)
     model = load_pruned(path).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -186,6 +195,66 @@ def main():
     print(json.dumps({"written": sorted(p.name for p in out.iterdir())}))
 
 
+def add_criteria(args, out: Path, added: list[str]) -> None:
+    """`--add-criteria`: measures `added` on each text of `--texts` and merges them into its `<text>.json`."""
+    path = resolve_model(args.model)
+    model = load_pruned(path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    calibration = make_calibration(tokenizer, austen("sensesensibility"), args)
+    for name in [n for n in args.texts.split(",") if n]:
+        record_path = out / f"{name}.json"
+        record = json.loads(record_path.read_text())
+        settings = record["settings"]
+        ks = tuple(sorted(int(k) for k in record["curves"]["random"]))
+        start = time.perf_counter()
+        result = compare_criteria(
+            model,
+            tokenizer,
+            read_text(_text_path(name)),
+            CompareConfig(
+                criteria=tuple(added),
+                min_gap=1,
+                num_layers=ks,
+                window=settings["window"],
+                max_tokens=settings["max_tokens"],
+                protect_first=settings["protect_first"],
+            ),
+            calibration=calibration,
+            model_name=record.get("model", ""),
+            text_name=name,
+            progress=True,
+        )
+        if abs(result.baseline_perplexity - record["baseline_perplexity"]) > 1e-3 * record["baseline_perplexity"]:
+            raise SystemExit(
+                f"{name}: unpruned perplexity {result.baseline_perplexity:.3f} differs from the record's "
+                f"{record['baseline_perplexity']:.3f}: not the same setting, nothing merged"
+            )
+        ablation = record.get("single_layer_ablation")
+        for c in added:
+            info = result.criteria[c]
+            record["curves"][c] = {str(k): v for k, v in _median_curve(result, c).items()}
+            record["removed"][c] = {str(k): v for k, v in _removed(result, c).items()}
+            record["scores"][c] = info["scores"]
+            record["scoring_seconds"][c] = info["scoring_seconds"]
+            record["spearman"][c] = {
+                ref: _spearman(info["scores"], record["scores"][ref] if ref != "ablation" else ablation)
+                for ref in ("cosine", "attn_norm", "ablation")
+                if ref != "ablation" or ablation is not None
+            }
+        record.setdefault("added", []).append(
+            {
+                "criteria": added,
+                "command": f"python benchmarks/criterion_study.py --model {args.model} --texts {name} "
+                f"--add-criteria {','.join(added)}",
+                "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+                "seconds": round(time.perf_counter() - start),
+            }
+        )
+        record_path.write_text(json.dumps(record, indent=1) + "\n")
+        plot_record(record, out / f"{name}.png")
+        print(write_summary(out), flush=True)
+
+
 def write_summary(out: Path) -> str:
     """`summary.md` from every `<text>.json` in `out` (texts of separate runs included), the choosing text first."""
     records = [json.loads(path.read_text()) for path in out.glob("*.json")]
@@ -202,6 +271,8 @@ def write_summary(out: Path) -> str:
     ]
     for record in records:
         summary += [f"Command: `{record.get('command', '')}` (machine: {record.get('machine', '')}).", ""]
+        for extra in record.get("added", []):
+            summary += [f"Added: `{extra['command']}` (machine: {extra['machine']}; {extra['seconds']} s).", ""]
         summary += _section(record["text"], record, record.get("seconds", 0))
     text = "\n".join(summary) + "\n"
     (out / "summary.md").write_text(text)
@@ -209,6 +280,7 @@ def write_summary(out: Path) -> str:
 
 
 PLOTTED = {
+    "cosine_self": ("cosine_self (own text)", "black", "-", 2.5),
     "trace_write": ("trace_write (data-free)", "tab:orange", "-", 2.5),
     "gate_trace (min_gap=2)": ("gate_trace, min_gap 2", "tab:green", "-", 2.0),
     "gate_trace": ("gate_trace, k lowest", "tab:green", ":", 1.5),
@@ -314,7 +386,7 @@ def _section(name, record, seconds):
         cells = " | ".join(
             "n/a" if rho.get(r) is None else f"{rho[r]:+.2f}" for r in ("cosine", "attn_norm", "ablation")
         )
-        data_free = "no" if criterion in ("cosine", "attn_norm") else "yes"
+        data_free = {"cosine": "no", "attn_norm": "no", "cosine_self": "own text"}.get(criterion, "yes")
         lines.append(f"| {criterion} | {data_free} | {record['scoring_seconds'][criterion]:.3f} | {cells} |")
     ablation = record["single_layer_ablation"]
     if ablation is not None:

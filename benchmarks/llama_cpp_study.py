@@ -1,10 +1,11 @@
 """llama.cpp CPU throughput of SmolLM2-135M pruned by k attention sublayers vs unpruned, from our GGUF exports.
 
     python benchmarks/llama_cpp_study.py [--k 4] [--gguf-type f32] [--prompt-lengths 128,1024] [--new-tokens 32] \
-        [--runs 5] [--warmup 1] [--threads 2] [--output benchmarks/llama_cpp/summary.json]
+        [--runs 5] [--warmup 1] [--threads 2] [--criterion gate_trace] [--output benchmarks/llama_cpp/summary.json]
 
-Both models are exported with `export_gguf` (unpruned: llama.cpp's `llama`; pruned with `gate_trace`, the default
-criterion, layer 0 protected: `deci` with zero heads in the removed layers) and loaded once each through
+Both models are exported with `export_gguf` (unpruned: llama.cpp's `llama`; pruned with `--criterion`, default
+`gate_trace` (the package default when the recorded run was made; all SmolLM2 layers have the same size, so which
+layers go does not change the speed), layer 0 protected: `deci` with zero heads in the removed layers) and loaded once each through
 llama-cpp-python. Each round times, for A then B (then B then A in the next round, interleaved): prefill of a random
 prompt (one `eval` of the whole prompt, KV cache cleared first) and exactly `--new-tokens` greedy decode steps (one
 `eval` per token, no early stop). Reported: medians over rounds, speed-up = median unpruned / median pruned time
@@ -25,16 +26,16 @@ from pathlib import Path
 import numpy as np
 
 
-def _export(k: int, gguf_type: str, root: Path) -> Path:
+def _export(k: int, gguf_type: str, root: Path, criterion: str) -> Path:
     from optimum_gatenorm import GateNormConfig, GateNormPruner, export_gguf, resolve_model
 
     source = resolve_model("smollm2-135m")
-    out = root / f"smollm2-k{k}-{gguf_type}.gguf"
+    out = root / f"smollm2-k{k}-{criterion if k else 'none'}-{gguf_type}.gguf"
     if out.is_file():
         return out
     if k == 0:
         return export_gguf(source, out, gguf_type=gguf_type)
-    model, _ = GateNormPruner.from_pretrained(source).prune(GateNormConfig(num_layers=k))
+    model, _ = GateNormPruner.from_pretrained(source).prune(GateNormConfig(num_layers=k, criterion=criterion))
     return export_gguf(model, out, gguf_type=gguf_type, tokenizer_from=source)
 
 
@@ -66,6 +67,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--criterion", default="gate_trace", help="criterion of the pruned model (default gate_trace)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/llama_cpp/summary.json"))
     args = parser.parse_args()
 
@@ -77,7 +79,10 @@ def main() -> None:
     root = cache_dir() / "llama_cpp_study"
     root.mkdir(parents=True, exist_ok=True)
     started, load_start = datetime.now(timezone.utc), os.getloadavg()
-    files = {"unpruned": _export(0, args.gguf_type, root), f"k{args.k}": _export(args.k, args.gguf_type, root)}
+    files = {
+        "unpruned": _export(0, args.gguf_type, root, args.criterion),
+        f"k{args.k}": _export(args.k, args.gguf_type, root, args.criterion),
+    }
     lengths = [int(x) for x in args.prompt_lengths.split(",")]
     n_ctx = max(lengths) + args.new_tokens + 8
     models = {

@@ -411,11 +411,11 @@ CANDIDATE_ERRORS = {
 def test_request_the_model_cannot_meet_is_refused(case, tmp_path, checkpoints):
     _, config_kwargs, needle = CANDIDATE_ERRORS[case]
     config = GateNormConfig(**config_kwargs)  # valid on its own; only the 4-layer model makes it impossible
+    with pytest.raises(InvalidConfigError, match=re.escape(needle)):
+        select_layers(GateNormPruner.from_pretrained(checkpoints["llama"]).score("gate_trace").scores, config)
     pruner = GateNormPruner.from_pretrained(checkpoints["llama"])
     with pytest.raises(InvalidConfigError, match=re.escape(needle)):
-        select_layers(pruner.score().scores, config)
-    with pytest.raises(InvalidConfigError, match=re.escape(needle)):
-        pruner.prune(config)
+        pruner.prune(config)  # the default criterion, cosine_self, would load the model to score
     assert pruner._model is None  # refused before the model was loaded
 
 

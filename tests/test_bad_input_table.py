@@ -346,7 +346,10 @@ def test_prune_with_export_prints_a_short_true_summary(workspace, tmp_path):
     assert len(checks) == 1 and "match PyTorch within" in checks[0], result.stderr
     for noise in ("TracerWarning", "aten::index", "The groups of weights", "values not close", "Traceback"):
         assert noise not in result.stderr, result.stderr
-    assert len(result.stderr.splitlines()) <= 8, result.stderr  # bars, the scoring line, loading, export, check
+    # besides progress bars (the default criterion has two: sampling, calibration passes): loading, the scoring
+    # line, export, check
+    lines = [line for line in result.stderr.splitlines() if line.strip() and "%|" not in line]
+    assert len(lines) <= 5, result.stderr
 
 
 def test_result_files_get_a_wrote_line_and_seed_ranges_work(workspace, tmp_path):

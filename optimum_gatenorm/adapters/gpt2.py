@@ -27,5 +27,6 @@ GPT2 = ArchitectureAdapter(
         intermediate_attr="n_inner",
         position_embeddings_attr="n_positions",
     ),
-    tiny_config=dict(vocab_size=128, n_embd=32, n_layer=4, n_head=4, n_positions=128),
+    # GPT2Config's default BOS (50256) is outside the tiny vocabulary; its EOS stays (generation never stops early).
+    tiny_config=dict(vocab_size=128, n_embd=32, n_layer=4, n_head=4, n_positions=128, bos_token_id=0),
 )

@@ -58,5 +58,5 @@ QWEN2 = replace(
     nemotron_nas=False,
     serving_unsupported_flags=(),
     params=ParameterLayout(qkv_bias=True),
-    tiny_config=dict(_TINY, num_key_value_heads=2),
+    tiny_config=dict(_TINY, num_key_value_heads=2, bos_token_id=1),  # Qwen2Config names no BOS by default
 )

@@ -25,6 +25,7 @@ QWEN3 = ArchitectureAdapter(
     # 4, so tests run prompts longer than the window) with full ones.
     tiny_config=dict(
         TINY_COMMON,
+        bos_token_id=1,  # Qwen3Config names no BOS by default
         num_key_value_heads=2,
         head_dim=8,
         max_position_embeddings=128,

@@ -20,13 +20,14 @@ if TYPE_CHECKING:
     from argparse import ArgumentParser
 
 DEFAULT_MODEL = "smollm2-135m"  # optimum_gatenorm.checkpoints.models.DEFAULT_MODEL, repeated to keep start-up light
-DEFAULT_CRITERION = "gate_trace"  # optimum_gatenorm.criteria.DEFAULT_CRITERION, likewise (a test checks they agree)
+DEFAULT_CRITERION = "cosine_self"  # optimum_gatenorm.criteria.DEFAULT_CRITERION, likewise (a test checks they agree)
 CRITERIA_HELP = (
-    "scoring criterion; the lowest-scored sublayers are removed first. Weight-only: gate_trace (default: the "
-    "gate's self-match trace), gate_norm (the paper's ||W_Q W_K^T||_F), gate_norm_head, gate_norm_folded, "
-    "ov_norm, gate_ov, ov_relative; data-driven "
+    "scoring criterion; the lowest-scored sublayers are removed first. Default: cosine_self (cosine on 16 x 256 "
+    "tokens the model samples itself: no user data, ~30-60 s of the model's compute on 2 CPU cores for a 135-270M "
+    "model). Weight-only (milliseconds): gate_trace (the gate's self-match trace), gate_norm (the paper's "
+    "||W_Q W_K^T||_F), gate_norm_head, gate_norm_folded, ov_norm, gate_ov, ov_relative, trace_write; data-driven "
     "(need --calibration-text): cosine, attn_norm; baselines: random, last. `optimum-cli gatenorm criteria` "
-    "lists them; benchmarks/RESULTS.md has how each held up on SmolLM2"
+    "lists them; benchmarks/RESULTS.md has how each held up on SmolLM2 and Gemma 3"
 )
 MIN_GAP_HELP = (
     "keep removed sublayers at least N layers apart, skipping candidates too close to one already chosen "
@@ -155,7 +156,10 @@ def _add_calibration_args(parser: "ArgumentParser", seed: bool = True) -> None:
     )
     if seed:
         parser.add_argument(
-            "--seed", type=_non_negative_int, default=0, help="seed of the random criterion (default: 0)"
+            "--seed",
+            type=_non_negative_int,
+            default=0,
+            help="seed of the random criterion and of the text cosine_self samples (default: 0)",
         )
 
 
@@ -203,11 +207,11 @@ class ScoreCommand(_LeafCommand):
     def parse_args(parser: "ArgumentParser"):
         _setup(
             parser,
-            "Score every attention sublayer with a criterion (default gate_trace: from its weights alone, no data, no\n"
-            "forward pass) and print the ranking, lowest score (first to remove) first. Weight-only criteria read\n"
-            "just the tensors they need (Q/K and norm gains; V/O, MLP and embedding for the OV criteria) from the\n"
-            "safetensors files, one layer at a time, without building the model; cosine and attn_norm run the model\n"
-            "on --calibration-text.",
+            "Score every attention sublayer with a criterion and print the ranking, lowest score (first to remove)\n"
+            "first. The default, cosine_self, needs no data from you: the model samples 16 x 256 tokens from its start\n"
+            "token and cosine is measured on them (seeded by --seed). Weight-only criteria (gate_trace, gate_norm, ...)\n"
+            "read just the tensors they need from the safetensors files, one layer at a time, without building the\n"
+            "model: no data, no forward pass; cosine and attn_norm run the model on --calibration-text.",
         )
         _add_model_args(parser)
         parser.add_argument("--criterion", "-c", default=DEFAULT_CRITERION, help=CRITERIA_HELP)
@@ -615,7 +619,7 @@ class CompareCommand(_LeafCommand):
         parser.add_argument(
             "--criteria",
             type=_name_list,
-            help="comma-separated criteria (default: the data-free ones: gate_trace,gate_norm,gate_norm_head,"
+            help="comma-separated criteria (default: the data-free ones: cosine_self,gate_trace,gate_norm,gate_norm_head,"
             "gate_norm_folded,ov_norm,gate_ov,ov_relative,random,last; add cosine,attn_norm with --calibration-text)",
         )
         parser.add_argument(
@@ -853,7 +857,7 @@ class GateNormCommand(BaseOptimumCLICommand):
     SUBCOMMANDS = (
         CommandInfo(
             name="score",
-            help="rank attention sublayers by a criterion (default gate_trace, from weights alone)",
+            help="rank attention sublayers by a criterion (default cosine_self: on text the model writes itself)",
             subcommand_class=ScoreCommand,
         ),
         CommandInfo(

@@ -11,9 +11,10 @@ gate mixes little, so the sublayers with the lowest scores are removed first. No
 read: no data, no forward pass.
 
 Measured on SmolLM2-135M (benchmarks/RESULTS.md), the paper's criterion removes contiguous deep blocks and is
-worse than a random choice from k = 4 on; the default is therefore `gate_trace`, minus the *trace* of the same gate
-(with the norm gain folded in): how much each head prefers tokens like the query itself, which are redundant to
-attend to. `gate_norm` stays available by name, exactly as the paper defines it.
+worse than a random choice from k = 4 on; `gate_trace`, minus the *trace* of the same gate (with the norm gain
+folded in): how much each head prefers tokens like the query itself, which are redundant to attend to, held up there
+and was the default until it failed on Gemma-3-270M (the default is now `cosine_self`,
+`optimum_gatenorm.criteria.selfcal`). `gate_norm` stays available by name, exactly as the paper defines it.
 
 Architectures with per-head query/key RMSNorms (Qwen3, Gemma 3) normalise every query and key before the dot
 product, so `W_Q` and `W_K` alone do not determine the gate and their scale means nothing. Every criterion here
@@ -87,8 +88,8 @@ def gate_norm_folded(weights: AttentionWeights) -> float:
 
 @register_criterion(
     "gate_trace",
-    description="-sum_h tr(diag(g) W_Q^h W_K^h^T diag(g)) / sqrt(d): self-matching layers go first; min_gap 2 "
-    "(default)",
+    description="-sum_h tr(diag(g) W_Q^h W_K^h^T diag(g)) / sqrt(d): self-matching layers go first; selects "
+    "with min_gap 2",
     uses_norm=True,
     min_gap=2,
 )

@@ -1,18 +1,19 @@
-"""What the criterion study measured, per model family, so that `prune` can warn before a k seen to break a criterion.
+"""What the criterion study measured, per model family, so that `prune` can warn at a k seen to break a criterion.
 
-The numbers come from `benchmarks/criterion_study.py` (results in `benchmarks/criteria/`, summarised in
-`benchmarks/RESULTS.md`), one `Measurement` per built-in model. Each architecture adapter names the built-in model
-of its nearest measured family (`ArchitectureAdapter.quality_reference`: SmolLM2-135M for the Llama layouts,
-Gemma-3-270M for the sandwich-norm Gemmas) or none. A data-free criterion "breaks down" at the first measured k
-where its perplexity is above the median of the random draws on any of the study's texts. The data-driven
-baselines are the reference and have no entry. The warning scales k by the layer count and says where it was
-measured.
+The numbers come from `benchmarks/criterion_study.py` (records in `benchmarks/criteria/<model>/`, summarised in
+`benchmarks/RESULTS.md`; `tests/test_circuits.py` checks these tables against the records), one `Measurement` per
+built-in model. Each architecture adapter names the built-in model of its nearest measured family
+(`ArchitectureAdapter.quality_reference`: SmolLM2-135M for the Llama layouts, Gemma-3-270M for the sandwich-norm
+Gemmas) or none. A criterion "breaks down" at a measured k where its perplexity is above the median of the random
+draws on any of the study's texts. The warning scales k by the layer count, looks at the largest measured k not
+above it, and says where it was measured; `cosine` and `random` are the references and get no per-criterion entry.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 
 __all__ = ["FIRST_K_WORSE_THAN_RANDOM", "MEASUREMENTS", "Measurement", "breakdown_warning"]
@@ -23,15 +24,15 @@ REFERENCES = ("cosine", "attn_norm", "random")
 
 @dataclass(frozen=True)
 class Measurement:
-    """Where the data-free criteria fell behind random on one real model.
+    """Where the criteria fell behind random on one real model.
 
     Args:
         model: The model's name, for messages.
         layers: Its number of attention sublayers.
         ks: The k values measured (removed sublayers).
         setting: The texts and tokens, for messages.
-        first_k_worse: `(criterion, min_gap)` -> the first measured k worse than the median random draw on any
-            text, or `None` if never up to `max(ks)`.
+        worse_at: `(criterion, min_gap)` -> the measured ks at which it was worse than the median random draw on
+            at least one text (empty: never, up to `max(ks)`).
         advice: What held up there, for the warning's second half.
     """
 
@@ -39,61 +40,70 @@ class Measurement:
     layers: int
     ks: tuple[int, ...]
     setting: str
-    first_k_worse: Mapping[tuple[str, int], int | None] = field(hash=False)
+    worse_at: Mapping[tuple[str, int], tuple[int, ...]] = field(hash=False)
     advice: str
 
     @property
     def max_k(self) -> int:
         return max(self.ks)
 
+    @cached_property
+    def first_k_worse(self) -> dict[tuple[str, int], int | None]:
+        """`(criterion, min_gap)` -> the first measured k worse than the median random draw, `None` if never."""
+        return {key: min(ks) if ks else None for key, ks in self.worse_at.items()}
+
 
 SMOLLM2 = Measurement(
     model="SmolLM2-135M-Instruct",
     layers=30,
     ks=(2, 4, 6, 8, 10, 12),
-    setting="2,048 tokens each of Pride and Prejudice, Lee news and Emma; median of 5 random draws",
-    first_k_worse={
-        ("gate_trace", 2): None,  # the default
-        ("gate_trace", 1): 6,  # lee-news only (54.0 vs 48.3); better again from k = 8
-        ("gate_norm", 1): 4,  # all three texts, and far worse from k = 8 (215-332 vs 82-119)
-        ("gate_norm", 2): 2,
-        ("gate_norm_head", 1): 4,
-        ("gate_norm_folded", 1): 2,
-        ("ov_norm", 1): 2,
-        ("gate_ov", 1): 2,
-        ("ov_relative", 1): 2,
-        ("ov_relative", 2): 2,
-        ("last", 1): 4,
-        ("trace_write", 1): 2,  # Pride and Prejudice only (24.5 vs 23.3), measured later with --no-bos
+    setting=("2,048 tokens each of Pride and Prejudice, Lee news and Emma, k = 2-12; median of 7 random draws"),
+    worse_at={
+        ("cosine_self", 1): (2,),  # the default: 25.0 / 39.1 vs random 24.1 / 38.8 at k = 2; better from k = 4
+        ("attn_norm_self", 1): (2,),
+        ("gate_trace", 2): (),
+        ("gate_trace", 1): (6,),  # Lee news only
+        ("gate_norm", 1): (4, 6, 8, 10, 12),  # the paper's: 337 / 217 / 304 at k = 8 vs random 83 / 83 / 124
+        ("gate_norm", 2): (2, 4, 6),
+        ("gate_norm_head", 1): (4, 6, 8, 10, 12),
+        ("gate_norm_folded", 1): (2, 4, 6, 8, 10, 12),
+        ("ov_norm", 1): (2, 4, 6, 8, 10, 12),
+        ("gate_ov", 1): (2, 4, 6, 8, 10, 12),
+        ("ov_relative", 1): (2, 4, 6, 8, 10),
+        ("ov_relative", 2): (2, 4, 6, 8),
+        ("last", 1): (4, 6, 8, 10, 12),
+        ("trace_write", 1): (2,),
     },
     advice=(
-        "the default (gate_trace, min_gap 2, data-free) was not worse than random up to k=12 there, and the "
-        "data-driven --criterion cosine --calibration-text FILE held up too"
+        "there the default cosine_self (no user data) was better than random from k=4 to k=12, and the data-driven "
+        "--criterion cosine --calibration-text FILE held up at every k"
     ),
 )
 
 GEMMA3 = Measurement(
     model="Gemma-3-270M",
     layers=18,
-    ks=(2, 4, 6, 7),
-    setting="1,022 tokens of Pride and Prejudice with <bos>, one text; median of 7 random draws",
-    first_k_worse={
-        ("gate_trace", 2): 2,  # ranks layer 5 (full attention) lowest: 25,563 at k = 2 (random median 63.0)
-        ("gate_trace", 1): 2,
-        ("gate_norm", 1): 2,
-        ("gate_norm", 2): 4,
-        ("gate_norm_head", 1): 2,
-        ("gate_norm_folded", 1): 2,
-        ("ov_norm", 1): 2,
-        ("gate_ov", 1): 2,
-        ("ov_relative", 1): None,  # 30.7 / 47.5 / 112 / 210 vs random 63 / 111 / 383 / 871
-        ("ov_relative", 2): None,
-        ("last", 1): None,
-        ("trace_write", 1): 6,  # removes layer 5 from k = 6
+    ks=(2, 3, 4, 5, 6, 7),
+    setting="1,022 tokens each of Pride and Prejudice, Lee news and Emma with <bos>, k = 2-7; median of 7 random draws",
+    worse_at={
+        ("cosine_self", 1): (),  # the default: 27.5-43.6 at k = 2, 89.8-147.7 at k = 7; random 63-99 / 720-973
+        ("attn_norm_self", 1): (),
+        ("gate_trace", 2): (2, 3, 4, 5, 6, 7),  # ranks layer 5 (full attention) lowest: 25,563 at k = 2
+        ("gate_trace", 1): (2, 3, 4, 5, 7),
+        ("gate_norm", 1): (2, 3, 4),
+        ("gate_norm", 2): (4,),
+        ("gate_norm_head", 1): (2, 3, 4),
+        ("gate_norm_folded", 1): (2, 3, 4),
+        ("ov_norm", 1): (2, 3, 4, 5, 6, 7),
+        ("gate_ov", 1): (2, 3, 4, 5, 7),
+        ("ov_relative", 1): (),  # 1.3-2.7x cosine
+        ("ov_relative", 2): (),
+        ("last", 1): (),
+        ("trace_write", 1): (5, 6, 7),  # removes layer 5 from k = 5
     },
     advice=(
-        "there the data-free --criterion ov_relative (and last) were not worse than random up to k=7, and the "
-        "data-driven --criterion cosine --calibration-text FILE was best"
+        "there the default cosine_self (no user data) and the data-free ov_relative and last were not worse than "
+        "random up to k=7, and the data-driven --criterion cosine --calibration-text FILE was best"
     ),
 )
 
@@ -117,8 +127,9 @@ def breakdown_warning(
             or `None` for an architecture whose family was never measured (a model without a `Measurement` counts
             as never measured too).
 
-    The measured k is scaled by `total / layers`. The data-driven criteria and `random` are the references: they
-    only get the "beyond what was measured" warning.
+    `num_layers` is scaled to the measured model's depth (`num_layers * layers / total`); the warning fires when the
+    largest measured k not above it was measured worse than random. The data-driven criteria and `random` are the
+    references: they only get the "beyond what was measured" warning.
     """
     if num_layers == 0 or total <= 0:
         return None
@@ -134,13 +145,16 @@ def breakdown_warning(
     where = f"on {measurement.model} ({measurement.layers} layers, {measurement.setting}; benchmarks/RESULTS.md)"
     gap = f" with min_gap={min_gap}" if min_gap != 1 else ""
     if criterion not in REFERENCES:
-        if (criterion, min_gap) not in measurement.first_k_worse:
+        if (criterion, min_gap) not in measurement.worse_at:
             return f"{criterion}{gap} was not measured {where}; {check}"
-        first = measurement.first_k_worse[(criterion, min_gap)]
-        if first is not None and fraction >= first / measurement.layers:
+        worse = measurement.worse_at[(criterion, min_gap)]
+        scaled = fraction * measurement.layers
+        below = [k for k in measurement.ks if k <= scaled + 1e-9]
+        if below and max(below) in worse:
+            k = max(below)
             return (
-                f"{criterion}{gap} was measured worse than a median random draw from k={first} removed sublayers "
-                f"{where}; removing {num_layers} of {total} ({fraction:.0%}) is past that point; {measurement.advice}"
+                f"{criterion}{gap} was measured worse than a median random draw at k={k} removed sublayers {where}; "
+                f"removing {num_layers} of {total} ({fraction:.0%}) is at that point; {measurement.advice}"
             )
     if fraction > measurement.max_k / measurement.layers:
         return (

@@ -216,6 +216,7 @@ def check_compare_request(
 
 
 DEFAULT_COMPARE_CRITERIA = (
+    "cosine_self",
     "gate_trace",
     "gate_norm",
     "gate_norm_head",

@@ -22,8 +22,8 @@ class GateNormConfig:
         num_layers: Number of attention sublayers to remove. Give this or `ratio`.
         ratio: Fraction of all attention sublayers to remove, in `[0, 1)`, rounded to the nearest count
             (halves round up).
-        criterion: Name of the scoring criterion (see `available_criteria()`; default `gate_trace`, chosen by the
-            criterion study in benchmarks/RESULTS.md); the lowest scores go first.
+        criterion: Name of the scoring criterion (see `available_criteria()`; default `cosine_self`, chosen by the
+            two-family criterion study in benchmarks/RESULTS.md); the lowest scores go first.
         protect_first: Never remove the first this-many attention sublayers (layer 0 is usually critical).
         protect_last: Never remove the last this-many attention sublayers.
         exclude_layers: Layer indices that are never removed.
@@ -32,7 +32,8 @@ class GateNormConfig:
             already chosen is skipped; if fewer than k fit, the rest are taken lowest-first and the pruning
             report warns. 1 is plain "k lowest"; `None` (the default) uses the criterion's own rule
             (`Criterion.min_gap`: 2 for `gate_trace`, 1 for the others).
-        seed: Seed of criteria with randomness (the `random` baseline); ignored by the others.
+        seed: Seed of criteria with randomness (the `random` baseline, and the text `cosine_self` samples); ignored
+            by the others.
     """
 
     num_layers: int | None = None

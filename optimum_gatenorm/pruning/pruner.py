@@ -285,6 +285,9 @@ class GateNormPruner:
 
         if not isinstance(config, GateNormConfig):
             raise TypeError(f"config must be a GateNormConfig, got {type(config).__name__}")
+        # Refuse a request the model cannot meet before scoring, which may load the model (cosine_self).
+        already = set(get_pruned_layers(self.config))
+        select_layers([None if i in already else 0.0 for i in range(self.config.num_hidden_layers)], config)
         stale = scores is None or scores.criterion != config.criterion
         if not stale and get_criterion(config.criterion).uses_seed and scores.seed != config.seed:
             stale = True
