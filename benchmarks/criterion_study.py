@@ -2,9 +2,11 @@
 
     python benchmarks/criterion_study.py [--model smollm2-135m] [--max-tokens 2048] [--window 512]
         [--ks 0,2,4,...] [--seeds 0-6] [--texts pride-and-prejudice,lee-news,emma] [--extra-criteria NAME,...]
-        [--output-dir benchmarks/criteria]
+        [--output-dir DIR] [--add-criteria NAME,...] [--plot-only]
 
-`--model gemma3-270m` writes to `benchmarks/criteria/gemma3-270m/` by default, with k in {0, 2, 3, ..., 7} (of 18).
+Writes to `benchmarks/criteria/<model>/` by default; `--model gemma3-270m` sweeps k in {0, 2, 3, ..., 7} (of 18).
+(The 0.3.0 SmolLM2 study, 5 seeds and no `<bos>`, is in `benchmarks/criteria/*.json`; `--output-dir
+benchmarks/criteria` redraws it.)
 
 For each evaluation text (Pride and Prejudice first: criteria are *chosen* on it; gensim's Lee news corpus and
 Jane Austen's *Emma*, never looked at while designing, *confirm* the choice; see benchmarks/texts.py), on one
@@ -107,7 +109,7 @@ def main():
     args = parser.parse_args()
     ks = args.ks or DEFAULT_KS[args.model]
     criteria = CRITERIA + tuple(c for c in args.extra_criteria.split(",") if c)
-    default_out = "benchmarks/criteria" if args.model == "smollm2-135m" else f"benchmarks/criteria/{args.model}"
+    default_out = f"benchmarks/criteria/{args.model}"
     out = Path(args.output_dir or default_out)
     if args.plot_only:
         for path in sorted(out.glob("*.json")):
