@@ -1,8 +1,9 @@
 """`cosine_self`: the `cosine` criterion on text the model writes itself, so the user supplies no data.
 
 The data-driven `cosine` (He et al. 2024, `optimum_gatenorm.criteria.baselines`) needs calibration text. Here the
-model writes it: `SELF_SAMPLES` sequences of `SELF_LENGTH` tokens (fewer where the model's position table is shorter), sampled at temperature 1 from the full
-distribution (no top-k, no top-p: the model's own distribution, not its generation defaults), each starting from
+model writes it: `SELF_SAMPLES` sequences of `SELF_LENGTH` tokens (fewer where the model's position table is
+shorter), sampled at temperature 1 from the full distribution (no top-k, no top-p: the model's own distribution,
+not its generation defaults), each starting from
 the model's start token (`bos_token_id` of the config or generation config, else `eos_token_id`, the document
 boundary). Sampling uses its own `torch.Generator` seeded with `seed` (`GateNormConfig.seed`), so the same model,
 seed and device give the same text and the same scores, and the global RNG is untouched. The start token stays in
