@@ -110,11 +110,13 @@ def _prompt(directory) -> list[int]:
 
 
 def _torch_greedy(model, prompt: list[int]) -> tuple[list[int], np.ndarray]:
-    ids = torch.tensor([prompt])
+    # Exactly NEW_TOKENS argmax steps with nothing masked, as `llama_cpp_greedy` does. (`generate`'s
+    # min_new_tokens masks EOS until the minimum length: a pruned model whose greedy choice is EOS then diverges.)
+    out = torch.tensor([prompt])
     with torch.no_grad():
-        out = model.generate(
-            ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0
-        )
+        for _ in range(NEW_TOKENS):
+            next_token = model(out).logits[0, -1].argmax()
+            out = torch.cat([out, next_token.view(1, 1)], dim=1)
         logits = model(out).logits[0].float().numpy()
     return out[0, len(prompt) :].tolist(), logits
 
