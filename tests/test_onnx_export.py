@@ -1,5 +1,6 @@
 """ONNX export of pruned models: graph structure and parity with PyTorch through ORTModelForCausalLM."""
 
+import logging
 import subprocess
 import sys
 import textwrap
@@ -22,7 +23,7 @@ from optimum_gatenorm import (
     export_onnx,
     prune_model,
 )
-from optimum_gatenorm.exporters.onnx import check_onnx_exportable
+from optimum_gatenorm.exporters.onnx import check_onnx_exportable, check_onnx_logits
 
 
 def _exportable(name: str) -> bool:
@@ -71,6 +72,20 @@ def test_graph_has_attention_and_kv_for_kept_layers_only(exported, which):
     assert sorted(kv_inputs) == sorted(f"past_key_values.{j}.{kv}" for j in range(expected) for kv in ("key", "value"))
     assert len(kv_outputs) == 2 * expected
     assert (directory / "config.json").is_file() and (directory / "generation_config.json").is_file()
+
+
+def test_post_export_check_passes_the_export_and_warns_on_a_wrong_graph(exported, caplog):
+    _, pruned, pruned_dir, original, _ = exported
+    with caplog.at_level(logging.INFO, logger="optimum_gatenorm"):
+        assert check_onnx_logits(pruned, pruned_dir / "model.onnx") < 1e-3
+    assert [r.levelno for r in caplog.records] == [logging.INFO], caplog.text
+    assert "match PyTorch within" in caplog.text and "1e-04 + 1e-04 x |logit|" in caplog.text
+    caplog.clear()
+    # the unpruned model against the pruned graph: two attention sublayers missing, as a wrong export would be
+    with caplog.at_level(logging.INFO, logger="optimum_gatenorm"):
+        check_onnx_logits(original, pruned_dir / "model.onnx")
+    assert [r.levelno for r in caplog.records] == [logging.WARNING], caplog.text
+    assert "differ from PyTorch's by up to" in caplog.text
 
 
 @pytest.mark.parametrize("which", ["pruned", "original"])
