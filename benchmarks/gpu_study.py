@@ -30,6 +30,7 @@ import datetime
 import gc
 import importlib
 import importlib.util
+import inspect
 import json
 import math
 import os
@@ -53,6 +54,9 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = "optimum_gatenorm.gpu_study/1"
+# transformers 5.24 renamed forward's `past_key_values` to `cache` (the old name goes in 5.40); this script may run
+# without the package installed, so it does not use optimum_gatenorm.compat.cache_kwargs.
+CACHE_KWARG = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
 DECODE_MODE = "eager (launch-bound at small batch)"
 LAYER_CHOICE = (
     "removed layers are spread evenly over layers 1..L-1 (layer 0 kept); all decoder layers of a model have the "
@@ -574,17 +578,17 @@ def measure_once(model, ids: torch.Tensor, steps: int, device: str) -> tuple[flo
     cache = DynamicCache()
     synchronize(device)
     t0 = time.perf_counter()
-    out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **{CACHE_KWARG: cache})
     synchronize(device)
     prefill = time.perf_counter() - t0
-    cache = out.past_key_values
+    cache = getattr(out, "cache", None) or out.past_key_values
     counts = cache_layer_counts(cache)
     token = out.logits[:, -1:].argmax(-1)
     del out
     synchronize(device)
     t0 = time.perf_counter()
     for _ in range(steps):
-        out = model(input_ids=token, past_key_values=cache, use_cache=True)
+        out = model(input_ids=token, use_cache=True, **{CACHE_KWARG: cache})
         token = out.logits[:, -1:].argmax(-1)
     synchronize(device)
     decode = (time.perf_counter() - t0) / max(steps, 1)

@@ -23,6 +23,9 @@ What differs, and where it is handled:
   elsewhere by 5.x (`adapt_config`), and plain `from_pretrained` of such a pruned checkpoint fails loudly
   (`check_config_readable`, from our quantizer) instead of loading with the wrong RoPE. A 5.x config object has no
   `rope_theta` attribute: code that reads the settings (the serving exporters) calls `rope_settings`.
+- transformers 5.24 renamed the KV-cache argument of `forward` and the field of its output from
+  `past_key_values` to `cache` (the old name logs a deprecation warning and goes in 5.40): `cache_kwargs`,
+  `returned_cache`.
 - The quantizer a pruned checkpoint loads through (`checkpoints.modeling.GateNormQuantizer`) needs no change: both
   lines call `_process_model_before_weight_loading` on the meta-device model and take our state dict from
   `get_state_dict_and_metadata` (4.57 passes `safe_serialization`, 5.x does not).
@@ -34,6 +37,7 @@ What differs, and where it is handled:
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +54,8 @@ if TYPE_CHECKING:
 __all__ = [
     "CONFIG_ERRORS",
     "adapt_config",
+    "cache_kwargs",
+    "returned_cache",
     "check_config_readable",
     "legacy_rope_config",
     "rope_settings",
@@ -151,6 +157,23 @@ def ignore_unexpected_keys(model, patterns: list[str]) -> None:
     current = model._keys_to_ignore_on_load_unexpected or ()
     merged = list(current) + [p for p in patterns if p not in current]
     model._keys_to_ignore_on_load_unexpected = set(merged) if TRANSFORMERS_5 else merged
+
+
+def cache_kwargs(model, cache) -> "dict[str, Any]":
+    """Keyword arguments that pass a KV cache (or `None`) to `model.forward`.
+
+    `cache=` where `forward` takes it (transformers 5.24 and later; `past_key_values=` logs a deprecation warning
+    there and is removed in 5.40), `past_key_values=` before.
+    """
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: cache}
+
+
+def returned_cache(output):
+    """The KV cache a `forward(..., use_cache=True)` returned: `output.cache` (5.24 and later) or
+    `output.past_key_values`."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
 
 
 def legacy_rope_config(config: "dict[str, Any]") -> "dict[str, Any]":

@@ -8,6 +8,7 @@ happen before any model is loaded or computed, so every case costs one interpret
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -350,6 +351,19 @@ def test_prune_with_export_prints_a_short_true_summary(workspace, tmp_path):
     # line, export, check
     lines = [line for line in result.stderr.splitlines() if line.strip() and "%|" not in line]
     assert len(lines) <= 5, result.stderr
+
+
+def test_default_scoring_uses_no_deprecated_transformers_api(workspace, tmp_path):
+    # pytest hides FutureWarnings (pyproject); a user's shell does not, and transformers' own deprecation notices go
+    # to its logger once per process: a fresh process shows both
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONWARNINGS="always")
+    result = subprocess.run(
+        [str(OPTIMUM_CLI), "gatenorm", "score", "-m", str(workspace / "model"), "--format", "json"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["criterion"] == "cosine_self"
+    assert "deprecated" not in result.stderr.lower(), result.stderr
 
 
 def test_result_files_get_a_wrote_line_and_seed_ranges_work(workspace, tmp_path):

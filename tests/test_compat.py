@@ -1,20 +1,24 @@
 """`optimum_gatenorm.compat`: what differs between the transformers lines, checked on the installed one."""
 
 import json
+import warnings
 
 import pytest
 import torch
 from conftest import TINY_CONFIGS, tiny_model
+from packaging.version import Version
 
 from optimum_gatenorm import GateNormError, MissingExtraError, get_adapter
 from optimum_gatenorm.compat import (
     TRANSFORMERS_5,
     TRANSFORMERS_VERSION,
+    cache_kwargs,
     has_onnx,
     layer_returns_tuple,
     legacy_rope_config,
     require_onnx,
     require_onnxruntime,
+    returned_cache,
     rope_settings,
     write_portable_config,
 )
@@ -35,6 +39,21 @@ def test_layer_return_type_is_what_the_installed_transformers_returns(name):
     with torch.no_grad():
         model(torch.tensor([[1, 2, 3]]))
     assert isinstance(seen[0], tuple) == layer_returns_tuple(adapter), type(seen[0])
+
+
+@pytest.mark.parametrize("name", sorted(TINY_CONFIGS))
+def test_cached_forward_passes_the_cache_under_the_installed_lines_name(name):
+    model = tiny_model(name)
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        cache = returned_cache(model(torch.tensor([[1, 2, 3]]), use_cache=True, **cache_kwargs(model, None)))
+        step = model(torch.tensor([[4]]), use_cache=True, **cache_kwargs(model, cache))
+    assert cache.get_seq_length() == 4 and returned_cache(step).get_seq_length() == 4
+    # transformers 5.24 renamed past_key_values to cache (the old name warns, and goes in 5.40)
+    assert list(cache_kwargs(model, None)) == (
+        ["cache"] if TRANSFORMERS_VERSION >= Version("5.24") else ["past_key_values"]
+    )
+    assert not [str(w.message) for w in caught if "deprecated" in str(w.message)]
 
 
 def test_missing_extra_error_is_a_user_error_and_an_import_error():

@@ -8,6 +8,7 @@ from conftest import ALL_TINY, tiny_model
 
 from optimum_gatenorm import GateNormConfig, GateNormPruner, InvalidConfigError, get_adapter, get_pruned_layers
 from optimum_gatenorm.checkpoints.modeling import prune_model
+from optimum_gatenorm.compat import cache_kwargs, returned_cache
 from optimum_gatenorm.pruning.structure import is_attention_pruned
 
 
@@ -93,7 +94,7 @@ def test_cache_holds_only_kept_layers_and_structure_is_gone(name):
         assert not any(f".{index}.{adapter.attention}." in k for k in model.state_dict())
     assert [getattr(layers[i], adapter.attention).layer_idx for i in (1, 3)] == [0, 1]
     with torch.no_grad():
-        cache = model(torch.tensor([[1, 2, 3]]), use_cache=True).past_key_values
+        cache = returned_cache(model(torch.tensor([[1, 2, 3]]), use_cache=True))
     filled = [
         i for i, layer in enumerate(cache.layers) if getattr(layer, "keys", None) is not None and layer.keys.numel()
     ]
@@ -216,10 +217,10 @@ def _incremental_logits(model, ids, prefill: int):
     """Logits of `ids` from a prefill of `prefill` tokens, then one cached step per token."""
     with torch.no_grad():
         out = model(ids[:, :prefill], use_cache=True)
-        cache, steps = out.past_key_values, [out.logits]
+        cache, steps = returned_cache(out), [out.logits]
         for t in range(prefill, ids.shape[1]):
-            out = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
+            out = model(ids[:, t : t + 1], use_cache=True, **cache_kwargs(model, cache))
+            cache = returned_cache(out)
             steps.append(out.logits)
     return torch.cat(steps, dim=1), cache
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..checkpoints.tensors import ModelWeights, layer_weights
+from ..compat import cache_kwargs, returned_cache
 from ..errors import InvalidCheckpointError, UnsupportedModelError
 from .baselines import attention_statistics
 from .calibration import Calibration
@@ -108,8 +109,8 @@ def self_generated(
                 unit="token",
                 disable=not progress,
             ):
-                output = model(input_ids=step_input, past_key_values=cache, use_cache=True)
-                cache = output.past_key_values
+                output = model(input_ids=step_input, use_cache=True, **cache_kwargs(model, cache))
+                cache = returned_cache(output)
                 probs = torch.softmax(output.logits[:, -1, :].float(), dim=-1)
                 step_input = torch.multinomial(probs, 1, generator=generator)
                 ids = torch.cat([ids, step_input], dim=1)
