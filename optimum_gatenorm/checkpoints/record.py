@@ -22,7 +22,7 @@ from ..version import __version__
 
 
 if TYPE_CHECKING:
-    from transformers import PretrainedConfig
+    from transformers import PretrainedConfig, PreTrainedModel
 
 __all__ = ["GATENORM_QUANT_METHOD", "PrunedAttentionConfig", "get_pruned_layers", "tombstone_name"]
 
@@ -85,8 +85,13 @@ class PrunedAttentionConfig(QuantizationConfigMixin):
             )
 
 
-def get_pruned_layers(config: "PretrainedConfig") -> list[int]:
-    """The decoder layers whose attention sublayer was removed, from a config (`[]` for an unpruned model)."""
+def get_pruned_layers(config: "PretrainedConfig | PreTrainedModel") -> list[int]:
+    """The decoder layers whose attention sublayer was removed, from a config or a model (`[]` for an unpruned
+    model)."""
+    from transformers import PreTrainedModel
+
+    if isinstance(config, PreTrainedModel):
+        config = config.config
     record = getattr(config, "quantization_config", None)
     if record is None:
         return []
