@@ -26,6 +26,10 @@ What differs, and where it is handled:
 - transformers 5.24 renamed the KV-cache argument of `forward` and the field of its output from
   `past_key_values` to `cache` (the old name logs a deprecation warning and goes in 5.40): `cache_kwargs`,
   `returned_cache`.
+- Tokenizers: 5.x saves a tokenizer that is just `tokenizer.json` as `"tokenizer_class": "TokenizersBackend"`, a
+  class 4.57 does not have (its `AutoTokenizer` fails). Our writers name it `PreTrainedTokenizerFast`, which both
+  lines load from the same `tokenizer.json` (`write_portable_tokenizer_config`), and our readers load 5.x's name
+  on 4.57 as that class (`load_auto_tokenizer`).
 - The quantizer a pruned checkpoint loads through (`checkpoints.modeling.GateNormQuantizer`) needs no change: both
   lines call `_process_model_before_weight_loading` on the meta-device model and take our state dict from
   `get_state_dict_and_metadata` (4.57 passes `safe_serialization`, 5.x does not).
@@ -39,6 +43,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,8 +63,10 @@ __all__ = [
     "returned_cache",
     "check_config_readable",
     "legacy_rope_config",
+    "load_auto_tokenizer",
     "rope_settings",
     "write_portable_config",
+    "write_portable_tokenizer_config",
     "ONNX_INSTALL",
     "ONNXRUNTIME_INSTALL",
     "TRANSFORMERS_5",
@@ -174,6 +181,50 @@ def returned_cache(output):
     `output.past_key_values`."""
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values
+
+
+# 5.x's name for a tokenizer backed by tokenizer.json alone; 4.57's class for the same thing.
+TOKENIZERS_BACKEND, FAST_TOKENIZER = "TokenizersBackend", "PreTrainedTokenizerFast"
+
+
+def _tokenizer_class(directory: Path) -> "str | None":
+    try:
+        return json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8")).get("tokenizer_class")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def write_portable_tokenizer_config(directory: "str | Path") -> None:
+    """Names a tokenizer saved in `directory` by 5.x as `TokenizersBackend` `PreTrainedTokenizerFast` instead.
+
+    4.57 has no `TokenizersBackend`; `PreTrainedTokenizerFast` reads the same `tokenizer.json` there, and 5.x loads
+    it as `TokenizersBackend` again (same ids, special tokens and chat template on both lines).
+    """
+    directory = Path(directory)
+    path = directory / "tokenizer_config.json"
+    if _tokenizer_class(directory) != TOKENIZERS_BACKEND or not (directory / "tokenizer.json").is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = FAST_TOKENIZER
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def load_auto_tokenizer(directory: "str | Path"):
+    """`AutoTokenizer.from_pretrained(directory)` (no remote code) that also reads, on 4.57, a tokenizer 5.x saved
+    as `TokenizersBackend` (as `PreTrainedTokenizerFast`, from its `tokenizer.json`)."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    directory = Path(directory)
+    if not TRANSFORMERS_5 and _tokenizer_class(directory) == TOKENIZERS_BACKEND:
+        # transformers logs that the saved class differs from the loading one: that is the point here
+        tokenization_logger = logging.getLogger("transformers.tokenization_utils_base")
+        level = tokenization_logger.level
+        tokenization_logger.setLevel(logging.ERROR)
+        try:
+            return PreTrainedTokenizerFast.from_pretrained(directory)
+        finally:
+            tokenization_logger.setLevel(level)
+    return AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
 
 
 def legacy_rope_config(config: "dict[str, Any]") -> "dict[str, Any]":

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ALL_TINY, tiny_model
+from conftest import ALL_TINY, tiny_model, tiny_tokenizer
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
@@ -22,6 +22,7 @@ from optimum_gatenorm import (
     prune_model,
     save_pruned,
 )
+from optimum_gatenorm.checkpoints.modeling import _copy_tokenizer, load_tokenizer
 
 
 IDS = torch.tensor([[3, 9, 27, 81, 115, 12], [7, 21, 63, 101, 45, 8]])
@@ -184,7 +185,10 @@ CROSS_LINE = {
     "gemma3_text": ({"rope_theta": 100000.0, "rope_local_base_freq": 5000.0}, 0.0),
 }
 
-_OTHER_LINE = """
+TOKENIZER_TEXT = "It is a truth universally acknowledged."
+_OTHER_LINE = (
+    f"TEXT = {TOKENIZER_TEXT!r}\n"
+    + """
 import json, sys
 from pathlib import Path
 import torch, transformers
@@ -197,9 +201,15 @@ for name in cases:
         out[name + "/plain"] = "LOADED"
     except Exception as error:
         out[name + "/plain"] = type(error).__name__ + ": " + " ".join(str(error).split())
+# the tokenizer our writer copied next to the checkpoint loads with plain transformers of this line
+from transformers import AutoTokenizer
+tokenizer = AutoTokenizer.from_pretrained(here / "llama" / "model")
+out["tokenizer/ids"] = tokenizer(TEXT).input_ids
+out["tokenizer/specials"] = [tokenizer.eos_token, tokenizer.pad_token, tokenizer.unk_token]
 assert "optimum_gatenorm" not in sys.modules
 sys.path.insert(0, sys.argv[4])  # tests/, for conftest.tiny_model
-from conftest import tiny_model
+from conftest import tiny_model, tiny_tokenizer
+tiny_tokenizer().save_pretrained(there / "tokenizer")  # plain transformers of this line
 from optimum_gatenorm import GateNormConfig, GateNormPruner, InvalidCheckpointError, load_pruned
 for name, (overrides, atol) in cases.items():
     expected = torch.load(here / name / "expected.pt")
@@ -219,18 +229,21 @@ for name, (overrides, atol) in cases.items():
         torch.save({"ids": expected["ids"], "logits": model(expected["ids"]).logits}, there / name / "expected.pt")
 print(json.dumps(out))
 """
+)
 
 
 def test_checkpoints_move_between_transformers_lines_with_identical_logits(other_python, tmp_path):
     import transformers
 
     here, there = tmp_path / "here", tmp_path / "there"
+    tiny_tokenizer().save_pretrained(tmp_path / "tokenizer")  # plain transformers of this line
     for name, (overrides, _) in CROSS_LINE.items():
         model = tiny_model(name, **overrides)
         GateNormPruner(model).prune(GateNormConfig(num_layers=2))
         save_pruned(model, here / name / "model")
         with torch.no_grad():
             torch.save({"ids": IDS, "logits": model(IDS).logits}, here / name / "expected.pt")
+    _copy_tokenizer(tmp_path / "tokenizer", here / "llama" / "model")  # as prune and the exporters copy it
     result = subprocess.run(
         [str(other_python), "-c", _OTHER_LINE, str(here), str(there), json.dumps(CROSS_LINE), str(Path(__file__).parent)],
         capture_output=True, text=True, timeout=600,
@@ -247,6 +260,11 @@ def test_checkpoints_move_between_transformers_lines_with_identical_logits(other
         with torch.no_grad():
             logits = load_pruned(there / name / "model", attn_implementation="eager")(expected["ids"]).logits
         assert (logits - expected["logits"]).abs().max().item() <= atol, name
+    # tokenizers: ours load on the other line with plain transformers; theirs (saved plainly) load here with ours
+    expected = tiny_tokenizer()
+    assert out["tokenizer/ids"] == expected(TOKENIZER_TEXT).input_ids, out
+    assert out["tokenizer/specials"] == [expected.eos_token, expected.pad_token, expected.unk_token], out
+    assert load_tokenizer(there / "tokenizer")(TOKENIZER_TEXT).input_ids == expected(TOKENIZER_TEXT).input_ids
     # and plain transformers of this line, in a process without the package, stops at their tombstone too
     plain = _run_fresh(there / "llama", imports="")
     assert plain.returncode == 3 and "mismatch" in plain.stdout.lower(), plain.stdout + plain.stderr

@@ -25,7 +25,15 @@ from transformers.quantizers import HfQuantizer
 from transformers.quantizers.auto import register_quantizer
 
 from ..adapters import get_adapter
-from ..compat import TRANSFORMERS_5, adapt_config, check_config_readable, ignore_unexpected_keys, write_portable_config
+from ..compat import (
+    TRANSFORMERS_5,
+    adapt_config,
+    check_config_readable,
+    ignore_unexpected_keys,
+    load_auto_tokenizer,
+    write_portable_config,
+    write_portable_tokenizer_config,
+)
 from ..errors import InvalidCheckpointError
 from ..outputs import atomic_output_dir
 from ..pruning.structure import apply_pruned_structure
@@ -223,19 +231,18 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 
 
 def _copy_tokenizer(source: Path, target: Path) -> None:
-    """Saves the tokenizer of `source` into `target`, if `source` has one."""
-    from transformers import AutoTokenizer
-
+    """Saves the tokenizer of `source` into `target`, if `source` has one, in a form both transformers lines load."""
     # AutoTokenizer raises AttributeError/TypeError (not OSError) on a directory without tokenizer files.
     if not any((source / name).is_file() for name in TOKENIZER_FILES):
         logger.info("No tokenizer saved: %s has no tokenizer files", source)
         return
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+        tokenizer = load_auto_tokenizer(source)
     except (OSError, ValueError, TypeError, AttributeError) as error:
         logger.warning("No tokenizer saved (cannot load one from %s: %s)", source, first_line(error))
         return
     tokenizer.save_pretrained(target)
+    write_portable_tokenizer_config(target)
 
 
 def load_tokenizer(directory: str | Path):
@@ -244,8 +251,6 @@ def load_tokenizer(directory: str | Path):
     Raises:
         InvalidCheckpointError: If `directory` has no tokenizer, or it cannot be loaded.
     """
-    from transformers import AutoTokenizer
-
     directory = Path(directory)
     # AutoTokenizer raises AttributeError/TypeError (not OSError) on a directory without tokenizer files.
     if not any((directory / name).is_file() for name in TOKENIZER_FILES):
@@ -254,6 +259,6 @@ def load_tokenizer(directory: str | Path):
             "(tokenizer.save_pretrained)"
         )
     try:
-        return AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
+        return load_auto_tokenizer(directory)
     except (OSError, ValueError, TypeError, AttributeError) as error:
         raise InvalidCheckpointError(f"cannot load the tokenizer of {directory}: {first_line(error)}") from None

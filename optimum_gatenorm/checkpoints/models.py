@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..compat import write_portable_config
+from ..compat import write_portable_config, write_portable_tokenizer_config
 from ..errors import InvalidCheckpointError, ModelNotFoundError, OutputExistsError, UnsupportedModelError
 from ..outputs import atomic_output_dir, check_output_path, check_writable_dir
 from ..validation import first_line
@@ -199,6 +199,7 @@ def convert_gguf(gguf_file: str | Path, output_dir: str | Path, *, overwrite: bo
         model.save_pretrained(tmp)
         write_portable_config(tmp)  # the cache is shared by both transformers lines
         tokenizer.save_pretrained(tmp)
+        write_portable_tokenizer_config(tmp)
     return Path(output_dir)
 
 

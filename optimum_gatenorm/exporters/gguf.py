@@ -34,7 +34,7 @@ from hashlib import sha256
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..compat import rope_settings
+from ..compat import load_auto_tokenizer, rope_settings
 from ..errors import InvalidConfigError, UnsupportedModelError
 from ..outputs import check_output_path
 from .serving import ServingPlan, load_for_serving
@@ -144,10 +144,9 @@ def export_gguf(
 def _read_tokenizer(directory: Path, vocab_size: int, pre_tokenizer: str | None):
     """Tokens, token types and pre-tokenizer name, as llama.cpp's converter derives them (`get_vocab_base`)."""
     import gguf
-    from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
+        tokenizer = load_auto_tokenizer(directory)
     except (OSError, ValueError, TypeError, AttributeError) as error:
         raise UnsupportedModelError(
             f"GGUF needs the model's tokenizer, and {directory} has none that loads ({type(error).__name__}); "
