@@ -84,6 +84,9 @@ def _int_list(text: str) -> tuple[int, ...]:
     return tuple(values)
 
 
+BOS_CHOICES = {"auto": None, "on": True, "off": False}
+
+
 def main():
     parser = study_parser(__doc__, max_tokens=2048, window=512, output_dir="")
     parser.add_argument("--model", default="smollm2-135m", choices=sorted(DEFAULT_KS), help="built-in model")
@@ -106,7 +109,15 @@ def main():
         help="measure only these registered criteria (comma-separated) and add them to the existing <text>.json "
         "files of --texts, at their k values (random, ablation and the other criteria are kept as they are)",
     )
+    parser.add_argument(
+        "--bos",
+        choices=sorted(BOS_CHOICES),
+        default="auto",
+        help="BOS in front of every evaluation and calibration window: auto (where the tokenizer adds one), on, off. "
+        "The recorded SmolLM2 study used on (transformers 4.57's conversion then added <|im_start|>)",
+    )
     args = parser.parse_args()
+    args.bos = BOS_CHOICES[args.bos]
     ks = args.ks or DEFAULT_KS[args.model]
     criteria = CRITERIA + tuple(c for c in args.extra_criteria.split(",") if c)
     default_out = f"benchmarks/criteria/{args.model}"
@@ -137,7 +148,9 @@ def main():
     for name, text_path in texts.items():
         start = time.perf_counter()
         text = read_text(text_path)
-        sweep = dict(num_layers=ks, window=args.window, max_tokens=args.max_tokens, protect_first=PROTECT_FIRST)
+        sweep = dict(
+            num_layers=ks, window=args.window, max_tokens=args.max_tokens, protect_first=PROTECT_FIRST, bos=args.bos
+        )
         common = dict(calibration=calibration, model_name=model_name, text_name=name, progress=True)
         main_result = compare_criteria(
             model, tokenizer, text, CompareConfig(criteria=criteria, min_gap=1, seeds=args.seeds, **sweep), **common
@@ -220,6 +233,7 @@ def add_criteria(args, out: Path, added: list[str]) -> None:
                 window=settings["window"],
                 max_tokens=settings["max_tokens"],
                 protect_first=settings["protect_first"],
+                bos=settings.get("bos", args.bos),
             ),
             calibration=calibration,
             model_name=record.get("model", ""),

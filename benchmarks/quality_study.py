@@ -99,7 +99,11 @@ def study_parser(doc: str, *, max_tokens: int, window: int, output_dir: str) -> 
 
 def make_calibration(tokenizer, text_path, args):
     return Calibration.from_files(
-        [text_path], tokenizer, num_samples=args.calibration_samples, length=args.calibration_length
+        [text_path],
+        tokenizer,
+        num_samples=args.calibration_samples,
+        length=args.calibration_length,
+        bos=getattr(args, "bos", None),
     )
 
 

@@ -59,3 +59,4 @@ def test_each_distinct_set_is_evaluated_once(monkeypatch):
         with mask_attention(model, point.removed_layers), torch.no_grad():
             expected = real(model, tokenizer, text, window=64).perplexity
         assert point.perplexity == pytest.approx(expected, rel=1e-6)
+    assert result.settings["bos"] is False  # the tiny tokenizer adds no BOS: recorded as resolved

@@ -155,6 +155,19 @@ def test_default_bos_follows_the_tokenizer(tokenizer):
     adding._tokenizer.post_processor = TemplateProcessing(single="<eos> $A", special_tokens=[("<eos>", bos_id)])
     assert adding("a")["input_ids"][0] == bos_id
     assert bos_prefix(adding) == [bos_id] and bos_prefix(adding, False) == []
+    # calibration windows follow the same rule, and bos= chooses
+    from optimum_gatenorm import Calibration
+
+    windows = {
+        bos: Calibration.from_text(TEXT, adding, num_samples=2, length=8, bos=bos).input_ids
+        for bos in (None, True, False)
+    }
+    assert windows[None].shape == windows[True].shape == (2, 9) and windows[False].shape == (2, 8)
+    assert (windows[None][:, 0] == bos_id).all() and torch.equal(windows[None][:, 1:], windows[False])
+    plain = tiny_tokenizer()
+    plain.bos_token = "<eos>"
+    assert Calibration.from_text(TEXT, plain, num_samples=2, length=8).input_ids.shape == (2, 8)
+    assert (Calibration.from_text(TEXT, plain, num_samples=2, length=8, bos=True).input_ids[:, 0] == bos_id).all()
 
 
 def test_max_tokens_caps_the_text(model, tokenizer):

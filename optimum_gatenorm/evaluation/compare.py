@@ -399,5 +399,6 @@ def compare_criteria(
             "protect_last": config.protect_last,
             "min_gap": min_gap,
             "seeds": list(seeds),
+            "bos": baseline.bos,  # as resolved: True where a BOS token went in front of every window
         },
     )
