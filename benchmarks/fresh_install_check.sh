@@ -5,6 +5,7 @@
 #   2. `pip install -e ".[onnx,onnxruntime]"` resolves transformers 4.57; README's first command (prune 4 + ONNX
 #      export); ORTModelForCausalLM generates with the KV cache, greedy tokens equal PyTorch's; the checkpoint pruned
 #      on transformers 5 in part 1 loads here with the same logits and exports to ONNX with its tokenizer.
+# Both parts share one model cache, as one user's environments would: part 2 uses the SmolLM2 that part 1 converted.
 # Usage: bash benchmarks/fresh_install_check.sh [WORKDIR]   (default /tmp/gatenorm-fresh; about 10 min on 2 cores)
 # Set TORCH_INSTALL as for .ci/test where no local CPU wheel of torch exists. Writes WORKDIR/summary.json.
 set -uo pipefail
@@ -94,15 +95,30 @@ python3 - "$WORK" "$fail" <<'PY'
 import json, sys
 from pathlib import Path
 work, fail = Path(sys.argv[1]), int(sys.argv[2])
+def last_json(name):
+    try:
+        return json.loads((work / f"{name}.out").read_text().strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def read(name, key=None):
+    try:
+        data = json.loads((work / name).read_text())
+        return data[key] if key else data
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 summary = {
     "ok": not fail,
-    "tf5_load": json.loads((work / "load.out").read_text().strip().splitlines()[-1]),
-    "tf5_prune": json.loads((work / "prune.out").read_text())["pruned_layers"],
-    "tf5_eval": {m: json.loads((work / f"eval-{m}.json").read_text())["perplexity"] for m in ("smollm2-135m", "pruned-tf5")},
+    "tf5_load": last_json("load"),
+    "tf5_prune": (read("prune.out") or {}).get("removed_layers"),
+    "tf5_eval": {m: read(f"eval-{m}.json", "perplexity") for m in ("smollm2-135m", "pruned-tf5")},
     "tf5_refusal": (work / "refuse-export.err").read_text().strip(),
-    "ort_generate": json.loads((work / "ort-generate.out").read_text().strip().splitlines()[-1]),
-    "cross_line": json.loads((work / "cross-line.out").read_text().strip().splitlines()[-1]),
-    "onnx_check": [l for l in (work / "readme-command-1.err").read_text().splitlines() if "ONNX check" in l],
+    "ort_generate": last_json("ort-generate"),
+    "cross_line": last_json("cross-line"),
+    "onnx_check": [line for line in (work / "readme-command-1.err").read_text().splitlines() if "ONNX check" in line],
 }
 (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 print(json.dumps(summary, indent=2))

@@ -183,8 +183,9 @@ def returned_cache(output):
     return cache if cache is not None else output.past_key_values
 
 
-# 5.x's name for a tokenizer backed by tokenizer.json alone; 4.57's class for the same thing.
+# 5.x's name for a tokenizer backed by tokenizer.json alone; 4.57's class for the same thing; what 5.x's returns.
 TOKENIZERS_BACKEND, FAST_TOKENIZER = "TokenizersBackend", "PreTrainedTokenizerFast"
+BACKEND_INPUT_NAMES = ["input_ids", "attention_mask"]
 
 
 def _tokenizer_class(directory: Path) -> "str | None":
@@ -194,11 +195,20 @@ def _tokenizer_class(directory: Path) -> "str | None":
         return None
 
 
+def _input_names(directory: Path) -> "list[str]":
+    try:
+        names = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8")).get("model_input_names")
+    except (OSError, ValueError, AttributeError):
+        names = None
+    return names or BACKEND_INPUT_NAMES
+
+
 def write_portable_tokenizer_config(directory: "str | Path") -> None:
     """Names a tokenizer saved in `directory` by 5.x as `TokenizersBackend` `PreTrainedTokenizerFast` instead.
 
     4.57 has no `TokenizersBackend`; `PreTrainedTokenizerFast` reads the same `tokenizer.json` there, and 5.x loads
-    it as `TokenizersBackend` again (same ids, special tokens and chat template on both lines).
+    it as `TokenizersBackend` again (same ids, special tokens and chat template on both lines). The model inputs
+    are written out as 5.x's (`input_ids`, `attention_mask`): 4.57's class would add `token_type_ids`.
     """
     directory = Path(directory)
     path = directory / "tokenizer_config.json"
@@ -206,6 +216,8 @@ def write_portable_tokenizer_config(directory: "str | Path") -> None:
         return
     config = json.loads(path.read_text(encoding="utf-8"))
     config["tokenizer_class"] = FAST_TOKENIZER
+    # 4.57's PreTrainedTokenizerFast also returns token_type_ids, which generate() of a decoder refuses
+    config.setdefault("model_input_names", BACKEND_INPUT_NAMES)
     path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
@@ -221,7 +233,7 @@ def load_auto_tokenizer(directory: "str | Path"):
         level = tokenization_logger.level
         tokenization_logger.setLevel(logging.ERROR)
         try:
-            return PreTrainedTokenizerFast.from_pretrained(directory)
+            return PreTrainedTokenizerFast.from_pretrained(directory, model_input_names=_input_names(directory))
         finally:
             tokenization_logger.setLevel(level)
     return AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
