@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..compat import write_portable_config, write_portable_tokenizer_config
+from ..compat import TRANSFORMERS_5, write_portable_config, write_portable_tokenizer_config
 from ..errors import InvalidCheckpointError, ModelNotFoundError, OutputExistsError, UnsupportedModelError
 from ..outputs import atomic_output_dir, check_output_path, check_writable_dir
 from ..validation import first_line
@@ -234,7 +234,10 @@ def convert_gguf(gguf_file: str | Path, output_dir: str | Path, *, overwrite: bo
         folder, name = gguf_file.parent, gguf_file.name
         try:
             quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+            # 4.57's Llama tokenizers print a long notice unless `legacy` is given; True is their default, and the
+            # notice itself says to ignore it for a GGUF file
+            quiet = {} if TRANSFORMERS_5 else {"legacy": True}
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, **quiet)
             config = AutoConfig.from_pretrained(folder, gguf_file=name)
             _follow_gguf_special_tokens(tokenizer, reader)
         except (ValueError, KeyError, NotImplementedError) as error:
