@@ -188,19 +188,13 @@ TOKENIZERS_BACKEND, FAST_TOKENIZER = "TokenizersBackend", "PreTrainedTokenizerFa
 BACKEND_INPUT_NAMES = ["input_ids", "attention_mask"]
 
 
-def _tokenizer_class(directory: Path) -> "str | None":
+def _tokenizer_config(directory: Path) -> "dict[str, Any]":
+    """`tokenizer_config.json` of `directory`, `{}` where it is missing or unreadable."""
     try:
-        return json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8")).get("tokenizer_class")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def _input_names(directory: Path) -> "list[str]":
-    try:
-        names = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8")).get("model_input_names")
-    except (OSError, ValueError, AttributeError):
-        names = None
-    return names or BACKEND_INPUT_NAMES
+        config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
 
 
 def write_portable_tokenizer_config(directory: "str | Path") -> None:
@@ -211,14 +205,15 @@ def write_portable_tokenizer_config(directory: "str | Path") -> None:
     are written out as 5.x's (`input_ids`, `attention_mask`): 4.57's class would add `token_type_ids`.
     """
     directory = Path(directory)
-    path = directory / "tokenizer_config.json"
-    if _tokenizer_class(directory) != TOKENIZERS_BACKEND or not (directory / "tokenizer.json").is_file():
+    config = _tokenizer_config(directory)
+    if config.get("tokenizer_class") != TOKENIZERS_BACKEND or not (directory / "tokenizer.json").is_file():
         return
-    config = json.loads(path.read_text(encoding="utf-8"))
     config["tokenizer_class"] = FAST_TOKENIZER
     # 4.57's PreTrainedTokenizerFast also returns token_type_ids, which generate() of a decoder refuses
     config.setdefault("model_input_names", BACKEND_INPUT_NAMES)
-    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
 
 
 def load_auto_tokenizer(directory: "str | Path"):
@@ -227,13 +222,15 @@ def load_auto_tokenizer(directory: "str | Path"):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     directory = Path(directory)
-    if not TRANSFORMERS_5 and _tokenizer_class(directory) == TOKENIZERS_BACKEND:
+    config = _tokenizer_config(directory)
+    if not TRANSFORMERS_5 and config.get("tokenizer_class") == TOKENIZERS_BACKEND:
         # transformers logs that the saved class differs from the loading one: that is the point here
         tokenization_logger = logging.getLogger("transformers.tokenization_utils_base")
         level = tokenization_logger.level
         tokenization_logger.setLevel(logging.ERROR)
         try:
-            return PreTrainedTokenizerFast.from_pretrained(directory, model_input_names=_input_names(directory))
+            names = config.get("model_input_names") or BACKEND_INPUT_NAMES
+            return PreTrainedTokenizerFast.from_pretrained(directory, model_input_names=names)
         finally:
             tokenization_logger.setLevel(level)
     return AutoTokenizer.from_pretrained(directory, trust_remote_code=False)

@@ -173,6 +173,20 @@ def _bpe_merges(tokens: list[str], scores: list[float], types: list[int]) -> lis
     return [(left, right) for *_, left, right in merges]
 
 
+def bos_eos_template(bos: tuple[str, int] | None, eos: tuple[str, int] | None, add_bos: bool, add_eos: bool):
+    """The `tokenizers` post-processor that puts BOS before / EOS after each encoded text where `add_bos` /
+    `add_eos` say (llama.cpp's `tokenizer.ggml.add_bos_token` / `add_eos_token`); tokens are (text, id)."""
+    from tokenizers import processors
+
+    add_bos, add_eos = add_bos and bos is not None, add_eos and eos is not None
+    single = ([f"{bos[0]}:0"] if add_bos else []) + ["$A:0"] + ([f"{eos[0]}:0"] if add_eos else [])
+    pair = single + ([f"{bos[0]}:1"] if add_bos else []) + ["$B:1"] + ([f"{eos[0]}:1"] if add_eos else [])
+    specials = dict(token for token in (bos, eos) if token is not None)
+    return processors.TemplateProcessing(
+        single=" ".join(single), pair=" ".join(pair), special_tokens=list(specials.items())
+    )
+
+
 def gemma3_tokenizer(meta: dict[str, Any]) -> PreTrainedTokenizerFast:
     """A fast tokenizer from the `tokenizer.ggml.*` metadata of a gemma3 GGUF file.
 
@@ -183,7 +197,7 @@ def gemma3_tokenizer(meta: dict[str, Any]) -> PreTrainedTokenizerFast:
     Raises:
         UnsupportedModelError: If the vocabulary is not a SentencePiece ("llama") one.
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
+    from tokenizers import AddedToken, Tokenizer, decoders, normalizers
     from tokenizers.models import BPE
     from transformers import GemmaTokenizerFast
 
@@ -213,12 +227,7 @@ def gemma3_tokenizer(meta: dict[str, Any]) -> PreTrainedTokenizerFast:
     pad = tokens[int(meta.get("tokenizer.ggml.padding_token_id", 0))]
     add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", True))
     add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False))
-    bos_id, eos_id = vocab[bos], vocab[eos]
-    single = ([f"{bos}:0"] if add_bos else []) + ["$A:0"] + ([f"{eos}:0"] if add_eos else [])
-    pair = single + ([f"{bos}:1"] if add_bos else []) + ["$B:1"] + ([f"{eos}:1"] if add_eos else [])
-    backend.post_processor = processors.TemplateProcessing(
-        single=" ".join(single), pair=" ".join(pair), special_tokens=[(bos, bos_id), (eos, eos_id)]
-    )
+    backend.post_processor = bos_eos_template((bos, vocab[bos]), (eos, vocab[eos]), add_bos, add_eos)
     return GemmaTokenizerFast(
         tokenizer_object=backend,
         unk_token=unk,

@@ -22,7 +22,7 @@ from ..compat import TRANSFORMERS_5, write_portable_config, write_portable_token
 from ..errors import InvalidCheckpointError, ModelNotFoundError, OutputExistsError, UnsupportedModelError
 from ..outputs import atomic_output_dir, check_output_path, check_writable_dir
 from ..validation import first_line
-from .gguf import OWN_READERS
+from .gguf import OWN_READERS, bos_eos_template
 
 
 if TYPE_CHECKING:
@@ -161,7 +161,6 @@ def _follow_gguf_special_tokens(tokenizer, reader: "GGUFReader") -> None:
     every text and also names it the EOS token, where the file says `add_bos_token = false` and EOS `<|im_end|>`;
     transformers 5 follows the file. With this, both lines' conversions encode text the same way.
     """
-    from tokenizers import processors
 
     def field(key: str):
         return reader.fields[key].contents() if key in reader.fields else None
@@ -179,11 +178,11 @@ def _follow_gguf_special_tokens(tokenizer, reader: "GGUFReader") -> None:
         if hasattr(tokenizer, attribute):  # saved in tokenizer_config.json; 4.57's Llama tokenizer rebuilds from it
             setattr(tokenizer, attribute, value)
     bos, eos = tokenizer.bos_token, tokenizer.eos_token
-    single = ([f"{bos}:0"] if add_bos else []) + ["$A:0"] + ([f"{eos}:0"] if add_eos else [])
-    pair = single + ([f"{bos}:1"] if add_bos else []) + ["$B:1"] + ([f"{eos}:1"] if add_eos else [])
-    specials = {token: tokenizer.convert_tokens_to_ids(token) for token in (bos, eos) if token is not None}
-    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single=" ".join(single), pair=" ".join(pair), special_tokens=list(specials.items())
+    tokenizer.backend_tokenizer.post_processor = bos_eos_template(
+        (bos, tokenizer.convert_tokens_to_ids(bos)) if bos is not None else None,
+        (eos, tokenizer.convert_tokens_to_ids(eos)) if eos is not None else None,
+        add_bos,
+        add_eos,
     )
 
 
