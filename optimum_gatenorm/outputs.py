@@ -1,19 +1,32 @@
-"""Output that is never half-written, and never replaces what we did not write.
+"""Output that is never half-written, never replaces what we did not write, and never touches an input.
 
-Every output goes to a temporary path beside its target and is renamed into place on success. Directories we
-write carry a marker file (`OUTPUT_MARKER`); `overwrite=True` replaces a directory only if it holds that marker
-(or a pruned checkpoint's `gatenorm_report.json`, written by earlier versions) or is empty, and never the current
-directory, one of its parents, the home directory or the filesystem root.
+Every output goes to a temporary path beside its target (`.NAME.tmp-<pid>-*`) and is renamed into place on success;
+a temporary path left by a killed run (its process is gone) is removed by the next run that writes beside it.
+
+An existing directory is ours to replace (`overwrite=True`) only if we can prove it: it is empty, or
+
+- it holds our marker (`OUTPUT_MARKER`, JSON with `"writer": "optimum-gatenorm"`) whose manifest (`"files"`)
+  lists every file and folder in it: anything else inside (a note, a results folder) makes us refuse, naming it;
+- or it was written by an earlier version (a marker without a manifest, or a pruned checkpoint's
+  `gatenorm_report.json` that parses as one of our pruning reports) and holds only the files those versions wrote
+  (`LEGACY_FILES`).
+
+Never the current directory, one of its parents, the home directory or the filesystem root; and never a path
+inside one of the command's inputs, nor one that contains an input (`inputs=`), with or without `overwrite`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fnmatch
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import InvalidConfigError, OutputExistsError, OutputNotWritableError
@@ -21,21 +34,58 @@ from .version import __version__
 
 
 __all__ = [
+    "LEGACY_FILES",
     "OUTPUT_MARKER",
     "atomic_output_dir",
+    "atomic_output_file",
     "atomic_save_figure",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_not_an_input",
     "check_output_path",
     "check_writable_dir",
+    "foreign_entries",
+    "is_no_space",
     "is_our_output",
     "mark_output",
+    "no_space_error",
+    "remove_stale_temporaries",
     "require_pyplot",
 ]
 
 OUTPUT_MARKER = ".optimum-gatenorm-output"
-# Directories that count as ours without the marker: pruned checkpoints written before the marker existed.
-_LEGACY_MARKERS = ("gatenorm_report.json",)
+REPORT_FILE = "gatenorm_report.json"
+# What versions before the manifest wrote into an output directory (pruned checkpoints, ONNX and Nemotron-NAS
+# exports, conversions); a legacy directory holding anything else is not ours.
+LEGACY_FILES = (
+    OUTPUT_MARKER,
+    REPORT_FILE,
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "spiece.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "gatenorm_conversion.json",
+    "model.onnx",
+    "model.onnx_data",
+    "model.onnx.data",
+    "onnx",
+    "onnx/*",
+)
+_REPORT_KEYS = {"model_type", "criterion", "removed_layers", "num_hidden_layers"}
+# A temporary path of ours: `.NAME.tmp-<pid>-<random>` (or `.old-`); before 0.5 without the pid.
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?:(?P<pid>\d+)-)?[A-Za-z0-9_]+$")
+_LEGACY_TEMPORARY_AGE = 3600.0  # seconds after which a temporary path without a pid counts as stale
 
 
 def _protected_dirs() -> set[Path]:
@@ -43,9 +93,83 @@ def _protected_dirs() -> set[Path]:
     return {cwd, *cwd.parents, Path.home().resolve(), Path(cwd.anchor)}
 
 
-def is_our_output(path: Path) -> bool:
-    """Whether directory `path` was written by optimum-gatenorm (it holds our marker or a pruning report)."""
-    return any((path / name).is_file() for name in (OUTPUT_MARKER, *_LEGACY_MARKERS))
+def _entries(directory: Path) -> list[str]:
+    """Every file, folder and link under `directory`, as sorted POSIX paths relative to it."""
+    out = []
+    for root, dirnames, filenames in os.walk(directory):
+        base = Path(root).relative_to(directory)
+        out.extend((base / name).as_posix() for name in dirnames + filenames)
+    return sorted(out)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def foreign_entries(path: str | Path) -> list[str]:
+    """What, in directory `path`, optimum-gatenorm cannot prove it wrote (relative paths; all of them if none).
+
+    An empty list means the directory is ours to replace: see the module docstring for the rule.
+    """
+    path = Path(path)
+    entries = _entries(path)
+    marker = _read_json(path / OUTPUT_MARKER)
+    if isinstance(marker, dict) and marker.get("writer") == "optimum-gatenorm":
+        if isinstance(marker.get("files"), list):
+            written = {str(name) for name in marker["files"]} | {OUTPUT_MARKER}
+            return [entry for entry in entries if entry not in written]
+        legacy = True
+    else:
+        report = _read_json(path / REPORT_FILE)
+        legacy = isinstance(report, dict) and _REPORT_KEYS <= report.keys()
+    if not legacy:
+        return entries
+    return [entry for entry in entries if not any(fnmatch.fnmatchcase(entry, p) for p in LEGACY_FILES)]
+
+
+def is_our_output(path: str | Path) -> bool:
+    """Whether directory `path` is ours to replace: empty, or everything in it provably written by us."""
+    return not foreign_entries(path)
+
+
+def _describe(names: list[str], limit: int = 3) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def check_not_an_input(path: str | Path, inputs: Iterable[tuple[str, str | Path]]) -> None:
+    """Refuses an output that is one of the inputs, lies inside one, or (existing) contains one.
+
+    Args:
+        path: The output file or directory.
+        inputs: `(what, path)` pairs, e.g. `("model", "ckpt/")`, `("text", "book.txt")`; missing paths are skipped.
+
+    Raises:
+        InvalidConfigError: If writing `path` could change an input.
+    """
+    output = Path(path).expanduser().resolve()
+    for what, location in inputs:
+        if location is None:
+            continue
+        source = Path(location).expanduser()
+        if not (source.exists() or source.is_symlink()):
+            continue
+        source = source.resolve()
+        if output == source:
+            where = "is the input {what} itself" if source.is_file() else "is the input {what}'s own directory"
+        elif source in output.parents:
+            where = "is inside the input {what} " + str(source)
+        elif output in source.parents and output.exists():
+            where = "contains the input {what} " + str(source)
+        else:
+            continue
+        raise InvalidConfigError(
+            f"output {str(path)!r} {where.format(what=what)}; optimum-gatenorm never writes into its inputs, even "
+            "with --overwrite (overwrite=True): choose an output elsewhere"
+        )
 
 
 def check_writable_dir(path: str | Path, what: str = "output", fix: str = "choose another location") -> None:
@@ -74,40 +198,50 @@ def check_writable_dir(path: str | Path, what: str = "output", fix: str = "choos
         ) from None
 
 
-def check_output_path(path: str | Path, overwrite: bool, *, directory: bool = False) -> Path:
+def check_output_path(
+    path: str | Path,
+    overwrite: bool,
+    *,
+    directory: bool = False,
+    inputs: Iterable[tuple[str, str | Path]] = (),
+) -> Path:
     """Fails early, before any heavy work, if `path` cannot or must not be written.
 
     Args:
         path: The output file or directory.
         overwrite: Whether an existing output may be replaced.
         directory: `path` is an output directory (else a file).
+        inputs: `(what, path)` pairs of the command's inputs (`check_not_an_input`).
 
     Raises:
         OutputExistsError: If `path` exists and `overwrite` is false, or it exists and is not ours to replace
-            (a non-empty directory without our marker, the current directory or one of its parents, the home
-            directory, the root; a directory where a file is expected or the other way round).
-        InvalidConfigError: If an ancestor of `path` is a file.
+            (a directory holding anything we cannot prove we wrote, the current directory or one of its parents,
+            the home directory, the root; a directory where a file is expected or the other way round).
+        InvalidConfigError: If `path` is, lies inside or contains an input, or an ancestor of it is a file.
         OutputNotWritableError: If the location cannot be written.
     """
     path = Path(path).expanduser()
-    if path.exists() or path.is_symlink():
+    exists = path.exists() or path.is_symlink()
+    if exists and overwrite and directory and path.is_dir() and path.resolve() in _protected_dirs():
+        raise OutputExistsError(
+            f"refusing to replace {str(path)!r} ({path.resolve()}): it is the current directory, one of its "
+            "parents, the home directory or the root; give a new directory name"
+        )
+    check_not_an_input(path, inputs)
+    if exists:
         if not overwrite:
             raise OutputExistsError(
                 f"output {str(path)!r} already exists; pass --overwrite (overwrite=True) to replace it"
             )
-        resolved = path.resolve()
         if directory:
             if not path.is_dir():
                 raise OutputExistsError(f"output {str(path)!r} is a file, not a directory; give a directory path")
-            if resolved in _protected_dirs():
+            foreign = foreign_entries(path)
+            if foreign:
                 raise OutputExistsError(
-                    f"refusing to replace {str(path)!r} ({resolved}): it is the current directory, one of its "
-                    "parents, the home directory or the root; give a new directory name"
-                )
-            if any(path.iterdir()) and not is_our_output(path):
-                raise OutputExistsError(
-                    f"refusing to replace {str(path)!r}: it is not empty and was not written by optimum-gatenorm "
-                    f"(no {OUTPUT_MARKER}); give a new directory name or remove it yourself"
+                    f"refusing to replace {str(path)!r}: it holds {_describe(foreign)}, not written by "
+                    f"optimum-gatenorm (not in its {OUTPUT_MARKER} manifest); move those out, or give a new "
+                    "directory name"
                 )
         elif path.is_dir():
             raise OutputExistsError(f"output {str(path)!r} is a directory; give a file path")
@@ -115,38 +249,173 @@ def check_output_path(path: str | Path, overwrite: bool, *, directory: bool = Fa
     return path
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Removes the temporary paths of `path` that killed runs left beside it; returns what was removed.
+
+    A temporary path is stale when the process named in it is gone (or, for one written before 0.5 without a
+    pid, when it has not changed for an hour). Those of running processes are left alone.
+    """
+    path = Path(path).expanduser().absolute()
+    removed = []
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:
+        return removed
+    for sibling in siblings:
+        match = _TEMPORARY.match(sibling.name)
+        if not match or match["name"] != path.name:
+            continue
+        stale = False
+        if match["pid"] is not None:
+            stale = int(match["pid"]) != os.getpid() and not _pid_alive(int(match["pid"]))
+        else:
+            with contextlib.suppress(OSError):
+                stale = time.time() - sibling.lstat().st_mtime > _LEGACY_TEMPORARY_AGE
+        if stale:
+            if sibling.is_dir() and not sibling.is_symlink():
+                shutil.rmtree(sibling, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    sibling.unlink()
+            removed.append(sibling)
+    return removed
+
+
+def is_no_space(error: BaseException) -> bool:
+    """Whether `error` says the disk (or quota) is full, whatever library raised it."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(error)
+    return "No space left on device" in text or "Disk quota exceeded" in text or "os error 28" in text
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:,.0f} MB" if size >= 1e6 else f"{size / 1e3:,.0f} kB"
+
+
+def no_space_error(path: str | Path, needed: int | None = None, written: int | None = None) -> OutputNotWritableError:
+    """The one-line error for a full disk while writing `path`: where, what it needs, what is free."""
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = _megabytes(shutil.disk_usage(probe).free) + " free"
+    except OSError:
+        free = "free space unknown"
+    if needed:
+        need = f"it needs about {_megabytes(needed)}, {free}"
+    elif written:
+        need = f"{_megabytes(written)} were written before it filled, {free}"
+    else:
+        need = free
+    return OutputNotWritableError(
+        f"no space left on the device of {str(path)!r} ({need}); free some space or write elsewhere (nothing was "
+        "left behind)"
+    )
+
+
+def _check_space(path: Path, needed: int | None) -> None:
+    if not needed:
+        return
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    with contextlib.suppress(OSError):
+        if shutil.disk_usage(probe).free < needed:
+            raise no_space_error(path, needed)
+
+
+def _size(directory: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(directory):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += (Path(root) / name).lstat().st_size
+    return total
+
+
 @contextlib.contextmanager
-def atomic_output_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_output_dir(
+    path: str | Path,
+    overwrite: bool = False,
+    *,
+    inputs: Iterable[tuple[str, str | Path]] = (),
+    expected_bytes: int | None = None,
+) -> Iterator[Path]:
     """Yields a temporary directory beside `path`; on success it replaces `path`, on error it is removed.
 
-    The finished directory holds `OUTPUT_MARKER`, so a later `overwrite=True` may replace it.
+    The finished directory holds `OUTPUT_MARKER` with the manifest of what is in it, so a later `overwrite=True`
+    may replace it (and nothing else). Stale temporary directories of `path` from killed runs are removed first;
+    folders created for `path` are removed again if the write fails. A full disk raises `OutputNotWritableError`
+    (before anything is written when `expected_bytes` is known and does not fit).
     """
-    path = check_output_path(path, overwrite, directory=True).absolute()
+    inputs = tuple(inputs)
+    path = check_output_path(path, overwrite, directory=True, inputs=inputs).absolute()
+    created = []
+    parent = path.parent
+    while not parent.exists():
+        created.append(parent)
+        parent = parent.parent
+    _check_space(parent, expected_bytes)
+    remove_stale_temporaries(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent))
         tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should look like any new directory
     except OSError as error:
+        _remove_created(created)
+        if is_no_space(error):
+            raise no_space_error(path, expected_bytes) from None
         raise OutputNotWritableError(f"cannot write output {str(path)!r}: {error.strerror or error}") from None
+    done = False
     try:
-        yield tmp
-        mark_output(tmp)
-        check_output_path(path, overwrite, directory=True)  # something may have appeared meanwhile
+        try:
+            yield tmp
+            mark_output(tmp)
+        except Exception as error:
+            if is_no_space(error):
+                raise no_space_error(path, expected_bytes, _size(tmp)) from None
+            raise
+        check_output_path(path, overwrite, directory=True, inputs=inputs)  # something may have appeared meanwhile
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-{os.getpid()}-", dir=path.parent))
             os.replace(path, old / path.name)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+        done = True
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if not done:
+            _remove_created(created)
+
+
+def _remove_created(created: list[Path]) -> None:
+    """Removes the folders we created for an output that was not written, innermost first, if still empty."""
+    for folder in created:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def mark_output(directory: Path) -> None:
-    """Writes our marker into `directory`, so that a later `overwrite=True` may replace it."""
-    (directory / OUTPUT_MARKER).write_text(json.dumps({"writer": "optimum-gatenorm", "version": __version__}) + "\n")
+    """Writes our marker into `directory` with the manifest of everything in it, so that a later
+    `overwrite=True` may replace it (and refuses to while anything else is there)."""
+    files = [entry for entry in _entries(directory) if entry != OUTPUT_MARKER]
+    marker = {"writer": "optimum-gatenorm", "version": __version__, "files": files}
+    (directory / OUTPUT_MARKER).write_text(json.dumps(marker, indent=1) + "\n")
 
 
 def _umask() -> int:
@@ -155,28 +424,68 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_text(path: str | Path, text: str, overwrite: bool = False) -> Path:
+def atomic_write_text(
+    path: str | Path, text: str, overwrite: bool = False, *, inputs: Iterable[tuple[str, str | Path]] = ()
+) -> Path:
     """Writes `text` (UTF-8) to `path` through a temporary file and a rename."""
-    return atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite)
+    return atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite, inputs=inputs)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes, overwrite: bool = False) -> Path:
+def atomic_write_bytes(
+    path: str | Path, data: bytes, overwrite: bool = False, *, inputs: Iterable[tuple[str, str | Path]] = ()
+) -> Path:
     """Writes `data` to `path` through a temporary file and a rename."""
-    path = check_output_path(path, overwrite).absolute()
-    tmp = None
+    with atomic_output_file(path, overwrite, inputs=inputs, expected_bytes=len(data)) as tmp:
+        tmp.write_bytes(data)
+    return Path(path).expanduser().absolute()
+
+
+@contextlib.contextmanager
+def atomic_output_file(
+    path: str | Path,
+    overwrite: bool = False,
+    *,
+    inputs: Iterable[tuple[str, str | Path]] = (),
+    expected_bytes: int | None = None,
+) -> Iterator[Path]:
+    """Yields a temporary file path beside `path` to write; on success it replaces `path`, on error it is removed.
+
+    The same checks as `atomic_output_dir` (inputs, overwrite, stale temporaries, full disk).
+    """
+    path = check_output_path(path, overwrite, inputs=inputs).absolute()
+    created = []
+    parent = path.parent
+    while not parent.exists():
+        created.append(parent)
+        parent = parent.parent
+    _check_space(parent, expected_bytes)
+    remove_stale_temporaries(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
         os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
     except OSError as error:
+        _remove_created(created)
+        if is_no_space(error):
+            raise no_space_error(path, expected_bytes) from None
         raise OutputNotWritableError(f"cannot write output {str(path)!r}: {error.strerror or error}") from None
+    done = False
+    try:
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        except Exception as error:
+            if is_no_space(error):
+                raise no_space_error(path, expected_bytes) from None
+            raise
+        done = True
     finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+        if tmp.exists():
+            tmp.unlink()
+        if not done:
+            _remove_created(created)
 
 
 def require_pyplot():

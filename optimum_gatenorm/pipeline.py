@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .checkpoints.modeling import write_pruned
+from .checkpoints.modeling import model_bytes, write_pruned
+from .checkpoints.models import model_inputs
 from .compat import require_onnx
 from .criteria import get_criterion, require_calibration
 from .errors import InvalidConfigError
@@ -142,15 +143,14 @@ def prune_and_save(
         require_onnx("--export onnx")
     if dtype not in ("auto", "float32", "float16", "bfloat16"):
         raise InvalidConfigError(f"dtype must be auto, float32, float16 or bfloat16, got {dtype!r}")
-    check_output_path(output_dir, overwrite, directory=True)
+    inputs = [*model_inputs(model), *(("calibration text", path) for path in calibration_text or ())]
+    check_output_path(output_dir, overwrite, directory=True, inputs=inputs)
     check_device(device)
     pruner = GateNormPruner.from_pretrained(
         model, dtype="auto" if dtype == "auto" else getattr(torch, dtype), allow_pickle=allow_pickle
     )
-    if Path(output_dir).expanduser().resolve() == pruner.checkpoint_path.resolve():
-        raise InvalidConfigError(
-            f"--output {str(output_dir)!r} is the input model's own directory; write the pruned model elsewhere"
-        )
+    inputs.append(("model", pruner.checkpoint_path))
+    check_output_path(output_dir, overwrite, directory=True, inputs=inputs)
     check_request(config, pruner.config)
     onnx_dtype = None
     if export == "onnx":
@@ -171,7 +171,8 @@ def prune_and_save(
     exports: dict[str, Path] = {}
     max_diff = None
     output_dir = Path(output_dir)
-    with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
+    expected = model_bytes(pruned_model) * (2 if export == "onnx" else 1)
+    with atomic_output_dir(output_dir, overwrite=overwrite, inputs=inputs, expected_bytes=expected) as tmp:
         write_pruned(pruned_model, tmp, report=report)
         if export == "onnx":
             max_diff = export_onnx_into(pruned_model, tmp / "onnx", device=device, dtype=onnx_dtype)

@@ -521,7 +521,7 @@ def test_prune_into_existing_directory_with_overwrite_replaces_it(tmp_path, chec
     # --overwrite replaces only an output of ours (its marker; README "Output safety"); a user's directory is
     # refused (tests/test_bad_input_table.py).
     out = _existing_dir(tmp_path / "pruned")
-    (out / OUTPUT_MARKER).write_text("{}")
+    (out / OUTPUT_MARKER).write_text('{"writer": "optimum-gatenorm", "files": ["keep.txt"]}')  # ours, listed
     result, _ = prune_cli(checkpoints["llama"], tmp_path, "-k", "1", "--overwrite")
     assert result.returncode == 0, result.stderr
     assert not (out / "keep.txt").exists()
@@ -617,7 +617,7 @@ def test_failure_inside_atomic_output_dir_leaves_nothing(tmp_path):
 
 def test_failure_inside_atomic_output_dir_keeps_the_old_output(tmp_path):
     out = _existing_dir(tmp_path / "out")
-    (out / OUTPUT_MARKER).write_text("{}")  # ours, so overwrite=True may replace it
+    (out / OUTPUT_MARKER).write_text('{"writer": "optimum-gatenorm", "files": ["keep.txt"]}')  # ours to replace
     with pytest.raises(RuntimeError, match="boom"):
         with atomic_output_dir(out, overwrite=True) as tmp:
             (tmp / "config.json").write_text("{}")

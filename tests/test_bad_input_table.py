@@ -1,4 +1,5 @@
-"""Bad input, tried as a careless user would, across every command: one table, one assertion each.
+"""Bad input, tried as a careless user would, across every command: one table, one assertion each; then what
+cannot be a row (a real full disk, real SIGTERM / SIGHUP, temporaries of killed runs) with the same promises.
 
 Each case runs the real `optimum-cli` and must give exit status 2, exactly one line on stderr (starting
 `error:` or argparse's `optimum-cli gatenorm CMD: error:`), no traceback, nothing on stdout, and leave the whole
@@ -10,16 +11,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from conftest import HAS_ONNX, tiny_model, tiny_tokenizer
+from safetensors.torch import save_file
 
 from optimum_gatenorm import GateNormConfig, export_onnx, prune_and_save
-from optimum_gatenorm.outputs import OUTPUT_MARKER
+from optimum_gatenorm.errors import OutputNotWritableError
+from optimum_gatenorm.outputs import OUTPUT_MARKER, atomic_output_dir, remove_stale_temporaries
 
 
 OPTIMUM_CLI = Path(sys.executable).parent / "optimum-cli"
@@ -61,6 +67,13 @@ CASES = {
         ("score", "-m", "{real.gguf}"), ("OPTIMUM_GATENORM_CACHE",), env={"OPTIMUM_GATENORM_CACHE": "/proc/cache"}
     ),
     "score_text_file_as_model": Case(("score", "-m", "{afile}"), ("afile",)),
+    "score_output_onto_the_models_config": Case(
+        ("score", "-m", "{model}", "--format", "json", "-o", "{model}/config.json", "--overwrite"),
+        ("inside the input model", "even with --overwrite"),
+    ),
+    "score_output_into_the_models_directory": Case(
+        ("score", "-m", "{model}", "-o", "{model}/scores.txt"), ("inside the input model",)
+    ),
     # --- prune --------------------------------------------------------------------------------------------------
     "prune_overwrite_current_directory": Case(
         ("prune", "-m", "{model}", "-k", "1", "-o", ".", "--overwrite"), ("current directory",), cwd="userdir"
@@ -124,7 +137,41 @@ CASES = {
     "prune_missing_shares_file": Case(
         ("prune", "-m", "{model}", "--target-speedup", "1.1", "--shares", "{missing}", "-o", "{new}"), ("missing",)
     ),
+    "prune_overwrite_our_output_holding_user_files": Case(
+        ("prune", "-m", "{model}", "-k", "1", "-o", "{notes}", "--overwrite"), ("MY_NOTES.md", "my_results")
+    ),
+    "prune_overwrite_a_legacy_output_holding_user_files": Case(
+        ("prune", "-m", "{model}", "-k", "1", "-o", "{legacy}", "--overwrite"), ("MY_NOTES.md",)
+    ),
+    "prune_overwrite_a_users_directory_with_an_empty_report": Case(
+        ("prune", "-m", "{model}", "-k", "1", "-o", "{thesis}", "--overwrite"), ("thesis.tex",)
+    ),
+    "prune_into_a_directory_inside_its_input": Case(
+        ("prune", "-m", "{model}", "-k", "1", "-o", "{model}/pruned"), ("inside the input model",)
+    ),
+    "prune_over_its_calibration_text": Case(
+        ("prune", "-m", "{model}", "-k", "1", "-c", "cosine", "--calibration-text", "{text}", "-o", "{text}"),
+        ("input calibration text",),
+    ),
+    "prune_target_speedup_infinite": Case(
+        ("prune", "-m", "{model}", "--target-speedup", "inf", "-o", "{new}"), ("finite speed-up",)
+    ),
+    "prune_min_gap_beyond_the_layers": Case(
+        ("prune", "-m", "{model}", "-k", "3", "--min-gap", "3", "-o", "{new}"), ("min_gap=3", "4 layers")
+    ),
+    "prune_record_naming_a_layer_with_weights": Case(
+        ("prune", "-m", "{badrecord}", "-k", "1", "-o", "{new}"), ("pruning record", "still hold its attention")
+    ),
     # --- export -------------------------------------------------------------------------------------------------
+    "export_into_its_own_input": Case(("export", "-m", "{ours}", "-o", "{ours}", "--overwrite"), ("own directory",)),
+    "export_nemotron_nas_into_its_own_input": Case(
+        ("export", "-m", "{ours}", "-o", "{ours}", "--format", "nemotron-nas", "--overwrite"), ("own directory",)
+    ),
+    "export_inside_its_own_input": Case(("export", "-m", "{ours}", "-o", "{ours}/onnx2"), ("inside the input",)),
+    "export_gguf_onto_a_file_of_its_input": Case(
+        ("export", "-m", "{ours}", "-o", "{ours}/model.safetensors", "--format", "gguf", "--overwrite"),
+        ("inside the input model",),
+    ),
     "export_overwrite_a_users_directory": Case(
         ("export", "-m", "{model}", "-o", "{userdir}", "--overwrite"), ("not written by optimum-gatenorm",)
     ),
@@ -150,13 +197,25 @@ CASES = {
     ),
     # --- eval ---------------------------------------------------------------------------------------------------
     "eval_directory_without_config": Case(("eval", "-m", "{noconfig}", "-t", "{text}"), ("config.json",)),
-    "eval_checkpoint_without_tokenizer": Case(("eval", "-m", "{notok}", "-t", "{text}"), ("no tokenizer",)),
+    "eval_checkpoint_without_tokenizer": Case(
+        ("eval", "-m", "{notok}", "-t", "{text}", "--window", "64"), ("no tokenizer",)
+    ),
     "eval_missing_text": Case(("eval", "-m", "{model}", "-t", "{missing}"), ("missing",)),
     "eval_binary_text": Case(("eval", "-m", "{model}", "-t", "{binary}"), ("binary",)),
     "eval_output_unwritable": Case(
         ("eval", "-m", "{model}", "-t", "{text}", "-o", "/proc/gatenorm/ppl.json"), ("not writable",)
     ),
     "eval_window_zero": Case(("eval", "-m", "{model}", "-t", "{text}", "--window", "0"), ("integer >= 1",)),
+    "eval_output_onto_its_text": Case(
+        ("eval", "-m", "{model}", "-t", "{text}", "-o", "{text}", "--overwrite"), ("input text itself",)
+    ),
+    "eval_window_beyond_positions": Case(
+        ("eval", "-m", "{model}", "-t", "{text}", "--window", "100000"), ("window=100000", "positions")
+    ),
+    # The ONNX file is not a graph: refused from config.json before anything is loaded (both environments).
+    "eval_window_beyond_positions_of_an_onnx_model": Case(
+        ("eval", "-m", "{fakeonnx}", "-t", "{text}", "--window", "100000"), ("window=100000", "positions")
+    ),
     # --- compare ------------------------------------------------------------------------------------------------
     "compare_checkpoint_without_tokenizer": Case(
         ("compare", "-m", "{notok}", "-t", "{text}", "-k", "0,1"), ("no tokenizer",)
@@ -169,6 +228,9 @@ CASES = {
     ),
     "compare_plot_exists": Case(
         ("compare", "-m", "{model}", "-t", "{text}", "--plot", "{afile}"), ("already exists",)
+    ),
+    "compare_plot_into_the_model": Case(
+        ("compare", "-m", "{model}", "-t", "{text}", "--plot", "{model}/plot.png"), ("inside the input model",)
     ),
     "compare_cosine_without_text": Case(
         ("compare", "-m", "{model}", "-t", "{text}", "-k", "0,1", "--criteria", "cosine"), ("calibration",)
@@ -183,12 +245,18 @@ CASES = {
     "benchmark_missing_shares_file": Case(
         ("benchmark", "-m", "{onnx}", "-b", "{onnx}", "--shares", "{missing}"), ("shares file", "not found")
     ),
+    "benchmark_output_into_an_input": Case(
+        ("benchmark", "-m", "{onnx}", "-b", "{onnx}", "-o", "{onnx}/bench.json"), ("inside the input",)
+    ),
     "benchmark_zero_runs": Case(("benchmark", "-m", "{onnx}", "-b", "{onnx}", "--runs", "0"), ("integer >= 1",)),
     # --- convert and criteria -----------------------------------------------------------------------------------
     "convert_not_a_gguf": Case(("convert", "-m", "{afile}", "-o", "{new}"), (".gguf",)),
     "convert_truncated_gguf": Case(("convert", "-m", "{truncated.gguf}", "-o", "{new}"), ("truncated",)),
     "convert_overwrite_a_users_directory": Case(
         ("convert", "-m", "{real.gguf}", "-o", "{userdir}", "--overwrite"), ("not written by optimum-gatenorm",)
+    ),
+    "convert_onto_its_gguf_file": Case(
+        ("convert", "-m", "{real.gguf}", "-o", "{real.gguf}", "--overwrite"), ("input GGUF file itself",)
     ),
     "criteria_bad_format": Case(("criteria", "--format", "xml"), ("invalid choice",)),
     # --- without the [onnx] extra (the transformers 5 environment): one line naming the extra ----------------------
@@ -239,6 +307,7 @@ def workspace(tmp_path_factory) -> Path:
     model.config.save_pretrained(root / "fakeonnx")
     tiny_tokenizer().save_pretrained(root / "fakeonnx")
     (root / "fakeonnx" / "model.onnx").write_bytes(b"not read")
+    _user_files_in_our_outputs(root)
     for name in ("userdir", "fakehome"):
         (root / name).mkdir()
         (root / name / "precious.txt").write_text("a file the user cares about\n")
@@ -252,14 +321,44 @@ def workspace(tmp_path_factory) -> Path:
     return root
 
 
+def _user_files_in_our_outputs(root: Path) -> None:
+    """`notes`: an output of ours into which the user put notes and results; `legacy`: the same as an earlier
+    version wrote it (a marker without a manifest); `thesis`: a user's directory with an empty `gatenorm_report.json`;
+    `badrecord`: a pruned checkpoint whose record names a layer that still has its weights."""
+    import shutil
+
+    prune_and_save(root / "model", root / "notes", GateNormConfig(num_layers=1, criterion="gate_norm"))
+    shutil.copytree(root / "notes", root / "legacy")
+    (root / "legacy" / OUTPUT_MARKER).write_text('{"writer": "optimum-gatenorm", "version": "0.4.1"}\n')
+    shutil.copytree(root / "notes", root / "badrecord")
+    config = json.loads((root / "badrecord" / "config.json").read_text())
+    record = config["quantization_config"]
+    kept = [i for i in range(record["num_hidden_layers"]) if i not in record["pruned_attention_layers"]]
+    record["pruned_attention_layers"] = sorted([*record["pruned_attention_layers"], kept[-1]])
+    record["num_attention_layers"] -= 1
+    (root / "badrecord" / "config.json").write_text(json.dumps(config))
+    for name in ("notes", "legacy"):
+        (root / name / "MY_NOTES.md").write_text("what I found\n")
+        (root / name / "my_results").mkdir()
+        (root / name / "my_results" / "r.csv").write_text("k,ppl\n1,20\n")
+    (root / "thesis").mkdir()
+    (root / "thesis" / "thesis.tex").write_text("\\documentclass{article}\n")
+    (root / "thesis" / "gatenorm_report.json").write_text("{}")
+
+
 def _snapshot(root: Path) -> dict[str, tuple]:
-    """Every path under `root` with its type, size and modification time (symlinks not followed)."""
+    """Every path under `root` with its mode, size, modification time and, for files, its bytes' sha256
+    (symlinks not followed)."""
+    import hashlib
+    import stat as stat_module
+
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             path = Path(dirpath) / name
             stat = path.lstat()
-            out[str(path.relative_to(root))] = (stat.st_mode, stat.st_size, stat.st_mtime_ns)
+            digest = hashlib.sha256(path.read_bytes()).hexdigest() if stat_module.S_ISREG(stat.st_mode) else None
+            out[str(path.relative_to(root))] = (stat.st_mode, stat.st_size, stat.st_mtime_ns, digest)
     return out
 
 
@@ -309,6 +408,7 @@ def test_bad_input_is_refused_in_one_line_and_nothing_changes(name, workspace):
     assert result.stdout == "", where
     assert _snapshot(workspace) == before, "the workspace changed"
     assert (workspace / "userdir" / "precious.txt").is_file() and (workspace / "fakehome" / "precious.txt").is_file()
+    assert (workspace / "notes" / "MY_NOTES.md").is_file() and (workspace / "thesis" / "thesis.tex").is_file()
 
 
 def test_our_outputs_carry_the_marker_and_overwrite_replaces_only_them(workspace, tmp_path):
@@ -322,6 +422,145 @@ def test_our_outputs_carry_the_marker_and_overwrite_replaces_only_them(workspace
     empty.mkdir()
     prune_and_save(workspace / "model", empty, GateNormConfig(num_layers=1), overwrite=True)  # nothing to lose
     assert (empty / OUTPUT_MARKER).is_file()
+
+
+# --- beyond the table: a real full disk, real signals, stale temporaries of killed runs ---------------------------
+
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+
+
+def _run(*args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(OPTIMUM_CLI), "gatenorm", *map(str, args)], capture_output=True, text=True, env=env or ENV, timeout=600
+    )
+
+
+def _one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
+    """Exit 2 and the error in one line, the last on stderr (progress bars of the work before may precede it)."""
+    where = f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert result.returncode == 2 and "Traceback" not in result.stderr, where
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error")]
+    assert len(errors) == 1 and lines[-1] == errors[0] and errors[0].startswith("error: "), where
+    for needle in needles:
+        assert needle.lower() in errors[0].lower(), f"{needle!r} not in {errors[0]!r}"
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def model_dir(workspace) -> Path:
+    return workspace / "model"
+
+
+# --- stale temporaries of killed runs -----------------------------------------------------------------------------
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_stale_temporaries_are_removed_and_live_ones_kept(model_dir, tmp_path):
+    out = tmp_path / "pruned"
+    dead = tmp_path / f".pruned.tmp-{_dead_pid()}-abcd1234"
+    live = tmp_path / f".pruned.tmp-{os.getppid()}-efgh5678"  # pytest's parent: a running process
+    old_format = tmp_path / ".pruned.tmp-k3j4h5g6"  # 0.4.1 wrote no pid; an hour without change counts as stale
+    recent_old_format = tmp_path / ".pruned.tmp-a1b2c3d4"
+    other = tmp_path / f".other.tmp-{_dead_pid()}-abcd1234"  # another output's: not ours to judge here
+    for directory in (dead, live, old_format, recent_old_format, other):
+        directory.mkdir()
+        (directory / "model.safetensors").write_bytes(b"half-written")
+    hour_ago = time.time() - 7200
+    os.utime(old_format, (hour_ago, hour_ago))
+    result = _run("prune", "-m", model_dir, "-k", "1", "-c", "gate_norm", "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert not dead.exists() and not old_format.exists()
+    assert live.exists() and recent_old_format.exists() and other.exists()
+    assert remove_stale_temporaries(tmp_path / "other") == [other]
+
+
+# --- SIGTERM and SIGHUP clean up like Ctrl-C ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_while_prune_writes_leaves_nothing(signum, tmp_path):
+    """The real SmolLM2 (a 540 MB write): the signal arrives once the temporary output exists."""
+    out = tmp_path / "pruned"
+    process = subprocess.Popen(
+        [str(OPTIMUM_CLI), "gatenorm", "prune", "-m", "smollm2-135m", "-k", "4", "-c", "gate_norm", "-o", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob(".pruned.tmp-*")):
+        assert process.poll() is None, f"prune ended before writing: {process.communicate()}"
+        assert time.monotonic() < deadline, "prune did not start writing in 5 minutes"
+        time.sleep(0.005)
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signum, stderr
+    assert f"terminated by {signal.Signals(signum).name}" in stderr and "Traceback" not in stderr, stderr
+    assert list(tmp_path.iterdir()) == [], "a temporary or partial output was left behind"
+
+
+# --- a full disk --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real 20 MB tmpfs (needs the right to mount, as root in CI's container); skipped with the reason where
+    it cannot be mounted."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a 20 MB tmpfs here ({result.stderr.strip() or 'mount failed'}); needs root")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_prune_onto_a_full_disk_is_one_line_and_leaves_nothing(full_disk, tmp_path):
+    model = tmp_path / "model"  # about 45 MB in float32: more than the 20 MB disk holds
+    big = tiny_model("llama", hidden_size=512, intermediate_size=1024, num_attention_heads=8, num_key_value_heads=4)
+    big.save_pretrained(model)
+    tiny_tokenizer().save_pretrained(model)
+    line = _one_line_error(
+        _run("prune", "-m", model, "-k", "1", "-c", "gate_norm", "-o", full_disk / "out" / "pruned"),
+        "no space left",
+        str(full_disk / "out" / "pruned"),
+        "needs about",
+    )
+    assert re.search(r"needs about \d+ MB, \d+ MB free", line), line
+    assert list(full_disk.iterdir()) == [], "the folders created for the output were not removed"
+
+
+def test_a_write_that_fills_the_disk_is_an_error_naming_the_path(full_disk):
+    """No size known beforehand: the disk fills inside safetensors (its own error type), which is translated."""
+    import torch
+
+    out = full_disk / "out"
+    with pytest.raises(OutputNotWritableError, match=r"no space left on the device of .*out.*free"):
+        with atomic_output_dir(out) as tmp:
+            save_file({"w": torch.zeros(8_000_000)}, tmp / "model.safetensors")  # 32 MB
+    assert list(full_disk.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_conversion_into_a_full_cache_is_one_line_and_leaves_no_folder(full_disk):
+    from optimum_gatenorm.checkpoints.models import BUILTIN_MODELS
+
+    gguf = BUILTIN_MODELS["smollm2-135m"].gguf_path()
+    env = dict(ENV, OPTIMUM_GATENORM_CACHE=str(full_disk / "cache"))
+    _one_line_error(_run("score", "-m", gguf, "-c", "gate_norm", env=env), "no space left", "OPTIMUM_GATENORM_CACHE")
+    assert list(full_disk.iterdir()) == [], "the cache kept an empty folder"
 
 
 # --- what a careful user sees -----------------------------------------------------------------------------------

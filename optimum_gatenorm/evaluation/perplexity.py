@@ -42,7 +42,7 @@ from ..checkpoints.tensors import inspect_checkpoint
 from ..compat import require_onnxruntime
 from ..errors import InvalidConfigError
 from ..serialization import JSONMixin
-from ..text import bos_prefix, read_text
+from ..text import bos_prefix, read_text, read_text_for_tokens
 from ..validation import check_int
 from ..version import __version__
 from .loading import is_onnx_dir, load_causal_lm, load_tokenizer, ort_provider
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PerplexityResult",
+    "check_window_fits",
     "check_windowing",
     "evaluate_perplexity",
     "format_perplexity_table",
@@ -83,6 +84,7 @@ class PerplexityResult(JSONMixin):
         model: The model path, or `None` for an in-memory model.
         text_file: The text file, or `None` when the text was passed as a string.
         bos: Whether each window was run with the BOS token in front of it.
+        warning: Why the number is not meaningful (too few tokens, a single window), or `None`.
     """
 
     perplexity: float
@@ -98,6 +100,7 @@ class PerplexityResult(JSONMixin):
     model: str | None = None
     text_file: str | None = None
     bos: bool = False
+    warning: str | None = None
 
     def __post_init__(self):
         assert self.backend in BACKENDS, self.backend
@@ -207,6 +210,29 @@ def _max_positions(model) -> int | None:
     return None
 
 
+def check_window_fits(directory: str | Path, window: int) -> None:
+    """Refuses, from `config.json` alone (before any model loads), a window longer than the model's positions.
+
+    Raises:
+        InvalidConfigError: If `window` exceeds `max_position_embeddings` (or `n_positions`).
+    """
+    import json
+
+    try:
+        config = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # the loader names what is wrong with the checkpoint
+    config = config.get("text_config", config) if isinstance(config, dict) else {}
+    for name in ("max_position_embeddings", "n_positions"):
+        limit = config.get(name)
+        if isinstance(limit, int) and limit > 0:
+            if window > limit:
+                raise InvalidConfigError(
+                    f"window={window} is longer than the model's {limit} positions; use a window <= {limit}"
+                )
+            return
+
+
 def _backend(model) -> str:
     try:
         from optimum.onnxruntime import ORTModel
@@ -294,6 +320,7 @@ def perplexity(
     mean = total_nll / scored
     ppl = math.exp(mean) if mean < 700 else math.inf  # exp overflows float64 past ~709
     logger.info("Perplexity %.4f over %d tokens in %d windows (%.1f s)", ppl, scored, len(spans), seconds)
+    warning = meaningless(scored, len(spans))
     return PerplexityResult(
         perplexity=ppl,
         nll=mean,
@@ -308,7 +335,26 @@ def perplexity(
         model=model_name,
         text_file=text_file,
         bos=bool(prefix),
+        warning=warning,
     )
+
+
+MIN_MEANINGFUL_TOKENS = 100
+
+
+def meaningless(scored: int, num_windows: int) -> str | None:
+    """Why a perplexity over `scored` tokens in `num_windows` windows means little, or `None` if it is fine."""
+    if scored < MIN_MEANINGFUL_TOKENS:
+        return (
+            f"perplexity over {scored} token(s) is not meaningful (fewer than {MIN_MEANINGFUL_TOKENS}); evaluate "
+            "on a longer text, thousands of tokens"
+        )
+    if num_windows == 1:
+        return (
+            f"one window of {scored} tokens: a single sample, not meaningful for comparing models; use a longer "
+            "text or a shorter --window"
+        )
+    return None
 
 
 def evaluate_perplexity(
@@ -345,17 +391,20 @@ def evaluate_perplexity(
     """
 
     check_windowing(window, stride, max_tokens)  # before any loading
-    text = read_text(text_path)
+    read_text(text_path, max_bytes=1 << 16)  # a missing, binary or empty text fails before the model loads
     if is_onnx_dir(model_path):
         directory = Path(model_path)
+        check_window_fits(directory, window)
         require_onnxruntime(f"running the ONNX export {directory}")  # before the tokenizer and the log line
         logger.info("Loading the ONNX model in %s (%s)", directory, ort_provider(provider))
     else:
         directory = resolve_model(model_path)
         inspect_checkpoint(directory)  # a missing config.json or weights is named before the tokenizer
+    check_window_fits(directory, window)
     tokenizer = load_tokenizer(directory)
+    text = read_text_for_tokens(text_path, tokenizer, max_tokens)
     model, _ = load_causal_lm(directory, provider=provider, dtype=dtype)
-    return perplexity(
+    result = perplexity(
         model,
         tokenizer,
         text,
@@ -367,3 +416,6 @@ def evaluate_perplexity(
         text_file=str(text_path),
         bos=bos,
     )
+    if result.warning:
+        logger.warning("warning: %s", result.warning)
+    return result

@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from hashlib import sha256
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..compat import load_auto_tokenizer, rope_settings
 from ..errors import InvalidConfigError, UnsupportedModelError
-from ..outputs import check_output_path
+from ..outputs import atomic_output_file, check_output_path
 from .serving import ServingPlan, load_for_serving
 
 
@@ -105,7 +104,10 @@ def export_gguf(
     """
     if gguf_type not in GGUF_TYPES:
         raise InvalidConfigError(f"gguf_type must be one of {', '.join(GGUF_TYPES)}, got {gguf_type!r}")
-    output_file = check_output_path(output_file, overwrite)
+    from ..checkpoints.models import model_inputs
+
+    inputs = [*model_inputs(model_or_path), ("tokenizer", tokenizer_from)]
+    output_file = check_output_path(output_file, overwrite, inputs=inputs)
     # Every refusal (architecture, layer 0, tokenizer) comes before the weights load.
     if isinstance(model_or_path, (str, Path)):
         from ..checkpoints.models import resolve_model
@@ -129,12 +131,10 @@ def export_gguf(
         source if source is not None else model_or_path, "gguf", allow_pickle=allow_pickle
     )
 
-    tmp = output_file.with_name(f".{output_file.name}.{os.getpid()}.tmp")
-    try:
+    inputs.append(("model", source))
+    expected = sum(p.numel() for p in model.parameters()) * {"f32": 4, "f16": 2, "q8_0": 1}[gguf_type]
+    with atomic_output_file(output_file, overwrite, inputs=inputs, expected_bytes=expected) as tmp:
         _write(model, plan, tokenizer, tokenizer_dir, tmp, gguf_type)
-        os.replace(tmp, output_file)
-    finally:
-        tmp.unlink(missing_ok=True)
     logger.info(
         "Wrote %s (%s, %d of %d attention layers kept)", output_file, gguf_type, sum(plan.kept), len(plan.kept)
     )

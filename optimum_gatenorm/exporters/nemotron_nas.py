@@ -104,9 +104,11 @@ def export_nemotron_nas(
     from safetensors.torch import save_file
 
     from ..checkpoints.modeling import _copy_tokenizer
+    from ..checkpoints.models import model_inputs
     from ..checkpoints.record import get_pruned_layers
 
-    check_output_path(output_dir, overwrite, directory=True)
+    inputs = model_inputs(model_or_path)
+    check_output_path(output_dir, overwrite, directory=True, inputs=inputs)
     if isinstance(model_or_path, (str, Path)):
         # Check before the (slow) load: the architecture and the FFN width.
         from ..checkpoints.models import resolve_model
@@ -130,7 +132,9 @@ def export_nemotron_nas(
     state = {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in model.state_dict().items()}
     if plan.tied_embeddings:
         state.pop("lm_head.weight", None)
-    with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
+    inputs += [("model", source), ("tokenizer", tokenizer_from)]
+    expected = sum(tensor.numel() * tensor.element_size() for tensor in state.values())
+    with atomic_output_dir(output_dir, overwrite=overwrite, inputs=inputs, expected_bytes=expected) as tmp:
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
         if model.generation_config is not None:

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..adapters import HeadDims, get_adapter
-from ..checkpoints.modeling import _copy_tokenizer, load_pruned
-from ..checkpoints.models import resolve_model
+from ..checkpoints.modeling import _copy_tokenizer, load_pruned, model_bytes
+from ..checkpoints.models import model_inputs, resolve_model
 from ..checkpoints.record import get_pruned_layers
 from ..checkpoints.tensors import inspect_checkpoint
 from ..compat import require_onnx, require_onnxruntime
@@ -158,7 +158,8 @@ def export_onnx(
         raise InvalidConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if dtype == "fp16" and device != "cuda":
         raise InvalidConfigError("fp16 export needs --device cuda (tracing an fp16 model on the CPU fails)")
-    check_output_path(output_dir, overwrite, directory=True)
+    inputs = model_inputs(model_or_path)
+    check_output_path(output_dir, overwrite, directory=True, inputs=inputs)
     if device == "cuda":
         check_cuda_available()
 
@@ -172,7 +173,8 @@ def export_onnx(
         model = model_or_path
         if model.dtype != getattr(torch, DTYPES[dtype]):
             raise InvalidConfigError(f"the model is {model.dtype} but dtype={dtype!r}; cast it first")
-    with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
+    inputs.append(("model", source or getattr(model, "name_or_path", None) or None))
+    with atomic_output_dir(output_dir, overwrite=overwrite, inputs=inputs, expected_bytes=model_bytes(model)) as tmp:
         export_onnx_into(
             model,
             tmp,

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..adapters import get_adapter
-from ..checkpoints.modeling import load_pruned, prune_model
+from ..checkpoints.modeling import check_record_matches_weights, load_pruned, prune_model
 from ..checkpoints.models import resolve_model
 from ..checkpoints.record import get_pruned_layers
 from ..checkpoints.tensors import Checkpoint, ModelWeights, inspect_checkpoint
@@ -97,6 +97,12 @@ def check_request(config: GateNormConfig, model_config) -> int:
         )
     already = set(get_pruned_layers(model_config))
     select_layers([None if i in already else 0.0 for i in range(total)], config)
+    gap = config.resolved_min_gap
+    if gap > 1 and (k - 1) * gap + 1 > total:
+        raise InvalidConfigError(
+            f"cannot keep {k} removed sublayers min_gap={gap} layers apart in {total} layers (that needs "
+            f"{(k - 1) * gap + 1}); use a smaller min_gap (1: plain k lowest) or remove fewer"
+        )
     return k
 
 
@@ -138,6 +144,7 @@ class GateNormPruner:
         self._tokenizer = tokenizer
         self._checkpoint: Checkpoint | None = None
         self._load_kwargs: dict = {}
+        self._scored: tuple | None = None  # (criterion, seed, calibration, ScoreReport) of the last score()
 
     @classmethod
     def from_pretrained(
@@ -156,9 +163,11 @@ class GateNormPruner:
         """
 
         self = cls.__new__(cls)
+        self._scored = None
         self._model = None
         self._tokenizer = None
         self._checkpoint = inspect_checkpoint(resolve_model(model_name_or_path), allow_pickle=allow_pickle)
+        check_record_matches_weights(self._checkpoint, get_pruned_layers(self._checkpoint.config))
         self._load_kwargs = {"dtype": dtype, "allow_pickle": allow_pickle}
         return self
 
@@ -220,25 +229,39 @@ class GateNormPruner:
         calibration: "Calibration | None" = None,
         seed: int = 0,
         device: "str | torch.device | None" = None,
-        progress: bool = False,
+        progress: bool | None = None,
     ) -> ScoreReport:
         """Scores every attention sublayer with `criterion`; lowest first in `ScoreReport.ranking`.
 
         Weight-level criteria (Gate-Norm) read the checkpoint lazily when the model is not loaded, else the
-        model's own weights; no data, no forward pass. Model-level criteria load the model if they need it.
+        model's own weights; no data, no forward pass. Model-level criteria (the default `cosine_self`) build the
+        model and run it. The last result is kept: asking again for the same criterion, seed and calibration (or
+        `prune` with that criterion) does not score twice.
 
         Args:
             criterion: A registered criterion name (`available_criteria()`).
             calibration: Token windows for data-driven criteria (`cosine`, `attn_norm`); ignored by the others.
-            seed: Seed for criteria with randomness (`random`).
+            seed: Seed for criteria with randomness (`random`, and the text `cosine_self` samples).
             device: Where to compute: for weight-level criteria the scoring device (default CPU); for
                 model-level ones the model is moved there in place (default: where it is).
-            progress: Show a progress bar.
+            progress: Show a tqdm progress bar; `None` (default): for the criteria that run the model, which take
+                a while (about 30-60 s for a 135-270M model on 2 CPU cores), as the CLI does.
 
         Raises:
             InvalidConfigError: Unknown criterion, or a data-driven one without `calibration`.
         """
         chosen = get_criterion(criterion)
+        key = (chosen.name, seed if chosen.uses_seed else None)
+        if self._scored is not None and self._scored[:2] == key and self._scored[2] is calibration:
+            return self._scored[3]
+        if progress is None:
+            progress = chosen.model_level
+        report = self._score(chosen, calibration=calibration, seed=seed, device=device, progress=progress)
+        self._scored = (*key, calibration, report)
+        return report
+
+    def _score(self, chosen, *, calibration, seed, device, progress) -> ScoreReport:
+        criterion = chosen.name
         if chosen.model_level:
             require_calibration(chosen, calibration)  # before loading a large model for nothing
             model = self.model if chosen.needs_model else self._model
@@ -267,17 +290,17 @@ class GateNormPruner:
         scores: ScoreReport | None = None,
         calibration: "Calibration | None" = None,
         device: "str | torch.device | None" = None,
-        progress: bool = False,
+        progress: bool | None = None,
     ) -> tuple["PreTrainedModel", PruningReport]:
         """Removes the `config`-chosen attention sublayers, in place, and returns the model and a report.
 
         Args:
             config: What to remove; `config.criterion` ranks the layers, `config.seed` seeds `random`.
-            scores: Scores already computed with `score(config.criterion)`; computed here when omitted (or when
-                they are for another criterion or seed).
+            scores: Scores already computed with `score(config.criterion)`; when omitted, the pruner's last
+                `score()` of that criterion and seed is used, else they are computed here.
             calibration: Token windows for a data-driven `config.criterion`.
             device: Device for the scoring (see `score`).
-            progress: Show a progress bar while scoring.
+            progress: Show a progress bar while scoring (`None`: as `score` decides).
 
         Raises:
             InvalidConfigError: If the request cannot be met (too many layers, bad indices, no calibration).
@@ -312,6 +335,7 @@ class GateNormPruner:
         model = self.model
         before = model.num_parameters()
         pruned = prune_model(model, removed, criterion=config.criterion)
+        self._scored = None  # the model changed
         after = model.num_parameters()
         report = PruningReport(
             model_type=model.config.model_type,

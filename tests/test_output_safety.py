@@ -1,0 +1,246 @@
+"""Nothing of the user's is ever lost, and what the user is told holds: what makes an output directory ours, the
+Python API's promises (README's block runs; scores are not computed twice; progress shows), `--max-tokens` reading
+only what it needs, warnings for meaningless evaluations, help and README agreeing.
+
+The one-line refusals, a real full disk, real SIGTERM / SIGHUP and stale temporaries of killed runs are in
+`tests/test_bad_input_table.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import HAS_ONNX, tiny_model, tiny_tokenizer
+
+from optimum_gatenorm import GateNormConfig, GateNormPruner, prune_and_save
+from optimum_gatenorm.errors import OutputExistsError
+from optimum_gatenorm.outputs import (
+    OUTPUT_MARKER,
+    foreign_entries,
+    is_our_output,
+)
+
+
+OPTIMUM_CLI = Path(sys.executable).parent / "optimum-cli"
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("model")
+    tiny_model("llama").save_pretrained(root)
+    tiny_tokenizer().save_pretrained(root)
+    return root
+
+
+def _cli(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(OPTIMUM_CLI), "gatenorm", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env or ENV,
+        cwd=cwd,
+        timeout=600,
+    )
+
+
+def _one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
+    """Exit 2 and the error in one line, the last on stderr (progress bars of the work before may precede it)."""
+    where = f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert result.returncode == 2 and "Traceback" not in result.stderr, where
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error")]
+    assert len(errors) == 1 and lines[-1] == errors[0] and errors[0].startswith("error: "), where
+    for needle in needles:
+        assert needle.lower() in errors[0].lower(), f"{needle!r} not in {errors[0]!r}"
+    return errors[0]
+
+
+# --- what is ours -------------------------------------------------------------------------------------------------
+
+
+def test_the_marker_lists_every_file_and_overwrite_replaces_exactly_those(model_dir, tmp_path):
+    out = tmp_path / "pruned"
+    prune_and_save(
+        model_dir, out, GateNormConfig(num_layers=1, criterion="gate_norm"), export="onnx" if HAS_ONNX else None
+    )
+    marker = json.loads((out / OUTPUT_MARKER).read_text())
+    present = sorted(
+        p.relative_to(out).as_posix() for p in out.rglob("*") if p.name != OUTPUT_MARKER or p.parent != out
+    )
+    assert marker["writer"] == "optimum-gatenorm" and sorted(marker["files"]) == present
+    assert ("onnx/model.onnx" in marker["files"]) == HAS_ONNX
+    assert foreign_entries(out) == [] and is_our_output(out)
+
+    # A file the user adds, even deep inside, makes it theirs: refused, nothing touched.
+    note = out / ("onnx" if HAS_ONNX else ".") / "my note.txt"
+    note.write_text("mine\n")
+    assert foreign_entries(out) == [note.relative_to(out).as_posix()]
+    with pytest.raises(OutputExistsError, match="my note.txt"):
+        prune_and_save(model_dir, out, GateNormConfig(num_layers=2, criterion="gate_norm"), overwrite=True)
+    assert note.read_text() == "mine\n"
+    note.unlink()
+    prune_and_save(model_dir, out, GateNormConfig(num_layers=2, criterion="gate_norm"), overwrite=True)
+    assert len(json.loads((out / "gatenorm_report.json").read_text())["removed_layers"]) == 2
+
+
+def test_a_legacy_output_is_ours_only_with_a_real_report_and_nothing_foreign(model_dir, tmp_path):
+    legacy = tmp_path / "legacy"
+    prune_and_save(model_dir, legacy, GateNormConfig(num_layers=1, criterion="gate_norm"))
+    (legacy / OUTPUT_MARKER).unlink()  # as versions before the marker wrote it
+    assert foreign_entries(legacy) == []
+    prune_and_save(model_dir, legacy, GateNormConfig(num_layers=1, criterion="gate_norm"), overwrite=True)
+    assert (legacy / OUTPUT_MARKER).is_file()
+
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "gatenorm_report.json").write_text("{}")  # the name alone proves nothing
+    (fake / "config.json").write_text("{}")
+    assert foreign_entries(fake) == ["config.json", "gatenorm_report.json"]
+    (fake / OUTPUT_MARKER).write_text("not json")
+    assert not is_our_output(fake)
+
+
+# --- the Python API keeps its promises ----------------------------------------------------------------------------
+
+
+def _readme_python_block() -> str:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
+    block = next(b for b in blocks if "GateNormPruner.from_pretrained" in b)
+    return block
+
+
+@pytest.mark.onnx
+def test_readme_python_block_runs_as_written_after_command_1(model_dir, tmp_path, capfd):
+    """README's block on a tiny checkpoint in place of the built-in model, in a directory where command 1 already
+    wrote `smollm2-pruned` (which the block must leave alone); the default criterion's progress bar shows."""
+    block = _readme_python_block()
+    assert block.count('"smollm2-135m"') == 2 and block.count("num_layers=4") == 2
+    block = block.replace("num_layers=4", "num_layers=1")  # the tiny model has 4 layers, SmolLM2 30
+    prune_and_save(model_dir, tmp_path / "smollm2-pruned", GateNormConfig(num_layers=1, criterion="gate_norm"))
+    before = (tmp_path / "smollm2-pruned" / "model.safetensors").read_bytes()
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        namespace: dict = {}
+        exec(compile(block.replace('"smollm2-135m"', repr(str(model_dir))), "README.md", "exec"), namespace)
+    finally:
+        os.chdir(cwd)
+    assert "Self-generated calibration" in capfd.readouterr().err  # the default criterion's progress shows
+    assert (tmp_path / "smollm2-pruned" / "model.safetensors").read_bytes() == before
+    assert (tmp_path / namespace["result"].exports["onnx"] / "model.onnx").is_file()
+
+
+def test_prune_reuses_the_scores_of_score_and_not_after_pruning(model_dir):
+    pruner = GateNormPruner.from_pretrained(model_dir)
+    report = pruner.score("gate_norm")
+    assert pruner.score("gate_norm") is report  # same criterion: not computed again
+    assert pruner.score("random", seed=1) is not pruner.score("random", seed=2)
+    pruner.score("gate_norm")
+    model, pruned = pruner.prune(GateNormConfig(num_layers=1, criterion="gate_norm"))
+    assert pruned.scores == report.scores
+    again = pruner.score("gate_norm")  # the model changed: scored anew
+    assert again is not report and again.pruned_layers == pruned.removed_layers
+
+
+def test_the_default_criterion_shows_progress_in_python(model_dir, capfd):
+    GateNormPruner.from_pretrained(model_dir).score()
+    assert "Self-generated calibration" in capfd.readouterr().err
+    GateNormPruner.from_pretrained(model_dir).score(progress=False)
+    assert "Self-generated calibration" not in capfd.readouterr().err
+
+
+# --- checked first, and only as much text as needed ---------------------------------------------------------------
+
+
+def test_max_tokens_reads_only_the_text_it_needs(model_dir, tmp_path):
+    """A 4 MB single line whose tail is binary: the whole file would be refused; with --max-tokens only its start
+    is read, and the perplexity equals that of the start alone."""
+    from optimum_gatenorm.evaluation.perplexity import evaluate_perplexity
+    from optimum_gatenorm.text import read_text_for_tokens
+
+    words = "It is a truth universally acknowledged that a single man must be in want of a wife. " * 50_000
+    long = tmp_path / "long.txt"
+    long.write_bytes(words.encode() + b"\x00" * 1000)
+    head = tmp_path / "head.txt"
+    head.write_text(words[:3000])
+    piece = read_text_for_tokens(long, tiny_tokenizer(), 1000)
+    assert 1000 < len(piece) < 100_000
+    capped = evaluate_perplexity(model_dir, long, window=64, max_tokens=1000)
+    alone = evaluate_perplexity(model_dir, head, window=64, max_tokens=1000)
+    assert capped.text_tokens == alone.text_tokens == 1000
+    assert capped.perplexity == alone.perplexity
+    result = _cli("eval", "-m", model_dir, "-t", long, "--window", "64")  # no cap: the whole file, refused
+    _one_line_error(result, "binary")
+
+
+def test_a_one_token_or_one_window_evaluation_warns(model_dir, tmp_path):
+    text = tmp_path / "short.txt"
+    text.write_text("It is a truth universally acknowledged. " * 10)
+    result = _cli("eval", "-m", model_dir, "-t", text, "--max-tokens", "2", "--window", "64", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["num_tokens"] == 1 and "not meaningful" in data["warning"]
+    assert "warning: perplexity over 1 token(s) is not meaningful" in result.stderr
+    result = _cli("eval", "-m", model_dir, "-t", text, "--window", "128", "--max-tokens", "128", "--format", "json")
+    data = json.loads(result.stdout)
+    assert data["num_windows"] == 1 and data["num_tokens"] == 127
+    assert "one window" in data["warning"] and "one window" in result.stderr
+    result = _cli("eval", "-m", model_dir, "-t", text, "--window", "32", "--format", "json")
+    assert json.loads(result.stdout)["warning"] is None and "warning" not in result.stderr
+
+
+# --- help and README say the same thing ---------------------------------------------------------------------------
+
+
+def _help(*args) -> str:
+    result = _cli(*args, "--help", env=dict(ENV, COLUMNS="400"))
+    assert result.returncode == 0, result.stderr
+    return " ".join(result.stdout.split())
+
+
+def test_help_and_readme_state_the_same_choices():
+    from optimum_gatenorm.benchmark.throughput import METRICS
+    from optimum_gatenorm.criteria import DEFAULT_CRITERION, available_criteria
+
+    readme = " ".join((Path(__file__).parent.parent / "README.md").read_text().split())
+    # criteria: every registered one is in prune's help and in README, and both name the same default
+    prune_help = _help("prune")
+    for name in available_criteria():
+        assert name in prune_help and f"`{name}`" in readme, name
+    assert f"Default: {DEFAULT_CRITERION}" in prune_help and f"**`{DEFAULT_CRITERION}`**" in readme
+    # formats: export's choices, all named by the top-level help and README
+    export_help = _help("export")
+    formats = re.search(r"--format \{([a-z,-]+)\}", export_help)[1].split(",")
+    assert formats == ["onnx", "gguf", "nemotron-nas"]
+    top = _help()
+    export_line = re.search(r"export\s+(export a .*?)(?: convert |$)", top)[1]
+    for label in ("ONNX", "GGUF", "Nemotron-NAS"):
+        assert label in export_line, export_line
+    for name in formats:
+        assert f"--format {name}" in readme or name == "onnx", name
+    # --no-validate describes our own logits check, as the exporter does
+    assert "optimum's" not in export_help.split("--no-validate", 1)[1].split("--overwrite")[0]
+    # the BOS rule: Gemma's tokenizer adds one, SmolLM2's adds nothing, in both
+    eval_help = _help("eval")
+    assert "as Gemma's does; SmolLM2's adds nothing" in eval_help
+    assert "Gemma's adds `<bos>`; SmolLM2's adds nothing" in readme
+    # what benchmark reports: the help names each measured metric, and no other
+    benchmark_help = _help("benchmark")
+    stated = {
+        "prefill_s": "prefill latency",
+        "decode_tokens_per_s": "decode tokens/s",
+        "e2e_tokens_per_s": "end-to-end tokens/s",
+        "memory_growth_mb": "memory growth",
+    }
+    assert set(stated) == set(METRICS)
+    for phrase in stated.values():
+        assert phrase in benchmark_help, phrase
+    assert "peak memory" not in benchmark_help and "peak memory" not in readme.split("## Throughput")[-1][:3000]
