@@ -340,3 +340,39 @@ def test_config_validates_and_reports_the_replacement(tmp_path):
     assert saved.replacement == json.loads(json.dumps(fit)) and saved.config["replacement"] == "linear"
     _, plain = GateNormPruner(tiny_model("llama")).prune(GateNormConfig(num_layers=2))
     assert plain.replacement is None and plain.replacement_summary() is None and "\n" not in plain.summary()
+
+
+# --- the CLI ---------------------------------------------------------------------------------------------------------
+
+
+def test_cli_prune_with_replacement_prints_what_it_recovered(tmp_path):
+    from test_cli import ok, run_cli
+
+    tiny_model("llama").save_pretrained(tmp_path / "llama")
+    result = ok(run_cli("gatenorm", "prune", "-m", tmp_path / "llama", "-k", "2", "-o", tmp_path / "p",
+                        "--replacement", "linear"))  # fmt: skip
+    line = next(line for line in result.stdout.splitlines() if line.startswith("Replaced them with linear maps"))
+    assert "16 x 127 tokens sampled by the model (seed 0)" in line and "2 x 127 tokens" in line
+    report = PruningReport.from_json(tmp_path / "p" / "gatenorm_report.json")
+    recovery = report.replacement["recovery"]
+    assert f"{recovery['kl_with']:.4f} with the replacement, {recovery['kl_without']:.4f} removed plainly" in line
+    assert report.config["replacement"] == "linear"
+    record = json.loads((tmp_path / "p" / "config.json").read_text())["quantization_config"]
+    assert record["attention_replacements"] == {str(i): "linear" for i in report.removed_layers}
+    with torch.no_grad():  # the saved model is the one the same request builds in this process
+        model, _ = GateNormPruner.from_pretrained(tmp_path / "llama").prune(
+            GateNormConfig(num_layers=2, replacement="linear")
+        )
+        assert torch.equal(load_pruned(tmp_path / "p")(IDS).logits, model(IDS).logits)
+
+
+def test_cli_replacement_help_and_bad_value(tmp_path):
+    from test_cli import run_cli
+
+    help_text = " ".join(run_cli("gatenorm", "prune", "--help").stdout.split())
+    assert "--replacement {none,mean,linear}" in help_text and "docs/replacement.md" in help_text
+    assert "no user data" in help_text
+    result = run_cli("gatenorm", "prune", "-m", tmp_path, "-k", "1", "-o", tmp_path / "p", "--replacement", "cubic")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "invalid choice: 'cubic'" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "p").exists()
