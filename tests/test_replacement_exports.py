@@ -109,3 +109,87 @@ def test_onnx_logits_and_generation_match_pytorch(onnx_exports, kind):
         assert torch.equal(from_ort.sequences, from_torch.sequences)
         for step_ort, step_torch in zip(from_ort.logits, from_torch.logits, strict=True):
             torch.testing.assert_close(step_ort, step_torch, rtol=1e-4, atol=1e-4)
+
+
+# --- GGUF (llama.cpp) and Nemotron-NAS --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def serving_dirs(tmp_path_factory):
+    """A tiny Llama with a byte-level tokenizer, saved with layers 1 and 2 replaced by each kind (and layer 0 too
+    for `linear0`)."""
+    from test_serving import _byte_level_tokenizer, _tiny_llama
+
+    from optimum_gatenorm import save_pruned
+
+    root = tmp_path_factory.mktemp("serving-replaced")
+    _byte_level_tokenizer().save_pretrained(root / "tokenizer")
+    windows = Calibration(torch.randint(0, 300, (8, 32), generator=torch.Generator().manual_seed(0)))
+    dirs = {}
+    for name, kind, layers in (("linear", "linear", [1, 2]), ("linear0", "linear", [0, 2]), ("mean", "mean", [1, 2])):
+        model = _tiny_llama()
+        fit = fit_replacements(model, layers, kind, windows)
+        prune_model(model, layers, replacements=fit.layers)
+        save_pruned(model, root / name, tokenizer_from=root / "tokenizer")
+        dirs[name] = root / name
+    return dirs
+
+
+@pytest.mark.parametrize("name", ["linear", "linear0"])
+def test_gguf_linear_is_llama_cpp_linear_attention_with_pytorch_tokens(serving_dirs, name, tmp_path):
+    import gguf
+    from test_serving import _check_parity, _fields, _prompt
+
+    from optimum_gatenorm import export_gguf, load_pruned
+
+    replaced = [1, 2] if name == "linear" else [0, 2]
+    out = export_gguf(serving_dirs[name], tmp_path / "model.gguf", gguf_type="f32", pre_tokenizer="gpt-2")
+    fields = _fields(out)
+    assert fields["general.architecture"] == "deci"
+    assert fields["deci.attention.head_count"] == [4, 4, 4, 4]  # a linear-attention layer keeps its head count ...
+    assert fields["deci.attention.head_count_kv"] == [0 if i in replaced else 2 for i in range(4)]  # ... no KV
+    assert fields["gatenorm.linear_attention_layers"] == replaced
+    tensors = {t.name: [int(n) for n in t.shape] for t in gguf.GGUFReader(out).tensors}
+    for i in replaced:
+        assert tensors[f"blk.{i}.attn_output.weight"] == [64, 64] and tensors[f"blk.{i}.attn_norm.weight"] == [64]
+        assert not any(f"blk.{i}.attn_{x}" in tensors for x in ("q.weight", "k.weight", "v.weight", "output.bias"))
+    model = load_pruned(serving_dirs[name], dtype=torch.float32)
+    _check_parity(model, out, _prompt(serving_dirs[name]))  # greedy tokens equal, logits within F32_TOL
+    # ... and the replacement matters there: the same GGUF with the maps zeroed (plain removal) gives other logits.
+    from llama_cpp_support import llama_cpp_logits
+
+    prompt = _prompt(serving_dirs[name])
+    with torch.no_grad():
+        for i in replaced:
+            model.get_submodule(f"model.layers.{i}.attention_replacement.proj").weight.zero_()
+        zeroed = model(torch.tensor([prompt])).logits[0].numpy()
+    assert abs(llama_cpp_logits(out, prompt) - zeroed).max() > 1e-2
+
+
+def test_gguf_refuses_mean_and_nemotron_nas_refuses_any_replacement(serving_dirs, tmp_path):
+    from optimum_gatenorm import export_gguf, export_nemotron_nas
+
+    with pytest.raises(UnsupportedModelError) as error:
+        export_gguf(serving_dirs["mean"], tmp_path / "m.gguf", pre_tokenizer="gpt-2")
+    assert str(error.value) == (
+        "--format gguf cannot hold the mean replacement of layers [1, 2]: llama.cpp's deci graph has no constant "
+        "update; prune with --replacement linear (llama.cpp's linear-attention layer) or export --format onnx"
+    )
+    for name in ("mean", "linear"):
+        with pytest.raises(UnsupportedModelError, match="vLLM's Nemotron-NAS reader ignores replace_with_linear") as e:
+            export_nemotron_nas(serving_dirs[name], tmp_path / f"n-{name}")
+        assert "--format gguf" in str(e.value) and "\n" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_export_refusals_are_one_line(serving_dirs, tmp_path):
+    from test_cli import run_cli
+
+    for fmt, name, needle in (("gguf", "mean", "--replacement linear"), ("nemotron-nas", "linear", "--format gguf")):
+        output = tmp_path / ("x.gguf" if fmt == "gguf" else "x")
+        result = run_cli("gatenorm", "export", "-m", serving_dirs[name], "--format", fmt, "-o", output)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and needle in result.stderr, result.stderr
+        assert not output.exists()
+    help_text = " ".join(run_cli("gatenorm", "export", "--help").stdout.split())
+    assert "deci's linear-attention layer" in help_text and "vLLM ignores replace_with_linear" in help_text

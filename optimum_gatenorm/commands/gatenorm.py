@@ -437,9 +437,11 @@ class ExportCommand(_LeafCommand):
             "  onnx (default): ONNX with KV cache through optimum's exporter, for ORTModelForCausalLM; KV inputs and\n"
             "    attention only for the kept layers. Do not use `optimum-cli export onnx` on a pruned checkpoint.\n"
             "  gguf: one GGUF file for llama.cpp (llama-cli, llama-server, llama-cpp-python); a pruned model is\n"
-            "    llama.cpp's `deci` architecture with zero heads in the removed layers (Llama family only).\n"
+            "    llama.cpp's `deci` architecture with zero heads in the removed layers (Llama family only); a\n"
+            "    --replacement linear layer is deci's linear-attention layer (no KV cache); mean is refused.\n"
             "  nemotron-nas: a DeciLMForCausalLM checkpoint (block_configs, attention.no_op for removed sublayers)\n"
-            "    for vLLM, TensorRT-LLM and SGLang (Llama family only; FFN width a multiple of 256).",
+            "    for vLLM, TensorRT-LLM and SGLang (Llama family only; FFN width a multiple of 256); checkpoints\n"
+            "    with a --replacement are refused (vLLM ignores replace_with_linear).",
         )
         _add_model_args(parser)
         parser.add_argument(
