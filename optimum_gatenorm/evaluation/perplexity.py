@@ -188,17 +188,16 @@ def format_perplexity_table(results: Sequence[PerplexityResult], names: Sequence
             window, stride, max_tokens = settings.pop()
             cap = f", max_tokens={max_tokens}" if max_tokens is not None else ""
             lines.append(f"(window={window}, stride={stride}{cap})")
-    for label, r in zip(labels, results, strict=True):
+    references = {}
+    for r in results:
         if r.kl_mean is not None:
-            where = (
-                f"{r.reference} ({r.reference_backend})"
-                if r.reference
-                else f"an in-memory model ({r.reference_backend})"
-            )
-            lines.append(
-                f"{label}: KL(reference || model) in nats, top1 = same top token; reference {where}, "
-                f"perplexity {r.reference_perplexity:.4f} on the same tokens"
-            )
+            where = r.reference or "an in-memory model"
+            references.setdefault((where, r.reference_backend, r.reference_perplexity), None)
+    if references:
+        lines.append("kl_mean, kl_p99: KL(reference || model) of the next-token distributions, in nats")
+        lines.append("top1: share of scored tokens where both models' most likely next token is the same")
+    for where, backend, value in references:
+        lines.append(f"reference: {where} ({backend}), perplexity {value:.4f} on the same tokens")
     return "\n".join(lines)
 
 
@@ -305,6 +304,7 @@ def score_windows(
     max_tokens: int | None = None,
     bos: bool | None = None,
     progress: bool = False,
+    progress_label: str = "perplexity",
     device=None,
 ) -> WindowScores:
     """The windows of the module docstring, each run through every `runs` function (and `reference`, once).
@@ -324,6 +324,7 @@ def score_windows(
         max_tokens: As in `perplexity`.
         bos: As in `perplexity`.
         progress: A tqdm bar over the windows.
+        progress_label: The bar's label.
         device: Where input ids go (default: the CPU).
 
     Raises:
@@ -345,7 +346,7 @@ def score_windows(
     if progress:
         from tqdm.auto import tqdm
 
-        spans_iter = tqdm(spans, desc="perplexity", unit="window")
+        spans_iter = tqdm(spans, desc=progress_label, unit="window")
     else:
         spans_iter = spans
 
