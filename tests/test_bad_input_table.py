@@ -157,6 +157,16 @@ CASES = {
         ("eval", "-m", "{model}", "-t", "{text}", "-o", "/proc/gatenorm/ppl.json"), ("not writable",)
     ),
     "eval_window_zero": Case(("eval", "-m", "{model}", "-t", "{text}", "--window", "0"), ("integer >= 1",)),
+    "eval_missing_reference": Case(
+        ("eval", "-m", "{model}", "-t", "{text}", "--reference", "{missing}"), ("reference model", "not found")
+    ),
+    "eval_reference_other_vocab_size": Case(
+        ("eval", "-m", "{model}", "-t", "{text}", "--reference", "{othervocab}"), ("vocab_size=256", "vocab_size=128")
+    ),
+    "eval_reference_other_tokenizer": Case(
+        ("eval", "-m", "{model}", "-t", "{text}", "--reference", "{othertok}"), ("another tokenizer", "same tokenizer")
+    ),
+    "eval_chat_without_reference": Case(("eval", "-m", "{model}", "-t", "{text}", "--chat"), ("--reference",)),
     # --- compare ------------------------------------------------------------------------------------------------
     "compare_checkpoint_without_tokenizer": Case(
         ("compare", "-m", "{notok}", "-t", "{text}", "-k", "0,1"), ("no tokenizer",)
@@ -226,6 +236,13 @@ def workspace(tmp_path_factory) -> Path:
     model.save_pretrained(root / "model")
     tiny_tokenizer().save_pretrained(root / "model")
     model.save_pretrained(root / "notok")
+    # References that cannot be compared with {model} token by token: another logits width, another tokenizer.
+    tiny_model("llama", vocab_size=256).save_pretrained(root / "othervocab")
+    tiny_tokenizer().save_pretrained(root / "othervocab")
+    model.save_pretrained(root / "othertok")
+    other_tokenizer = tiny_tokenizer()
+    other_tokenizer.add_tokens(["<extra>"])
+    other_tokenizer.save_pretrained(root / "othertok")
     tiny_model("gpt2").save_pretrained(root / "gpt2")
     (root / "noconfig").mkdir()
     (root / "gemma3").mkdir()  # a multimodal Gemma 3 checkpoint, as far as its config says

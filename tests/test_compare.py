@@ -41,22 +41,42 @@ def test_spearman_known_values():
 
 
 def test_each_distinct_set_is_evaluated_once(monkeypatch):
-    """Criteria that agree on a set share one perplexity run; the numbers stay those of a run per point."""
+    """Criteria that agree on a set share one masked run per window; the numbers stay those of a run per point."""
     from conftest import tiny_tokenizer
 
     import optimum_gatenorm.evaluation.compare as compare
+    from optimum_gatenorm.evaluation.perplexity import perplexity
 
     model, tokenizer = tiny_model("llama"), tiny_tokenizer()
     text = "the quick brown fox jumps over the lazy dog. " * 20
     calls = []
-    real = compare.perplexity
-    monkeypatch.setattr(compare, "perplexity", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    real = compare.mask_attention
+    monkeypatch.setattr(compare, "mask_attention", lambda m, layers: calls.append(tuple(layers)) or real(m, layers))
     config = compare.CompareConfig(criteria=["last", "random"], num_layers=[0, 1, 2], seeds=[0, 1, 2, 3], window=64)
     result = compare.compare_criteria(model, tokenizer, text, config)
-    distinct = {tuple(p.removed_layers) for p in result.points}
-    assert len(calls) == len(distinct) < len(result.points)
+    distinct = {tuple(p.removed_layers) for p in result.points if p.removed_layers}
+    num_windows = math.ceil(len(text) / 64)  # one token per character
+    assert len(calls) == len(distinct) * num_windows and set(calls) == distinct
+    assert len(distinct) < len(result.points)
     for point in result.points:
-        with mask_attention(model, point.removed_layers), torch.no_grad():
-            expected = real(model, tokenizer, text, window=64).perplexity
-        assert point.perplexity == pytest.approx(expected, rel=1e-6)
+        if not point.removed_layers:
+            assert (point.perplexity, point.kl_mean, point.kl_p99, point.top1_agreement) == (
+                result.baseline_perplexity, 0.0, 0.0, 1.0
+            )  # fmt: skip
+            continue
+        pruned = copy.deepcopy(model)
+        prune_model(pruned, point.removed_layers)  # structurally pruned, against the unpruned model as reference
+        expected = perplexity(pruned, tokenizer, text, window=64, reference=model)
+        assert point.perplexity == pytest.approx(expected.perplexity, rel=1e-6)
+        assert point.kl_mean == pytest.approx(expected.kl_mean, rel=1e-4) and point.kl_mean > 0
+        assert point.kl_p99 == pytest.approx(expected.kl_p99, rel=1e-4) and point.kl_p99 > point.kl_mean
+        assert point.top1_agreement == pytest.approx(expected.top1_agreement, abs=2 / expected.num_tokens)
+        assert point.top1_agreement < 1
     assert result.settings["bos"] is False  # the tiny tokenizer adds no BOS: recorded as resolved
+    table = result.format_table()
+    for title in ("perplexity on", "mean KL(unpruned || pruned)", "99th percentile of KL", "top-1 agreement"):
+        assert table.count(title) == 1, table
+    import json
+
+    data = json.loads(result.to_json())
+    assert {"kl_mean", "kl_p99", "top1_agreement"} <= set(data["points"][0])

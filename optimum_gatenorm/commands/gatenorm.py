@@ -546,7 +546,8 @@ class EvalCommand(_LeafCommand):
             "Perplexity of a model on a UTF-8 text file. PyTorch checkpoints (pruned or not) load with the pruned\n"
             "structure; a directory holding model.onnx runs on onnxruntime through ORTModelForCausalLM. The text\n"
             "is tokenized once without special tokens and cut into windows; each token is scored once, with the\n"
-            "tokens before it in its window as context (see README, 'Perplexity').",
+            "tokens before it in its window as context (see README, 'Perplexity'). With --reference (the unpruned\n"
+            "model), the same windows also give KL divergence and top-1 agreement; --chat adds chat fidelity.",
         )
         _add_model_args(parser)
         parser.add_argument("--text", "-t", required=True, help="UTF-8 text file to evaluate on")
@@ -560,15 +561,33 @@ class EvalCommand(_LeafCommand):
             default="cpu",
             help="onnxruntime execution provider for an ONNX model (default: cpu)",
         )
+        parser.add_argument(
+            "--reference",
+            "-r",
+            help="a model to compare with, typically the unpruned one (checkpoint, ONNX export, .gguf or alias, same "
+            "tokenizer): adds the mean and 99th-percentile KL divergence of the next-token distributions and top-1 "
+            "agreement on the same tokens (see docs/quality.md)",
+        )
+        parser.add_argument(
+            "--chat",
+            action="store_true",
+            help="with --reference: also ask both models a few fixed chat prompts (greedy) and report how far the "
+            "answers agree",
+        )
         parser.add_argument("--format", choices=("table", "json"), default="table", help="output format")
         parser.add_argument("--output", "-o", help="also write the JSON result to this file")
         parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
 
     def execute(self):
+        import json
+
+        from optimum_gatenorm.errors import InvalidConfigError
         from optimum_gatenorm.evaluation.perplexity import evaluate_perplexity
         from optimum_gatenorm.outputs import atomic_write_text, check_output_path
 
         args = self.args
+        if args.chat and not args.reference:
+            raise InvalidConfigError("--chat compares answers with a reference model; add --reference MODEL")
         if args.output:
             check_output_path(args.output, args.overwrite)
         if args.provider == "cuda":
@@ -585,10 +604,21 @@ class EvalCommand(_LeafCommand):
             provider=args.provider,
             progress=True,
             bos=args.bos,
+            reference=args.reference,
         )
-        print(result.to_json() if args.format == "json" else result.to_table())
+        data, table = json.loads(result.to_json()), result.to_table()  # to_json writes an infinite perplexity as null
+        if args.chat:
+            from optimum_gatenorm.evaluation.chat import evaluate_chat_fidelity
+
+            chat = evaluate_chat_fidelity(
+                args.model, args.reference, dtype=_torch_dtype(args.dtype), provider=args.provider
+            )
+            data["chat"] = chat.to_dict()
+            table += "\n\n" + chat.to_table()
+        text = json.dumps(data, indent=2)
+        print(text if args.format == "json" else table)
         if args.output:
-            path = atomic_write_text(args.output, result.to_json() + "\n", overwrite=args.overwrite)
+            path = atomic_write_text(args.output, text + "\n", overwrite=args.overwrite)
             print(f"Wrote {path}", file=sys.stderr)
 
 
