@@ -376,3 +376,40 @@ def test_cli_replacement_help_and_bad_value(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "invalid choice: 'cubic'" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "p").exists()
+
+
+def test_cli_compare_with_replacement_scores_the_replaced_model(tmp_path):
+    """`compare --replacement linear` fits on --calibration-text as `prune` does, and scores the replaced model."""
+    from conftest import tiny_tokenizer
+    from test_cli import ok, run_cli
+
+    from optimum_gatenorm.evaluation.compare import CompareConfig, compare_criteria
+
+    tiny_model("llama").save_pretrained(tmp_path / "llama")
+    tiny_tokenizer().save_pretrained(tmp_path / "llama")
+    text = "It is a truth universally acknowledged, that a single man. " * 6
+    (tmp_path / "text.txt").write_text(text)
+    (tmp_path / "calib.txt").write_text("However little known the feelings or views of such a man may be. " * 12)
+    calibration_args = ["--calibration-samples", "4", "--calibration-length", "32"]
+    ok(run_cli("gatenorm", "compare", "-m", tmp_path / "llama", "--text", tmp_path / "text.txt", "--criteria",
+               "last", "-k", "0,2", "--window", "64", "--replacement", "linear", "--calibration-text",
+               tmp_path / "calib.txt", *calibration_args, "--output", tmp_path / "cmp.json"))  # fmt: skip
+    data = json.loads((tmp_path / "cmp.json").read_text())
+    assert data["settings"]["replacement"] == "linear"
+    assert list(data["settings"]["replacement_fits"]) == ["2,3"]
+    pruner = GateNormPruner.from_pretrained(tmp_path / "llama")
+    calibration = pruner.calibration_from_files(tmp_path / "calib.txt", num_samples=4, length=32)
+    expected = {
+        kind: compare_criteria(
+            pruner.model,
+            pruner.tokenizer,
+            text,
+            CompareConfig(criteria=["last"], num_layers=[0, 2], window=64, replacement=kind),
+            calibration=calibration,
+        ).points[1]
+        for kind in ("linear", "none")
+    }
+    point = data["points"][1]
+    assert point["removed_layers"] == expected["linear"].removed_layers == [2, 3]
+    assert point["perplexity"] == pytest.approx(expected["linear"].perplexity, rel=1e-5)
+    assert point["perplexity"] != pytest.approx(expected["none"].perplexity)

@@ -685,6 +685,13 @@ class CompareCommand(_LeafCommand):
         parser.add_argument(
             "--min-gap", type=_positive_int, help="as for prune, for every criterion (default: each criterion's own)"
         )
+        parser.add_argument(
+            "--replacement",
+            choices=("none", "mean", "linear"),
+            default="none",
+            help="as for prune, at every point: each distinct removed set gets its own fit (on --calibration-text "
+            "when given, else on the 16 x 256 tokens cosine_self samples with seed 0) (default: none)",
+        )
         _add_window_args(parser)
         _add_calibration_args(parser, seed=False)  # --seeds above
         _add_result_file_args(
@@ -713,6 +720,7 @@ class CompareCommand(_LeafCommand):
             stride=args.stride,
             max_tokens=args.max_tokens,
             bos=args.bos,
+            replacement=args.replacement,
         )
         text = read_text(args.text)
         pruner = GateNormPruner.from_pretrained(args.model, allow_pickle=args.allow_pickle)

@@ -27,6 +27,7 @@ from ..errors import InvalidConfigError
 from ..outputs import atomic_save_figure, check_output_path, require_pyplot
 from ..pruning.configuration import GateNormConfig
 from ..pruning.pruner import GateNormPruner, check_request, select_layers
+from ..pruning.replacement import check_replacement
 from ..pruning.structure import is_attention_pruned
 from ..serialization import JSONMixin
 from ..text import bos_prefix
@@ -274,6 +275,9 @@ class CompareConfig:
         stride: Perplexity stride (`None`: non-overlapping windows).
         max_tokens: Cap on evaluated tokens.
         bos: Put the BOS token in front of every window (see `perplexity`); `None`: if the tokenizer adds one.
+        replacement: What each removed sublayer is replaced by at every point, as in `GateNormConfig`: `"none"`
+            (masked plainly), `"mean"` or `"linear"` (fitted once per distinct removed set, on the calibration
+            given to `compare_criteria`, else on the windows `cosine_self` samples with seed 0, as `prune` does).
     """
 
     criteria: Sequence[str] = DEFAULT_COMPARE_CRITERIA
@@ -286,6 +290,7 @@ class CompareConfig:
     stride: int | None = None
     max_tokens: int | None = None
     bos: bool | None = None
+    replacement: str = "none"
 
     def __post_init__(self):
 
@@ -305,6 +310,7 @@ class CompareConfig:
         if self.min_gap is not None:
             check_int("min_gap", self.min_gap, 1)
         check_windowing(self.window, self.stride, self.max_tokens)
+        check_replacement(self.replacement)
 
 
 def compare_criteria(
@@ -378,10 +384,11 @@ def compare_criteria(
     # logits (the baseline, and the reference of the KL divergence) are computed once.
     sets = list(dict.fromkeys(tuple(sorted(set(removed))) for *_, removed in selections if removed))
     unpruned = forward_logits(model)
+    fits = _fit_sets(model, sets, config.replacement, calibration, progress)
 
     def masked(layers: tuple[int, ...]):
         def run(input_ids):
-            with mask_attention(model, layers):
+            with _removed(model, layers, fits.get(layers)):
                 return unpruned(input_ids)
 
         return run
@@ -441,5 +448,28 @@ def compare_criteria(
             "min_gap": min_gap,
             "seeds": list(seeds),
             "bos": scores.bos,  # as resolved: True where a BOS token went in front of every window
+            "replacement": config.replacement,
+            "replacement_fits": {
+                ",".join(map(str, layers)): {"seconds": fit.seconds, "calibration": fit.calibration["source"]}
+                for layers, fit in fits.items()
+            },
         },
     )
+
+
+def _removed(model, layers: tuple[int, ...], fit):
+    """`mask_attention`, or the fitted replacements in place of the layers' attention updates."""
+    from ..pruning.replacement import replaced_attention
+
+    return mask_attention(model, layers) if fit is None else replaced_attention(model, fit)
+
+
+def _fit_sets(model, sets, kind: str, calibration, progress: bool) -> dict:
+    """One `kind` replacement fit per distinct removed set (none for `"none"`), on `calibration` or self-sampled."""
+    if kind == "none" or not sets:
+        return {}
+    from ..criteria.selfcal import self_calibration
+    from ..pruning.replacement import fit_replacements
+
+    windows = calibration if calibration is not None else self_calibration(model, 0, progress=progress)
+    return {layers: fit_replacements(model, layers, kind, windows, progress=progress) for layers in sets}

@@ -53,6 +53,7 @@ __all__ = [
     "ReplacementFit",
     "check_replacement",
     "fit_replacements",
+    "replaced_attention",
     "replacement_recovery",
 ]
 
@@ -383,6 +384,15 @@ def fit_replacements(
     settings = {**calibration.to_dict(), "held_out": sum(batch.shape[0] for batch in val)}
     logger.info("Fitted %s replacements for layers %s in %.1f s", kind, layers, seconds)
     return ReplacementFit(kind=kind, layers=fitted, seconds=seconds, calibration=settings)
+
+
+@contextmanager
+def replaced_attention(model: "PreTrainedModel", fit: ReplacementFit):
+    """Within the block, each fitted layer of `fit` adds its replacement's output instead of its attention update
+    (the attention still runs, its output discarded): for a forward pass without KV cache, numerically what the
+    layer pruned with this replacement computes, without touching the weights (`evaluation.compare`)."""
+    with _substituted(model, {layer: _module(model, layer, fitted) for layer, fitted in fit.layers.items()}):
+        yield
 
 
 def replacement_recovery(
