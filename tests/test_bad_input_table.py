@@ -248,7 +248,12 @@ def workspace(tmp_path_factory) -> Path:
     (root / "gemma3").mkdir()  # a multimodal Gemma 3 checkpoint, as far as its config says
     (root / "gemma3" / "config.json").write_text('{"model_type": "gemma3", "text_config": {"hidden_size": 32}}')
     (root / "noconfig" / "model.safetensors").write_bytes((root / "model" / "model.safetensors").read_bytes())
-    prune_and_save(root / "model", root / "ours", GateNormConfig(num_layers=1), export="onnx" if HAS_ONNX else None)
+    prune_and_save(
+        root / "model",
+        root / "ours",
+        GateNormConfig(num_layers=1, replacement="none"),
+        export="onnx" if HAS_ONNX else None,
+    )
     if HAS_ONNX:
         export_onnx(root / "model", root / "onnx", validate=False)
     # What an ONNX export directory looks like to a loader (model.onnx, config, tokenizer), for the refusals
@@ -332,12 +337,14 @@ def test_our_outputs_carry_the_marker_and_overwrite_replaces_only_them(workspace
     assert (workspace / "ours" / OUTPUT_MARKER).is_file()
     assert (workspace / "ours" / "onnx" / OUTPUT_MARKER).is_file() == HAS_ONNX
     target = tmp_path / "pruned"
-    prune_and_save(workspace / "model", target, GateNormConfig(num_layers=1))
-    prune_and_save(workspace / "model", target, GateNormConfig(num_layers=2), overwrite=True)
+    prune_and_save(workspace / "model", target, GateNormConfig(num_layers=1, replacement="none"))
+    prune_and_save(workspace / "model", target, GateNormConfig(num_layers=2, replacement="none"), overwrite=True)
     assert (target / "gatenorm_report.json").is_file() and (target / OUTPUT_MARKER).is_file()
     empty = tmp_path / "empty"
     empty.mkdir()
-    prune_and_save(workspace / "model", empty, GateNormConfig(num_layers=1), overwrite=True)  # nothing to lose
+    prune_and_save(
+        workspace / "model", empty, GateNormConfig(num_layers=1, replacement="none"), overwrite=True
+    )  # nothing to lose
     assert (empty / OUTPUT_MARKER).is_file()
 
 

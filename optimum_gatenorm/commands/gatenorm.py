@@ -326,11 +326,11 @@ class PruneCommand(_LeafCommand):
         parser.add_argument(
             "--replacement",
             choices=("none", "mean", "linear"),
-            default="none",
-            help="what a removed attention sublayer is replaced by (default: none, removed plainly). mean: a "
-            "constant vector per layer (the mean of what the sublayer added; no compute). linear: a bias-free "
-            "d x d map of the layer's normalised input (one d x d product per token, no attention, no KV cache; "
-            "llama.cpp's deci linear-attention layer). Fitted in closed form, layer by layer, on the 16 x 256 "
+            default="linear",
+            help="what a removed attention sublayer is replaced by (default: linear, a bias-free d x d map of the "
+            "layer's normalised input: one d x d product per token, no attention, no KV cache; llama.cpp's deci "
+            "linear-attention layer). mean: a constant vector per layer (the mean of what the sublayer added; no "
+            "compute). none: removed plainly (what Nemotron-NAS exports need). Fitted in closed form, layer by layer, on the 16 x 256 "
             "tokens cosine_self samples from the model (--seed; no user data), or on --calibration-text when "
             "given; prints the KL divergence to the unpruned model with and without it on 2 sequences the fit "
             "did not use. docs/replacement.md",
@@ -441,7 +441,8 @@ class ExportCommand(_LeafCommand):
             "    --replacement linear layer is deci's linear-attention layer (no KV cache); mean is refused.\n"
             "  nemotron-nas: a DeciLMForCausalLM checkpoint (block_configs, attention.no_op for removed sublayers)\n"
             "    for vLLM, TensorRT-LLM and SGLang (Llama family only; FFN width a multiple of 256); checkpoints\n"
-            "    with a --replacement are refused (vLLM ignores replace_with_linear).",
+            "    with a replacement (prune's default linear, or mean) are refused (vLLM ignores replace_with_linear):\n"
+            "    prune with --replacement none for this format.",
         )
         _add_model_args(parser)
         parser.add_argument(
@@ -566,7 +567,7 @@ class EvalCommand(_LeafCommand):
             "-r",
             help="a model to compare with, typically the unpruned one (checkpoint, ONNX export, .gguf or alias, same "
             "tokenizer): adds the mean and 99th-percentile KL divergence of the next-token distributions and top-1 "
-            "agreement on the same tokens (see docs/quality.md)",
+            "agreement on the same tokens (see README, Quality)",
         )
         parser.add_argument(
             "--chat",

@@ -113,8 +113,9 @@ class ServingPlan:
         if replacements and fmt != "gguf":
             raise UnsupportedModelError(
                 f"--format {fmt} cannot hold the replaced attention sublayers of layers {sorted(replacements)}: vLLM's "
-                "Nemotron-NAS reader ignores replace_with_linear and would build them as full attention; export "
-                "--format gguf (a linear replacement is llama.cpp's linear-attention layer) or --format onnx"
+                "Nemotron-NAS reader ignores replace_with_linear and would build them as full attention; prune with "
+                "--replacement none, or export --format gguf (a linear replacement is llama.cpp's linear-attention "
+                "layer) or --format onnx"
             )
         mean = sorted(layer for layer, kind in replacements.items() if kind == "mean")
         if mean:
