@@ -325,7 +325,7 @@ def test_config_validates_and_reports_the_replacement(tmp_path):
     assert REPLACEMENTS == ("none", "mean", "linear")
     with pytest.raises(InvalidConfigError, match="replacement must be one of none, mean, linear, got 'cubic'"):
         GateNormConfig(num_layers=1, replacement="cubic")
-    assert GateNormConfig(num_layers=1).replacement == "none"
+    assert GateNormConfig(num_layers=1).replacement == "linear"  # the default, chosen by the replacement study
     model, report = GateNormPruner(tiny_model("llama")).prune(GateNormConfig(num_layers=2, replacement="linear"))
     assert report.config["replacement"] == "linear"
     fit = report.replacement
@@ -338,7 +338,7 @@ def test_config_validates_and_reports_the_replacement(tmp_path):
     save_pruned(model, tmp_path / "out")
     saved = PruningReport.from_json(tmp_path / "out" / "gatenorm_report.json")
     assert saved.replacement == json.loads(json.dumps(fit)) and saved.config["replacement"] == "linear"
-    _, plain = GateNormPruner(tiny_model("llama")).prune(GateNormConfig(num_layers=2))
+    _, plain = GateNormPruner(tiny_model("llama")).prune(GateNormConfig(num_layers=2, replacement="none"))
     assert plain.replacement is None and plain.replacement_summary() is None and "\n" not in plain.summary()
 
 
@@ -349,8 +349,8 @@ def test_cli_prune_with_replacement_prints_what_it_recovered(tmp_path):
     from test_cli import ok, run_cli
 
     tiny_model("llama").save_pretrained(tmp_path / "llama")
-    result = ok(run_cli("gatenorm", "prune", "-m", tmp_path / "llama", "-k", "2", "-o", tmp_path / "p",
-                        "--replacement", "linear"))  # fmt: skip
+    # No --replacement: linear is the default.
+    result = ok(run_cli("gatenorm", "prune", "-m", tmp_path / "llama", "-k", "2", "-o", tmp_path / "p"))
     line = next(line for line in result.stdout.splitlines() if line.startswith("Replaced them with linear maps"))
     assert "16 x 127 tokens sampled by the model (seed 0)" in line and "2 x 127 tokens" in line
     report = PruningReport.from_json(tmp_path / "p" / "gatenorm_report.json")
@@ -371,6 +371,7 @@ def test_cli_replacement_help_and_bad_value(tmp_path):
 
     help_text = " ".join(run_cli("gatenorm", "prune", "--help").stdout.split())
     assert "--replacement {none,mean,linear}" in help_text and "docs/replacement.md" in help_text
+    assert "(default: linear," in help_text  # the CLI default is the library's
     assert "no user data" in help_text
     result = run_cli("gatenorm", "prune", "-m", tmp_path, "-k", "1", "-o", tmp_path / "p", "--replacement", "cubic")
     assert result.returncode == 2 and "Traceback" not in result.stderr
