@@ -225,7 +225,7 @@ for name, (overrides, atol) in cases.items():
             out[name + "/auto_max_diff"] = 0.0
             out[name + "/auto_refused"] = str(error)
     model = tiny_model(name, seed=1, **overrides)
-    GateNormPruner(model).prune(GateNormConfig(num_layers=2, replacement="none"))
+    GateNormPruner(model).prune(GateNormConfig(num_layers=2, replacement=sys.argv[5]))
     model.save_pretrained(there / name / "model")
     with torch.no_grad():
         torch.save({"ids": expected["ids"], "logits": model(expected["ids"]).logits}, there / name / "expected.pt")
@@ -234,20 +234,23 @@ print(json.dumps(out))
 )
 
 
-def test_checkpoints_move_between_transformers_lines_with_identical_logits(other_python, tmp_path):
+@pytest.mark.parametrize("replacement", ["none", "linear"])
+def test_checkpoints_move_between_transformers_lines_with_identical_logits(other_python, replacement, tmp_path):
+    """Removed plainly or replaced by the default linear map, pruned checkpoints load across the lines exactly."""
     import transformers
 
     here, there = tmp_path / "here", tmp_path / "there"
     tiny_tokenizer().save_pretrained(tmp_path / "tokenizer")  # plain transformers of this line
     for name, (overrides, _) in CROSS_LINE.items():
         model = tiny_model(name, **overrides)
-        GateNormPruner(model).prune(GateNormConfig(num_layers=2, replacement="none"))
+        GateNormPruner(model).prune(GateNormConfig(num_layers=2, replacement=replacement))
         save_pruned(model, here / name / "model")
         with torch.no_grad():
             torch.save({"ids": IDS, "logits": model(IDS).logits}, here / name / "expected.pt")
     _copy_tokenizer(tmp_path / "tokenizer", here / "llama" / "model")  # as prune and the exporters copy it
     result = subprocess.run(
-        [str(other_python), "-c", _OTHER_LINE, str(here), str(there), json.dumps(CROSS_LINE), str(Path(__file__).parent)],
+        [str(other_python), "-c", _OTHER_LINE, str(here), str(there), json.dumps(CROSS_LINE), str(Path(__file__).parent),
+         replacement],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
