@@ -166,7 +166,7 @@ def prune_and_save(
     scores = pruner.score(
         config.criterion, calibration=calibration, seed=config.seed, device=device, progress=progress
     )
-    pruned_model, report = pruner.prune(config, scores=scores, calibration=calibration)
+    pruned_model, report = pruner.prune(config, scores=scores, calibration=calibration, progress=progress)
 
     exports: dict[str, Path] = {}
     max_diff = None

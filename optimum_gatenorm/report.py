@@ -94,6 +94,9 @@ class PruningReport(JSONMixin):
         data_free: Whether the criterion used no data.
         calibration: Calibration settings of a data-driven criterion (see `ScoreReport.calibration`), else `None`.
         warnings: Measured-quality warnings (see `optimum_gatenorm.criteria.measurements.breakdown_warning`).
+        replacement: How the removed sublayers were replaced (`ReplacementFit.to_dict()`: kind, per-layer ridge
+            strength and held-out error, fit seconds, calibration windows, and the recovery measured on sequences the
+            fit did not use); `None` for plain removal.
     """
 
     model_type: str
@@ -116,6 +119,7 @@ class PruningReport(JSONMixin):
     warnings: list[str] = field(default_factory=list)
     gatenorm_version: str = __version__
     extra: dict = field(default_factory=dict)
+    replacement: dict | None = None
 
     @property
     def num_parameters_removed(self) -> int:
@@ -128,8 +132,28 @@ class PruningReport(JSONMixin):
 
     def summary(self) -> str:
         before, after = self.num_parameters_before, self.num_parameters_after
-        return (
+        text = (
             f"Removed {len(self.removed_layers)} of {self.num_hidden_layers} attention sublayers "
             f"({self.criterion}): {self.removed_layers}; {len(self.kept_attention_layers)} keep attention. "
             f"Parameters {before:,} -> {after:,} (-{(before - after) / before:.2%})."
+        )
+        line = self.replacement_summary()
+        return f"{text}\n{line}" if line else text
+
+    def replacement_summary(self) -> str | None:
+        """One line: what the replacement recovered on sequences its fit did not use (`None` without one)."""
+        fit = self.replacement
+        if not fit:
+            return None
+        text = (
+            f"Replaced them with {fit['kind']} maps fitted in {fit['seconds']:.1f} s on {fit['calibration']['source']}"
+        )
+        recovery = fit.get("recovery")
+        if not recovery:
+            return text + "."
+        without, with_ = recovery["kl_without"], recovery["kl_with"]
+        share = f" ({1 - with_ / without:.0%} less)" if without > 0 else ""
+        return (
+            f"{text}; on {recovery['source']} (not used by the fit), mean KL divergence to the model before pruning "
+            f"{with_:.4f} with the replacement, {without:.4f} removed plainly{share}."
         )

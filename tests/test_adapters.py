@@ -206,5 +206,5 @@ def test_gemma3_wrapper_is_refused_with_a_recipe_that_works(tmp_path):
     ids = torch.randint(0, 290, (1, 9))
     with torch.no_grad():
         torch.testing.assert_close(text_model.eval()(ids).logits, wrapper(input_ids=ids).logits)
-    _, report = GateNormPruner(text_model).prune(GateNormConfig(num_layers=1))
+    _, report = GateNormPruner(text_model).prune(GateNormConfig(num_layers=1, replacement="none"))
     assert report.model_type == "gemma3_text" and len(report.removed_layers) == 1

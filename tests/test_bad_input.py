@@ -237,7 +237,7 @@ def test_non_finite_qk_weight_is_refused_naming_the_layer(value, tensor, tmp_pat
     with pytest.raises(InvalidCheckpointError, match="layer 2.*NaN or Inf"):
         GateNormPruner.from_pretrained(folder).score()
     with pytest.raises(InvalidCheckpointError, match="layer 2"):
-        GateNormPruner.from_pretrained(folder).prune(GateNormConfig(num_layers=1))
+        GateNormPruner.from_pretrained(folder).prune(GateNormConfig(num_layers=1, replacement="none"))
 
 
 def test_non_finite_qk_weight_is_refused_by_cli(tmp_path, checkpoints):
@@ -511,7 +511,7 @@ def test_prune_into_existing_directory_is_refused(tmp_path, checkpoints):
     assert_refused(result, "already exists", "--overwrite")
     assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "precious"
     assert leftovers(out) == []
-    model, _ = GateNormPruner(tiny_model("llama")).prune(GateNormConfig(num_layers=1))
+    model, _ = GateNormPruner(tiny_model("llama")).prune(GateNormConfig(num_layers=1, replacement="none"))
     with pytest.raises(OutputExistsError):
         save_pruned(model, out)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
@@ -626,7 +626,7 @@ def test_failure_inside_atomic_output_dir_keeps_the_old_output(tmp_path):
 
 
 def test_save_pruned_failing_after_the_weights_leaves_nothing(tmp_path):
-    model, report = GateNormPruner(tiny_model("llama")).prune(GateNormConfig(num_layers=1))
+    model, report = GateNormPruner(tiny_model("llama")).prune(GateNormConfig(num_layers=1, replacement="none"))
     report.extra["unserialisable"] = object()  # the report is written last, after the weights
     out = tmp_path / "pruned"
     with pytest.raises(TypeError):

@@ -216,6 +216,16 @@ CASES = {
     "eval_window_beyond_positions_of_an_onnx_model": Case(
         ("eval", "-m", "{fakeonnx}", "-t", "{text}", "--window", "100000"), ("window=100000", "positions")
     ),
+    "eval_missing_reference": Case(
+        ("eval", "-m", "{model}", "-t", "{text}", "--reference", "{missing}"), ("reference model", "not found")
+    ),
+    "eval_reference_other_vocab_size": Case(
+        ("eval", "-m", "{model}", "-t", "{text}", "--reference", "{othervocab}"), ("vocab_size=256", "vocab_size=128")
+    ),
+    "eval_reference_other_tokenizer": Case(
+        ("eval", "-m", "{model}", "-t", "{text}", "--reference", "{othertok}"), ("another tokenizer", "same tokenizer")
+    ),
+    "eval_chat_without_reference": Case(("eval", "-m", "{model}", "-t", "{text}", "--chat"), ("--reference",)),
     # --- compare ------------------------------------------------------------------------------------------------
     "compare_checkpoint_without_tokenizer": Case(
         ("compare", "-m", "{notok}", "-t", "{text}", "-k", "0,1"), ("no tokenizer",)
@@ -294,12 +304,24 @@ def workspace(tmp_path_factory) -> Path:
     model.save_pretrained(root / "model")
     tiny_tokenizer().save_pretrained(root / "model")
     model.save_pretrained(root / "notok")
+    # References that cannot be compared with {model} token by token: another logits width, another tokenizer.
+    tiny_model("llama", vocab_size=256).save_pretrained(root / "othervocab")
+    tiny_tokenizer().save_pretrained(root / "othervocab")
+    model.save_pretrained(root / "othertok")
+    other_tokenizer = tiny_tokenizer()
+    other_tokenizer.add_tokens(["<extra>"])
+    other_tokenizer.save_pretrained(root / "othertok")
     tiny_model("gpt2").save_pretrained(root / "gpt2")
     (root / "noconfig").mkdir()
     (root / "gemma3").mkdir()  # a multimodal Gemma 3 checkpoint, as far as its config says
     (root / "gemma3" / "config.json").write_text('{"model_type": "gemma3", "text_config": {"hidden_size": 32}}')
     (root / "noconfig" / "model.safetensors").write_bytes((root / "model" / "model.safetensors").read_bytes())
-    prune_and_save(root / "model", root / "ours", GateNormConfig(num_layers=1), export="onnx" if HAS_ONNX else None)
+    prune_and_save(
+        root / "model",
+        root / "ours",
+        GateNormConfig(num_layers=1, replacement="none"),
+        export="onnx" if HAS_ONNX else None,
+    )
     if HAS_ONNX:
         export_onnx(root / "model", root / "onnx", validate=False)
     # What an ONNX export directory looks like to a loader (model.onnx, config, tokenizer), for the refusals
@@ -327,7 +349,9 @@ def _user_files_in_our_outputs(root: Path) -> None:
     `badrecord`: a pruned checkpoint whose record names a layer that still has its weights."""
     import shutil
 
-    prune_and_save(root / "model", root / "notes", GateNormConfig(num_layers=1, criterion="gate_norm"))
+    prune_and_save(
+        root / "model", root / "notes", GateNormConfig(num_layers=1, criterion="gate_norm", replacement="none")
+    )
     shutil.copytree(root / "notes", root / "legacy")
     (root / "legacy" / OUTPUT_MARKER).write_text('{"writer": "optimum-gatenorm", "version": "0.4.1"}\n')
     shutil.copytree(root / "notes", root / "badrecord")
@@ -415,12 +439,14 @@ def test_our_outputs_carry_the_marker_and_overwrite_replaces_only_them(workspace
     assert (workspace / "ours" / OUTPUT_MARKER).is_file()
     assert (workspace / "ours" / "onnx" / OUTPUT_MARKER).is_file() == HAS_ONNX
     target = tmp_path / "pruned"
-    prune_and_save(workspace / "model", target, GateNormConfig(num_layers=1))
-    prune_and_save(workspace / "model", target, GateNormConfig(num_layers=2), overwrite=True)
+    prune_and_save(workspace / "model", target, GateNormConfig(num_layers=1, replacement="none"))
+    prune_and_save(workspace / "model", target, GateNormConfig(num_layers=2, replacement="none"), overwrite=True)
     assert (target / "gatenorm_report.json").is_file() and (target / OUTPUT_MARKER).is_file()
     empty = tmp_path / "empty"
     empty.mkdir()
-    prune_and_save(workspace / "model", empty, GateNormConfig(num_layers=1), overwrite=True)  # nothing to lose
+    prune_and_save(
+        workspace / "model", empty, GateNormConfig(num_layers=1, replacement="none"), overwrite=True
+    )  # nothing to lose
     assert (empty / OUTPUT_MARKER).is_file()
 
 

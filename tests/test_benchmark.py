@@ -160,7 +160,9 @@ def test_real_model_benchmark_cli(tmp_path):
     from optimum_gatenorm import GateNormConfig, GateNormPruner, resolve_model
 
     for k in (0, 4):
-        model, _ = GateNormPruner.from_pretrained(resolve_model("smollm2-135m")).prune(GateNormConfig(num_layers=k))
+        model, _ = GateNormPruner.from_pretrained(resolve_model("smollm2-135m")).prune(
+            GateNormConfig(num_layers=k, replacement="none")
+        )
         export_onnx(model, tmp_path / f"k{k}", validate=False)
     result = subprocess.run(
         [

@@ -199,7 +199,9 @@ def test_ov_relative_of_a_pruned_checkpoint_leaves_removed_attention_out_of_the_
     model = tiny_model("llama")
     unpruned = GateNormPruner(model).score("ov_relative").scores
     pruner = GateNormPruner(model)
-    pruned_model, _ = pruner.prune(GateNormConfig(num_layers=1, exclude_layers=(2, 3)))  # removes layer 1
+    pruned_model, _ = pruner.prune(
+        GateNormConfig(num_layers=1, exclude_layers=(2, 3), replacement="none")
+    )  # removes layer 1
     pruned_model.save_pretrained(tmp_path)
     again = GateNormPruner.from_pretrained(tmp_path).score("ov_relative")
     assert again.scores[1] is None and again.pruned_layers == [1]
@@ -281,7 +283,7 @@ def test_pruning_report_carries_the_spacing_warning():
     with torch.no_grad():  # make layer 2 the lowest gate_trace: its neighbours 1 and 3 are then the only others
         k = model.model.layers[2].self_attn.k_proj.weight
         model.model.layers[2].self_attn.q_proj.weight.copy_(k.reshape(2, 1, 8, 32).expand(2, 2, 8, 32).reshape(32, 32))
-    _, report = GateNormPruner(model).prune(GateNormConfig(num_layers=2, criterion="gate_trace"))
+    _, report = GateNormPruner(model).prune(GateNormConfig(num_layers=2, criterion="gate_trace", replacement="none"))
     assert 2 in report.removed_layers and len(report.removed_layers) == 2
     assert any(w.startswith("not every removed sublayer could be kept min_gap=2") for w in report.warnings)
 

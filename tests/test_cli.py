@@ -374,12 +374,14 @@ def test_compare_end_to_end_through_the_cli(llama_with_tokenizer, tmp_path):
     by_key = {(p["criterion"], p["seed"], p["num_layers"]): p for p in data["points"]}
     assert len(by_key) == 4 * 3 + 3 * 3  # four criteria and three random seeds, three k each
     assert all(p["perplexity"] == data["baseline_perplexity"] for p in data["points"] if p["num_layers"] == 0)
+    assert all(p["kl_mean"] == 0 and p["top1_agreement"] == 1 for p in data["points"] if p["num_layers"] == 0)
+    assert all(p["kl_p99"] >= p["kl_mean"] > 0 and p["top1_agreement"] < 1 for p in data["points"] if p["num_layers"])
     assert all(len(p["removed_layers"]) == p["num_layers"] and 0 not in p["removed_layers"] for p in data["points"])
     assert by_key[("last", None, 2)]["removed_layers"] == [2, 3]
     assert data["spearman"]["gate_norm"]["gate_norm"] == pytest.approx(1.0)
     assert data["criteria"]["cosine"]["data_free"] is False and data["criteria"]["gate_norm"]["data_free"] is True
     assert (tmp_path / "cmp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "perplexity on" in result.stdout
+    assert "perplexity on" in result.stdout and "top-1 agreement with the unpruned model" in result.stdout
 
 
 def test_compare_data_criterion_without_calibration_is_one_line_error(llama_with_tokenizer, tmp_path):

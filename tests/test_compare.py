@@ -41,22 +41,116 @@ def test_spearman_known_values():
 
 
 def test_each_distinct_set_is_evaluated_once(monkeypatch):
-    """Criteria that agree on a set share one perplexity run; the numbers stay those of a run per point."""
+    """Criteria that agree on a set share one masked run per window; the numbers stay those of a run per point."""
     from conftest import tiny_tokenizer
 
     import optimum_gatenorm.evaluation.compare as compare
+    from optimum_gatenorm.evaluation.perplexity import perplexity
 
     model, tokenizer = tiny_model("llama"), tiny_tokenizer()
     text = "the quick brown fox jumps over the lazy dog. " * 20
     calls = []
-    real = compare.perplexity
-    monkeypatch.setattr(compare, "perplexity", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    real = compare.mask_attention
+    monkeypatch.setattr(compare, "mask_attention", lambda m, layers: calls.append(tuple(layers)) or real(m, layers))
     config = compare.CompareConfig(criteria=["last", "random"], num_layers=[0, 1, 2], seeds=[0, 1, 2, 3], window=64)
     result = compare.compare_criteria(model, tokenizer, text, config)
-    distinct = {tuple(p.removed_layers) for p in result.points}
-    assert len(calls) == len(distinct) < len(result.points)
+    distinct = {tuple(p.removed_layers) for p in result.points if p.removed_layers}
+    num_windows = math.ceil(len(text) / 64)  # one token per character
+    assert len(calls) == len(distinct) * num_windows and set(calls) == distinct
+    assert len(distinct) < len(result.points)
     for point in result.points:
-        with mask_attention(model, point.removed_layers), torch.no_grad():
-            expected = real(model, tokenizer, text, window=64).perplexity
-        assert point.perplexity == pytest.approx(expected, rel=1e-6)
+        if not point.removed_layers:
+            assert (point.perplexity, point.kl_mean, point.kl_p99, point.top1_agreement) == (
+                result.baseline_perplexity, 0.0, 0.0, 1.0
+            )  # fmt: skip
+            continue
+        pruned = copy.deepcopy(model)
+        prune_model(pruned, point.removed_layers)  # structurally pruned, against the unpruned model as reference
+        expected = perplexity(pruned, tokenizer, text, window=64, reference=model)
+        assert point.perplexity == pytest.approx(expected.perplexity, rel=1e-6)
+        assert point.kl_mean == pytest.approx(expected.kl_mean, rel=1e-4) and point.kl_mean > 0
+        assert point.kl_p99 == pytest.approx(expected.kl_p99, rel=1e-4) and point.kl_p99 > point.kl_mean
+        assert point.top1_agreement == pytest.approx(expected.top1_agreement, abs=2 / expected.num_tokens)
+        assert point.top1_agreement < 1
     assert result.settings["bos"] is False  # the tiny tokenizer adds no BOS: recorded as resolved
+    table = result.format_table()
+    for title in ("perplexity on", "mean KL(unpruned || pruned)", "99th percentile of KL", "top-1 agreement"):
+        assert table.count(title) == 1, table
+    import json
+
+    data = json.loads(result.to_json())
+    assert {"kl_mean", "kl_p99", "top1_agreement"} <= set(data["points"][0])
+
+
+def _calibration(seed: int = 0):
+    from optimum_gatenorm.criteria.calibration import Calibration
+
+    generator = torch.Generator().manual_seed(seed)
+    return Calibration(torch.randint(0, 98, (8, 24), generator=generator), source="random ids")
+
+
+@pytest.mark.parametrize("kind", ["mean", "linear"])
+@pytest.mark.parametrize("name", sorted(ALL_TINY))
+def test_replaced_masking_equals_pruning_with_the_replacement(name, kind):
+    from optimum_gatenorm.pruning.replacement import fit_replacements, replaced_attention
+
+    model = tiny_model(name)
+    fit = fit_replacements(model, [0, 2], kind, _calibration())
+    pruned = copy.deepcopy(model)
+    prune_model(pruned, [0, 2], replacements=fit.layers)
+    with torch.no_grad():
+        before = model(IDS, use_cache=False).logits
+        with replaced_attention(model, fit):
+            replaced = model(IDS, use_cache=False).logits
+        with mask_attention(model, [0, 2]):
+            masked = model(IDS, use_cache=False).logits
+        after = model(IDS, use_cache=False).logits
+        expected = pruned(IDS, use_cache=False).logits
+    torch.testing.assert_close(replaced, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(before, after)
+    assert not torch.allclose(replaced, masked, atol=1e-3)
+
+
+def test_compare_with_a_replacement_scores_what_prune_with_it_gives():
+    """Each point of a `--replacement linear` sweep is the perplexity and KL of the model pruned with that fit."""
+    from conftest import tiny_tokenizer
+
+    from optimum_gatenorm.evaluation.compare import CompareConfig, compare_criteria
+    from optimum_gatenorm.evaluation.perplexity import perplexity
+    from optimum_gatenorm.pruning.replacement import fit_replacements
+
+    model, tokenizer = tiny_model("llama"), tiny_tokenizer()
+    text = "the quick brown fox jumps over the lazy dog. " * 6
+    calibration = _calibration(1)
+    results = {
+        kind: compare_criteria(
+            model,
+            tokenizer,
+            text,
+            CompareConfig(criteria=["last"], num_layers=[0, 2], window=64, replacement=kind),
+            calibration=calibration,
+        )
+        for kind in ("none", "linear")
+    }
+    point = next(p for p in results["linear"].points if p.num_layers == 2)
+    assert results["linear"].settings["replacement"] == "linear"
+    assert list(results["linear"].settings["replacement_fits"]) == [",".join(map(str, point.removed_layers))]
+    assert results["none"].settings["replacement_fits"] == {}
+
+    pruned = copy.deepcopy(model)
+    fit = fit_replacements(model, point.removed_layers, "linear", calibration)
+    prune_model(pruned, point.removed_layers, replacements=fit.layers)
+    expected = perplexity(pruned, tokenizer, text, window=64, reference=model)
+    assert point.perplexity == pytest.approx(expected.perplexity, rel=1e-5)
+    assert point.kl_mean == pytest.approx(expected.kl_mean, rel=1e-4, abs=1e-7)
+    assert point.top1_agreement == pytest.approx(expected.top1_agreement)
+    plain = next(p for p in results["none"].points if p.num_layers == 2)
+    assert plain.removed_layers == point.removed_layers and plain.perplexity != pytest.approx(point.perplexity)
+
+
+def test_compare_config_refuses_an_unknown_replacement():
+    from optimum_gatenorm import InvalidConfigError
+    from optimum_gatenorm.evaluation.compare import CompareConfig
+
+    with pytest.raises(InvalidConfigError, match="replacement must be one of none, mean, linear, got 'cubic'"):
+        CompareConfig(replacement="cubic")

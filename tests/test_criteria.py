@@ -147,7 +147,7 @@ def test_data_driven_criteria_need_calibration(criterion, tmp_path):
     model.save_pretrained(tmp_path)
     lazy = GateNormPruner.from_pretrained(tmp_path)
     with pytest.raises(InvalidConfigError, match="--calibration-text"):
-        lazy.prune(GateNormConfig(num_layers=1, criterion=criterion))
+        lazy.prune(GateNormConfig(num_layers=1, criterion=criterion, replacement="none"))
     assert lazy._model is None  # failed before loading the model
 
 
@@ -187,7 +187,9 @@ def test_prune_from_checkpoint_with_calibration_text_removes_planted_layer(tmp_p
 
     pruner = GateNormPruner.from_pretrained(tmp_path / "ckpt")
     calibration = pruner.calibration_from_files(tmp_path / "calib.txt", num_samples=4, length=24)
-    pruned, report = pruner.prune(GateNormConfig(num_layers=1, criterion="cosine"), calibration=calibration)
+    pruned, report = pruner.prune(
+        GateNormConfig(num_layers=1, criterion="cosine", replacement="none"), calibration=calibration
+    )
     assert report.removed_layers == [PLANTED] and report.pruned_layers == [PLANTED]
     assert report.data_free is False and report.scores_source == "model"
     assert report.calibration == dict(num_samples=4, length=24, num_tokens=96, batch_size=1, source="calib.txt")
@@ -217,7 +219,9 @@ def test_prune_with_random_uses_the_config_seed():
     def removed(seed):
         pruner = GateNormPruner(tiny_model("llama"))
         stale = pruner.score("random", seed=seed + 1)  # scores for another seed are recomputed
-        _, report = pruner.prune(GateNormConfig(num_layers=1, criterion="random", seed=seed), scores=stale)
+        _, report = pruner.prune(
+            GateNormConfig(num_layers=1, criterion="random", seed=seed, replacement="none"), scores=stale
+        )
         assert report.scores == GateNormPruner(tiny_model("llama")).score("random", seed=seed).scores
         return report.removed_layers
 

@@ -109,7 +109,7 @@ def test_num_layers_zero_is_bit_identical(name):
     ids, mask = _batch(left_pad=True)
     with torch.no_grad():
         before = model(ids, attention_mask=mask).logits
-        pruned, report = GateNormPruner(model).prune(GateNormConfig(num_layers=0))
+        pruned, report = GateNormPruner(model).prune(GateNormConfig(num_layers=0, replacement="none"))
         after = pruned(ids, attention_mask=mask).logits
     assert report.removed_layers == [] and report.num_parameters_before == report.num_parameters_after
     assert torch.equal(before, after)
@@ -120,7 +120,7 @@ def test_pruner_removes_lowest_scores_and_reports(name):
     model = tiny_model(name)
     pruner = GateNormPruner(model)
     scores = pruner.score()
-    pruned, report = pruner.prune(GateNormConfig(num_layers=2, protect_first=0, min_gap=1))
+    pruned, report = pruner.prune(GateNormConfig(num_layers=2, protect_first=0, min_gap=1, replacement="none"))
     assert report.removed_layers == sorted(scores.ranking[:2])
     assert report.kept_attention_layers == [i for i in range(4) if i not in report.removed_layers]
     assert report.num_parameters_after < report.num_parameters_before
@@ -133,7 +133,7 @@ def test_protection_and_exclusion_are_respected():
     with torch.no_grad():  # make layers 0, 1 and 3 the weakest
         for index in (0, 1, 3):
             model.model.layers[index].self_attn.q_proj.weight.mul_(0.01)
-    config = GateNormConfig(num_layers=1, protect_first=1, protect_last=1, exclude_layers=(1,))
+    config = GateNormConfig(num_layers=1, protect_first=1, protect_last=1, exclude_layers=(1,), replacement="none")
     _, report = GateNormPruner(model).prune(config)
     assert report.removed_layers == [2]
     assert report.protected_layers == [0, 3] and report.excluded_layers == [1]
@@ -158,7 +158,7 @@ def test_ratio_rounds_to_nearest():
 def test_impossible_requests_are_refused(kwargs, match):
     model = tiny_model("llama")
     with pytest.raises(InvalidConfigError, match=match):
-        GateNormPruner(model).prune(GateNormConfig(**kwargs))
+        GateNormPruner(model).prune(GateNormConfig(**kwargs, replacement="none"))
     assert not any(is_attention_pruned(layer) for layer in model.model.layers)  # nothing changed
 
 
@@ -191,7 +191,7 @@ def test_pruning_all_layers_is_refused():
 def test_pruning_twice_accumulates():
     model = tiny_model("llama")
     prune_model(model, [1])
-    _, report = GateNormPruner(model).prune(GateNormConfig(num_layers=1, protect_first=0))
+    _, report = GateNormPruner(model).prune(GateNormConfig(num_layers=1, protect_first=0, replacement="none"))
     assert len(report.pruned_layers) == 2 and 1 in report.pruned_layers
     assert report.scores[1] is None
     layers = model.model.layers

@@ -67,7 +67,7 @@ def test_streaming_and_in_memory_scores_agree(real_dir):
 
 def test_prune_save_load_keeps_logits_and_generates(real_dir, tokenizer, tmp_path):
     pruner = GateNormPruner.from_pretrained(real_dir)
-    model, report = pruner.prune(GateNormConfig(num_layers=4))
+    model, report = pruner.prune(GateNormConfig(num_layers=4, replacement="none"))
     assert len(report.removed_layers) == 4 and 0 not in report.removed_layers
     assert report.num_parameters_before - report.num_parameters_after == 4 * (2 * 576 * 576 + 2 * 576 * 192 + 576)
     save_pruned(model, tmp_path / "pruned")
@@ -147,7 +147,7 @@ def test_pruned_real_model_exports_and_generates_like_pytorch_on_onnxruntime(rea
 
     from optimum_gatenorm import export_onnx
 
-    model, report = GateNormPruner.from_pretrained(real_dir).prune(GateNormConfig(num_layers=4))
+    model, report = GateNormPruner.from_pretrained(real_dir).prune(GateNormConfig(num_layers=4, replacement="none"))
     export_onnx(model, tmp_path / "onnx")
     graph = onnx.load(str(tmp_path / "onnx" / "model.onnx"), load_external_data=False).graph
     assert sum(i.name.startswith("past_key_values.") for i in graph.input) == 2 * 26

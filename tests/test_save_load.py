@@ -43,7 +43,7 @@ def test_roundtrip_is_exact_and_checkpoint_smaller_by_removed_weights(name, tmp_
     model.save_pretrained(tmp_path / "original")
     adapter = get_adapter(model.config)
     original_state = model.state_dict()
-    pruned, report = GateNormPruner(model).prune(GateNormConfig(num_layers=2, protect_first=0))
+    pruned, report = GateNormPruner(model).prune(GateNormConfig(num_layers=2, protect_first=0, replacement="none"))
     save_pruned(pruned, tmp_path / "pruned")
 
     removed_prefixes = tuple(f"{p}." for i in report.removed_layers for p in adapter.pruned_module_prefixes(i))
@@ -79,7 +79,7 @@ def test_roundtrip_is_exact_and_checkpoint_smaller_by_removed_weights(name, tmp_
 
 def test_loaded_model_is_not_marked_quantized_and_casts(tmp_path):
     model = tiny_model("llama")
-    GateNormPruner(model).prune(GateNormConfig(num_layers=1))
+    GateNormPruner(model).prune(GateNormConfig(num_layers=1, replacement="none"))
     model.save_pretrained(tmp_path)
     loaded = load_pruned(tmp_path)
     assert not loaded.is_quantized
@@ -131,7 +131,7 @@ def saved_pruned(request, tmp_path_factory):
     directory = tmp_path_factory.mktemp(f"fresh_{request.param}")
     model = tiny_model(request.param)
     if request.param == "llama":
-        GateNormPruner(model).prune(GateNormConfig(num_layers=2))
+        GateNormPruner(model).prune(GateNormConfig(num_layers=2, replacement="none"))
     else:  # layers 0 and 2 (S, F, S, S -> F, S): the kept layers' type sequence shifts
         prune_model(model, [0, 2])
     model.save_pretrained(directory / "model")
@@ -225,7 +225,7 @@ for name, (overrides, atol) in cases.items():
             out[name + "/auto_max_diff"] = 0.0
             out[name + "/auto_refused"] = str(error)
     model = tiny_model(name, seed=1, **overrides)
-    GateNormPruner(model).prune(GateNormConfig(num_layers=2))
+    GateNormPruner(model).prune(GateNormConfig(num_layers=2, replacement=sys.argv[5]))
     model.save_pretrained(there / name / "model")
     with torch.no_grad():
         torch.save({"ids": expected["ids"], "logits": model(expected["ids"]).logits}, there / name / "expected.pt")
@@ -234,20 +234,23 @@ print(json.dumps(out))
 )
 
 
-def test_checkpoints_move_between_transformers_lines_with_identical_logits(other_python, tmp_path):
+@pytest.mark.parametrize("replacement", ["none", "linear"])
+def test_checkpoints_move_between_transformers_lines_with_identical_logits(other_python, replacement, tmp_path):
+    """Removed plainly or replaced by the default linear map, pruned checkpoints load across the lines exactly."""
     import transformers
 
     here, there = tmp_path / "here", tmp_path / "there"
     tiny_tokenizer().save_pretrained(tmp_path / "tokenizer")  # plain transformers of this line
     for name, (overrides, _) in CROSS_LINE.items():
         model = tiny_model(name, **overrides)
-        GateNormPruner(model).prune(GateNormConfig(num_layers=2))
+        GateNormPruner(model).prune(GateNormConfig(num_layers=2, replacement=replacement))
         save_pruned(model, here / name / "model")
         with torch.no_grad():
             torch.save({"ids": IDS, "logits": model(IDS).logits}, here / name / "expected.pt")
     _copy_tokenizer(tmp_path / "tokenizer", here / "llama" / "model")  # as prune and the exporters copy it
     result = subprocess.run(
-        [str(other_python), "-c", _OTHER_LINE, str(here), str(there), json.dumps(CROSS_LINE), str(Path(__file__).parent)],
+        [str(other_python), "-c", _OTHER_LINE, str(here), str(there), json.dumps(CROSS_LINE), str(Path(__file__).parent),
+         replacement],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr

@@ -265,7 +265,7 @@ def smollm2():
 @pytest.mark.parametrize("pruned", [False, True], ids=["unpruned", "pruned4"])
 def test_smollm2_gguf_and_nemotron_nas_give_pytorch_tokens_on_llama_cpp(smollm2, pruned, tmp_path):
     if pruned:
-        model, report = GateNormPruner.from_pretrained(smollm2).prune(GateNormConfig(num_layers=4))
+        model, report = GateNormPruner.from_pretrained(smollm2).prune(GateNormConfig(num_layers=4, replacement="none"))
         save_pruned(model, tmp_path / "ckpt", tokenizer_from=smollm2, dtype=torch.float32)
         source = tmp_path / "ckpt"
     else:
@@ -298,3 +298,23 @@ def test_smollm2_gguf_and_nemotron_nas_give_pytorch_tokens_on_llama_cpp(smollm2,
     with torch.no_grad():
         expected = model(torch.tensor([ids])).logits[0].numpy()
     assert (llama_cpp_logits(q8, ids).argmax(-1) == expected.argmax(-1)).mean() >= LOOSE_TOP1
+
+
+@pytest.mark.slow
+def test_smollm2_default_linear_replacement_gives_pytorch_tokens_on_llama_cpp(smollm2, tmp_path):
+    """The default prune (linear replacement) of the real SmolLM2, served as llama.cpp's deci linear attention."""
+    model, report = GateNormPruner.from_pretrained(smollm2).prune(GateNormConfig(num_layers=4))
+    assert report.config["replacement"] == "linear" and sorted(report.replacement["layers"]) == sorted(
+        str(layer) for layer in report.removed_layers
+    )
+    save_pruned(model, tmp_path / "ckpt", tokenizer_from=smollm2, dtype=torch.float32)
+    model = load_pruned(tmp_path / "ckpt", dtype=torch.float32)
+    prompt = PreTrainedTokenizerFast.from_pretrained(smollm2)(TEXT[:60]).input_ids
+    out = export_gguf(tmp_path / "ckpt", tmp_path / "model.gguf", gguf_type="f32")
+    fields = _fields(out)
+    assert fields["general.architecture"] == "deci"
+    # Linear attention: heads kept, no KV heads, in exactly the removed layers.
+    assert fields["deci.attention.head_count"].count(0) == 0
+    kv = fields["deci.attention.head_count_kv"]
+    assert [i for i, n in enumerate(kv) if n == 0] == report.removed_layers
+    _check_parity(model, out, prompt)

@@ -322,6 +322,10 @@ class ArchitectureAdapter:
             sandwich `post_attention_layernorm`), or `None`; it must be one of `pruned_modules`.
         mlp_output_norm: Name of a norm applied to the MLP output before the residual add (Gemma's
             `post_feedforward_layernorm`), or `None`; it must be one of `pruned_forward`.
+        parallel_residual_attr: Config attribute that, when truthy, makes the MLP read the layer's input rather than
+            the stream after the attention update (`h + attn(ln1(h)) + mlp(ln2(h))`, GPT-NeoX), or `None` when the
+            layer is always sequential. A replaced attention sublayer (`pruning.replacement`) adds its output where
+            the attention's went.
         layer_types_attr: Config attribute listing each layer's attention type (full / sliding window); pruning
             gives the compacted KV cache one slot per kept layer of that layer's own type
             (`pruning.structure.CacheLayerTypesConfigMixin`). `None` if the architecture has none.
@@ -367,6 +371,7 @@ class ArchitectureAdapter:
     embedding_scale: Literal["sqrt_hidden"] | None = None
     attention_output_norm: str | None = None
     mlp_output_norm: str | None = None
+    parallel_residual_attr: str | None = None
     layer_types_attr: str | None = "layer_types"
     params: ParameterLayout = ParameterLayout()
     quality_reference: str | None = None
@@ -422,6 +427,10 @@ class ArchitectureAdapter:
     def attention_norms(self) -> int:
         """Hidden-size norms a pruned layer loses with its attention (1; 2 for sandwich-norm models)."""
         return len(self.pruned_modules) - 1
+
+    def parallel_residual(self, config: "PretrainedConfig") -> bool:
+        """Whether the MLP of a layer of `config` reads the layer's input instead of the attention-updated stream."""
+        return bool(self.parallel_residual_attr and getattr(config, self.parallel_residual_attr, False))
 
     def norm_gain(self, weight: "torch.Tensor") -> "torch.Tensor":
         """The factor a norm with this `weight` multiplies by (`weight + norm_gain_offset`)."""

@@ -16,6 +16,7 @@ GPT_NEOX = ArchitectureAdapter(
     mlp_layout=MLPLayout(up="dense_h_to_4h", down="dense_4h_to_h"),
     embedding="gpt_neox.embed_in",
     pruned_forward=("post_attention_layernorm", "mlp", "post_mlp_dropout"),
+    parallel_residual_attr="use_parallel_residual",
     returns_tuple=True,
     # transformers 4.57 names these rotary_emb_base and rotary_pct (5.x: rope_parameters).
     legacy_rope_names={"rope_theta": "rotary_emb_base", "partial_rotary_factor": "rotary_pct"},

@@ -36,18 +36,27 @@ from ..compat import (
 )
 from ..errors import InvalidCheckpointError
 from ..outputs import atomic_output_dir
-from ..pruning.structure import apply_pruned_structure
+from ..pruning.structure import apply_pruned_structure, replacement_of
 from ..report import REPORT_FILE, PruningReport
 from ..validation import first_line
 from .models import resolve_model
-from .record import GATENORM_QUANT_METHOD, PrunedAttentionConfig, get_pruned_layers, tombstone_name
+from .record import (
+    GATENORM_QUANT_METHOD,
+    PrunedAttentionConfig,
+    get_pruned_layers,
+    get_replacements,
+    tombstone_name,
+)
 from .tensors import inspect_checkpoint
 
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     import torch
     from transformers import PreTrainedModel
 
+    from ..pruning.replacement import FittedReplacement
     from .tensors import Checkpoint
 
 __all__ = [
@@ -79,7 +88,9 @@ class GateNormQuantizer(HfQuantizer):
     def _process_model_before_weight_loading(self, model, **kwargs):
         self.quantization_config.check_model_config(model.config)
         check_config_readable(model.config)  # a 5.x checkpoint on 4.57 outside load_pruned: refuse, not wrong RoPE
-        apply_pruned_structure(model, self.quantization_config.pruned_attention_layers)
+        apply_pruned_structure(
+            model, self.quantization_config.pruned_attention_layers, self.quantization_config.replacements
+        )
         # Checkpoint keys of removed modules (the tombstone, or the attention weights of an unpruned checkpoint
         # loaded with a pruning record) stay "unexpected", so transformers skips them, but are not reported.
         adapter = get_adapter(model.config)
@@ -118,17 +129,43 @@ class GateNormQuantizer(HfQuantizer):
         raise ValueError("removed attention sublayers cannot be restored; reload the original checkpoint")
 
 
-def prune_model(model: "PreTrainedModel", layers: Iterable[int], *, criterion: str | None = None) -> list[int]:
+def prune_model(
+    model: "PreTrainedModel",
+    layers: Iterable[int],
+    *,
+    criterion: str | None = None,
+    replacements: "Mapping[int, FittedReplacement] | None" = None,
+) -> list[int]:
     """Removes the attention sublayers of `layers` in place and records them in `model.config`.
 
     After this, `model.save_pretrained(dir)` writes a checkpoint that `load_pruned(dir)` (or, with
     `optimum_gatenorm` imported, `AutoModelForCausalLM.from_pretrained(dir)`) loads back exactly.
 
+    Args:
+        model: The model, changed in place.
+        layers: Decoder layers whose attention sublayer goes.
+        criterion: Recorded in the pruning record.
+        replacements: Layer (one of `layers`) -> its fitted replacement (`pruning.replacement.fit_replacements`);
+            the others are removed plainly.
+
     Returns:
         All layers without attention (earlier prunings included).
     """
-    pruned = apply_pruned_structure(model, layers)
-    record = PrunedAttentionConfig(pruned, model.config.num_hidden_layers, criterion=criterion)
+    import torch
+
+    replacements = dict(replacements or {})
+    earlier = get_replacements(model.config)
+    pruned = apply_pruned_structure(model, layers, {layer: fitted.kind for layer, fitted in replacements.items()})
+    decoder_layers = model.get_submodule(get_adapter(model.config).layers)
+    with torch.no_grad():
+        for layer, fitted in replacements.items():
+            module = replacement_of(decoder_layers[layer])
+            for name, tensor in fitted.tensors.items():
+                module.get_parameter(name).copy_(tensor)
+    kinds = {**earlier, **{layer: fitted.kind for layer, fitted in replacements.items()}}
+    record = PrunedAttentionConfig(
+        pruned, model.config.num_hidden_layers, criterion=criterion, attention_replacements=kinds
+    )
     model.config.quantization_config = record
     model.hf_quantizer = GateNormQuantizer(record, pre_quantized=True)
     return pruned

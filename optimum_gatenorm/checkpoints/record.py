@@ -2,13 +2,15 @@
 
 A pruned checkpoint records its pruned layers as a transformers "quantization" config with
 `quant_method: "gatenorm"` (`PrunedAttentionConfig`, registered with transformers here). Everything that needs to
-know whether a layer still has attention reads it through `get_pruned_layers(config)`.
+know whether a layer still has attention reads it through `get_pruned_layers(config)`, and which removed layers
+hold a replacement (`optimum_gatenorm.pruning.replacement`) through `get_replacements(config)`. Records written
+before replacements existed have no `attention_replacements` field and load as plain removals.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from transformers.quantizers.auto import register_quantization_config
@@ -16,7 +18,7 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from ..adapters import get_adapter
 from ..errors import InvalidCheckpointError
-from ..pruning.structure import validate_pruned_set
+from ..pruning.structure import REPLACEMENT_KINDS, validate_pruned_set
 from ..validation import check_int_list, is_int
 from ..version import __version__
 
@@ -24,7 +26,13 @@ from ..version import __version__
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
 
-__all__ = ["GATENORM_QUANT_METHOD", "PrunedAttentionConfig", "get_pruned_layers", "tombstone_name"]
+__all__ = [
+    "GATENORM_QUANT_METHOD",
+    "PrunedAttentionConfig",
+    "get_pruned_layers",
+    "get_replacements",
+    "tombstone_name",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +48,9 @@ class PrunedAttentionConfig(QuantizationConfigMixin):
         num_hidden_layers: Number of decoder layers of the model.
         num_attention_layers: Kept attention sublayers; checked against the two above when given.
         criterion: Criterion that chose the layers, for the record.
+        attention_replacements: Removed layer -> what replaces its attention sublayer (`"mean"` or `"linear"`,
+            see `optimum_gatenorm.pruning.replacement`); layers not named are plain removals. JSON keys are the
+            layer indices as strings.
         gatenorm_version: Version of optimum-gatenorm that wrote the record.
     """
 
@@ -49,6 +60,7 @@ class PrunedAttentionConfig(QuantizationConfigMixin):
         num_hidden_layers: int,
         num_attention_layers: int | None = None,
         criterion: str | None = None,
+        attention_replacements: Mapping[int | str, str] | None = None,
         gatenorm_version: str = __version__,
         **kwargs,
     ):
@@ -73,9 +85,21 @@ class PrunedAttentionConfig(QuantizationConfigMixin):
             )
         self.num_attention_layers = kept
         self.criterion = criterion
+        self.attention_replacements = _check_replacements(attention_replacements, self.pruned_attention_layers)
         self.gatenorm_version = gatenorm_version
         if kwargs:
             logger.debug("Ignoring unknown keys in the pruning record: %s", sorted(kwargs))
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        if not output.get("attention_replacements"):
+            output.pop("attention_replacements", None)  # plain removal: the record reads as before replacements
+        return output
+
+    @property
+    def replacements(self) -> dict[int, str]:
+        """`attention_replacements` keyed by layer index."""
+        return {int(layer): kind for layer, kind in self.attention_replacements.items()}
 
     def check_model_config(self, config: "PretrainedConfig") -> None:
         if config.num_hidden_layers != self.num_hidden_layers:
@@ -85,24 +109,61 @@ class PrunedAttentionConfig(QuantizationConfigMixin):
             )
 
 
-def get_pruned_layers(config: "PretrainedConfig | PreTrainedModel") -> list[int]:
-    """The decoder layers whose attention sublayer was removed, from a config or a model (`[]` for an unpruned
-    model)."""
+def _check_replacements(replacements, pruned: list[int]) -> dict[str, str]:
+    """`replacements` as `{"layer": kind}` (sorted by layer), checked against the pruned layers."""
+    if replacements is None:
+        return {}
+    if not isinstance(replacements, Mapping):
+        raise InvalidCheckpointError(
+            f"pruning record: attention_replacements must map layer indices to kinds, got {replacements!r}"
+        )
+    checked: dict[int, str] = {}
+    for layer, kind in replacements.items():
+        index = int(layer) if isinstance(layer, str) and layer.isdigit() else layer
+        if not is_int(index) or index not in pruned:
+            raise InvalidCheckpointError(
+                f"pruning record: attention_replacements names layer {layer!r}, which is not one of the pruned "
+                f"layers {pruned}"
+            )
+        if kind not in REPLACEMENT_KINDS:
+            raise InvalidCheckpointError(
+                f"pruning record: layer {index} has replacement {kind!r}; known: {', '.join(REPLACEMENT_KINDS)} "
+                "(a newer optimum-gatenorm may have written it: upgrade)"
+            )
+        checked[int(index)] = kind
+    return {str(layer): checked[layer] for layer in sorted(checked)}
+
+
+def _record(config: "PretrainedConfig | PreTrainedModel") -> "PrunedAttentionConfig | None":
     from transformers import PreTrainedModel
 
     if isinstance(config, PreTrainedModel):
         config = config.config
     record = getattr(config, "quantization_config", None)
     if record is None:
-        return []
+        return None
     if isinstance(record, dict):
         if record.get("quant_method") != GATENORM_QUANT_METHOD:
-            return []
+            return None
         record = PrunedAttentionConfig.from_dict(record)
     if getattr(record, "quant_method", None) != GATENORM_QUANT_METHOD:
-        return []
+        return None
     record.check_model_config(config)
-    return list(record.pruned_attention_layers)
+    return record
+
+
+def get_pruned_layers(config: "PretrainedConfig | PreTrainedModel") -> list[int]:
+    """The decoder layers whose attention sublayer was removed, from a config or a model (`[]` for an unpruned
+    model)."""
+    record = _record(config)
+    return list(record.pruned_attention_layers) if record is not None else []
+
+
+def get_replacements(config: "PretrainedConfig | PreTrainedModel") -> dict[int, str]:
+    """Removed layer -> its replacement kind (`"mean"` / `"linear"`), from a config or a model; `{}` when no removed
+    layer holds one (plain removal, an unpruned model, or a record written before replacements existed)."""
+    record = _record(config)
+    return record.replacements if record is not None else {}
 
 
 def tombstone_name(config: "PretrainedConfig", pruned: list[int]) -> str:

@@ -364,6 +364,18 @@ class PruneCommand(_LeafCommand):
         )
         parser.add_argument("--min-gap", type=_positive_int, help=MIN_GAP_HELP)
         parser.add_argument(
+            "--replacement",
+            choices=("none", "mean", "linear"),
+            default="linear",
+            help="what a removed attention sublayer is replaced by (default: linear, a bias-free d x d map of the "
+            "layer's normalised input: one d x d product per token, no attention, no KV cache; llama.cpp's deci "
+            "linear-attention layer). mean: a constant vector per layer (the mean of what the sublayer added; no "
+            "compute). none: removed plainly (what Nemotron-NAS exports need). Fitted in closed form, layer by layer, on the 16 x 256 "
+            "tokens cosine_self samples from the model (--seed; no user data), or on --calibration-text when "
+            "given; prints the KL divergence to the unpruned model with and without it on 2 sequences the fit "
+            "did not use. docs/replacement.md",
+        )
+        parser.add_argument(
             "--dtype", choices=DTYPES, default="auto", help="dtype of the saved checkpoint (default: the input's)"
         )
         parser.add_argument("--overwrite", action="store_true", help="replace an existing --output directory")
@@ -417,6 +429,7 @@ class PruneCommand(_LeafCommand):
             exclude_layers=tuple(args.exclude_layers),
             min_gap=args.min_gap,
             seed=args.seed,
+            replacement=args.replacement,
         )
         result = prune_and_save(
             args.model,
@@ -464,9 +477,12 @@ class ExportCommand(_LeafCommand):
             "  onnx (default): ONNX with KV cache through optimum's exporter, for ORTModelForCausalLM; KV inputs and\n"
             "    attention only for the kept layers. Do not use `optimum-cli export onnx` on a pruned checkpoint.\n"
             "  gguf: one GGUF file for llama.cpp (llama-cli, llama-server, llama-cpp-python); a pruned model is\n"
-            "    llama.cpp's `deci` architecture with zero heads in the removed layers (Llama family only).\n"
+            "    llama.cpp's `deci` architecture with zero heads in the removed layers (Llama family only); a\n"
+            "    --replacement linear layer is deci's linear-attention layer (no KV cache); mean is refused.\n"
             "  nemotron-nas: a DeciLMForCausalLM checkpoint (block_configs, attention.no_op for removed sublayers)\n"
-            "    for vLLM, TensorRT-LLM and SGLang (Llama family only; FFN width a multiple of 256).",
+            "    for vLLM, TensorRT-LLM and SGLang (Llama family only; FFN width a multiple of 256); checkpoints\n"
+            "    with a replacement (prune's default linear, or mean) are refused (vLLM ignores replace_with_linear):\n"
+            "    prune with --replacement none for this format.",
         )
         _add_model_args(parser)
         parser.add_argument(
@@ -573,7 +589,8 @@ class EvalCommand(_LeafCommand):
             "Perplexity of a model on a UTF-8 text file. PyTorch checkpoints (pruned or not) load with the pruned\n"
             "structure; a directory holding model.onnx runs on onnxruntime through ORTModelForCausalLM. The text\n"
             "is tokenized once without special tokens and cut into windows; each token is scored once, with the\n"
-            "tokens before it in its window as context (see README, 'Perplexity').",
+            "tokens before it in its window as context (see README, 'Perplexity'). With --reference (the unpruned\n"
+            "model), the same windows also give KL divergence and top-1 agreement; --chat adds chat fidelity.",
         )
         _add_model_args(parser)
         parser.add_argument("--text", "-t", required=True, help="UTF-8 text file to evaluate on")
@@ -587,15 +604,33 @@ class EvalCommand(_LeafCommand):
             default="cpu",
             help="onnxruntime execution provider for an ONNX model (default: cpu)",
         )
+        parser.add_argument(
+            "--reference",
+            "-r",
+            help="a model to compare with, typically the unpruned one (checkpoint, ONNX export, .gguf or alias, same "
+            "tokenizer): adds the mean and 99th-percentile KL divergence of the next-token distributions and top-1 "
+            "agreement on the same tokens (see README, Quality)",
+        )
+        parser.add_argument(
+            "--chat",
+            action="store_true",
+            help="with --reference: also ask both models a few fixed chat prompts (greedy) and report how far the "
+            "answers agree",
+        )
         parser.add_argument("--format", choices=("table", "json"), default="table", help="output format")
         parser.add_argument("--output", "-o", help="also write the JSON result to this file")
         parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
 
     def execute(self):
+        import json
+
+        from optimum_gatenorm.errors import InvalidConfigError
         from optimum_gatenorm.evaluation.perplexity import evaluate_perplexity
         from optimum_gatenorm.outputs import atomic_write_text, check_output_path
 
         args = self.args
+        if args.chat and not args.reference:
+            raise InvalidConfigError("--chat compares answers with a reference model; add --reference MODEL")
         inputs = _inputs(args, "model", "text", "reference")
         if args.output:
             check_output_path(args.output, args.overwrite, inputs=inputs)
@@ -613,10 +648,21 @@ class EvalCommand(_LeafCommand):
             provider=args.provider,
             progress=True,
             bos=args.bos,
+            reference=args.reference,
         )
-        print(result.to_json() if args.format == "json" else result.to_table())
+        data, table = json.loads(result.to_json()), result.to_table()  # to_json writes an infinite perplexity as null
+        if args.chat:
+            from optimum_gatenorm.evaluation.chat import evaluate_chat_fidelity
+
+            chat = evaluate_chat_fidelity(
+                args.model, args.reference, dtype=_torch_dtype(args.dtype), provider=args.provider
+            )
+            data["chat"] = chat.to_dict()
+            table += "\n\n" + chat.to_table()
+        text = json.dumps(data, indent=2)
+        print(text if args.format == "json" else table)
         if args.output:
-            path = atomic_write_text(args.output, result.to_json() + "\n", overwrite=args.overwrite, inputs=inputs)
+            path = atomic_write_text(args.output, text + "\n", overwrite=args.overwrite, inputs=inputs)
             print(f"Wrote {path}", file=sys.stderr)
 
 
@@ -701,6 +747,13 @@ class CompareCommand(_LeafCommand):
         parser.add_argument(
             "--min-gap", type=_positive_int, help="as for prune, for every criterion (default: each criterion's own)"
         )
+        parser.add_argument(
+            "--replacement",
+            choices=("none", "mean", "linear"),
+            default="none",
+            help="as for prune, at every point: each distinct removed set gets its own fit (on --calibration-text "
+            "when given, else on the 16 x 256 tokens cosine_self samples with seed 0) (default: none)",
+        )
         _add_window_args(parser)
         _add_calibration_args(parser, seed=False)  # --seeds above
         _add_result_file_args(
@@ -714,7 +767,8 @@ class CompareCommand(_LeafCommand):
         from optimum_gatenorm.criteria import get_criterion, require_calibration
         from optimum_gatenorm.evaluation.compare import CompareConfig, check_compare_request, compare_criteria
         from optimum_gatenorm.evaluation.loading import load_tokenizer
-        from optimum_gatenorm.text import read_text
+        from optimum_gatenorm.evaluation.perplexity import check_window_in_config
+        from optimum_gatenorm.text import read_text, read_text_for_tokens
 
         args = self.args
         inputs = _inputs(args, "model", "text", "calibration_text")
@@ -730,13 +784,16 @@ class CompareCommand(_LeafCommand):
             stride=args.stride,
             max_tokens=args.max_tokens,
             bos=args.bos,
+            replacement=args.replacement,
         )
-        text = read_text(args.text)
+        read_text(args.text, max_bytes=1 << 16)  # a missing, binary or empty text fails first
         pruner = GateNormPruner.from_pretrained(args.model, allow_pickle=args.allow_pickle)
         check_compare_request(
             args.num_layers, pruner.config, protect_first=args.protect_first, protect_last=args.protect_last
         )
+        check_window_in_config(pruner.checkpoint_path, args.window)
         tokenizer = load_tokenizer(pruner.checkpoint_path)  # before the model: a missing tokenizer fails fast
+        text = read_text_for_tokens(args.text, tokenizer, args.max_tokens)  # only what --max-tokens needs
         calibration = _calibration(pruner, args)
         for name in config.criteria:
             require_calibration(get_criterion(name), calibration)

@@ -17,12 +17,17 @@ weights reveal them only under an isotropy assumption that fails badly on models
 (Gemma 3; benchmarks/RESULTS.md, "Default criterion on two families"). Text sampled from the model has the
 model's own statistics by construction.
 
+The windows of the last `cosine_self` / `attn_norm_self` scoring of a model are kept (one set per model, weakly
+referenced) so that `self_calibration` hands the same tokens to the replacement fit of the same pruning run
+(`optimum_gatenorm.pruning.replacement`) instead of sampling them twice.
+
 Cost: `SELF_LENGTH` decoding steps of a batch of `SELF_SAMPLES` (with KV cache), then one forward pass over the
 windows; measured in benchmarks/RESULTS.md. This is model compute, not data: nothing is read but the model.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING
 
 from ..checkpoints.tensors import ModelWeights, layer_weights
@@ -42,6 +47,7 @@ __all__ = [
     "SELF_SAMPLES",
     "attn_norm_self",
     "cosine_self",
+    "self_calibration",
     "self_generated",
     "self_length",
     "start_token",
@@ -159,8 +165,32 @@ def check_finite(model: "PreTrainedModel", layers: list[int]) -> None:
                 raise InvalidCheckpointError(f"{name} holds NaN or Inf values; the checkpoint is corrupt")
 
 
-def _self_statistics(model, layers, seed, progress) -> dict[str, list[float]]:
-    check_finite(model, layers)
+# model -> (seed, the layers it lacked then, the windows) of its last self-sampled scoring.
+_LAST_SAMPLED: "weakref.WeakKeyDictionary[PreTrainedModel, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _pruned_now(model) -> tuple[int, ...]:
+    from ..adapters import get_adapter
+    from ..pruning.structure import is_attention_pruned
+
+    layers = model.get_submodule(get_adapter(model.config).layers)
+    return tuple(i for i, layer in enumerate(layers) if is_attention_pruned(layer))
+
+
+def self_calibration(model: "PreTrainedModel", seed: int = 0, *, progress: bool = False) -> Calibration:
+    """The `SELF_SAMPLES` x `SELF_LENGTH` windows `cosine_self` scores on, for `seed`: the ones its last scoring of
+    this model sampled when the model has not lost a layer since (taken, not kept), else sampled now."""
+    last = _LAST_SAMPLED.pop(model, None)
+    if last is not None and last[0] == seed and last[1] == _pruned_now(model):
+        return last[2]
     windows = self_generated(model, seed=seed, progress=progress)
     source = f"{windows.shape[0]} x {windows.shape[1] - 1} tokens sampled by the model (seed {seed})"
-    return attention_statistics(model, layers, Calibration(windows, source=source), progress=progress)
+    return Calibration(windows, source=source)
+
+
+def _self_statistics(model, layers, seed, progress) -> dict[str, list[float]]:
+    check_finite(model, layers)
+    _LAST_SAMPLED.pop(model, None)
+    calibration = self_calibration(model, seed, progress=progress)
+    _LAST_SAMPLED[model] = (seed, _pruned_now(model), calibration)
+    return attention_statistics(model, layers, calibration, progress=progress)

@@ -3,6 +3,11 @@
 The model is loaded once. Each point of the sweep *masks* the chosen sublayers in memory, with forward hooks that
 zero the attention update (`h + 0 + mlp(norm(h + 0))` is exactly what a pruned layer computes), so no point
 reloads or copies the model. The `random` criterion is run over several seeds and reported as a band.
+
+Every point also records how far it moved the model's next-token distributions from the unpruned model's: mean and
+99th-percentile KL(unpruned || pruned) and top-1 agreement (`optimum_gatenorm.evaluation.divergence`). The sweep
+runs window by window: each window's unpruned logits are computed once and compared with every distinct masked
+set's logits of that window, so one window's logits of two variants are alive at a time, never the whole text's.
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ from ..errors import InvalidConfigError
 from ..outputs import atomic_save_figure, check_output_path, require_pyplot
 from ..pruning.configuration import GateNormConfig
 from ..pruning.pruner import GateNormPruner, check_request, select_layers
+from ..pruning.replacement import check_replacement
 from ..pruning.structure import is_attention_pruned
 from ..serialization import JSONMixin
+from ..text import bos_prefix
 from ..validation import check_int, check_int_list
 from ..version import __version__
-from .perplexity import check_windowing, perplexity
+from .perplexity import check_window_fits, check_windowing, forward_logits, score_windows
 
 
 if TYPE_CHECKING:
@@ -106,13 +113,20 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
 
 @dataclass
 class ComparePoint:
-    """Perplexity with the `num_layers` lowest-scored attention sublayers of `criterion` removed."""
+    """Perplexity with the `num_layers` lowest-scored attention sublayers of `criterion` removed.
+
+    `kl_mean`, `kl_p99` (nats) and `top1_agreement` compare its next-token distributions with the unpruned
+    model's on the same tokens (0, 0 and 1 at k = 0).
+    """
 
     criterion: str
     num_layers: int
     removed_layers: list[int]
     perplexity: float
     seed: int | None = None
+    kl_mean: float | None = None
+    kl_p99: float | None = None
+    top1_agreement: float | None = None
 
 
 @dataclass
@@ -130,34 +144,50 @@ class CompareResult(JSONMixin):
     settings: dict = field(default_factory=dict)
     gatenorm_version: str = __version__
 
-    def curve(self, criterion: str) -> dict[int, list[float]]:
-        """k -> perplexities (one per seed for `random`)."""
+    def curve(self, criterion: str, metric: str = "perplexity") -> dict[int, list[float]]:
+        """k -> values of `metric` (a `ComparePoint` field: one per seed for `random`); missing values are left out."""
         out: dict[int, list[float]] = {}
         for point in self.points:
-            if point.criterion == criterion:
-                out.setdefault(point.num_layers, []).append(point.perplexity)
+            value = getattr(point, metric)
+            if point.criterion == criterion and value is not None:
+                out.setdefault(point.num_layers, []).append(value)
         return dict(sorted(out.items()))
 
-    def band(self, criterion: str) -> dict[int, tuple[float, float, float]]:
+    def band(self, criterion: str, metric: str = "perplexity") -> dict[int, tuple[float, float, float]]:
         """k -> (min, median, max) over the curve's values (seeds for `random`); the table and plot both use it."""
-        return {k: (min(v), statistics.median(v), max(v)) for k, v in self.curve(criterion).items()}
+        return {k: (min(v), statistics.median(v), max(v)) for k, v in self.curve(criterion, metric).items()}
 
-    def format_table(self) -> str:
+    def _metric_lines(self, metric: str, title: str, digits: int) -> list[str]:
         names = list(self.criteria)
-        header = f"{'k':>3}  " + "  ".join(f"{name:>22}" for name in names)
-        lines = [f"perplexity on {self.num_tokens} tokens (unpruned: {self.baseline_perplexity:.2f})", header]
+        lines = [title, f"{'k':>3}  " + "  ".join(f"{name:>22}" for name in names)]
+        band_digits = max(1, digits - 1)
         for k in self.num_layers:
             cells = []
             for name in names:
-                values = sorted(self.curve(name).get(k, []))
+                values = sorted(self.curve(name, metric).get(k, []))
                 if not values:
                     cells.append(f"{'-':>22}")
                 elif len(values) == 1:
-                    cells.append(f"{values[0]:>22.2f}")
+                    cells.append(f"{values[0]:>22.{digits}f}")
                 else:
                     median = statistics.median(values)
-                    cells.append(f"{f'{median:.1f} ({values[0]:.1f}-{values[-1]:.1f})':>22}")
+                    text = f"{median:.{band_digits}f} ({values[0]:.{band_digits}f}-{values[-1]:.{band_digits}f})"
+                    cells.append(f"{text:>22}")
             lines.append(f"{k:>3}  " + "  ".join(cells))
+        return lines
+
+    def format_table(self) -> str:
+        """Perplexity per criterion and k, then (where recorded) KL mean, KL p99 and top-1 agreement alike."""
+        lines = self._metric_lines(
+            "perplexity", f"perplexity on {self.num_tokens} tokens (unpruned: {self.baseline_perplexity:.2f})", 2
+        )
+        if any(point.kl_mean is not None for point in self.points):
+            for metric, title, digits in (
+                ("kl_mean", "mean KL(unpruned || pruned) of the next-token distributions, nats", 4),
+                ("kl_p99", "99th percentile of KL(unpruned || pruned), nats", 4),
+                ("top1_agreement", "top-1 agreement with the unpruned model (share of tokens)", 4),
+            ):
+                lines += ["", *self._metric_lines(metric, title, digits)]
         timing = ", ".join(f"{name} {info['scoring_seconds']:.3g} s" for name, info in self.criteria.items())
         lines.append(f"scoring time: {timing}")
         return "\n".join(lines)
@@ -245,6 +275,9 @@ class CompareConfig:
         stride: Perplexity stride (`None`: non-overlapping windows).
         max_tokens: Cap on evaluated tokens.
         bos: Put the BOS token in front of every window (see `perplexity`); `None`: if the tokenizer adds one.
+        replacement: What each removed sublayer is replaced by at every point, as in `GateNormConfig`: `"none"`
+            (masked plainly), `"mean"` or `"linear"` (fitted once per distinct removed set, on the calibration
+            given to `compare_criteria`, else on the windows `cosine_self` samples with seed 0, as `prune` does).
     """
 
     criteria: Sequence[str] = DEFAULT_COMPARE_CRITERIA
@@ -257,6 +290,7 @@ class CompareConfig:
     stride: int | None = None
     max_tokens: int | None = None
     bos: bool | None = None
+    replacement: str = "none"
 
     def __post_init__(self):
 
@@ -276,6 +310,7 @@ class CompareConfig:
         if self.min_gap is not None:
             check_int("min_gap", self.min_gap, 1)
         check_windowing(self.window, self.stride, self.max_tokens)
+        check_replacement(self.replacement)
 
 
 def compare_criteria(
@@ -304,8 +339,6 @@ def compare_criteria(
     Raises:
         InvalidConfigError: A data-driven criterion without calibration, or a k larger than the candidates allow.
     """
-    from tqdm.auto import tqdm
-
     config = config if config is not None else CompareConfig()
     if not isinstance(config, CompareConfig):
         raise TypeError(f"config must be a CompareConfig, got {type(config).__name__}")
@@ -316,26 +349,7 @@ def compare_criteria(
     model.eval()
     pruner = GateNormPruner(model)
 
-    # Criteria often agree on a set (and every k = 0 is the baseline): the evaluation is deterministic, so each
-    # distinct set is evaluated once.
-    evaluated: dict[tuple[int, ...], object] = {}
-
-    def evaluate(layers: Sequence[int]):
-        key = tuple(sorted(set(layers)))
-        if key not in evaluated:
-            with mask_attention(model, key):
-                evaluated[key] = perplexity(
-                    model,
-                    tokenizer,
-                    text,
-                    window=config.window,
-                    stride=config.stride,
-                    max_tokens=config.max_tokens,
-                    bos=config.bos,
-                )
-        return evaluated[key]
-
-    baseline = evaluate([])
+    check_window_fits(model, config.window, len(bos_prefix(tokenizer, config.bos)))
     runs = [(name, seed) for name in criteria for seed in (seeds if name == RANDOM else [None])]
     scores_by_run = {}
     info: dict[str, dict] = {}
@@ -352,9 +366,7 @@ def compare_criteria(
             info[name]["scoring_seconds"] /= len(seeds)
             info[name]["seeds"] = list(seeds)
 
-    points = []
-    total = len(runs) * len([k for k in ks if k > 0])
-    bar = tqdm(total=total, desc="compare", unit="point", disable=not progress)
+    selections = []
     for name, seed in runs:
         for k in ks:
             request = GateNormConfig(
@@ -365,13 +377,49 @@ def compare_criteria(
                 min_gap=min_gap,
             )
             removed, _, _ = select_layers(scores_by_run[(name, seed)], request)
-            if k == 0:
-                value = baseline.perplexity
-            else:
-                value = evaluate(removed).perplexity
-                bar.update(1)
-            points.append(ComparePoint(name, k, removed, value, seed))
-    bar.close()
+            selections.append((name, seed, k, removed))
+
+    # Criteria often agree on a set (and every k = 0 is the baseline): the evaluation is deterministic, so each
+    # distinct set is evaluated once. All sets share one pass over the windows, in which each window's unpruned
+    # logits (the baseline, and the reference of the KL divergence) are computed once.
+    sets = list(dict.fromkeys(tuple(sorted(set(removed))) for *_, removed in selections if removed))
+    unpruned = forward_logits(model)
+    fits = _fit_sets(model, sets, config.replacement, calibration, progress)
+
+    def masked(layers: tuple[int, ...]):
+        def run(input_ids):
+            with _removed(model, layers, fits.get(layers)):
+                return unpruned(input_ids)
+
+        return run
+
+    scores = score_windows(
+        [masked(layers) for layers in sets],
+        tokenizer,
+        text,
+        reference=unpruned,
+        window=config.window,
+        stride=config.stride,
+        max_tokens=config.max_tokens,
+        bos=config.bos,
+        progress=progress,
+        progress_label=f"compare ({len(sets)} sets)",
+        device=getattr(model, "device", None),
+    )
+    baseline = scores.reference
+    measured = {(): {"perplexity": baseline.perplexity, "kl_mean": 0.0, "kl_p99": 0.0, "top1_agreement": 1.0}}
+    for layers, tally in zip(sets, scores.tallies, strict=True):
+        divergence = tally.divergence()
+        measured[layers] = {
+            "perplexity": tally.perplexity,
+            "kl_mean": divergence["kl_mean"],
+            "kl_p99": divergence["kl_p99"],
+            "top1_agreement": divergence["top1_agreement"],
+        }
+    points = [
+        ComparePoint(name, k, removed, seed=seed, **measured[tuple(sorted(set(removed)))])
+        for name, seed, k, removed in selections
+    ]
 
     present = [i for i, s in enumerate(info[criteria[0]]["scores"]) if s is not None]
     correlation: dict[str, dict[str, float | None]] = {}
@@ -385,7 +433,7 @@ def compare_criteria(
     return CompareResult(
         model=model_name or str(getattr(model, "name_or_path", "")),
         text=text_name,
-        num_tokens=baseline.num_tokens,
+        num_tokens=baseline.count,
         baseline_perplexity=baseline.perplexity,
         num_layers=ks,
         criteria=info,
@@ -399,6 +447,29 @@ def compare_criteria(
             "protect_last": config.protect_last,
             "min_gap": min_gap,
             "seeds": list(seeds),
-            "bos": baseline.bos,  # as resolved: True where a BOS token went in front of every window
+            "bos": scores.bos,  # as resolved: True where a BOS token went in front of every window
+            "replacement": config.replacement,
+            "replacement_fits": {
+                ",".join(map(str, layers)): {"seconds": fit.seconds, "calibration": fit.calibration["source"]}
+                for layers, fit in fits.items()
+            },
         },
     )
+
+
+def _removed(model, layers: tuple[int, ...], fit):
+    """`mask_attention`, or the fitted replacements in place of the layers' attention updates."""
+    from ..pruning.replacement import replaced_attention
+
+    return mask_attention(model, layers) if fit is None else replaced_attention(model, fit)
+
+
+def _fit_sets(model, sets, kind: str, calibration, progress: bool) -> dict:
+    """One `kind` replacement fit per distinct removed set (none for `"none"`), on `calibration` or self-sampled."""
+    if kind == "none" or not sets:
+        return {}
+    from ..criteria.selfcal import self_calibration
+    from ..pruning.replacement import fit_replacements
+
+    windows = calibration if calibration is not None else self_calibration(model, 0, progress=progress)
+    return {layers: fit_replacements(model, layers, kind, windows, progress=progress) for layers in sets}

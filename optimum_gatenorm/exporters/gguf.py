@@ -13,7 +13,11 @@ What llama.cpp reads (`src/llama-model.cpp`, `load_hparams`), and what is writte
   `.attention.layer_norm_rms_epsilon`, `.rope.freq_base`, `.rope.dimension_count` (must equal the head size for
   llama and deci), `.vocab_size`; for deci also `.attention.key_length` / `.value_length`.
 - llama.cpp derives the head size from layer 0's head count, so a pruned layer 0 cannot be expressed in deci:
-  refused with one line (Gate-Norm protects layer 0 by default).
+  refused with one line (Gate-Norm protects layer 0 by default), unless a `linear` replacement keeps its head count.
+- A layer whose attention was replaced by a `linear` map (`pruning.replacement`) is deci's "linear attention"
+  layer: `head_count` as the model's, `head_count_kv = 0` (no KV cache), `attn_norm` = the kept input norm and
+  `attn_output` = the n_embd x n_embd map, no bias; llama.cpp computes `h + attn_output @ rmsnorm(h)`, as PyTorch
+  does. A `mean` replacement has no such form and is refused (`serving.ServingPlan`).
 - Rope: llama.cpp's "normal" rope rotates adjacent pairs, transformers' llama rotates halves; the q and k rows are
   permuted per head (`_permute`, the converter's `LlamaModel.permute`) so both compute the same attention. Linear
   scaling is written as `rope.scaling.type/factor`, Llama 3's as the `rope_freqs` tensor (as the converter does).
@@ -36,6 +40,7 @@ from typing import TYPE_CHECKING
 from ..compat import load_auto_tokenizer, rope_settings
 from ..errors import InvalidConfigError, UnsupportedModelError
 from ..outputs import atomic_output_file, check_output_path
+from ..pruning.structure import REPLACEMENT_MODULE
 from .serving import ServingPlan, load_for_serving
 
 
@@ -118,7 +123,7 @@ def export_gguf(
     else:
         source, config = None, model_or_path.config
     plan = ServingPlan.from_config(config, "gguf")
-    if plan.pruned and plan.pruned[0] == 0:
+    if plan.pruned and plan.pruned[0] == 0 and 0 not in plan.linear:
         raise UnsupportedModelError(
             "GGUF cannot express a pruned layer 0: llama.cpp's deci graph takes the head size from layer 0's head "
             "count; prune with layer 0 protected (the default) or use --format nemotron-nas / onnx"
@@ -258,7 +263,9 @@ def _write(model, plan: ServingPlan, tokenizer, tokenizer_dir: Path, path: Path,
     writer.add_vocab_size(config.vocab_size)
     if pruned:
         kept = plan.kept
-        writer.add_head_count([dims.num_heads if keep else 0 for keep in kept])
+        # A linear replacement keeps the head count (llama.cpp's linear-attention layer) but no KV heads.
+        linear = set(plan.linear)
+        writer.add_head_count([dims.num_heads if keep or i in linear else 0 for i, keep in enumerate(kept)])
         writer.add_head_count_kv([dims.num_kv_heads if keep else 0 for keep in kept])
         writer.add_feed_forward_length([plan.intermediate_size] * plan.num_layers)
     else:
@@ -273,6 +280,8 @@ def _write(model, plan: ServingPlan, tokenizer, tokenizer_dir: Path, path: Path,
     if pruned:
         # Gate-Norm's record of the removed attention sublayers (informational: head_count already says it).
         writer.add_array("gatenorm.pruned_attention_layers", list(plan.pruned))
+        if plan.linear:
+            writer.add_array("gatenorm.linear_attention_layers", list(plan.linear))
 
     tokens, types, pre = tokenizer
     writer.add_tokenizer_model("gpt2")
@@ -309,6 +318,10 @@ def _write(model, plan: ServingPlan, tokenizer, tokenizer_dir: Path, path: Path,
             add(f"{block}.attn_k.weight", _permute(state[f"{layer}.self_attn.k_proj.weight"], dims.num_kv_heads), True)
             add(f"{block}.attn_v.weight", state[f"{layer}.self_attn.v_proj.weight"], True)
             add(f"{block}.attn_output.weight", state[f"{layer}.self_attn.o_proj.weight"], True)
+        elif index in plan.linear:
+            replacement = f"{layer}.{REPLACEMENT_MODULE}"
+            add(f"{block}.attn_norm.weight", state[f"{replacement}.norm.weight"], False)
+            add(f"{block}.attn_output.weight", state[f"{replacement}.proj.weight"], True)
         add(f"{block}.ffn_norm.weight", state[f"{layer}.post_attention_layernorm.weight"], False)
         add(f"{block}.ffn_gate.weight", state[f"{layer}.mlp.gate_proj.weight"], True)
         add(f"{block}.ffn_up.weight", state[f"{layer}.mlp.up_proj.weight"], True)

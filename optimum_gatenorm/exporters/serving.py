@@ -3,6 +3,11 @@
 Both formats describe a pruned Llama-family model layer by layer: a layer either keeps its attention (with the
 model's query and key-value head counts) or has none (no input norm, no q/k/v/o, no KV cache), and every layer
 keeps its MLP. `ServingPlan` is that description, built once from a config; the exporters only write it.
+
+A removed sublayer replaced by a map (`pruning.replacement`): GGUF writes `linear` as llama.cpp's `deci` "linear
+attention" layer (`head_count > 0`, `head_count_kv == 0`, `attn_norm` + an n_embd x n_embd `attn_output`, no bias);
+it has no form for `mean` (a constant update), which is refused. Nemotron-NAS refuses both: vLLM's reader
+(`nemotron_nas.py`) knows only `attention.no_op` and would build a `replace_with_linear` layer as full attention.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..adapters import HeadDims, get_adapter
-from ..checkpoints.record import get_pruned_layers
+from ..checkpoints.record import get_pruned_layers, get_replacements
 from ..compat import rope_settings
 from ..errors import UnsupportedModelError
 
@@ -67,6 +72,7 @@ class ServingPlan:
         intermediate_size: MLP width of every layer.
         rope_type: `"default"`, `"linear"` or `"llama3"`.
         tied_embeddings: The LM head is the token embedding (no `lm_head.weight` is written).
+        linear: Pruned layers replaced by a `linear` map (GGUF only; a subset of `pruned`).
     """
 
     num_layers: int
@@ -75,6 +81,7 @@ class ServingPlan:
     intermediate_size: int
     rope_type: str
     tied_embeddings: bool
+    linear: tuple[int, ...] = ()
 
     @property
     def kept(self) -> tuple[bool, ...]:
@@ -102,6 +109,21 @@ class ServingPlan:
                 raise UnsupportedModelError(
                     f"--format {fmt} cannot write {config.model_type} with {flag}={getattr(config, flag)!r}: {reason}"
                 )
+        replacements = get_replacements(config)
+        if replacements and fmt != "gguf":
+            raise UnsupportedModelError(
+                f"--format {fmt} cannot hold the replaced attention sublayers of layers {sorted(replacements)}: vLLM's "
+                "Nemotron-NAS reader ignores replace_with_linear and would build them as full attention; prune with "
+                "--replacement none, or export --format gguf (a linear replacement is llama.cpp's linear-attention "
+                "layer) or --format onnx"
+            )
+        mean = sorted(layer for layer, kind in replacements.items() if kind == "mean")
+        if mean:
+            raise UnsupportedModelError(
+                f"--format gguf cannot hold the mean replacement of layers {mean}: llama.cpp's deci graph has no "
+                "constant update; prune with --replacement linear (llama.cpp's linear-attention layer) or export "
+                "--format onnx"
+            )
         rope = rope_settings(config).get("rope_scaling") or {}
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type not in _ROPE_TYPES:
@@ -115,6 +137,7 @@ class ServingPlan:
             intermediate_size=config.intermediate_size,
             rope_type=rope_type,
             tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+            linear=tuple(sorted(replacements)),
         )
 
 

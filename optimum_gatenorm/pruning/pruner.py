@@ -18,6 +18,7 @@ from ..errors import InvalidConfigError
 from ..evaluation.loading import load_tokenizer
 from ..report import PruningReport, ScoreReport, rank
 from .configuration import GateNormConfig
+from .replacement import ReplacementFit
 
 
 if TYPE_CHECKING:
@@ -294,11 +295,16 @@ class GateNormPruner:
     ) -> tuple["PreTrainedModel", PruningReport]:
         """Removes the `config`-chosen attention sublayers, in place, and returns the model and a report.
 
+        With `config.replacement` `"mean"` or `"linear"`, each removed sublayer is replaced by a map fitted on
+        `calibration` when given, else on the windows `cosine_self` samples with `config.seed`
+        (`pruning.replacement`), and the report records what it recovers on `RECOVERY_SAMPLES` sequences sampled
+        with `config.seed + 1`, which the fit did not use.
+
         Args:
             config: What to remove; `config.criterion` ranks the layers, `config.seed` seeds `random`.
             scores: Scores already computed with `score(config.criterion)`; when omitted, the pruner's last
                 `score()` of that criterion and seed is used, else they are computed here.
-            calibration: Token windows for a data-driven `config.criterion`.
+            calibration: Token windows for a data-driven `config.criterion`, and for fitting a replacement.
             device: Device for the scoring (see `score`).
             progress: Show a progress bar while scoring (`None`: as `score` decides).
 
@@ -334,7 +340,12 @@ class GateNormPruner:
             logger.warning("warning: %s", warning)
         model = self.model
         before = model.num_parameters()
-        pruned = prune_model(model, removed, criterion=config.criterion)
+        fit = None
+        if config.replacement != "none":
+            fit = self._fit_replacement(model, removed, config, calibration, progress)
+        pruned = prune_model(
+            model, removed, criterion=config.criterion, replacements=fit.layers if fit is not None else None
+        )
         self._scored = None  # the model changed
         after = model.num_parameters()
         report = PruningReport(
@@ -356,7 +367,22 @@ class GateNormPruner:
             data_free=scores.data_free,
             calibration=scores.calibration,
             warnings=warnings,
+            replacement=fit.to_dict() if fit is not None else None,
         )
         model.gatenorm_report = report
         logger.debug(report.summary())
         return model, report
+
+    @staticmethod
+    def _fit_replacement(model, removed, config, calibration, progress) -> "ReplacementFit":
+        """Fits `config.replacement` for `removed` and measures what it recovers on sequences the fit did not use."""
+        from ..criteria.selfcal import self_calibration, self_generated
+        from .replacement import RECOVERY_SAMPLES, fit_replacements, replacement_recovery
+
+        windows = calibration if calibration is not None else self_calibration(model, config.seed, progress=progress)
+        fit = fit_replacements(model, removed, config.replacement, windows, progress=progress)
+        seed = config.seed + 1
+        check = self_generated(model, num_samples=RECOVERY_SAMPLES, seed=seed)
+        source = f"{check.shape[0]} x {check.shape[1] - 1} tokens sampled by the model (seed {seed})"
+        fit.recovery = replacement_recovery(model, fit, check, source=source)
+        return fit

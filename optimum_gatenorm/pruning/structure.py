@@ -11,6 +11,11 @@ type in the compacted cache, whatever layers are removed: see `CacheLayerTypesCo
 
 The pruned layer keeps the class of the original layer (a subclass is swapped in), so every `isinstance` check
 transformers makes (hidden-state recording, gradient checkpointing) still holds.
+
+A *replaced* layer is a pruned layer that also holds an `AttentionReplacement` (`attention_replacement`, fitted by
+`optimum_gatenorm.pruning.replacement`) whose output is added where the attention's was: a constant vector
+(`mean`) or a bias-free `W @ input_norm(h)` (`linear`, with the layer's own input norm kept inside the module). It
+has no attention and no KV-cache entry either.
 """
 
 from __future__ import annotations
@@ -18,8 +23,11 @@ from __future__ import annotations
 import copy
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
 
 from ..adapters import ArchitectureAdapter, get_adapter
 from ..compat import layer_returns_tuple
@@ -30,26 +38,86 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 __all__ = [
+    "REPLACEMENT_KINDS",
+    "REPLACEMENT_MODULE",
     "AttentionPrunedLayerMixin",
+    "AttentionReplacement",
     "CacheLayerTypesConfigMixin",
     "apply_pruned_structure",
     "is_attention_pruned",
+    "replacement_of",
 ]
 
 logger = logging.getLogger(__name__)
 
 
+# What a removed attention sublayer can be replaced by (besides nothing), and where a replaced layer holds it.
+REPLACEMENT_KINDS = ("mean", "linear")
+REPLACEMENT_MODULE = "attention_replacement"
+
+
+class AttentionReplacement(nn.Module):
+    """What a replaced layer adds to the residual stream in place of its attention sublayer.
+
+    `mean`: a constant vector `bias` (`[hidden]`). `linear`: `proj(norm(h))`, a bias-free `[hidden, hidden]`
+    `nn.Linear` on the output of the layer's own input norm (`norm`, the module that fed the attention), which is
+    llama.cpp's "linear attention" layer of the `deci` architecture.
+
+    Args:
+        kind: `"mean"` or `"linear"`.
+        norm: The layer's input norm module (`linear` only); it is kept, weights and all.
+        reference: A tensor whose device and dtype the new parameters take (e.g. the norm's weight; may be meta).
+        hidden_size: Width of the residual stream.
+        parallel: The layer's MLP reads the layer's input, not the updated stream (`ArchitectureAdapter.parallel_residual`).
+    """
+
+    def __init__(
+        self, kind: str, *, norm: nn.Module | None, reference: torch.Tensor, hidden_size: int, parallel: bool
+    ):
+        super().__init__()
+        assert kind in REPLACEMENT_KINDS, kind
+        self.kind = kind
+        self.parallel = parallel
+        factory = {"device": reference.device, "dtype": reference.dtype}
+        if kind == "mean":
+            self.bias = nn.Parameter(torch.zeros(hidden_size, **factory))
+        else:
+            assert norm is not None
+            self.norm = norm
+            self.proj = nn.Linear(hidden_size, hidden_size, bias=False, **factory)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The update, `[hidden]` for `mean` (it broadcasts) or shaped like `hidden_states` for `linear`."""
+        if self.kind == "mean":
+            return self.bias
+        return self.proj(self.norm(hidden_states))
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}, parallel={self.parallel}"
+
+
 class AttentionPrunedLayerMixin:
-    """Forward of a decoder layer without attention: `h + m_n(...m_1(h))` over the adapter's `pruned_forward`."""
+    """Forward of a decoder layer without attention: `h + m_n(...m_1(h))` over the adapter's `pruned_forward`.
+
+    With an `AttentionReplacement` `r`: `h' = h + r(h)`, then `h' + m_n(...m_1(h'))` (or, for a parallel-residual
+    layer, `h + r(h) + m_n(...m_1(h))`), as the unpruned layer adds its attention update.
+    """
 
     _gatenorm_adapter: ArchitectureAdapter
 
     def forward(self, hidden_states, *args, **kwargs):
         adapter = self._gatenorm_adapter
+        replacement = self._modules.get(REPLACEMENT_MODULE)
+        added = replacement(hidden_states) if replacement is not None else None
+        parallel = added is not None and replacement.parallel
+        if added is not None and not parallel:
+            hidden_states = hidden_states + added
         update = hidden_states
         for name in adapter.pruned_forward:
             update = getattr(self, name)(update)
         hidden_states = hidden_states + update
+        if parallel:
+            hidden_states = hidden_states + added
         if layer_returns_tuple(adapter):
             return (hidden_states, None) if kwargs.get("output_attentions") else (hidden_states,)
         return hidden_states
@@ -74,6 +142,11 @@ def _pruned_class(base: type, adapter: ArchitectureAdapter) -> type:
 
 def is_attention_pruned(layer) -> bool:
     return isinstance(layer, AttentionPrunedLayerMixin)
+
+
+def replacement_of(layer) -> "AttentionReplacement | None":
+    """The `AttentionReplacement` of a pruned decoder layer, or `None` (plain removal, or a layer with attention)."""
+    return layer._modules.get(REPLACEMENT_MODULE) if is_attention_pruned(layer) else None
 
 
 def validate_pruned_set(layers: Iterable[int], total: int) -> list[int]:
@@ -196,11 +269,19 @@ def _fill_missing_mask_types(module, args, kwargs):
     return args, {**kwargs, "attention_mask": {**masks, **dict.fromkeys(missing, stand_in)}}
 
 
-def apply_pruned_structure(model: "PreTrainedModel", layers: Iterable[int]) -> list[int]:
+def apply_pruned_structure(
+    model: "PreTrainedModel", layers: Iterable[int], replacements: Mapping[int, str] | None = None
+) -> list[int]:
     """Removes the attention sublayers of `layers` (on top of any already removed) and renumbers the rest.
 
     Works on real and on meta-device models (before weights are loaded). Does not touch the config record;
     see `optimum_gatenorm.checkpoints.modeling.prune_model` for the full in-memory operation.
+
+    Args:
+        model: The model, changed in place.
+        layers: Decoder layers whose attention sublayer goes.
+        replacements: Layer index (one of `layers`) -> replacement kind (`REPLACEMENT_KINDS`); those layers get an
+            `AttentionReplacement` with zero parameters (load or copy the fitted ones into it).
 
     Returns:
         The sorted indices of all layers without attention.
@@ -209,15 +290,29 @@ def apply_pruned_structure(model: "PreTrainedModel", layers: Iterable[int]) -> l
     decoder_layers = model.get_submodule(adapter.layers)
     total = len(decoder_layers)
     already = {i for i, layer in enumerate(decoder_layers) if is_attention_pruned(layer)}
+    replacements = dict(replacements or {})
     pruned = validate_pruned_set(set(layers) | already, total)
+    stray = sorted(set(replacements) - (set(pruned) - already))
+    assert not stray, f"replacements for layers {stray} that this call does not remove"
     kept = [i for i in range(total) if i not in pruned]
     for index in pruned:
         layer = decoder_layers[index]
         if index in already:
             continue
+        kind = replacements.get(index)
+        norm = getattr(layer, adapter.input_norm)
         layer.__class__ = _pruned_class(type(layer), adapter)
         for name in adapter.pruned_modules:
             delattr(layer, name)
+        if kind is not None:
+            replacement = AttentionReplacement(
+                kind,
+                norm=norm if kind == "linear" else None,
+                reference=next(norm.parameters()),
+                hidden_size=model.config.hidden_size,
+                parallel=adapter.parallel_residual(model.config),
+            )
+            layer.add_module(REPLACEMENT_MODULE, replacement)
     for slot, index in enumerate(kept):
         getattr(decoder_layers[index], adapter.attention).layer_idx = slot
     _set_cache_layer_types(model, adapter, decoder_layers, kept)

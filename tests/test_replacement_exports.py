@@ -1,0 +1,195 @@
+"""Replaced attention sublayers in every export: ONNX (a MatMul or an Add, no attention, no KV), GGUF (llama.cpp's
+deci linear-attention layer for `linear`, `mean` refused), Nemotron-NAS (refused)."""
+
+import pytest
+import torch
+from conftest import ALL_TINY, HAS_ONNX, SKIP_ONNX, tiny_config, tiny_model
+
+from optimum_gatenorm import UnsupportedModelError, prune_model
+from optimum_gatenorm.criteria.calibration import Calibration
+from optimum_gatenorm.pruning.replacement import fit_replacements
+
+
+REPLACED = [0, 2]  # layer 0 included
+PROMPT = torch.tensor([[3, 9, 27, 81, 115, 12, 40], [0, 0, 0, 7, 21, 63, 101]])
+MASK = torch.tensor([[1] * 7, [0, 0, 0, 1, 1, 1, 1]])
+
+
+def replaced_model(name: str, kind: str, layers=REPLACED):
+    """A tiny model with `layers` replaced by `kind` fitted on random windows (`none`: removed plainly)."""
+    model = tiny_model(name)
+    fit = None
+    if kind != "none":
+        windows = torch.randint(0, 98, (8, 24), generator=torch.Generator().manual_seed(0))
+        fit = fit_replacements(model, layers, kind, Calibration(windows))
+    prune_model(model, layers, replacements=fit.layers if fit else None)
+    return model
+
+
+# --- ONNX ------------------------------------------------------------------------------------------------------------
+
+
+def _onnx_exportable(name: str) -> bool:
+    if not HAS_ONNX:
+        return False
+    from optimum_gatenorm.exporters.onnx import check_onnx_exportable
+
+    try:
+        check_onnx_exportable(tiny_config(name))
+    except UnsupportedModelError:
+        return False
+    return True
+
+
+ONNX_EXPORTABLE = [name for name in sorted(ALL_TINY) if _onnx_exportable(name)]
+
+
+@pytest.fixture(scope="module", params=ONNX_EXPORTABLE or ["none"])
+def onnx_exports(request, tmp_path_factory):
+    """name -> {kind: (PyTorch model, ONNX dir)} for none / mean / linear."""
+    if not HAS_ONNX:
+        pytest.skip(SKIP_ONNX)
+    from optimum_gatenorm import export_onnx
+
+    name = request.param
+    root = tmp_path_factory.mktemp(f"onnx-replaced-{name}")
+    out = {}
+    for kind in ("none", "mean", "linear"):
+        model = replaced_model(name, kind)
+        export_onnx(model, root / kind)
+        out[kind] = (model, root / kind)
+    return name, out
+
+
+def _ops(directory) -> dict[str, int]:
+    import onnx
+
+    graph = onnx.load(str(directory / "model.onnx"), load_external_data=False).graph
+    counts: dict[str, int] = {}
+    for node in graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    kv = sorted(i.name for i in graph.input if i.name.startswith("past_key_values."))
+    return counts, kv
+
+
+@pytest.mark.onnx
+def test_onnx_graph_holds_a_matmul_or_an_add_per_replaced_layer_and_no_attention(onnx_exports):
+    _, exports = onnx_exports
+    (plain, plain_kv), (mean, mean_kv), (linear, linear_kv) = (_ops(exports[k][1]) for k in ("none", "mean", "linear"))
+    kept = 4 - len(REPLACED)
+    expected_kv = sorted(f"past_key_values.{j}.{kv}" for j in range(kept) for kv in ("key", "value"))
+    for counts, kv in ((plain, plain_kv), (mean, mean_kv), (linear, linear_kv)):
+        assert counts.get("Softmax", 0) + sum(n for op, n in counts.items() if "Attention" in op) == kept
+        assert kv == expected_kv
+    assert linear.get("MatMul", 0) - plain.get("MatMul", 0) == len(REPLACED)  # one d x d product per replaced layer
+    assert mean.get("MatMul", 0) == plain.get("MatMul", 0) and mean["Add"] - plain["Add"] == len(REPLACED)
+
+
+@pytest.mark.onnx
+@pytest.mark.parametrize("kind", ["mean", "linear"])
+def test_onnx_logits_and_generation_match_pytorch(onnx_exports, kind):
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    _, exports = onnx_exports
+    model, directory = exports[kind]
+    for io_binding in (False, True):
+        ort = ORTModelForCausalLM.from_pretrained(directory, use_io_binding=io_binding)
+        kwargs = dict(
+            attention_mask=MASK, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0,
+            output_logits=True, return_dict_in_generate=True,
+        )  # fmt: skip
+        with torch.no_grad():
+            torch.testing.assert_close(
+                ort(PROMPT, attention_mask=MASK).logits[MASK.bool()],
+                model(PROMPT, attention_mask=MASK).logits[MASK.bool()],
+                rtol=1e-4,
+                atol=1e-4,
+            )
+            from_ort, from_torch = ort.generate(PROMPT, **kwargs), model.generate(PROMPT, **kwargs)
+        assert torch.equal(from_ort.sequences, from_torch.sequences)
+        for step_ort, step_torch in zip(from_ort.logits, from_torch.logits, strict=True):
+            torch.testing.assert_close(step_ort, step_torch, rtol=1e-4, atol=1e-4)
+
+
+# --- GGUF (llama.cpp) and Nemotron-NAS --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def serving_dirs(tmp_path_factory):
+    """A tiny Llama with a byte-level tokenizer, saved with layers 1 and 2 replaced by each kind (and layer 0 too
+    for `linear0`)."""
+    from test_serving import _byte_level_tokenizer, _tiny_llama
+
+    from optimum_gatenorm import save_pruned
+
+    root = tmp_path_factory.mktemp("serving-replaced")
+    _byte_level_tokenizer().save_pretrained(root / "tokenizer")
+    windows = Calibration(torch.randint(0, 300, (8, 32), generator=torch.Generator().manual_seed(0)))
+    dirs = {}
+    for name, kind, layers in (("linear", "linear", [1, 2]), ("linear0", "linear", [0, 2]), ("mean", "mean", [1, 2])):
+        model = _tiny_llama()
+        fit = fit_replacements(model, layers, kind, windows)
+        prune_model(model, layers, replacements=fit.layers)
+        save_pruned(model, root / name, tokenizer_from=root / "tokenizer")
+        dirs[name] = root / name
+    return dirs
+
+
+@pytest.mark.parametrize("name", ["linear", "linear0"])
+def test_gguf_linear_is_llama_cpp_linear_attention_with_pytorch_tokens(serving_dirs, name, tmp_path):
+    import gguf
+    from test_serving import _check_parity, _fields, _prompt
+
+    from optimum_gatenorm import export_gguf, load_pruned
+
+    replaced = [1, 2] if name == "linear" else [0, 2]
+    out = export_gguf(serving_dirs[name], tmp_path / "model.gguf", gguf_type="f32", pre_tokenizer="gpt-2")
+    fields = _fields(out)
+    assert fields["general.architecture"] == "deci"
+    assert fields["deci.attention.head_count"] == [4, 4, 4, 4]  # a linear-attention layer keeps its head count ...
+    assert fields["deci.attention.head_count_kv"] == [0 if i in replaced else 2 for i in range(4)]  # ... no KV
+    assert fields["gatenorm.linear_attention_layers"] == replaced
+    tensors = {t.name: [int(n) for n in t.shape] for t in gguf.GGUFReader(out).tensors}
+    for i in replaced:
+        assert tensors[f"blk.{i}.attn_output.weight"] == [64, 64] and tensors[f"blk.{i}.attn_norm.weight"] == [64]
+        assert not any(f"blk.{i}.attn_{x}" in tensors for x in ("q.weight", "k.weight", "v.weight", "output.bias"))
+    model = load_pruned(serving_dirs[name], dtype=torch.float32)
+    _check_parity(model, out, _prompt(serving_dirs[name]))  # greedy tokens equal, logits within F32_TOL
+    # ... and the replacement matters there: the same GGUF with the maps zeroed (plain removal) gives other logits.
+    from llama_cpp_support import llama_cpp_logits
+
+    prompt = _prompt(serving_dirs[name])
+    with torch.no_grad():
+        for i in replaced:
+            model.get_submodule(f"model.layers.{i}.attention_replacement.proj").weight.zero_()
+        zeroed = model(torch.tensor([prompt])).logits[0].numpy()
+    assert abs(llama_cpp_logits(out, prompt) - zeroed).max() > 1e-2
+
+
+def test_gguf_refuses_mean_and_nemotron_nas_refuses_any_replacement(serving_dirs, tmp_path):
+    from optimum_gatenorm import export_gguf, export_nemotron_nas
+
+    with pytest.raises(UnsupportedModelError) as error:
+        export_gguf(serving_dirs["mean"], tmp_path / "m.gguf", pre_tokenizer="gpt-2")
+    assert str(error.value) == (
+        "--format gguf cannot hold the mean replacement of layers [1, 2]: llama.cpp's deci graph has no constant "
+        "update; prune with --replacement linear (llama.cpp's linear-attention layer) or export --format onnx"
+    )
+    for name in ("mean", "linear"):
+        with pytest.raises(UnsupportedModelError, match="vLLM's Nemotron-NAS reader ignores replace_with_linear") as e:
+            export_nemotron_nas(serving_dirs[name], tmp_path / f"n-{name}")
+        assert "--format gguf" in str(e.value) and "\n" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_export_refusals_are_one_line(serving_dirs, tmp_path):
+    from test_cli import run_cli
+
+    for fmt, name, needle in (("gguf", "mean", "--replacement linear"), ("nemotron-nas", "linear", "--format gguf")):
+        output = tmp_path / ("x.gguf" if fmt == "gguf" else "x")
+        result = run_cli("gatenorm", "export", "-m", serving_dirs[name], "--format", fmt, "-o", output)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and needle in result.stderr, result.stderr
+        assert not output.exists()
+    help_text = " ".join(run_cli("gatenorm", "export", "--help").stdout.split())
+    assert "deci's linear-attention layer" in help_text and "vLLM ignores replace_with_linear" in help_text
