@@ -228,7 +228,7 @@ CASES = {
     "eval_chat_without_reference": Case(("eval", "-m", "{model}", "-t", "{text}", "--chat"), ("--reference",)),
     # --- compare ------------------------------------------------------------------------------------------------
     "compare_checkpoint_without_tokenizer": Case(
-        ("compare", "-m", "{notok}", "-t", "{text}", "-k", "0,1"), ("no tokenizer",)
+        ("compare", "-m", "{notok}", "-t", "{text}", "-k", "0,1", "--window", "64"), ("no tokenizer",)
     ),
     "compare_k_beyond_layers": Case(("compare", "-m", "{model}", "-t", "{text}", "-k", "0,40"), ("cannot remove 40",)),
     "compare_bad_seed_range": Case(("compare", "-m", "{model}", "-t", "{text}", "--seeds", "3-1"), ("seeds",)),
@@ -243,7 +243,8 @@ CASES = {
         ("compare", "-m", "{model}", "-t", "{text}", "--plot", "{model}/plot.png"), ("inside the input model",)
     ),
     "compare_cosine_without_text": Case(
-        ("compare", "-m", "{model}", "-t", "{text}", "-k", "0,1", "--criteria", "cosine"), ("calibration",)
+        ("compare", "-m", "{model}", "-t", "{text}", "-k", "0,1", "--criteria", "cosine", "--window", "64"),
+        ("calibration",),
     ),
     # --- benchmark ----------------------------------------------------------------------------------------------
     "benchmark_missing_model": Case(("benchmark", "-m", "{missing}", "-b", "{onnx}"), ("not found",)),
@@ -277,7 +278,7 @@ CASES = {
         ("prune", "-m", "{model}", "-k", "1", "-o", "{new}", "--export", "onnx"), ("[onnx]",), without_onnx=True
     ),
     "eval_onnx_dir_without_onnx_extra": Case(
-        ("eval", "-m", "{fakeonnx}", "-t", "{text}"), ("[onnx]", "[onnxruntime]"), without_onnx=True
+        ("eval", "-m", "{fakeonnx}", "-t", "{text}", "--window", "64"), ("[onnx]", "[onnxruntime]"), without_onnx=True
     ),
     "benchmark_without_onnx_extra": Case(
         ("benchmark", "-m", "{model}", "-b", "{model}"), ("[onnx]", "--backend pytorch"), without_onnx=True
