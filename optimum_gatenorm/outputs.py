@@ -56,7 +56,7 @@ __all__ = [
 OUTPUT_MARKER = ".optimum-gatenorm-output"
 REPORT_FILE = "gatenorm_report.json"
 # What versions before the manifest wrote into an output directory (pruned checkpoints, ONNX and Nemotron-NAS
-# exports, conversions); a legacy directory holding anything else is not ours.
+# exports, conversions), at its top or in its `onnx/` folder; a legacy directory holding anything else is not ours.
 LEGACY_FILES = (
     OUTPUT_MARKER,
     REPORT_FILE,
@@ -79,9 +79,8 @@ LEGACY_FILES = (
     "model.onnx",
     "model.onnx_data",
     "model.onnx.data",
-    "onnx",
-    "onnx/*",
 )
+_LEGACY_FOLDERS = ("", "onnx")
 _REPORT_KEYS = {"model_type", "criterion", "removed_layers", "num_hidden_layers"}
 # A temporary path of ours: `.NAME.tmp-<pid>-<random>` (or `.old-`); before 0.5 without the pid.
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?:(?P<pid>\d+)-)?[A-Za-z0-9_]+$")
@@ -127,7 +126,15 @@ def foreign_entries(path: str | Path) -> list[str]:
         legacy = isinstance(report, dict) and _REPORT_KEYS <= report.keys()
     if not legacy:
         return entries
-    return [entry for entry in entries if not any(fnmatch.fnmatchcase(entry, p) for p in LEGACY_FILES)]
+    return [entry for entry in entries if not _legacy_entry(entry)]
+
+
+def _legacy_entry(entry: str) -> bool:
+    """Whether `entry` (a relative POSIX path) is a file earlier versions wrote, or their `onnx/` folder."""
+    if entry in _LEGACY_FOLDERS:
+        return True
+    folder, _, name = entry.rpartition("/")
+    return folder in _LEGACY_FOLDERS and any(fnmatch.fnmatchcase(name, pattern) for pattern in LEGACY_FILES)
 
 
 def is_our_output(path: str | Path) -> bool:

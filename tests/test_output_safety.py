@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -95,6 +96,12 @@ def test_a_legacy_output_is_ours_only_with_a_real_report_and_nothing_foreign(mod
     prune_and_save(model_dir, legacy, GateNormConfig(num_layers=1, criterion="gate_norm"))
     (legacy / OUTPUT_MARKER).unlink()  # as versions before the marker wrote it
     assert foreign_entries(legacy) == []
+    for name in ("onnx/notes.txt", "model-a/b-of-c.safetensors"):  # known names, in the wrong place
+        (legacy / name).parent.mkdir(exist_ok=True)
+        (legacy / name).write_text("mine\n")
+    assert foreign_entries(legacy) == ["model-a", "model-a/b-of-c.safetensors", "onnx/notes.txt"]
+    shutil.rmtree(legacy / "model-a")
+    shutil.rmtree(legacy / "onnx")
     prune_and_save(model_dir, legacy, GateNormConfig(num_layers=1, criterion="gate_norm"), overwrite=True)
     assert (legacy / OUTPUT_MARKER).is_file()
 
