@@ -516,7 +516,8 @@ def test_a_signal_while_prune_writes_leaves_nothing(signum, tmp_path):
     """The real SmolLM2 (a 540 MB write): the signal arrives once the temporary output exists."""
     out = tmp_path / "pruned"
     process = subprocess.Popen(
-        [str(OPTIMUM_CLI), "gatenorm", "prune", "-m", "smollm2-135m", "-k", "4", "-c", "gate_norm", "-o", str(out)],
+        [str(OPTIMUM_CLI), "gatenorm", "prune", "-m", "smollm2-135m", "-k", "4", "-c", "gate_norm"]
+        + ["--replacement", "none", "-o", str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
