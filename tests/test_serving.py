@@ -226,7 +226,8 @@ def test_unsupported_models_are_refused_in_one_line(model_type, extra, match, fm
         setattr(model.config, key, value)
     with pytest.raises(UnsupportedModelError, match=match) as error:
         if fmt == "gguf":
-            export_gguf(model, tmp_path / "x.gguf", tokenizer_from=tmp_path)
+            (tmp_path / "tokenizer").mkdir()  # not read: the refusal comes first; never a folder holding the output
+            export_gguf(model, tmp_path / "x.gguf", tokenizer_from=tmp_path / "tokenizer")
         else:
             export_nemotron_nas(model, tmp_path / "x")
     assert "\n" not in str(error.value)
