@@ -687,7 +687,9 @@ def test_prune_target_speedup_removes_the_planned_k_and_says_so(workspace, tmp_p
     from optimum_gatenorm.benchmark.planning import resolve_target
 
     config = AutoConfig.from_pretrained(workspace / "model")
-    k, predicted = resolve_target(config, 1.05, context=64)
+    k, predicted = resolve_target(config, 1.05, context=64, replacement="linear")  # prune's default replacement
+    plain, _ = resolve_target(config, 1.05, context=64, replacement="none")
+    assert plain <= k  # a linear map per removed sublayer costs a d x d product: never fewer layers to remove
     out = tmp_path / "planned"
     result = _cli(
         "prune", "-m", workspace / "model", "--target-speedup", "1.05", "--context", "64", "-o", out, "--json",

@@ -220,3 +220,60 @@ def test_bad_input():
     bert.model_type = "bert"
     with pytest.raises(UnsupportedModelError, match="llama"):
         ModelCost.from_config(bert)
+
+
+# --- replaced layers: a linear replacement is a D x D product, a mean one a D-vector -----------------------------
+
+
+def test_hand_costs_of_replaced_layers():
+    plain = ModelCost.from_config(hand_config(), pruned_layers=[1, 2])
+    replaced = ModelCost.from_config(hand_config(), pruned_layers=[1, 2], replacements={1: "linear", 2: "mean"})
+    assert replaced.replacements == ((1, "linear"), (2, "mean"))
+    assert replaced.replacement_params == D * D + D
+    assert replaced.norm_params == plain.norm_params + NORM  # the linear map keeps its layer's input norm
+    assert replaced.num_parameters == plain.num_parameters + D * D + D + NORM
+    # prefill of 1 x 8 tokens, and a decode step of 2 sequences: N = 8 and N = 2 tokens through the D x D map
+    for before, after, tokens in (
+        (plain.prefill(1, 8), replaced.prefill(1, 8), 8),
+        (plain.decode_step(2, 8), replaced.decode_step(2, 8), 2),
+    ):
+        assert after.flops - before.flops == 2 * tokens * D * D == after.flops_breakdown["attention_replacements"]
+        assert after.bytes - before.bytes == (D * D + D + NORM) * S
+        assert after.bytes_breakdown["replacement_weights"] == (D * D + D) * S
+    assert replaced.to_dict()["replacements"] == {"1": "linear", "2": "mean"}
+    # cheaper than the attention it replaces, but not free
+    base = ModelCost.from_config(hand_config())
+    plain_speedup = ideal_speedup(base, plain, "prefill", 1, 8)["compute_bound"]
+    replaced_speedup = ideal_speedup(base, replaced, "prefill", 1, 8)["compute_bound"]
+    assert 1 < replaced_speedup < plain_speedup
+    with pytest.raises(InvalidConfigError, match="not pruned"):
+        ModelCost.from_config(hand_config(), pruned_layers=[1], replacements={2: "linear"})
+    with pytest.raises(InvalidConfigError, match="replacement 'cubic'"):
+        ModelCost.from_config(hand_config(), pruned_layers=[1], replacements={1: "cubic"})
+
+
+def test_replacement_share_is_the_replacements_cost_over_the_saving():
+    from optimum_gatenorm.benchmark.cost_model import replacement_share
+
+    base = ModelCost.from_config(hand_config())
+    plain = ModelCost.from_config(hand_config(), pruned_layers=[1, 2])
+    linear = ModelCost.from_config(hand_config(), pruned_layers=[1, 2], replacements={1: "linear", 2: "linear"})
+    assert replacement_share(base, plain, "prefill", 1, 8) == 0.0
+    saved = base.prefill(1, 8).flops - plain.prefill(1, 8).flops
+    assert replacement_share(base, linear, "prefill", 1, 8) == pytest.approx(2 * 2 * 8 * D * D / saved)
+    saved = base.decode_step(1, 8).bytes - plain.decode_step(1, 8).bytes
+    added = linear.decode_step(1, 8).bytes - plain.decode_step(1, 8).bytes
+    assert replacement_share(base, linear, "decode", 1, 8) == pytest.approx(added / saved)
+    # a replacement the baseline already had costs nothing new
+    assert replacement_share(linear, linear, "decode", 1, 8) == 0.0
+
+
+@pytest.mark.parametrize("kind", ["mean", "linear"])
+@pytest.mark.parametrize("name", sorted(ALL_TINY))
+def test_parameter_count_of_replaced_models_matches_the_real_model(name, kind):
+    from test_replacement_exports import replaced_model
+
+    model = replaced_model(name, kind, layers=[1, 2])
+    cost = ModelCost.from_config(model.config)  # pruned layers and replacements read from the config record
+    assert cost.replacements == ((1, kind), (2, kind))
+    assert cost.num_parameters == _real_count(model)

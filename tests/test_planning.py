@@ -206,3 +206,62 @@ def test_benchmark_reports_the_measured_share_bound(tmp_path):
     assert "measured-share bound, batch 1, prompt 128" in result.format_table()
     without = run_benchmark(pruned, base, settings)
     assert "measured_bound" not in without.summary[0]
+
+
+# --- replacements are not free -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("measured", [True, False])
+def test_a_linear_replacement_lowers_the_prediction_and_a_plan_needs_more_layers(config, measured):
+    from optimum_gatenorm.benchmark.planning import replacement_cost_share
+
+    shares = _shares(config) if measured else None
+    for phase in ("prefill", "decode"):
+        none = predict_speedup(2, shares, config, phase, 1, 1024)
+        linear = predict_speedup(2, shares, config, phase, 1, 1024, replacement="linear")
+        mean = predict_speedup(2, shares, config, phase, 1, 1024, replacement="mean")
+        assert 1 < linear < mean <= none
+        share = replacement_cost_share(config, "linear", phase, 1, 1024)
+        assert 0 < share < 1
+        if measured:  # the measured removal time, less the replacement's share of it
+            assert linear == pytest.approx(1 / (1 - 2 * shares.share(phase, 1, 1024)[0] * (1 - share) / 4))
+    # the same target asks for more sublayers when each costs a linear map
+    target = predict_speedup(2, shares, config, "both", 1, 1024)
+    assert plan_num_layers(target, config, context=1024, shares=shares) == 2
+    assert plan_num_layers(target, config, context=1024, shares=shares, replacement="linear") == 3
+    k, predicted = resolve_target(
+        config, target, context=1024, shares_file=shares, protect_first=0, replacement="linear"
+    )
+    assert k == 3 and predicted["replacement"] == "linear" and "linear replacements" in predicted["source"]
+    with pytest.raises(InvalidConfigError, match="replacement must be one of"):
+        predict_speedup(1, shares, config, "prefill", 1, 128, replacement="cubic")
+
+
+def test_benchmark_bound_counts_the_candidates_replacements(tmp_path):
+    from test_replacement_exports import replaced_model
+
+    from optimum_gatenorm.benchmark.cost_model import replacement_share
+    from optimum_gatenorm.benchmark.throughput import BenchmarkSettings, run_benchmark
+
+    base, replaced = tmp_path / "base", tmp_path / "replaced"
+    tiny_model("llama").save_pretrained(base)
+    replaced_model("llama", "linear", layers=[1, 2]).save_pretrained(replaced)
+    shares = _shares(tiny_config("llama"))
+    settings = BenchmarkSettings(prompt_lengths=[128], new_tokens=3, warmup=0, runs=1, backend="pytorch")
+    (row,) = run_benchmark(replaced, base, settings, shares=shares).summary
+    costs = [ModelCost.from_config(tiny_config("llama"))]
+    costs.append(ModelCost.from_config(tiny_config("llama"), [1, 2], replacements={1: "linear", 2: "linear"}))
+    kept = replacement_share(*costs, "prefill", 1, 128)
+    assert 0 < kept < 1
+    assert row["measured_bound"]["prefill_s"] == pytest.approx(shares.speedup(2, "prefill", 1, 128, kept))
+    assert row["measured_bound"]["prefill_s"] < shares.speedup(2, "prefill", 1, 128)
+    assert (
+        row["ideal"]["prefill_s"]
+        < ideal_speedup(costs[0], replace_nothing(costs[1]), "prefill", 1, 128)["compute_bound"]
+    )
+
+
+def replace_nothing(cost: ModelCost) -> ModelCost:
+    from dataclasses import replace
+
+    return replace(cost, replacements=())

@@ -16,27 +16,29 @@ Parameters are counted from the architecture adapter's facts (`ArchitectureAdapt
 `pruned_modules` and `qk_norms`), so that `ModelCost.num_parameters` equals
 `sum(p.numel() for p in model.parameters())` (tied weights once) of the real model, pruned or not. A pruned layer
 loses its attention projections (with their biases and query/key norms) and the norms that only serve the
-attention (`pruned_modules`); it keeps its MLP and the norms around the MLP.
+attention (`pruned_modules`); it keeps its MLP and the norms around the MLP. A *replaced* layer
+(`optimum_gatenorm.pruning.replacement`) adds its replacement back: `mean` a D-vector (no matrix product), `linear`
+a bias-free D x D matrix on the output of the layer's input norm, which it keeps (one D x D product per token).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 from ..adapters import get_adapter
 from ..adapters.base import HeadDims
-from ..checkpoints.record import get_pruned_layers
+from ..checkpoints.record import get_pruned_layers, get_replacements
 from ..errors import InvalidConfigError
 from ..pruning.structure import validate_pruned_set
 
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
 
     from transformers import PretrainedConfig
 
-__all__ = ["Cost", "ModelCost", "ideal_speedup"]
+__all__ = ["Cost", "ModelCost", "ideal_speedup", "replacement_share"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,8 @@ class ModelCost:
         attention_norms_per_layer: Of those, the norms a pruned layer loses with its attention (1, or 2).
         qk_norms: The attention has per-head query and key norms (head_dim-sized, shared by the heads).
         dtype_bytes: s, bytes per parameter and per KV cache element.
+        replacements: `(layer, kind)` pairs, sorted: the pruned layers that hold a replacement (`"mean"` or
+            `"linear"`); the other pruned layers are plain removals.
     """
 
     model_type: str
@@ -127,14 +131,28 @@ class ModelCost:
     attention_norms_per_layer: int = 1
     qk_norms: bool = False
     dtype_bytes: int = 4
+    replacements: tuple[tuple[int, str], ...] = ()
 
     def __post_init__(self):
         _positive("dtype_bytes", self.dtype_bytes)
         object.__setattr__(self, "pruned_layers", tuple(validate_pruned_set(self.pruned_layers, self.num_layers)))
+        replacements = tuple(sorted((int(layer), kind) for layer, kind in dict(self.replacements).items()))
+        for layer, kind in replacements:
+            if layer not in self.pruned_layers:
+                raise InvalidConfigError(
+                    f"replacements name layer {layer}, which is not pruned {list(self.pruned_layers)}"
+                )
+            if kind not in ("mean", "linear"):
+                raise InvalidConfigError(f"layer {layer} has replacement {kind!r}; known: mean, linear")
+        object.__setattr__(self, "replacements", replacements)
 
     @classmethod
     def from_config(
-        cls, config: "PretrainedConfig", pruned_layers: "Iterable[int] | None" = None, dtype_bytes: int = 4
+        cls,
+        config: "PretrainedConfig",
+        pruned_layers: "Iterable[int] | None" = None,
+        dtype_bytes: int = 4,
+        replacements: "Mapping[int, str] | None" = None,
     ) -> "ModelCost":
         """Reads the sizes from a transformers config.
 
@@ -143,6 +161,8 @@ class ModelCost:
             pruned_layers: Layers without attention; defaults to those recorded in the config
                 (`get_pruned_layers(config)`, `[]` for an unpruned model).
             dtype_bytes: Bytes per weight and per KV cache element (4 for float32, 2 for float16/bfloat16).
+            replacements: Pruned layer -> `"mean"` or `"linear"`; defaults to the replacements recorded in the
+                config (`get_replacements(config)`) of the layers in `pruned_layers`.
 
         Raises:
             UnsupportedModelError: If the model type has no architecture adapter.
@@ -154,11 +174,14 @@ class ModelCost:
         attention_bias = getattr(config, arch.attention_bias_attr, None) if arch.attention_bias_attr else None
         mlp_bias = getattr(config, arch.mlp_bias_attr, None) if arch.mlp_bias_attr else None
         positions = getattr(config, arch.position_embeddings_attr) if arch.position_embeddings_attr else 0
+        pruned = tuple(get_pruned_layers(config) if pruned_layers is None else pruned_layers)
+        if replacements is None:
+            replacements = {layer: kind for layer, kind in get_replacements(config).items() if layer in pruned}
         return cls(
             model_type=config.model_type,
             hidden_size=hidden,
             num_layers=config.num_hidden_layers,
-            pruned_layers=tuple(get_pruned_layers(config) if pruned_layers is None else pruned_layers),
+            pruned_layers=pruned,
             head_dims=HeadDims.from_config(config),
             intermediate_size=getattr(config, arch.intermediate_attr, None) or 4 * hidden,
             gated_mlp=adapter.mlp_layout.gated,
@@ -173,6 +196,7 @@ class ModelCost:
             attention_norms_per_layer=adapter.attention_norms,
             qk_norms=adapter.qk_norms is not None,
             dtype_bytes=dtype_bytes,
+            replacements=tuple(dict(replacements).items()),
         )
 
     # Layers.
@@ -186,6 +210,16 @@ class ModelCost:
     def num_kept_layers(self) -> int:
         """K."""
         return self.num_layers - len(self.pruned_layers)
+
+    @property
+    def num_linear_replacements(self) -> int:
+        """R, the pruned layers that hold a `linear` replacement."""
+        return sum(1 for _, kind in self.replacements if kind == "linear")
+
+    @property
+    def num_mean_replacements(self) -> int:
+        """The pruned layers that hold a `mean` replacement."""
+        return sum(1 for _, kind in self.replacements if kind == "mean")
 
     # Parameter counts.
 
@@ -222,12 +256,20 @@ class ModelCost:
 
     @property
     def num_norms(self) -> int:
-        """Hidden-size norms: those serving the attention in kept layers, those around every MLP, one final.
+        """Hidden-size norms: those serving the attention in kept layers, those around every MLP, one final, and the
+        input norm a `linear` replacement keeps.
 
-        K*a + L*(n - a) + 1 for n norms per layer of which a serve the attention; K + L + 1 for most models.
+        K*a + L*(n - a) + 1 + R for n norms per layer of which a serve the attention; K + L + 1 + R for most models.
         """
         a = self.attention_norms_per_layer
-        return self.num_kept_layers * a + self.num_layers * (self.norms_per_layer - a) + 1
+        kept = self.num_kept_layers * a + self.num_layers * (self.norms_per_layer - a) + 1
+        return kept + self.num_linear_replacements
+
+    @property
+    def replacement_params(self) -> int:
+        """D*D per `linear` replacement (its norm is counted in the norms), D per `mean` one."""
+        d = self.hidden_size
+        return self.num_linear_replacements * d * d + self.num_mean_replacements * d
 
     @property
     def attention_params(self) -> int:
@@ -254,7 +296,14 @@ class ModelCost:
     @property
     def num_parameters(self) -> int:
         """All parameters, tied ones once (what `sum(p.numel() for p in model.parameters())` gives)."""
-        return self.attention_params + self.mlp_params + self.norm_params + self.embedding_params + self.lm_head_params
+        return (
+            self.attention_params
+            + self.replacement_params
+            + self.mlp_params
+            + self.norm_params
+            + self.embedding_params
+            + self.lm_head_params
+        )
 
     # Costs.
 
@@ -263,6 +312,7 @@ class ModelCost:
         s = self.dtype_bytes
         return {
             "attention_weights": self.attention_params * s,
+            "replacement_weights": self.replacement_params * s,
             "mlp_weights": self.mlp_params * s,
             "norm_weights": self.norm_params * s,
             "lm_head_weights": self.vocab_size * self.hidden_size * s,
@@ -283,11 +333,13 @@ class ModelCost:
             attention_projections = 2 * N * K * (D*H*d + 2*D*G*d + H*d*D)
             attention_scores      = K * B * (2*H*d*P*P [QK^T] + 2*H*d*P*P [AV]) -- the full P x P product, causal
                                     mask or not: that is what eager and SDPA-without-flash kernels compute on CPU.
+            attention_replacements = 2 * N * R * D*D, the `linear` replacements' products.
             mlp                   = 2 * N * L * (3 or 2)*D*I
             lm_head               = 2 * N * V*D -- logits for every prompt position, as the ONNX export does.
 
         Bytes:
             attention_weights, mlp_weights, norm_weights = their parameter counts * s (kept layers only for attention)
+            replacement_weights = (R*D*D + D per `mean` replacement) * s
             lm_head_weights  = V*D*s (the tied embedding matrix is counted once, here)
             embedding_lookup = tables * N * D * s, the gathered rows (tables = 2 with learned positions, else 1)
             kv_cache         = K * N * 2*G*d*s, the keys and values written.
@@ -303,6 +355,7 @@ class ModelCost:
         flops = {
             "attention_projections": 2 * tokens * k * self.attention_matmul_params_per_layer,
             "attention_scores": k * b * 2 * (2 * dims.q_size * p * p),
+            "attention_replacements": 2 * tokens * self.num_linear_replacements * self.hidden_size**2,
             "mlp": 2 * tokens * self.num_layers * self.mlp_matmul_params_per_layer,
             "lm_head": 2 * tokens * self.vocab_size * self.hidden_size,
         }
@@ -319,6 +372,7 @@ class ModelCost:
         FLOPs (N = B tokens):
             attention_projections = 2 * B * K * (D*H*d + 2*D*G*d + H*d*D)
             attention_scores      = K * B * (2*H*d*1*C [QK^T] + 2*H*d*1*C [AV])
+            attention_replacements = 2 * B * R * D*D
             mlp                   = 2 * B * L * (3 or 2)*D*I
             lm_head               = 2 * B * V*D -- logits for the new position only.
 
@@ -337,6 +391,7 @@ class ModelCost:
         flops = {
             "attention_projections": 2 * b * k * self.attention_matmul_params_per_layer,
             "attention_scores": k * b * 2 * (2 * dims.q_size * c),
+            "attention_replacements": 2 * b * self.num_linear_replacements * self.hidden_size**2,
             "mlp": 2 * b * self.num_layers * self.mlp_matmul_params_per_layer,
             "lm_head": 2 * b * self.vocab_size * self.hidden_size,
         }
@@ -363,9 +418,11 @@ class ModelCost:
         """Sizes and parameter counts, JSON-friendly."""
         data = asdict(self)
         data["pruned_layers"] = list(self.pruned_layers)
+        data["replacements"] = {str(layer): kind for layer, kind in self.replacements}
         data["num_kept_layers"] = self.num_kept_layers
         data["parameters"] = {
             "attention": self.attention_params,
+            "replacements": self.replacement_params,
             "mlp": self.mlp_params,
             "norms": self.norm_params,
             "embeddings": self.embedding_params,
@@ -403,10 +460,13 @@ def ideal_speedup(
     mismatched = [
         name
         for name, value in baseline.to_dict().items()
-        if name not in ("pruned_layers", "num_kept_layers", "parameters") and pruned.to_dict()[name] != value
+        if name not in ("pruned_layers", "replacements", "num_kept_layers", "parameters")
+        and pruned.to_dict()[name] != value
     ]
     if mismatched:
-        raise InvalidConfigError(f"baseline and pruned models differ in {mismatched}; only pruned_layers may differ")
+        raise InvalidConfigError(
+            f"baseline and pruned models differ in {mismatched}; only pruned_layers and replacements may differ"
+        )
     before, after = baseline.cost(phase, batch, length), pruned.cost(phase, batch, length)
     return {
         "phase": phase,
@@ -417,3 +477,24 @@ def ideal_speedup(
         "baseline": before.to_dict(),
         "pruned": after.to_dict(),
     }
+
+
+def replacement_share(
+    baseline: ModelCost, pruned: ModelCost, phase: Literal["prefill", "decode"], batch: int, length: int
+) -> float:
+    """What the replacements of the sublayers `pruned` removes (beyond `baseline`'s) still cost, as a share of what
+    removing those sublayers saves: FLOPs for prefill, bytes for decode (the bound each phase follows).
+
+    0.0 for plain removal; for one `linear` replacement about D*D / (the attention's weights) plus its scores.
+    A measured removal time `t` then shrinks to `t * (1 - share)` (`AttentionShares.speedup`'s `kept_share`).
+
+    Raises:
+        InvalidConfigError: As `ideal_speedup`.
+    """
+    ideal_speedup(baseline, pruned, phase, batch, length)  # the same sizes
+    earlier = set(baseline.replacements)
+    plain = replace(pruned, replacements=tuple(pair for pair in pruned.replacements if pair in earlier))
+    unit = "flops" if phase == "prefill" else "bytes"
+    before, removed, replaced = (getattr(m.cost(phase, batch, length), unit) for m in (baseline, plain, pruned))
+    saved = before - removed
+    return (replaced - removed) / saved if saved > 0 else 0.0

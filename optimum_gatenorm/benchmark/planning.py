@@ -17,6 +17,13 @@ Two predictions of the speed-up of removing k attention sublayers, for prefill a
   for decode (memory-bound). Hardware-independent, but it counts matmul work and weight/KV bytes only, so on a
   backend where each sublayer carries overheads (kernel dispatch, softmax, KV-cache copies) it is not a bound.
 
+A removed sublayer that gets a replacement (`optimum_gatenorm.pruning.replacement`) is not free: a `linear` one
+costs one D x D product per token. Both predictions count it. The analytical one adds it to the pruned model's cost
+(`ModelCost.replacements`). The measured one keeps only `1 - r` of each removed sublayer's time, where `r` is the
+replacement's cost as a share of one attention sublayer's under the phase's bound (FLOPs for prefill, bytes for
+decode), from the cost model: the ablation times removal, not the replacement. A `mean` replacement is one vector
+add, counted as free.
+
 `plan_num_layers` returns the smallest k whose prediction reaches a target; `resolve_target` is what
 `optimum-cli gatenorm prune --target-speedup` calls.
 """
@@ -34,16 +41,17 @@ from typing import TYPE_CHECKING, Any
 from ..adapters import get_adapter
 from ..checkpoints.modeling import save_pruned
 from ..checkpoints.models import resolve_model
-from ..checkpoints.record import get_pruned_layers
+from ..checkpoints.record import get_pruned_layers, get_replacements
 from ..criteria import DEFAULT_CRITERION, breakdown_warning, get_criterion
 from ..errors import InvalidConfigError, ModelNotFoundError
 from ..exporters.onnx import export_onnx
 from ..pruning.configuration import GateNormConfig
 from ..pruning.pruner import GateNormPruner
+from ..pruning.replacement import REPLACEMENTS
 from ..serialization import JSONMixin
 from ..validation import check_choice, check_int, check_int_list, first_line
 from ..version import __version__
-from .cost_model import ModelCost, ideal_speedup
+from .cost_model import ModelCost, ideal_speedup, replacement_share
 from .throughput import BenchmarkSettings, run_benchmark
 
 
@@ -64,6 +72,7 @@ __all__ = [
     "plan_num_layers",
     "predict_speedup",
     "prepare_variant",
+    "replacement_cost_share",
     "resolve_target",
 ]
 
@@ -190,8 +199,13 @@ class AttentionShares(JSONMixin):
         cell = below[-1] if below else above[0]
         return cell.share, f"{where}, context {cell.context} (nearest measured to {context})"
 
-    def speedup(self, k: int, phase: str, batch: int, context: int) -> float:
-        """`ideal(k) = 1 / (1 - k * share / n)` for `phase` at (`batch`, `context`).
+    def speedup(self, k: int, phase: str, batch: int, context: int, kept_share: float = 0.0) -> float:
+        """`ideal(k) = 1 / (1 - k * share * (1 - kept_share) / n)` for `phase` at (`batch`, `context`).
+
+        Args:
+            k: Sublayers removed.
+            phase, batch, context: Where.
+            kept_share: The share of a removed sublayer's time its replacement still costs (0 for plain removal).
 
         Raises:
             InvalidConfigError: If k is negative or above `max_k`.
@@ -202,7 +216,7 @@ class AttentionShares(JSONMixin):
                 f"k={k} is beyond the measured ablation (at most {self.max_k} of {self.num_attention_layers})"
             )
         share, _ = self.share(phase, batch, context)
-        remaining = 1.0 - k * share / self.num_attention_layers
+        remaining = 1.0 - k * share * (1.0 - kept_share) / self.num_attention_layers
         return 1.0 / remaining if remaining > 0 else math.inf
 
     def check_model(self, config: PretrainedConfig) -> None:
@@ -401,14 +415,34 @@ def _attention_count(config: PretrainedConfig) -> tuple[int, list[int]]:
     return config.num_hidden_layers - len(pruned), pruned
 
 
-def _analytical(k: int, config: PretrainedConfig, phase: str, batch: int, context: int) -> float:
-
+def _candidate(config: PretrainedConfig, k: int, replacement: str) -> ModelCost:
+    """The model of `config` with k more attention sublayers removed (the last kept ones: all cost the same), each
+    replaced by `replacement`."""
     n, pruned = _attention_count(config)
     kept = [i for i in range(config.num_hidden_layers) if i not in pruned]
-    baseline = ModelCost.from_config(config)
-    candidate = ModelCost.from_config(config, pruned_layers=sorted(pruned + kept[n - k :]) if k else pruned)
-    bounds = ideal_speedup(baseline, candidate, phase, batch, context)
-    return bounds["compute_bound" if phase == "prefill" else "memory_bound"]
+    removed = kept[n - k :] if k else []
+    replacements = get_replacements(config)
+    if replacement != "none":
+        replacements.update(dict.fromkeys(removed, replacement))
+    return ModelCost.from_config(config, pruned_layers=sorted(pruned + removed), replacements=replacements)
+
+
+def _bound(phase: str) -> str:
+    return "compute_bound" if phase == "prefill" else "memory_bound"
+
+
+def _analytical(k: int, config: PretrainedConfig, phase: str, batch: int, context: int, replacement: str) -> float:
+    bounds = ideal_speedup(ModelCost.from_config(config), _candidate(config, k, replacement), phase, batch, context)
+    return bounds[_bound(phase)]
+
+
+def replacement_cost_share(config: PretrainedConfig, replacement: str, phase: str, batch: int, context: int) -> float:
+    """The cost of one `replacement` as a share of the attention sublayer it replaces, by the cost model: FLOPs for
+    prefill, bytes for decode (0.0 for `"none"`; a `"mean"` vector costs a few bytes)."""
+    check_choice("replacement", replacement, REPLACEMENTS)
+    if replacement == "none":
+        return 0.0
+    return replacement_share(ModelCost.from_config(config), _candidate(config, 1, replacement), phase, batch, context)
 
 
 def predict_speedup(
@@ -418,11 +452,13 @@ def predict_speedup(
     phase: str,
     batch: int,
     context: int,
+    replacement: str = "none",
 ) -> float:
     """Predicted speed-up of removing `k` more attention sublayers from the model of `config`.
 
     From `shares` (the measured bound) when given, else from the analytical cost model (prefill: FLOPs ratio,
-    decode: bytes ratio, at `context` positions). 1.0 at k = 0, non-decreasing in k.
+    decode: bytes ratio, at `context` positions). 1.0 at k = 0, non-decreasing in k. Each removed sublayer's
+    `replacement` is counted as the module doc says.
 
     Args:
         k: Sublayers removed, 0 to n - 1.
@@ -431,6 +467,7 @@ def predict_speedup(
         phase: `"prefill"`, `"decode"` or `"both"` (the smaller of the two).
         batch: Batch size.
         context: Prompt length (prefill) or context length (decode), in tokens.
+        replacement: What replaces each removed sublayer: `"none"`, `"mean"` or `"linear"`.
 
     Raises:
         InvalidConfigError: Bad arguments, k out of range, or shares measured on another model.
@@ -439,17 +476,19 @@ def predict_speedup(
     check_int("k", k, 0)
     check_int("batch", batch, 1)
     check_int("context", context, 1)
+    check_choice("replacement", replacement, REPLACEMENTS)
     n, _ = _attention_count(config)
     if k > n - 1:
         raise InvalidConfigError(f"k must be at most {n - 1} (the model has {n} attention sublayers), got {k}")
     if phase == "both":
-        return min(predict_speedup(k, shares, config, p, batch, context) for p in PHASES)
+        return min(predict_speedup(k, shares, config, p, batch, context, replacement) for p in PHASES)
     if k == 0:
         return 1.0
     if shares is not None:
         shares.check_model(config)
-        return shares.speedup(k, phase, batch, context)
-    return _analytical(k, config, phase, batch, context)
+        kept_share = replacement_cost_share(config, replacement, phase, batch, context)
+        return shares.speedup(k, phase, batch, context, kept_share)
+    return _analytical(k, config, phase, batch, context, replacement)
 
 
 def _check_target(target: Any) -> float:
@@ -458,11 +497,15 @@ def _check_target(target: Any) -> float:
     return float(target)
 
 
-def _source(shares: AttentionShares | None, phase: str, batch: int, context: int) -> str:
+def _source(shares: AttentionShares | None, phase: str, batch: int, context: int, replacement: str = "none") -> str:
+    counted = "" if replacement == "none" else f", {replacement} replacements counted"
     if shares is None:
-        return "analytical cost model (prefill: FLOPs ratio, decode: bytes ratio)"
+        return f"analytical cost model (prefill: FLOPs ratio, decode: bytes ratio{counted})"
     phases = PHASES if phase == "both" else (phase,)
-    return "; ".join(f"{p} {shares.share(p, batch, context)[1]}" for p in phases)
+    measured = "; ".join(f"{p} {shares.share(p, batch, context)[1]}" for p in phases)
+    if replacement == "none":
+        return measured
+    return f"{measured}; {replacement} replacements' cost from the cost model"
 
 
 def plan_num_layers(
@@ -474,6 +517,7 @@ def plan_num_layers(
     context: int = 1024,
     shares: AttentionShares | None = None,
     max_k: int | None = None,
+    replacement: str = "none",
 ) -> int:
     """The smallest k whose predicted speed-up (`predict_speedup`) reaches `target`.
 
@@ -485,6 +529,7 @@ def plan_num_layers(
         context: Prompt / context length in tokens.
         shares: Measured shares of this model on the target backend; the analytical model when `None`.
         max_k: The most sublayers that may go (default n - 1; lower it for protected or excluded layers).
+        replacement: What replaces each removed sublayer (`"none"`, `"mean"`, `"linear"`): its cost counts.
 
     Raises:
         InvalidConfigError: If no k up to `max_k` reaches `target` (one line, naming the best reachable
@@ -495,13 +540,14 @@ def plan_num_layers(
     n, _ = _attention_count(config)
     limit = n - 1 if max_k is None else min(check_int("max_k", max_k, 0), n - 1)
     for k in range(1, limit + 1):
-        if predict_speedup(k, shares, config, phase, batch, context) >= target:
+        if predict_speedup(k, shares, config, phase, batch, context, replacement) >= target:
             return k
-    best = math.floor(predict_speedup(limit, shares, config, phase, batch, context) * 1000) / 1000
+    best = math.floor(predict_speedup(limit, shares, config, phase, batch, context, replacement) * 1000) / 1000
     what = "speed-up" if phase == "both" else f"{phase} speed-up"
+    source = _source(shares, phase, batch, context, replacement)
     raise InvalidConfigError(
         f"no k reaches a {target:g}x {what} at batch {batch}, context {context}: the best is {best:.3f}x at "
-        f"k={limit} of {n} attention sublayers ({_source(shares, phase, batch, context)}); ask for at most that"
+        f"k={limit} of {n} attention sublayers ({source}); ask for at most that"
     )
 
 
@@ -540,6 +586,7 @@ def resolve_target(
     protect_first: int = 1,
     protect_last: int = 0,
     exclude_layers: Iterable[int] = (),
+    replacement: str = "none",
 ) -> tuple[int, dict]:
     """What `prune --target-speedup` needs: the k to remove and what is predicted for it.
 
@@ -557,9 +604,10 @@ def resolve_target(
             default criterion).
         min_gap: Its spacing rule (default: the criterion's).
         protect_first, protect_last, exclude_layers: As in `GateNormConfig`.
+        replacement: What will replace each removed sublayer, as in `GateNormConfig` (its cost counts).
 
     Returns:
-        `(k, predicted)`: `predicted` holds `target`, `phase`, `batch`, `context`, `num_layers` (k),
+        `(k, predicted)`: `predicted` holds `target`, `phase`, `batch`, `context`, `replacement`, `num_layers` (k),
         `num_attention_layers`, `prefill` and `decode` (predicted speed-ups at k), `source`, `warning` (the
         measured-quality warning for k, or `None`) and `summary` (one line to print).
 
@@ -583,12 +631,21 @@ def resolve_target(
     n, pruned = _attention_count(model_config)
     blocked = set(request.protected_layers(total)) | set(request.exclude_layers) | set(pruned)
     max_k = min(n - 1, sum(1 for i in range(total) if i not in blocked))
-    k = plan_num_layers(target, model_config, phase=phase, batch=batch, context=context, shares=shares, max_k=max_k)
-    predicted = {p: predict_speedup(k, shares, model_config, p, batch, context) for p in PHASES}
+    k = plan_num_layers(
+        target,
+        model_config,
+        phase=phase,
+        batch=batch,
+        context=context,
+        shares=shares,
+        max_k=max_k,
+        replacement=replacement,
+    )
+    predicted = {p: predict_speedup(k, shares, model_config, p, batch, context, replacement) for p in PHASES}
     resolved_gap = min_gap if min_gap is not None else get_criterion(criterion).min_gap
     measured_on = get_adapter(model_config).quality_reference
     warning = breakdown_warning(criterion, resolved_gap, k, total, measured_on=measured_on)
-    source = _source(shares, phase, batch, context)
+    source = _source(shares, phase, batch, context, replacement)
     summary = (
         f"target {target:g}x ({phase}) at batch {batch}, context {context}: removing {k} of {n} attention sublayers, "
         f"predicted prefill {predicted['prefill']:.3f}x, decode {predicted['decode']:.3f}x ({source})"
@@ -598,6 +655,7 @@ def resolve_target(
         "phase": phase,
         "batch": batch,
         "context": context,
+        "replacement": replacement,
         "num_layers": k,
         "num_attention_layers": n,
         "prefill": predicted["prefill"],

@@ -327,7 +327,8 @@ class PruneCommand(_LeafCommand):
             type=_speedup,
             metavar="X",
             help="remove the fewest attention sublayers whose predicted speed-up reaches X (e.g. 1.2) at --context and "
-            "--batch, for --phase; predicted from --shares when given, else from the analytical cost model",
+            "--batch, for --phase; predicted from --shares when given, else from the analytical cost model, counting "
+            "the cost of --replacement (a linear map is one d x d product per token)",
         )
         parser.add_argument(
             "--context",
@@ -417,6 +418,7 @@ class PruneCommand(_LeafCommand):
                 protect_first=args.protect_first,
                 protect_last=args.protect_last,
                 exclude_layers=args.exclude_layers,
+                replacement=args.replacement,
                 **planning,
             )
             print(predicted["summary"], file=sys.stderr if args.json else sys.stdout)
