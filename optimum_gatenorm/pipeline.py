@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .benchmark.planning import SpeedupTarget, plan_config
 from .checkpoints.modeling import model_bytes, write_pruned
 from .checkpoints.models import model_inputs
 from .compat import require_onnx
@@ -43,12 +44,14 @@ class PruneResult:
         output_dir: The pruned checkpoint.
         exports: Export format -> directory, e.g. `{"onnx": output_dir / "onnx"}`.
         validation_max_diff: Largest |logit| difference between the ONNX graph and PyTorch, when validated.
+        planned: With a target speed-up, what was planned for it (`benchmark.planning.resolve_target`'s dict).
     """
 
     report: PruningReport
     output_dir: Path
     exports: dict[str, Path]
     validation_max_diff: float | None = None
+    planned: dict | None = None
 
 
 def check_device(name: str) -> None:
@@ -98,6 +101,7 @@ def prune_and_save(
     output_dir: str | Path,
     config: GateNormConfig,
     *,
+    target_speedup: "SpeedupTarget | float | None" = None,
     dtype: str = "auto",
     device: str = "cpu",
     export: str | None = None,
@@ -117,6 +121,10 @@ def prune_and_save(
         model: A local checkpoint directory, a `.gguf` file or a built-in alias.
         output_dir: The directory to write.
         config: What to remove and how to choose it.
+        target_speedup: Remove the fewest sublayers whose predicted speed-up reaches this (a `SpeedupTarget`, or a
+            number for the defaults: both phases, batch 1, context 1024, the analytical cost model); `config` then
+            gives neither `num_layers` nor `ratio`. The plan counts `config`'s protected and excluded layers and
+            its replacement's cost, and is logged (INFO) before the scoring starts.
         dtype: `"auto"` (the checkpoint's), `"float32"`, `"float16"` or `"bfloat16"`.
         device: Device for scoring and the export (`"cpu"`, `"cuda"`).
         export: `None` or `"onnx"`.
@@ -128,8 +136,8 @@ def prune_and_save(
         progress: Show progress bars.
 
     Raises:
-        InvalidConfigError: A request the model cannot meet, a bad device/dtype/export combination, a
-            data-driven criterion without calibration text.
+        InvalidConfigError: A request the model cannot meet (an unreachable target speed-up included), a bad
+            device/dtype/export combination, a data-driven criterion without calibration text.
         OutputExistsError, OutputNotWritableError: The output cannot or must not be written.
         ModelNotFoundError, InvalidCheckpointError, UnsupportedModelError: The model cannot be used.
     """
@@ -137,6 +145,10 @@ def prune_and_save(
 
     if not isinstance(config, GateNormConfig):
         raise TypeError(f"config must be a GateNormConfig, got {type(config).__name__}")
+    if target_speedup is not None and not isinstance(target_speedup, SpeedupTarget):
+        target_speedup = SpeedupTarget(target_speedup)
+    if target_speedup is not None and config.has_amount:
+        raise InvalidConfigError("give target_speedup or config.num_layers / ratio, not both")
     if export is not None and export not in EXPORT_FORMATS:
         raise InvalidConfigError(f"export must be one of {', '.join(EXPORT_FORMATS)} or None, got {export!r}")
     if export == "onnx":
@@ -151,6 +163,10 @@ def prune_and_save(
     )
     inputs.append(("model", pruner.checkpoint_path))
     check_output_path(output_dir, overwrite, directory=True, inputs=inputs)
+    planned = None
+    if target_speedup is not None:
+        config, planned = plan_config(pruner.config, config, target_speedup)
+        logger.info("%s", planned["summary"])
     check_request(config, pruner.config)
     onnx_dtype = None
     if export == "onnx":
@@ -178,4 +194,6 @@ def prune_and_save(
             max_diff = export_onnx_into(pruned_model, tmp / "onnx", device=device, dtype=onnx_dtype)
             mark_output(tmp / "onnx")
             exports["onnx"] = output_dir / "onnx"
-    return PruneResult(report=report, output_dir=output_dir, exports=exports, validation_max_diff=max_diff)
+    return PruneResult(
+        report=report, output_dir=output_dir, exports=exports, validation_max_diff=max_diff, planned=planned
+    )

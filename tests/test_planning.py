@@ -265,3 +265,33 @@ def replace_nothing(cost: ModelCost) -> ModelCost:
     from dataclasses import replace
 
     return replace(cost, replacements=())
+
+
+def test_prune_and_save_plans_a_target_speedup(tmp_path, caplog):
+    import logging
+
+    from optimum_gatenorm import GateNormConfig
+    from optimum_gatenorm.benchmark.planning import SpeedupTarget
+    from optimum_gatenorm.pipeline import prune_and_save
+
+    model_dir = tmp_path / "model"
+    tiny_model("llama").save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    config = GateNormConfig(criterion="gate_norm", protect_first=0, replacement="none")
+    expected, predicted = resolve_target(
+        tiny_config("llama"), 1.05, context=64, criterion="gate_norm", protect_first=0
+    )
+    with caplog.at_level(logging.INFO, logger="optimum_gatenorm"):
+        result = prune_and_save(model_dir, tmp_path / "out", config, target_speedup=SpeedupTarget(1.05, context=64))
+    assert len(result.report.removed_layers) == expected == result.planned["num_layers"]
+    assert predicted["summary"] in caplog.text
+    # a bare number uses the defaults (both phases, batch 1, context 1024)
+    result = prune_and_save(model_dir, tmp_path / "out2", config, target_speedup=1.05)
+    assert result.planned["context"] == 1024 and result.planned["phase"] == "both"
+    with pytest.raises(InvalidConfigError, match="not both"):
+        prune_and_save(model_dir, tmp_path / "out3", GateNormConfig(num_layers=1), target_speedup=1.05)
+    with pytest.raises(InvalidConfigError, match="give num_layers or ratio"):
+        prune_and_save(model_dir, tmp_path / "out3", config)
+    with pytest.raises(InvalidConfigError, match="phase"):
+        SpeedupTarget(1.1, phase="train")
+    assert not (tmp_path / "out3").exists()

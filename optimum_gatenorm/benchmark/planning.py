@@ -34,7 +34,7 @@ import logging
 import math
 import statistics
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,11 +65,13 @@ if TYPE_CHECKING:
 __all__ = [
     "PHASES",
     "AttentionShares",
+    "SpeedupTarget",
     "ShareCell",
     "attention_shares_from_benchmark",
     "load_shares",
     "measure_attention_shares",
     "plan_num_layers",
+    "plan_config",
     "predict_speedup",
     "prepare_variant",
     "replacement_cost_share",
@@ -664,3 +666,66 @@ def resolve_target(
         "warning": warning,
         "summary": summary,
     }
+
+
+@dataclass(frozen=True)
+class SpeedupTarget:
+    """A speed-up to prune to: `prune_and_save(target_speedup=...)`, `optimum-cli gatenorm prune --target-speedup`.
+
+    Args:
+        speedup: The speed-up to reach, a finite number > 1 (e.g. 1.2).
+        phase: `"prefill"`, `"decode"` or `"both"` (both must reach it).
+        batch: Batch size.
+        context: Prompt / context length in tokens.
+        shares: Attention shares measured on the target backend (a JSON path written by
+            `measure_attention_shares(...).save`, or the object); the analytical cost model when `None`.
+
+    Raises:
+        InvalidConfigError: On a bad value, naming the field.
+    """
+
+    speedup: float
+    phase: str = "both"
+    batch: int = 1
+    context: int = 1024
+    shares: "str | Path | AttentionShares | None" = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "speedup", _check_target(self.speedup))
+        check_choice("phase", self.phase, PLAN_PHASES)
+        check_int("batch", self.batch, 1)
+        check_int("context", self.context, 1)
+
+
+def plan_config(
+    model_config: PretrainedConfig, config: GateNormConfig, target: SpeedupTarget
+) -> tuple[GateNormConfig, dict]:
+    """`config` with `num_layers` set to the fewest sublayers that reach `target` (`resolve_target`), counting
+    its protected and excluded layers, its criterion's spacing rule and its replacement's cost.
+
+    Returns:
+        `(planned config, predicted)`: `predicted` as `resolve_target` returns it.
+
+    Raises:
+        InvalidConfigError: If `config` already gives `num_layers` or `ratio`, or the target is unreachable.
+        FileNotFoundError: If the shares file does not exist.
+    """
+    if config.has_amount:
+        raise InvalidConfigError(
+            "give a target speed-up or num_layers / ratio, not both (leave both unset in the GateNormConfig)"
+        )
+    k, predicted = resolve_target(
+        model_config,
+        target.speedup,
+        phase=target.phase,
+        batch=target.batch,
+        context=target.context,
+        shares_file=target.shares,
+        criterion=config.criterion,
+        min_gap=config.min_gap,
+        protect_first=config.protect_first,
+        protect_last=config.protect_last,
+        exclude_layers=config.exclude_layers,
+        replacement=config.replacement,
+    )
+    return replace(config, num_layers=k), predicted

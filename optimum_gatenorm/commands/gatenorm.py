@@ -395,35 +395,19 @@ class PruneCommand(_LeafCommand):
     def execute(self):
         from optimum_gatenorm import GateNormConfig
         from optimum_gatenorm.errors import InvalidConfigError
-        from optimum_gatenorm.outputs import check_output_path
         from optimum_gatenorm.pipeline import prune_and_save
 
         args = self.args
-        num_layers, predicted = args.num_layers, None
         planning = {name: getattr(args, name) for name in ("phase", "batch", "context") if getattr(args, name)}
         if args.target_speedup is None and (planning or args.shares):
             raise InvalidConfigError("--context, --batch, --phase and --shares go with --target-speedup X")
+        target = None
         if args.target_speedup is not None:
-            from optimum_gatenorm import GateNormPruner
-            from optimum_gatenorm.benchmark.planning import resolve_target
+            from optimum_gatenorm.benchmark.planning import SpeedupTarget
 
-            check_output_path(args.output, args.overwrite, directory=True)  # before planning
-            model_config = GateNormPruner.from_pretrained(args.model, allow_pickle=args.allow_pickle).config
-            num_layers, predicted = resolve_target(
-                model_config,
-                args.target_speedup,
-                shares_file=args.shares,
-                criterion=args.criterion,
-                min_gap=args.min_gap,
-                protect_first=args.protect_first,
-                protect_last=args.protect_last,
-                exclude_layers=args.exclude_layers,
-                replacement=args.replacement,
-                **planning,
-            )
-            print(predicted["summary"], file=sys.stderr if args.json else sys.stdout)
+            target = SpeedupTarget(args.target_speedup, shares=args.shares, **planning)
         config = GateNormConfig(
-            num_layers=num_layers,
+            num_layers=args.num_layers,
             ratio=args.ratio,
             criterion=args.criterion,
             protect_first=args.protect_first,
@@ -437,6 +421,7 @@ class PruneCommand(_LeafCommand):
             args.model,
             args.output,
             config,
+            target_speedup=target,
             dtype=args.dtype,
             device=args.device,
             export=args.export,
@@ -451,8 +436,8 @@ class PruneCommand(_LeafCommand):
         if args.json:
             exports = {name: str(path) for name, path in result.exports.items()}
             data = {**report.to_dict(), "output": str(result.output_dir), "exports": exports}
-            if predicted is not None:
-                data["target_speedup"] = {k: v for k, v in predicted.items() if k != "summary"}
+            if result.planned is not None:
+                data["target_speedup"] = {k: v for k, v in result.planned.items() if k != "summary"}
             print(json.dumps(data, indent=2))
         else:
             print(report.summary())

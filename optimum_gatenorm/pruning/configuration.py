@@ -20,7 +20,8 @@ class GateNormConfig:
     """How many attention sublayers to remove, and which are candidates.
 
     Args:
-        num_layers: Number of attention sublayers to remove. Give this or `ratio`.
+        num_layers: Number of attention sublayers to remove. Give this or `ratio` (or neither, when
+            `prune_and_save(target_speedup=...)` plans the number).
         ratio: Fraction of all attention sublayers to remove, in `[0, 1)`, rounded to the nearest count
             (halves round up).
         criterion: Name of the scoring criterion (see `available_criteria()`; default `cosine_self`, chosen by the
@@ -55,9 +56,9 @@ class GateNormConfig:
     replacement: str = "linear"
 
     def __post_init__(self):
-        if (self.num_layers is None) == (self.ratio is None):
+        if self.num_layers is not None and self.ratio is not None:
             raise InvalidConfigError(
-                f"give exactly one of num_layers or ratio (got num_layers={self.num_layers!r}, ratio={self.ratio!r})"
+                f"give one of num_layers or ratio, not both (got num_layers={self.num_layers!r}, ratio={self.ratio!r})"
             )
         if self.num_layers is not None and (not is_int(self.num_layers) or self.num_layers < 0):
             raise InvalidConfigError(f"num_layers must be an integer >= 0, got {self.num_layers!r}")
@@ -86,10 +87,23 @@ class GateNormConfig:
         get_criterion(self.criterion)
 
     def resolve_num_layers(self, total: int) -> int:
-        """The number of sublayers to remove from a model with `total` attention sublayers."""
+        """The number of sublayers to remove from a model with `total` attention sublayers.
+
+        Raises:
+            InvalidConfigError: If the config gives neither `num_layers` nor `ratio`.
+        """
         if self.num_layers is not None:
             return self.num_layers
+        if self.ratio is None:
+            raise InvalidConfigError(
+                "give num_layers or ratio (or a target speed-up to plan it: prune_and_save(target_speedup=...))"
+            )
         return math.floor(self.ratio * total + 0.5)
+
+    @property
+    def has_amount(self) -> bool:
+        """Whether `num_layers` or `ratio` says how many sublayers go."""
+        return self.num_layers is not None or self.ratio is not None
 
     @property
     def resolved_min_gap(self) -> int:
