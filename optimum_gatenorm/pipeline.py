@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .benchmark.planning import SpeedupTarget, plan_config
+from .checkpoints.card import write_model_card
 from .checkpoints.modeling import model_bytes, write_pruned
 from .checkpoints.models import model_inputs
 from .compat import require_onnx
@@ -114,7 +115,7 @@ def prune_and_save(
 ) -> PruneResult:
     """Scores, selects, prunes and saves a checkpoint (and exports it), all or nothing.
 
-    The checkpoint (with tokenizer and `gatenorm_report.json`) and, with `export="onnx"`, its ONNX export in
+    The checkpoint (with tokenizer, `gatenorm_report.json` and a model card, `README.md`) and, with `export="onnx"`, its ONNX export in
     `output_dir/onnx` are written to a temporary directory and renamed into place at the end.
 
     Args:
@@ -194,6 +195,7 @@ def prune_and_save(
             max_diff = export_onnx_into(pruned_model, tmp / "onnx", device=device, dtype=onnx_dtype)
             mark_output(tmp / "onnx")
             exports["onnx"] = output_dir / "onnx"
+        write_model_card(tmp, report, source=str(model), exports={name: name for name in exports})
     return PruneResult(
         report=report, output_dir=output_dir, exports=exports, validation_max_diff=max_diff, planned=planned
     )

@@ -1,0 +1,153 @@
+"""The model card a pruned checkpoint carries: `README.md` in the Hugging Face model-card format.
+
+`prune` (`pipeline.prune_and_save`) writes it beside the weights, so the output explains itself and can be pushed to
+a hub as is: the metadata block (`huggingface_hub.ModelCardData`: library, pipeline tag, tags, and for a built-in
+model its `base_model` and licence), then what was removed and replaced, by which criterion and version, what was
+measured during the run, and how to load it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..version import __version__
+
+
+if TYPE_CHECKING:
+    from ..report import PruningReport
+
+__all__ = ["CARD_FILE", "model_card", "write_model_card"]
+
+CARD_FILE = "README.md"
+
+# Built-in alias -> (hub id of the release its GGUF was made from, licence id on the hub)
+_BUILTIN_ORIGINS = {
+    "smollm2-135m": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0"),
+    "gemma3-270m": ("google/gemma-3-270m", "gemma"),
+}
+
+_REPLACEMENT_WORDS = {
+    "linear": "a bias-free d x d linear map of the layer's normalised input (one d x d product per token, no "
+    "attention, no KV cache; llama.cpp's `deci` linear-attention layer)",
+    "mean": "a constant vector (the mean of what the sublayer added)",
+}
+
+
+def _layers(layers) -> str:
+    """`layer 3`, `layers 3 and 5`, `layers 1, 3 and 5`."""
+    layers = [str(i) for i in layers]
+    if len(layers) <= 1:
+        return f"layer {layers[0]}" if layers else "no layer"
+    return f"layers {', '.join(layers[:-1])} and {layers[-1]}"
+
+
+def model_card(report: "PruningReport", *, source: str, exports: "dict[str, str] | None" = None) -> str:
+    """The model card text of a checkpoint pruned as `report` says, from the model `source` (path or alias).
+
+    Args:
+        report: The pruning report of the run.
+        source: The model that was pruned, as the user named it (a built-in alias adds `base_model` and licence).
+        exports: Export format -> folder inside the checkpoint (e.g. `{"onnx": "onnx"}`).
+    """
+    from huggingface_hub import ModelCardData
+
+    base_model, license_id = _BUILTIN_ORIGINS.get(str(source), (None, None))
+    data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        base_model=base_model,
+        license=license_id,
+        tags=["optimum-gatenorm", "attention-pruning", "pruned"],
+    )
+    removed, total = report.removed_layers, report.num_hidden_layers
+    before, after = report.num_parameters_before, report.num_parameters_after
+    config = report.config
+    fit = report.replacement
+    lines = [
+        "---",
+        data.to_yaml(),
+        "---",
+        "",
+        f"# {Path(str(source)).name}: {len(removed)} of {total} attention sublayers removed",
+        "",
+        f"`{source}` with the attention sublayers of {_layers(removed)} removed by optimum-gatenorm "
+        f"{report.gatenorm_version} ([Gate-Norm, arXiv:2512.20636](https://arxiv.org/abs/2512.20636)). Each of "
+        "those layers keeps its MLP; the residual stream passes through where the attention was, and the KV cache "
+        f"holds only the {len(report.kept_attention_layers)} layers that keep attention.",
+        "",
+        "## What was changed",
+        "",
+        f"- **Removed**: the attention sublayers of {_layers(removed)} ({len(removed)} of {total}); "
+        f"without attention now: {_layers(report.pruned_layers)}.",
+    ]
+    if fit:
+        calibration = fit.get("calibration", {}).get("source", "calibration text")
+        lines.append(
+            f"- **Replaced** each by {_REPLACEMENT_WORDS.get(fit['kind'], fit['kind'])}, fitted in closed form on "
+            f"{calibration} ({fit['seconds']:.1f} s)."
+        )
+    else:
+        lines.append("- **Replaced**: no; the removed sublayers add nothing (plain removal).")
+    data_words = "no user data" if report.data_free else "calibration text"
+    lines += [
+        f"- **Chosen by** the criterion `{report.criterion}` ({data_words}; scored in {report.scoring_seconds:.2f} s), "
+        f"lowest scores first; protect_first {config.get('protect_first')}, protect_last "
+        f"{config.get('protect_last')}, min_gap {config.get('min_gap')}, seed {config.get('seed')}"
+        + (f", never removed: {_layers(report.excluded_layers)}" if report.excluded_layers else "")
+        + ".",
+        f"- **Parameters**: {before:,} before, {after:,} after (-{(before - after) / before:.2%}).",
+        "",
+        "## What was measured",
+        "",
+    ]
+    recovery = (fit or {}).get("recovery")
+    if recovery:
+        lines.append(
+            f"- On {recovery['source']} (not used by the fit), the mean KL divergence of the next-token distribution "
+            f"from the model before pruning is {recovery['kl_with']:.4f} with the replacement and "
+            f"{recovery['kl_without']:.4f} removed plainly."
+        )
+    lines += [f"- Warning: {warning.removeprefix('warning: ').rstrip('.')}." for warning in report.warnings]
+    lines += [
+        "- Nothing else was measured by this run. Measure the quality on your own text against the original with "
+        f"`optimum-cli gatenorm eval --model <this folder> --reference {source} --text FILE` (perplexity, KL "
+        "divergence, top-1 agreement).",
+        "- Every number above is also in `gatenorm_report.json`.",
+        "",
+        "## How to load it",
+        "",
+        "The pruned layers are not a stock transformers layer: import optimum-gatenorm first (`pip install "
+        "optimum-gatenorm`; without the import, transformers refuses the checkpoint rather than load it wrongly).",
+        "",
+        "```python",
+        "import optimum_gatenorm  # registers the pruned layers with transformers",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        'model = AutoModelForCausalLM.from_pretrained("path/to/this/checkpoint")',
+        'tokenizer = AutoTokenizer.from_pretrained("path/to/this/checkpoint")',
+        "```",
+    ]
+    for name, folder in (exports or {}).items():
+        if name == "onnx":
+            lines += [
+                "",
+                f"The ONNX export in `{folder}/` runs with onnxruntime, no optimum-gatenorm needed:",
+                "",
+                "```python",
+                "from optimum.onnxruntime import ORTModelForCausalLM",
+                "",
+                f'model = ORTModelForCausalLM.from_pretrained("path/to/this/checkpoint/{folder}")',
+                "```",
+            ]
+    lines += ["", f"Written by optimum-gatenorm {__version__}.", ""]
+    return "\n".join(lines)
+
+
+def write_model_card(
+    directory: str | Path, report: "PruningReport", *, source: str, exports: "dict[str, str] | None" = None
+) -> Path:
+    """Writes `model_card(...)` as `README.md` into `directory` (a checkpoint being written); returns its path."""
+    path = Path(directory) / CARD_FILE
+    path.write_text(model_card(report, source=source, exports=exports), encoding="utf-8")
+    return path
