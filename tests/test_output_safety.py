@@ -95,6 +95,8 @@ def test_a_legacy_output_is_ours_only_with_a_real_report_and_nothing_foreign(mod
     legacy = tmp_path / "legacy"
     prune_and_save(model_dir, legacy, GateNormConfig(num_layers=1, criterion="gate_norm"))
     (legacy / OUTPUT_MARKER).unlink()  # as versions before the marker wrote it
+    assert foreign_entries(legacy) == ["README.md"]  # those versions wrote no model card: this one is not theirs
+    (legacy / "README.md").unlink()
     assert foreign_entries(legacy) == []
     for name in ("onnx/notes.txt", "model-a/b-of-c.safetensors"):  # known names, in the wrong place
         (legacy / name).parent.mkdir(exist_ok=True)
