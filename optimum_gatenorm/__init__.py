@@ -6,7 +6,13 @@ Importing this package registers the `gatenorm` method with transformers, so
 
 from .adapters import ArchitectureAdapter, get_adapter, register_adapter, supported_model_types
 from .benchmark.cost_model import ModelCost, ideal_speedup
-from .benchmark.planning import AttentionShares, measure_attention_shares, plan_num_layers, predict_speedup
+from .benchmark.planning import (
+    AttentionShares,
+    SpeedupTarget,
+    measure_attention_shares,
+    plan_num_layers,
+    predict_speedup,
+)
 from .benchmark.throughput import BenchmarkResult, BenchmarkSettings, run_benchmark
 from .checkpoints import (
     BUILTIN_MODELS,
@@ -79,6 +85,7 @@ __all__ = [
     "PrunedAttentionConfig",
     "PruningReport",
     "ScoreReport",
+    "SpeedupTarget",
     "UnsupportedModelError",
     "__version__",
     "available_criteria",

@@ -2,7 +2,7 @@
 
 The rest of the package calls these helpers instead of testing versions itself, so checking a new architecture or
 a new transformers release on both lines means reading this module and running the suite in both environments
-(README, "Tests"). The optional extras are checked here too: the ONNX path (`[onnx]`: optimum-onnx, which pins
+(docs/development.md). The optional extras are checked here too: the ONNX path (`[onnx]`: optimum-onnx, which pins
 the 4.57 line) and onnxruntime (`[onnxruntime]` / `[onnxruntime-gpu]`).
 
 What differs, and where it is handled:

@@ -21,7 +21,7 @@ from optimum_gatenorm.compat import TRANSFORMERS_VERSION, has_onnx, has_onnxrunt
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # --- which tests this environment runs ------------------------------------------------------------------------------
-# The suite runs in two environments (README, "Tests"; `.ci/test` runs both): the transformers 4.57 line with the
+# The suite runs in two environments (docs/development.md; `.ci/test` runs both): the transformers 4.57 line with the
 # [onnx,onnxruntime] extras, and the 5.x line with the core only (optimum-onnx pins transformers<4.58). Tests marked
 # `onnx` need the extras; tests marked `no_onnx` check what a user without them sees. Each set runs in exactly one
 # of the two environments, so each is skipped, with this reason, in the other.

@@ -206,7 +206,7 @@ def test_a_one_token_or_one_window_evaluation_warns(model_dir, tmp_path):
     assert json.loads(result.stdout)["warning"] is None and "warning" not in result.stderr
 
 
-# --- help and README say the same thing ---------------------------------------------------------------------------
+# --- help and README / docs say the same thing ---------------------------------------------------------------------------
 
 
 def _help(*args) -> str:
@@ -219,7 +219,9 @@ def test_help_and_readme_state_the_same_choices():
     from optimum_gatenorm.benchmark.throughput import METRICS
     from optimum_gatenorm.criteria import DEFAULT_CRITERION, available_criteria
 
-    readme = " ".join((Path(__file__).parent.parent / "README.md").read_text().split())
+    root = Path(__file__).parent.parent
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    readme = " ".join(" ".join(page.read_text() for page in pages).split())  # README and the manual it links
     # criteria: every registered one is in prune's help and in README, and both name the same default
     prune_help = _help("prune")
     for name in available_criteria():
@@ -252,4 +254,5 @@ def test_help_and_readme_state_the_same_choices():
     assert set(stated) == set(METRICS)
     for phrase in stated.values():
         assert phrase in benchmark_help, phrase
-    assert "peak memory" not in benchmark_help and "peak memory" not in readme.split("## Throughput")[-1][:3000]
+    throughput = " ".join((root / "docs" / "throughput.md").read_text().split())
+    assert "peak memory" not in benchmark_help and "peak memory" not in throughput.split("(the `peak_memory_mb`")[0]

@@ -292,7 +292,7 @@ class ArchitectureAdapter:
     """Everything the package knows about one decoder-only architecture.
 
     Paths are attribute paths from the `*ForCausalLM` model (for modules) or from one decoder layer. Adding an
-    architecture is one module in `optimum_gatenorm/adapters/` that builds one of these per model type (README,
+    architecture is one module in `optimum_gatenorm/adapters/` that builds one of these per model type (docs/architectures.md,
     "Add an architecture").
 
     Args:

@@ -1,6 +1,6 @@
 """Throughput of a pruned model against its baseline, on onnxruntime (the product path) or PyTorch eager.
 
-How it measures (see README, "Throughput"):
+How it measures (see docs/throughput.md):
 
 - Prompts are random token ids (seeded) of exactly the asked length, the same for both models, with an all-ones
   attention mask. Generation is greedy with exactly `new_tokens` new tokens (`min_new_tokens = max_new_tokens`,
@@ -422,7 +422,7 @@ def run_benchmark(
             "memory_growth_mb": None,
         }
         if shares is not None:
-            # The speed-up if the removed sublayers' measured time vanished (README, "Measured bound"), less what
+            # The speed-up if the removed sublayers' measured time vanished (docs/throughput.md, "Measured bound"), less what
             # their replacements still cost (by the cost model's ratio; the ablation times plain removal).
             bound = {}
             for metric, phase, context in (

@@ -533,7 +533,7 @@ class ExportCommand(_LeafCommand):
             path = export_nemotron_nas(
                 args.model, args.output, overwrite=args.overwrite, allow_pickle=args.allow_pickle
             )
-            print(f"Exported to {path}; serve it with e.g. vllm serve {str(path)!r} (README, Serving)")
+            print(f"Exported to {path}; serve it with e.g. vllm serve {str(path)!r} (docs/serving.md)")
             return
         from optimum_gatenorm.exporters.onnx import export_onnx
 
@@ -576,7 +576,7 @@ class EvalCommand(_LeafCommand):
             "Perplexity of a model on a UTF-8 text file. PyTorch checkpoints (pruned or not) load with the pruned\n"
             "structure; a directory holding model.onnx runs on onnxruntime through ORTModelForCausalLM. The text\n"
             "is tokenized once without special tokens and cut into windows; each token is scored once, with the\n"
-            "tokens before it in its window as context (see README, 'Perplexity'). With --reference (the unpruned\n"
+            "tokens before it in its window as context (see docs/quality.md, 'Perplexity windowing'). With --reference (the unpruned\n"
             "model), the same windows also give KL divergence and top-1 agreement; --chat adds chat fidelity.",
         )
         _add_model_args(parser)
@@ -596,7 +596,7 @@ class EvalCommand(_LeafCommand):
             "-r",
             help="a model to compare with, typically the unpruned one (checkpoint, ONNX export, .gguf or alias, same "
             "tokenizer): adds the mean and 99th-percentile KL divergence of the next-token distributions and top-1 "
-            "agreement on the same tokens (see README, Quality)",
+            "agreement on the same tokens (see docs/quality.md)",
         )
         parser.add_argument(
             "--chat",
