@@ -6,7 +6,7 @@
 
 Models of real shapes with random weights (speed does not depend on the values), built directly on the device in
 bf16: LLaMA-2-13B (the paper's model: MHA, 40 layers) and Llama-3-8B (GQA, 32 layers). For each, k attention
-sublayers are removed with the project's own `optimum_gatenorm.pruning.structure.apply_pruned_structure`, k in {0, L/8,
+sublayers are removed with the project's own `optimum_gatenorm.checkpoints.structure.apply_pruned_structure`, k in {0, L/8,
 L/4, 0.4L} rounded, plus k = L-1 (the bound probe). Every pruned variant is a second model object built on the
 meta device that shares the baseline's parameter tensors, so all variants live on the GPU at once and runs are
 interleaved (A B C ... A B C ...), warm-up excluded.
@@ -379,8 +379,8 @@ class Clock:
 def import_pruning(mode: str) -> tuple[Callable, dict]:
     """The project's `apply_pruned_structure`, and a record of how it was imported.
 
-    `package` imports `optimum_gatenorm.pruning.structure` normally (running the package `__init__`). `file` loads
-    `optimum_gatenorm/pruning/structure.py` (and the modules it imports relatively) under a bare package object, without
+    `package` imports `optimum_gatenorm.checkpoints.structure` normally (running the package `__init__`). `file` loads
+    `optimum_gatenorm/checkpoints/structure.py` (and the modules it imports relatively) under a bare package object, without
     the package `__init__`, for a machine where an `__init__` import is unavailable. `auto` tries `package`, then
     `file`, recording the error.
 
@@ -392,10 +392,10 @@ def import_pruning(mode: str) -> tuple[Callable, dict]:
     record: dict = {"requested": mode, "package_error": None}
     if mode in ("auto", "package"):
         try:
-            from optimum_gatenorm.pruning.structure import apply_pruned_structure
+            from optimum_gatenorm.checkpoints.structure import apply_pruned_structure
 
             record["mode"] = "package"
-            record["module_file"] = sys.modules["optimum_gatenorm.pruning.structure"].__file__
+            record["module_file"] = sys.modules["optimum_gatenorm.checkpoints.structure"].__file__
             return apply_pruned_structure, record
         except Exception as err:  # any import-time failure of the package __init__
             if mode == "package":
@@ -407,8 +407,8 @@ def import_pruning(mode: str) -> tuple[Callable, dict]:
     package = types.ModuleType("optimum_gatenorm")
     package.__path__ = [str(REPO_ROOT / "optimum_gatenorm")]
     sys.modules["optimum_gatenorm"] = package
-    module = importlib.import_module("optimum_gatenorm.pruning.structure")
-    record["mode"] = "file (optimum_gatenorm/pruning/structure.py without the package __init__)"
+    module = importlib.import_module("optimum_gatenorm.checkpoints.structure")
+    record["mode"] = "file (optimum_gatenorm/checkpoints/structure.py without the package __init__)"
     record["module_file"] = module.__file__
     return module.apply_pruned_structure, record
 

@@ -74,7 +74,7 @@ def main() -> None:
     import llama_cpp
     from llama_cpp import Llama
 
-    from optimum_gatenorm.checkpoints import cache_dir
+    from optimum_gatenorm.checkpoints.models import cache_dir
 
     root = cache_dir() / "llama_cpp_study"
     root.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,7 @@ from optimum_gatenorm.benchmark.planning import (
     prepare_variant,
 )
 from optimum_gatenorm.benchmark.throughput import BenchmarkSettings, run_benchmark
-from optimum_gatenorm.checkpoints import cache_dir
+from optimum_gatenorm.checkpoints.models import cache_dir
 
 
 MODEL = "smollm2-135m"

@@ -14,19 +14,10 @@ from .benchmark.planning import (
     predict_speedup,
 )
 from .benchmark.throughput import BenchmarkResult, BenchmarkSettings, run_benchmark
-from .checkpoints import (
-    BUILTIN_MODELS,
-    DEFAULT_MODEL,
-    AttentionWeights,
-    GateNormQuantizer,
-    PrunedAttentionConfig,
-    convert_gguf,
-    get_pruned_layers,
-    load_pruned,
-    prune_model,
-    resolve_model,
-    save_pruned,
-)
+from .checkpoints.modeling import GateNormQuantizer, load_pruned, prune_model, save_pruned
+from .checkpoints.models import BUILTIN_MODELS, DEFAULT_MODEL, convert_gguf, resolve_model
+from .checkpoints.record import PrunedAttentionConfig, get_pruned_layers
+from .checkpoints.tensors import AttentionWeights
 from .criteria import (
     DEFAULT_CRITERION,
     Calibration,

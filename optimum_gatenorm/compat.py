@@ -12,7 +12,7 @@ What differs, and where it is handled:
 - `PreTrainedModel._keys_to_ignore_on_load_unexpected` is a list on 4.57 and a set on 5.x:
   `ignore_unexpected_keys`.
 - Models that mix sliding-window and full layers look each layer's mask up by `layer.attention_type` on 4.57 and
-  by `config.layer_types[i]` on 5.x, pruned layers included; `pruning.structure` serves both (a pruned layer names
+  by `config.layer_types[i]` on 5.x, pruned layers included; `checkpoints.structure` serves both (a pruned layer names
   a kept type, and the base model's mask mapping gets the types only pruned layers have).
 - RoPE settings: 5.x keeps them in `config.rope_parameters` and no longer writes `rope_theta`, `rope_scaling`,
   `partial_rotary_factor` (gpt_neox: `rotary_emb_base`, `rotary_pct`); 4.57 ignores `rope_parameters` and falls

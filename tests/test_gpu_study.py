@@ -48,7 +48,9 @@ def test_schema(tiny):
         assert key in study["machine"], key
     assert study["settings"]["tiny"] and study["settings"]["decode_steps"] == 4
     assert study["pruning_import"]["mode"] == "package"
-    assert study["pruning_import"]["module_file"].endswith(os.path.join("optimum_gatenorm", "pruning", "structure.py"))
+    assert study["pruning_import"]["module_file"].endswith(
+        os.path.join("optimum_gatenorm", "checkpoints", "structure.py")
+    )
     assert study["paper_claim"]["max_speedup"] == 1.30 and "LLaMA-13B" in study["paper_claim"]["text"]
     assert "layer" in study["layer_choice"] and study["bound_definition"]
     assert [m["name"] for m in study["models"]] == ["tiny-mha", "tiny-gqa"]
@@ -132,7 +134,7 @@ def test_time_budget_skips_instead_of_running(tmp_path):
 
 
 def test_real_shapes_plan_on_meta_with_file_import(tmp_path):
-    """LLaMA-2-13B and Llama-3-8B built and pruned on the meta device, importing pruning/structure.py without the package __init__."""
+    """LLaMA-2-13B and Llama-3-8B built and pruned on the meta device, importing checkpoints/structure.py without the package __init__."""
     study = run_study(tmp_path, "--plan-only", "--device", "cuda", "--memory-gib", "139", "--pruning-import", "file")
     assert study["pruning_import"]["mode"].startswith("file")
     models = {m["name"]: m for m in study["models"]}

@@ -17,7 +17,7 @@ import yaml
 from conftest import tiny_model, tiny_tokenizer
 
 from optimum_gatenorm import ModelNotFoundError, get_pruned_layers, load_pruned, prune_model
-from optimum_gatenorm.pruning.structure import is_attention_pruned
+from optimum_gatenorm.checkpoints.structure import is_attention_pruned
 
 
 # CI's transformers 4.57 environment installs the `eval` extra (.ci/test); it skips in the transformers 5 one

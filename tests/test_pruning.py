@@ -8,8 +8,8 @@ from conftest import ALL_TINY, tiny_model
 
 from optimum_gatenorm import GateNormConfig, GateNormPruner, InvalidConfigError, get_adapter, get_pruned_layers
 from optimum_gatenorm.checkpoints.modeling import prune_model
+from optimum_gatenorm.checkpoints.structure import is_attention_pruned
 from optimum_gatenorm.compat import cache_kwargs, returned_cache
-from optimum_gatenorm.pruning.structure import is_attention_pruned
 
 
 def _prune(model, layers):
@@ -165,7 +165,6 @@ def test_impossible_requests_are_refused(kwargs, match):
 @pytest.mark.parametrize(
     "kwargs",
     [
-        dict(),
         dict(num_layers=1, ratio=0.1),
         dict(num_layers=-1),
         dict(num_layers=1.5),
@@ -181,6 +180,14 @@ def test_impossible_requests_are_refused(kwargs, match):
 def test_config_validation(kwargs):
     with pytest.raises(InvalidConfigError):
         GateNormConfig(**kwargs)
+
+
+def test_a_config_without_an_amount_waits_for_a_plan():
+    # neither num_layers nor ratio: valid (prune_and_save(target_speedup=...) plans it), but nothing prunes it as is
+    config = GateNormConfig()
+    assert not config.has_amount
+    with pytest.raises(InvalidConfigError, match="give num_layers or ratio"):
+        config.resolve_num_layers(4)
 
 
 def test_pruning_all_layers_is_refused():

@@ -23,6 +23,7 @@ from optimum_gatenorm import (
     save_pruned,
 )
 from optimum_gatenorm.checkpoints.record import get_replacements
+from optimum_gatenorm.checkpoints.structure import REPLACEMENT_MODULE, is_attention_pruned, replacement_of
 from optimum_gatenorm.compat import returned_cache
 from optimum_gatenorm.criteria import selfcal
 from optimum_gatenorm.criteria.calibration import Calibration
@@ -32,7 +33,6 @@ from optimum_gatenorm.pruning.replacement import (
     _substituted,
     fit_replacements,
 )
-from optimum_gatenorm.pruning.structure import REPLACEMENT_MODULE, is_attention_pruned, replacement_of
 
 
 IDS = torch.tensor([[3, 9, 27, 81, 115, 12, 40], [7, 21, 63, 101, 45, 8, 90]])

@@ -328,7 +328,7 @@ class ArchitectureAdapter:
             the attention's went.
         layer_types_attr: Config attribute listing each layer's attention type (full / sliding window); pruning
             gives the compacted KV cache one slot per kept layer of that layer's own type
-            (`pruning.structure.CacheLayerTypesConfigMixin`). `None` if the architecture has none.
+            (`checkpoints.structure.CacheLayerTypesConfigMixin`). `None` if the architecture has none.
         params: What the cost model's parameter count depends on.
         quality_reference: The built-in model on which the criterion study measured the family nearest to this
             architecture (`optimum_gatenorm.criteria.measurements`), so that `prune` can warn past the measured

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Literal
 from ..adapters import get_adapter
 from ..adapters.base import HeadDims
 from ..checkpoints.record import get_pruned_layers, get_replacements
+from ..checkpoints.structure import validate_pruned_set
 from ..errors import InvalidConfigError
-from ..pruning.structure import validate_pruned_set
 
 
 if TYPE_CHECKING:

@@ -48,7 +48,7 @@ from .cost_model import ModelCost, ideal_speedup, replacement_share
 
 
 if TYPE_CHECKING:
-    from .planning import AttentionShares
+    from .shares import AttentionShares
 
 __all__ = ["BenchmarkResult", "BenchmarkSettings", "RunRecord", "run_benchmark"]
 

@@ -36,7 +36,6 @@ from ..compat import (
 )
 from ..errors import InvalidCheckpointError
 from ..outputs import atomic_output_dir
-from ..pruning.structure import apply_pruned_structure, replacement_of
 from ..report import REPORT_FILE, PruningReport
 from ..validation import first_line
 from .models import resolve_model
@@ -47,6 +46,7 @@ from .record import (
     get_replacements,
     tombstone_name,
 )
+from .structure import apply_pruned_structure, replacement_of
 from .tensors import inspect_checkpoint
 
 
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
-    from ..pruning.replacement import FittedReplacement
+    from .structure import FittedReplacement
     from .tensors import Checkpoint
 
 __all__ = [

@@ -18,9 +18,9 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from ..adapters import get_adapter
 from ..errors import InvalidCheckpointError
-from ..pruning.structure import REPLACEMENT_KINDS, validate_pruned_set
 from ..validation import check_int_list, is_int
 from ..version import __version__
+from .structure import REPLACEMENT_KINDS, validate_pruned_set
 
 
 if TYPE_CHECKING:

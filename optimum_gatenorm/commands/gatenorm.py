@@ -263,9 +263,9 @@ class ScoreCommand(_LeafCommand):
         _add_calibration_args(parser)
 
     def execute(self):
-        from optimum_gatenorm import GateNormPruner
         from optimum_gatenorm.criteria import get_criterion
         from optimum_gatenorm.outputs import atomic_write_text, check_output_path
+        from optimum_gatenorm.pruning.pruner import GateNormPruner
 
         args = self.args
         inputs = _inputs(args, "model", "calibration_text")
@@ -393,9 +393,9 @@ class PruneCommand(_LeafCommand):
         _add_calibration_args(parser)
 
     def execute(self):
-        from optimum_gatenorm import GateNormConfig
         from optimum_gatenorm.errors import InvalidConfigError
         from optimum_gatenorm.pipeline import prune_and_save
+        from optimum_gatenorm.pruning.configuration import GateNormConfig
 
         args = self.args
         planning = {name: getattr(args, name) for name in ("phase", "batch", "context") if getattr(args, name)}
@@ -750,11 +750,11 @@ class CompareCommand(_LeafCommand):
         )
 
     def execute(self):
-        from optimum_gatenorm import GateNormPruner
         from optimum_gatenorm.criteria import get_criterion, require_calibration
         from optimum_gatenorm.evaluation.compare import CompareConfig, check_compare_request, compare_criteria
         from optimum_gatenorm.evaluation.loading import load_tokenizer
         from optimum_gatenorm.evaluation.perplexity import check_window_in_config
+        from optimum_gatenorm.pruning.pruner import GateNormPruner
         from optimum_gatenorm.text import read_text, read_text_for_tokens
 
         args = self.args

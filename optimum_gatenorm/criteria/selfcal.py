@@ -171,7 +171,7 @@ _LAST_SAMPLED: "weakref.WeakKeyDictionary[PreTrainedModel, tuple]" = weakref.Wea
 
 def _pruned_now(model) -> tuple[int, ...]:
     from ..adapters import get_adapter
-    from ..pruning.structure import is_attention_pruned
+    from ..checkpoints.structure import is_attention_pruned
 
     layers = model.get_submodule(get_adapter(model.config).layers)
     return tuple(i for i, layer in enumerate(layers) if is_attention_pruned(layer))

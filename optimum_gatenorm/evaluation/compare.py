@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..adapters import get_adapter
+from ..checkpoints.structure import is_attention_pruned
 from ..criteria import get_criterion, require_calibration
 from ..errors import InvalidConfigError
 from ..outputs import atomic_save_figure, check_output_path, require_pyplot
 from ..pruning.configuration import GateNormConfig
 from ..pruning.pruner import GateNormPruner, check_request, select_layers
 from ..pruning.replacement import check_replacement
-from ..pruning.structure import is_attention_pruned
 from ..serialization import JSONMixin
 from ..text import bos_prefix
 from ..validation import check_int, check_int_list

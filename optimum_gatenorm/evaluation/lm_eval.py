@@ -25,9 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-# Registers the `gatenorm` quantization method with transformers: this import is the point of the module.
-import optimum_gatenorm  # noqa: F401
-
+# Registers the `gatenorm` quantization method with transformers (where it lives): the point of this module.
+from ..checkpoints import modeling as _registers_the_quantizer  # noqa: F401
 from ..checkpoints.record import get_pruned_layers
 from ..checkpoints.tensors import inspect_checkpoint
 

@@ -37,10 +37,10 @@ from hashlib import sha256
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..checkpoints.structure import REPLACEMENT_MODULE
 from ..compat import load_auto_tokenizer, rope_settings
 from ..errors import InvalidConfigError, UnsupportedModelError
 from ..outputs import atomic_output_file, check_output_path
-from ..pruning.structure import REPLACEMENT_MODULE
 from .serving import ServingPlan, load_for_serving
 
 

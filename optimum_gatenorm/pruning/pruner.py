@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..adapters import get_adapter
-from ..checkpoints.modeling import check_record_matches_weights, load_pruned, prune_model
+from ..checkpoints.modeling import check_record_matches_weights, load_pruned, load_tokenizer, prune_model
 from ..checkpoints.models import resolve_model
 from ..checkpoints.record import get_pruned_layers
 from ..checkpoints.tensors import Checkpoint, ModelWeights, inspect_checkpoint
@@ -15,7 +15,6 @@ from ..criteria import DEFAULT_CRITERION, get_criterion, require_calibration, sc
 from ..criteria.calibration import Calibration
 from ..criteria.measurements import breakdown_warning
 from ..errors import InvalidConfigError
-from ..evaluation.loading import load_tokenizer
 from ..report import PruningReport, ScoreReport, rank
 from .configuration import GateNormConfig
 from .replacement import ReplacementFit

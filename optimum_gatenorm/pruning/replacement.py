@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..adapters import get_adapter
+from ..checkpoints.structure import REPLACEMENT_KINDS, AttentionReplacement, FittedReplacement, is_attention_pruned
 from ..errors import InvalidConfigError
-from .structure import REPLACEMENT_KINDS, AttentionReplacement, is_attention_pruned
 
 
 if TYPE_CHECKING:
@@ -73,25 +73,6 @@ def check_replacement(value) -> str:
     if value not in REPLACEMENTS:
         raise InvalidConfigError(f"replacement must be one of {', '.join(REPLACEMENTS)}, got {value!r}")
     return value
-
-
-@dataclass
-class FittedReplacement:
-    """The fitted replacement of one removed attention sublayer.
-
-    Args:
-        kind: `"mean"` or `"linear"`.
-        tensors: Parameters of its `AttentionReplacement`, by name (`bias` `[d]`, or `proj.weight` `[d, d]` in the
-            `nn.Linear` convention: `W n` is `proj.weight @ n`), float32.
-        alpha: The chosen relative ridge strength (`linear` only).
-        held_out_error: `||Y - fit||^2 / ||Y||^2` on the held-out windows with the map fitted on the others: the share
-            of the sublayer's update the replacement does not explain there (1.0 is no better than removing it).
-    """
-
-    kind: str
-    tensors: dict[str, "torch.Tensor"]
-    alpha: float | None = None
-    held_out_error: float | None = None
 
 
 @dataclass

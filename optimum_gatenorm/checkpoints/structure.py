@@ -24,6 +24,7 @@ import copy
 import logging
 import sys
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 __all__ = [
+    "FittedReplacement",
     "REPLACEMENT_KINDS",
     "REPLACEMENT_MODULE",
     "AttentionPrunedLayerMixin",
@@ -54,6 +56,25 @@ logger = logging.getLogger(__name__)
 # What a removed attention sublayer can be replaced by (besides nothing), and where a replaced layer holds it.
 REPLACEMENT_KINDS = ("mean", "linear")
 REPLACEMENT_MODULE = "attention_replacement"
+
+
+@dataclass
+class FittedReplacement:
+    """The fitted replacement of one removed attention sublayer.
+
+    Args:
+        kind: `"mean"` or `"linear"`.
+        tensors: Parameters of its `AttentionReplacement`, by name (`bias` `[d]`, or `proj.weight` `[d, d]` in the
+            `nn.Linear` convention: `W n` is `proj.weight @ n`), float32.
+        alpha: The chosen relative ridge strength (`linear` only).
+        held_out_error: `||Y - fit||^2 / ||Y||^2` on the held-out windows with the map fitted on the others: the share
+            of the sublayer's update the replacement does not explain there (1.0 is no better than removing it).
+    """
+
+    kind: str
+    tensors: dict[str, "torch.Tensor"]
+    alpha: float | None = None
+    held_out_error: float | None = None
 
 
 class AttentionReplacement(nn.Module):

@@ -1,0 +1,126 @@
+"""Every import of the package points down the layer order written in CONTRIBUTING.md ("Package layers"), and no
+import loop forms, counting every import statement: module level, inside functions and under `TYPE_CHECKING`."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "optimum_gatenorm"
+FACE = "optimum_gatenorm"  # the package's __init__: the public face, above every layer
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_module(name: str) -> bool:
+    path = ROOT / name.replace(".", "/")
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def _imports() -> list[tuple[str, str, int]]:
+    """(importer, imported module, line) for every import of a package module, wherever the statement is."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = _module_name(path)
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join(package[: len(package) - node.level + 1] + [node.module or ""]).strip(".")
+                base = base if node.level else node.module or ""
+                # `from pkg import sub` imports the submodule; `from mod import name` the module
+                targets = [f"{base}.{a.name}" if _is_module(f"{base}.{a.name}") else base for a in node.names]
+            else:
+                continue
+            found += [(name, target, node.lineno) for target in targets if target.split(".")[0] == FACE]
+    return found
+
+
+def _unit(module: str) -> str:
+    """The layer unit of a module: its top-level module or subpackage under the package (the face for `__init__`)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else FACE
+
+
+def _layers() -> list[list[str]]:
+    text = (ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    section = text.split("## Package layers", 1)[1]
+    block = re.search(r"```text\n(.*?)```", section, flags=re.S)[1]
+    return [line.split() for line in block.strip().split("\n")]
+
+
+IMPORTS = _imports()
+
+
+def test_the_checker_sees_imports_of_every_kind():
+    seen = {(a, b) for a, b, _ in IMPORTS}
+    assert len(IMPORTS) > 200
+    # a function-local import and a TYPE_CHECKING one that we know of
+    assert ("optimum_gatenorm.commands.gatenorm", "optimum_gatenorm.pipeline") in seen
+    assert any(a == "optimum_gatenorm.benchmark.cost_model" for a, _ in seen)
+
+
+def test_every_module_is_placed_in_a_layer():
+    placed = {unit for layer in _layers() for unit in layer}
+    units = {_unit(_module_name(path)) for path in PACKAGE.rglob("*.py")} - {FACE}
+    assert not units - placed, f"place these in CONTRIBUTING.md's layer order: {sorted(units - placed)}"
+    assert not placed - units, f"CONTRIBUTING.md names units that do not exist: {sorted(placed - units)}"
+
+
+def test_imports_point_down():
+    rank = {unit: depth for depth, layer in enumerate(_layers()) for unit in layer}
+    rank[FACE] = -1
+    upward = sorted(
+        {
+            f"{importer}:{line} imports {target}"
+            for importer, target, line in IMPORTS
+            if _unit(importer) != _unit(target) and rank[_unit(target)] < rank[_unit(importer)]
+        }
+    )
+    assert not upward, "imports that point up the layer order (CONTRIBUTING.md):\n" + "\n".join(upward)
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt) :] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def _graph(key) -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for importer, target, _ in IMPORTS:
+        a, b = key(importer), key(target)
+        if a != b and not b.startswith(a + "."):  # a package's __init__ may import its own submodules
+            graph.setdefault(a, set()).add(b)
+    return graph
+
+
+@pytest.mark.parametrize("level", ["module", "unit"])
+def test_no_import_loop(level):
+    cycle = _cycle(_graph((lambda m: m) if level == "module" else _unit))
+    assert cycle is None, f"import loop between {level}s: {' -> '.join(cycle)}"
