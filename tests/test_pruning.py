@@ -286,3 +286,17 @@ def test_kept_sliding_layers_attend_only_within_their_window(name):
     unpruned = tiny_model(name)  # and with its full-attention layer the same change is seen
     with torch.no_grad():
         assert not torch.allclose(unpruned(changed).logits[0, -1], unpruned(ids).logits[0, -1], atol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(ALL_TINY))
+def test_a_model_that_ran_with_output_hidden_states_prunes(name):
+    # transformers 4.57 leaves each layer's bound forward behind as an instance attribute after recording hidden
+    # states; it shadowed the pruned class's forward ("no attribute 'input_layernorm'")
+    model = tiny_model(name).eval()
+    ids = torch.randint(0, 98, (1, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model(ids, output_hidden_states=True)
+        prune_model(model, [1, 2])
+        fresh = tiny_model(name).eval()  # the same weights, never run
+        prune_model(fresh, [1, 2])
+        assert torch.allclose(model(ids).logits, fresh(ids).logits, atol=1e-6)

@@ -290,6 +290,19 @@ def _fill_missing_mask_types(module, args, kwargs):
     return args, {**kwargs, "attention_mask": {**masks, **dict.fromkeys(missing, stand_in)}}
 
 
+def _drop_stale_forward(layer) -> None:
+    """Removes an instance attribute `forward` that is just the layer's own class `forward`, bound.
+
+    transformers 4.57 records `output_hidden_states` / `output_attentions` by wrapping each layer's `forward` for the
+    call and then *assigning* the original bound method back as an instance attribute. That attribute would shadow
+    the pruned class's `forward` (the layer would still run its deleted attention), so a model that once ran with
+    `output_hidden_states=True` could not be pruned. Any other instance `forward` (a user's wrapper) is left alone.
+    """
+    bound = layer.__dict__.get("forward")
+    if getattr(bound, "__self__", None) is layer and getattr(bound, "__func__", None) is type(layer).forward:
+        del layer.__dict__["forward"]
+
+
 def apply_pruned_structure(
     model: "PreTrainedModel", layers: Iterable[int], replacements: Mapping[int, str] | None = None
 ) -> list[int]:
@@ -322,6 +335,7 @@ def apply_pruned_structure(
             continue
         kind = replacements.get(index)
         norm = getattr(layer, adapter.input_norm)
+        _drop_stale_forward(layer)
         layer.__class__ = _pruned_class(type(layer), adapter)
         for name in adapter.pruned_modules:
             delattr(layer, name)
