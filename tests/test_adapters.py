@@ -16,17 +16,28 @@ from optimum_gatenorm.exporters.onnx import check_onnx_exportable
 def test_every_registered_architecture_has_a_tiny_config():
     # TINY_CONFIGS holds the registered adapters' non-empty `tiny_config`s.
     assert sorted(TINY_CONFIGS) == supported_model_types()
-    assert set(supported_model_types()) == {
-        "llama",
-        "mistral",
-        "qwen2",
-        "qwen3",
-        "phi3",
-        "gpt2",
-        "gpt_neox",
-        "gemma2",
-        "gemma3_text",
-    }
+
+
+def test_every_adapter_module_registers_what_it_defines():
+    # A family is one module in adapters/: the package imports every module of the folder, and each registers the
+    # adapters it defines, so nothing else lists them (the registry is the one list of supported model types).
+    import importlib
+    import pkgutil
+
+    import optimum_gatenorm.adapters as package
+    from optimum_gatenorm.adapters import ArchitectureAdapter
+
+    names = sorted(info.name for info in pkgutil.iter_modules(package.__path__))
+    assert set(names) - {"base", "registry"} == set(package.FAMILY_MODULES) and len(package.FAMILY_MODULES) >= 6
+    defined = []
+    for name in package.FAMILY_MODULES:
+        module = importlib.import_module(f"optimum_gatenorm.adapters.{name}")
+        adapters = [value for value in vars(module).values() if isinstance(value, ArchitectureAdapter)]
+        assert adapters, f"adapters/{name}.py defines no adapter"
+        for adapter in adapters:
+            assert all(get_adapter(model_type) is adapter for model_type in adapter.model_types), adapter.model_types
+            defined += adapter.model_types
+    assert sorted(defined) == supported_model_types()
 
 
 def _capture_attention(model, monkeypatch):

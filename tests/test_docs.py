@@ -229,3 +229,12 @@ def test_readme_is_a_short_front_door():
     for page in sorted((ROOT / "docs").glob("*.md")):  # every manual page is reachable from README
         if page.name != "DESIGN-transformers5.md":
             assert f"(docs/{page.name}" in readme, page.name
+
+
+def test_readme_and_the_architecture_table_name_every_registered_model_type():
+    from optimum_gatenorm import supported_model_types
+
+    table = (ROOT / "docs" / "architectures.md").read_text().split("## ", 1)[0]
+    readme = (ROOT / "README.md").read_text()
+    for model_type in supported_model_types():
+        assert f"`{model_type}`" in table and f"`{model_type}`" in readme, model_type

@@ -1,14 +1,16 @@
-"""Registry of architecture adapters, keyed by `config.model_type`: the one place that knows model types.
+"""Architecture adapters: every per-architecture fact, one module per model family.
 
-To add an architecture, write one module next to this one that builds an `ArchitectureAdapter` per model type
-(every field is a fact the rest of the package reads, see `base.py`), and register it in `_REGISTERED` below.
+`base.py` defines what an adapter declares (`ArchitectureAdapter`; every field is a fact the rest of the package
+reads) and `registry.py` the registry keyed by `config.model_type`. Each family module builds its adapters and
+registers them where it defines them (`register_adapter`); this `__init__` imports every module of the folder, so
+adding an architecture is one new module here (docs/architectures.md, "Add an architecture").
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import importlib
+import pkgutil
 
-from ..errors import UnsupportedModelError
 from .base import (
     ArchitectureAdapter,
     FusedConv1D,
@@ -20,18 +22,11 @@ from .base import (
     QKLayout,
     SeparateProjections,
 )
-from .gemma import GEMMA2, GEMMA3_TEXT
-from .gpt2 import GPT2
-from .gpt_neox import GPT_NEOX
-from .llama import LLAMA, MISTRAL, QWEN2
-from .phi3 import PHI3
-from .qwen3 import QWEN3
+from .registry import get_adapter, register_adapter, supported_model_types
 
-
-if TYPE_CHECKING:
-    from transformers import PretrainedConfig
 
 __all__ = [
+    "FAMILY_MODULES",
     "ArchitectureAdapter",
     "FusedConv1D",
     "FusedRows",
@@ -46,60 +41,9 @@ __all__ = [
     "supported_model_types",
 ]
 
-_ADAPTERS: dict[str, ArchitectureAdapter] = {}
-
-# Model types refused with their own reason and the way out, instead of the generic "not supported" line.
-_REFUSED = {
-    # The multimodal wrapper keeps its text layers under model.language_model and its sizes under text_config;
-    # its language model alone is a gemma3_text model that transformers loads from the same checkpoint.
-    "gemma3": (
-        "model_type 'gemma3' (Gemma3ForConditionalGeneration, text + vision) is not supported; prune its language "
-        "model: m = Gemma3ForConditionalGeneration.from_pretrained(path); text = Gemma3ForCausalLM(m.config.text_config); "
-        "text.model, text.lm_head = m.model.language_model, m.lm_head; text.save_pretrained(out), then prune out "
-        "(a gemma3_text model)"
-    ),
-}
-
-
-def register_adapter(adapter: ArchitectureAdapter) -> ArchitectureAdapter:
-    """Registers `adapter` for each of its model types.
-
-    Raises:
-        ValueError: If one of its model types already has an adapter.
-    """
-    for model_type in adapter.model_types:
-        if model_type in _ADAPTERS:
-            raise ValueError(f"An adapter for model_type {model_type!r} is already registered")
-    for model_type in adapter.model_types:
-        _ADAPTERS[model_type] = adapter
-    return adapter
-
-
-def supported_model_types() -> list[str]:
-    return sorted(_ADAPTERS)
-
-
-def get_adapter(config_or_model_type: "PretrainedConfig | str") -> ArchitectureAdapter:
-    """Returns the adapter for a config (validating its options) or a model type.
-
-    Raises:
-        UnsupportedModelError: If the model type has no adapter or the config uses an unsupported option.
-    """
-    model_type = getattr(config_or_model_type, "model_type", config_or_model_type)
-    if model_type in _REFUSED:
-        raise UnsupportedModelError(_REFUSED[model_type])
-    adapter = _ADAPTERS.get(model_type)
-    if adapter is None:
-        raise UnsupportedModelError(
-            f"model_type {model_type!r} is not supported; supported decoder-only architectures: "
-            f"{', '.join(supported_model_types())}"
-        )
-    if not isinstance(config_or_model_type, str):
-        adapter.check_config(config_or_model_type)
-    return adapter
-
-
-# Every built-in adapter, one per model type.
-_REGISTERED = (LLAMA, MISTRAL, QWEN2, QWEN3, PHI3, GPT2, GPT_NEOX, GEMMA2, GEMMA3_TEXT)
-for _adapter in _REGISTERED:
-    register_adapter(_adapter)
+# Every module of this folder but the two above is a family module, imported (and so registered) here.
+FAMILY_MODULES = tuple(
+    sorted(info.name for info in pkgutil.iter_modules(__path__) if info.name not in ("base", "registry"))
+)
+for _name in FAMILY_MODULES:
+    importlib.import_module(f"{__name__}.{_name}")

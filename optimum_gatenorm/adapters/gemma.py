@@ -9,6 +9,7 @@ Gemma 3 adds per-head query/key norms; Gemma 2 caps attention logits with `tanh`
 from dataclasses import replace
 
 from .base import TINY_COMMON, ArchitectureAdapter, MLPLayout, ParameterLayout, SeparateProjections
+from .registry import register_adapter
 
 
 _SANDWICH = dict(
@@ -47,28 +48,32 @@ _TINY = dict(
     layer_types=["sliding_attention", "full_attention", "sliding_attention", "sliding_attention"],
 )
 
-GEMMA3_TEXT = ArchitectureAdapter(
-    model_types=("gemma3_text",),
-    qk_norms=("q_norm", "k_norm"),
-    unsupported_flags=(
-        ("use_bidirectional_attention", "bidirectional attention (EmbeddingGemma) is an encoder, not a causal LM"),
-    ),
-    tiny_config=dict(_TINY),
-    # 4.57 reads the sliding layers' RoPE base (5.x: rope_parameters["sliding_attention"]) as rope_local_base_freq;
-    # the full layers' base and scaling under the plain names.
-    legacy_rope_names={"rope_theta": "rope_theta", "sliding_attention.rope_theta": "rope_local_base_freq"},
-    **_SANDWICH,
+GEMMA3_TEXT = register_adapter(
+    ArchitectureAdapter(
+        model_types=("gemma3_text",),
+        qk_norms=("q_norm", "k_norm"),
+        unsupported_flags=(
+            ("use_bidirectional_attention", "bidirectional attention (EmbeddingGemma) is an encoder, not a causal LM"),
+        ),
+        tiny_config=dict(_TINY),
+        # 4.57 reads the sliding layers' RoPE base (5.x: rope_parameters["sliding_attention"]) as rope_local_base_freq;
+        # the full layers' base and scaling under the plain names.
+        legacy_rope_names={"rope_theta": "rope_theta", "sliding_attention.rope_theta": "rope_local_base_freq"},
+        **_SANDWICH,
+    )
 )
 
 # optimum-onnx 0.1.0's ORTModelForCausalLM reads neither num_key_value_heads nor head_dim for gemma2, so only
 # MHA shapes with head_dim * heads == hidden run there (the released Gemma 2 models do not): the tiny one is MHA.
-GEMMA2 = replace(
-    GEMMA3_TEXT,
-    model_types=("gemma2",),
-    qk_norms=None,
-    unsupported_flags=(),
-    ort_reads_kv_heads=False,
-    ort_reads_head_dim=False,
-    tiny_config=dict(_TINY, num_key_value_heads=4),
-    legacy_rope_names={"rope_theta": "rope_theta"},
+GEMMA2 = register_adapter(
+    replace(
+        GEMMA3_TEXT,
+        model_types=("gemma2",),
+        qk_norms=None,
+        unsupported_flags=(),
+        ort_reads_kv_heads=False,
+        ort_reads_head_dim=False,
+        tiny_config=dict(_TINY, num_key_value_heads=4),
+        legacy_rope_names={"rope_theta": "rope_theta"},
+    )
 )
