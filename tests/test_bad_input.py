@@ -382,8 +382,8 @@ def test_bad_option_value_is_refused(case, tmp_path, checkpoints):
     line = assert_refused(result, needle, output=out)
     assert line.startswith("optimum-cli gatenorm prune: error: ")
     assert len(result.stderr.strip().splitlines()) == 1  # no usage block
-    with pytest.raises(InvalidConfigError):
-        GateNormConfig(**config_kwargs)
+    with pytest.raises(InvalidConfigError):  # the library refuses the same request, at the latest when it prunes
+        GateNormConfig(**config_kwargs).resolve_num_layers(4)
 
 
 def test_prune_without_output_is_refused(tmp_path, checkpoints):

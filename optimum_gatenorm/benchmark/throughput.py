@@ -333,7 +333,6 @@ def run_benchmark(
         InvalidCheckpointError: A path that does not suit the backend.
     """
     import torch
-    from tqdm.auto import tqdm
 
     if settings.provider == "cuda":
         check_cuda_available()
@@ -342,97 +341,12 @@ def run_benchmark(
     configs = {name: model.config for name, model in models.items()}
     _check_comparable(candidate_path, baseline_path, configs["candidate"], configs["baseline"])
     costs = {name: ModelCost.from_config(config) for name, config in configs.items()}
-    removed = len(costs["candidate"].pruned_layers) - len(costs["baseline"].pruned_layers)
     if shares is not None:
         shares.check_model(configs["baseline"])
     device = "cuda" if settings.provider == "cuda" else "cpu"
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    vocab = configs["baseline"].vocab_size
-    generator = torch.Generator().manual_seed(settings.seed)
-
     shapes = [(b, p) for b in settings.batch_sizes for p in settings.prompt_lengths]
-    total_runs = len(shapes) * 2 * (settings.warmup + settings.runs)
-    bar = tqdm(total=total_runs, desc="benchmark", unit="run", disable=not progress)
-    records: list[RunRecord] = []
-    for batch, length in shapes:
-        ids = torch.randint(0, vocab, (batch, length), generator=generator).to(device)
-        mask = torch.ones_like(ids)
-        for run in range(-settings.warmup, settings.runs):
-            for name in ("baseline", "candidate"):  # interleaved: A B A B ...
-                clock = _clock_processor(sync)
-                sync()
-                with _PeakMemory(cuda=device == "cuda") as memory, torch.no_grad():
-                    start = time.perf_counter()
-                    models[name].generate(
-                        ids,
-                        attention_mask=mask,
-                        max_new_tokens=settings.new_tokens,
-                        min_new_tokens=settings.new_tokens,
-                        do_sample=False,
-                        num_beams=1,
-                        pad_token_id=0,
-                        logits_processor=[clock],
-                    )
-                    sync()
-                    end = time.perf_counter()
-                bar.update(1)
-                if run < 0:
-                    continue
-                assert len(clock.times) == settings.new_tokens, "generation did not produce a fixed length"
-                decode = (clock.times[-1] - clock.times[0]) / (settings.new_tokens - 1)
-                records.append(
-                    RunRecord(
-                        model=name,
-                        batch_size=batch,
-                        prompt_length=length,
-                        run=run,
-                        prefill_s=clock.times[0] - start,
-                        decode_s_per_token=decode,
-                        decode_tokens_per_s=batch / decode,
-                        e2e_tokens_per_s=batch * settings.new_tokens / (end - start),
-                        total_s=end - start,
-                        memory_growth_mb=(memory.peak - memory.start) / 2**20,
-                    )
-                )
-    bar.close()
-
-    summary = []
-    for batch, length in shapes:
-        row: dict[str, Any] = {"batch_size": batch, "prompt_length": length}
-        for name in ("baseline", "candidate"):
-            mine = [r for r in records if r.model == name and r.batch_size == batch and r.prompt_length == length]
-            row[name] = {m: _summarise([getattr(r, m) for r in mine]) for m in METRICS}
-        base, cand = row["baseline"], row["candidate"]
-        row["speedup"] = {
-            "prefill_s": base["prefill_s"]["median"] / cand["prefill_s"]["median"],
-            "decode_tokens_per_s": cand["decode_tokens_per_s"]["median"] / base["decode_tokens_per_s"]["median"],
-            "e2e_tokens_per_s": cand["e2e_tokens_per_s"]["median"] / base["e2e_tokens_per_s"]["median"],
-            "memory_growth_mb": _ratio(cand["memory_growth_mb"]["median"], base["memory_growth_mb"]["median"]),
-        }
-        # Decode steps see contexts from `length` to `length + new_tokens - 1`: the middle one stands for them.
-        prefill = ideal_speedup(costs["baseline"], costs["candidate"], "prefill", batch, length)
-        decode = ideal_speedup(
-            costs["baseline"], costs["candidate"], "decode", batch, length + settings.new_tokens // 2
-        )
-        row["cost_model"] = {"prefill": prefill, "decode": decode}
-        row["ideal"] = {
-            "prefill_s": prefill["compute_bound"],
-            "decode_tokens_per_s": decode["memory_bound"],
-            "e2e_tokens_per_s": decode["memory_bound"],
-            "memory_growth_mb": None,
-        }
-        if shares is not None:
-            # The speed-up if the removed sublayers' measured time vanished (docs/throughput.md, "Measured bound"), less what
-            # their replacements still cost (by the cost model's ratio; the ablation times plain removal).
-            bound = {}
-            for metric, phase, context in (
-                ("prefill_s", "prefill", length),
-                ("decode_tokens_per_s", "decode", length + settings.new_tokens // 2),
-            ):
-                kept = replacement_share(costs["baseline"], costs["candidate"], phase, batch, context)
-                bound[metric] = shares.speedup(removed, phase, batch, context, kept)
-            row["measured_bound"] = bound
-        summary.append(row)
+    records = _timed_runs(models, shapes, settings, configs["baseline"].vocab_size, device, progress)
+    summary = [_summary_row(records, batch, length, costs, settings, shares) for batch, length in shapes]
     warnings = noise_warnings(summary)
     for warning in warnings:
         logger.warning("warning: %s", warning)
@@ -455,6 +369,106 @@ def run_benchmark(
         weights_mb={"candidate": _weights_mb(candidate_path), "baseline": _weights_mb(baseline_path)},
         warnings=warnings,
     )
+
+
+def _timed_runs(models: dict, shapes: list, settings: BenchmarkSettings, vocab: int, device: str, progress: bool):
+    """Every run of both models at every shape, interleaved (A B A B ...), warm-up runs discarded."""
+    import torch
+    from tqdm.auto import tqdm
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    generator = torch.Generator().manual_seed(settings.seed)
+    bar = tqdm(
+        total=len(shapes) * 2 * (settings.warmup + settings.runs), desc="benchmark", unit="run", disable=not progress
+    )
+    records: list[RunRecord] = []
+    for batch, length in shapes:
+        ids = torch.randint(0, vocab, (batch, length), generator=generator).to(device)
+        for run in range(-settings.warmup, settings.runs):
+            for name in ("baseline", "candidate"):
+                record = _timed_run(models[name], ids, settings, sync, device)
+                bar.update(1)
+                if run >= 0:
+                    records.append(RunRecord(model=name, batch_size=batch, prompt_length=length, run=run, **record))
+    bar.close()
+    return records
+
+
+def _timed_run(model, ids, settings: BenchmarkSettings, sync, device: str) -> dict:
+    """One generation of exactly `settings.new_tokens` tokens, timed per step (`RunRecord`'s measured fields)."""
+    import torch
+
+    clock = _clock_processor(sync)
+    sync()
+    with _PeakMemory(cuda=device == "cuda") as memory, torch.no_grad():
+        start = time.perf_counter()
+        model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=settings.new_tokens,
+            min_new_tokens=settings.new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=0,
+            logits_processor=[clock],
+        )
+        sync()
+        end = time.perf_counter()
+    assert len(clock.times) == settings.new_tokens, "generation did not produce a fixed length"
+    decode = (clock.times[-1] - clock.times[0]) / (settings.new_tokens - 1)
+    return {
+        "prefill_s": clock.times[0] - start,
+        "decode_s_per_token": decode,
+        "decode_tokens_per_s": ids.shape[0] / decode,
+        "e2e_tokens_per_s": ids.shape[0] * settings.new_tokens / (end - start),
+        "total_s": end - start,
+        "memory_growth_mb": (memory.peak - memory.start) / 2**20,
+    }
+
+
+def _summary_row(
+    records: list[RunRecord], batch: int, length: int, costs: dict, settings: BenchmarkSettings, shares
+) -> dict[str, Any]:
+    """Medians and ranges of both models at one shape, the speed-ups, and their bounds."""
+    row: dict[str, Any] = {"batch_size": batch, "prompt_length": length}
+    for name in ("baseline", "candidate"):
+        mine = [r for r in records if r.model == name and r.batch_size == batch and r.prompt_length == length]
+        row[name] = {m: _summarise([getattr(r, m) for r in mine]) for m in METRICS}
+    base, cand = row["baseline"], row["candidate"]
+    row["speedup"] = {
+        "prefill_s": base["prefill_s"]["median"] / cand["prefill_s"]["median"],
+        "decode_tokens_per_s": cand["decode_tokens_per_s"]["median"] / base["decode_tokens_per_s"]["median"],
+        "e2e_tokens_per_s": cand["e2e_tokens_per_s"]["median"] / base["e2e_tokens_per_s"]["median"],
+        "memory_growth_mb": _ratio(cand["memory_growth_mb"]["median"], base["memory_growth_mb"]["median"]),
+    }
+    # Decode steps see contexts from `length` to `length + new_tokens - 1`: the middle one stands for them.
+    contexts = {"prefill": length, "decode": length + settings.new_tokens // 2}
+    bounds = {
+        phase: ideal_speedup(costs["baseline"], costs["candidate"], phase, batch, contexts[phase])
+        for phase in contexts
+    }
+    row["cost_model"] = bounds
+    row["ideal"] = {
+        "prefill_s": bounds["prefill"]["compute_bound"],
+        "decode_tokens_per_s": bounds["decode"]["memory_bound"],
+        "e2e_tokens_per_s": bounds["decode"]["memory_bound"],
+        "memory_growth_mb": None,
+    }
+    if shares is not None:
+        # The speed-up if the removed sublayers' measured time vanished (docs/throughput.md, "Measured bound"), less
+        # what their replacements still cost (by the cost model's ratio; the ablation times plain removal).
+        removed = len(costs["candidate"].pruned_layers) - len(costs["baseline"].pruned_layers)
+        row["measured_bound"] = {
+            metric: shares.speedup(
+                removed,
+                phase,
+                batch,
+                contexts[phase],
+                replacement_share(costs["baseline"], costs["candidate"], phase, batch, contexts[phase]),
+            )
+            for metric, phase in (("prefill_s", "prefill"), ("decode_tokens_per_s", "decode"))
+        }
+    return row
 
 
 def noise_warnings(summary: list[dict]) -> list[str]:

@@ -50,6 +50,12 @@ def model_card(report: "PruningReport", *, source: str, exports: "dict[str, str]
         source: The model that was pruned, as the user named it (a built-in alias adds `base_model` and licence).
         exports: Export format -> folder inside the checkpoint (e.g. `{"onnx": "onnx"}`).
     """
+    sections = (_metadata(source), _summary(report, source), _changes(report), _measured(report, source))
+    text = "\n".join(line for section in sections for line in section) + "\n" + _loading(exports)
+    return text + f"\nWritten by optimum-gatenorm {__version__}.\n"
+
+
+def _metadata(source: str) -> list[str]:
     from huggingface_hub import ModelCardData
 
     base_model, license_id = _BUILTIN_ORIGINS.get(str(source), (None, None))
@@ -60,15 +66,12 @@ def model_card(report: "PruningReport", *, source: str, exports: "dict[str, str]
         license=license_id,
         tags=["optimum-gatenorm", "attention-pruning", "pruned"],
     )
+    return ["---", data.to_yaml(), "---", ""]
+
+
+def _summary(report: "PruningReport", source: str) -> list[str]:
     removed, total = report.removed_layers, report.num_hidden_layers
-    before, after = report.num_parameters_before, report.num_parameters_after
-    config = report.config
-    fit = report.replacement
-    lines = [
-        "---",
-        data.to_yaml(),
-        "---",
-        "",
+    return [
         f"# {Path(str(source)).name}: {len(removed)} of {total} attention sublayers removed",
         "",
         f"`{source}` with the attention sublayers of {_layers(removed)} removed by optimum-gatenorm "
@@ -76,32 +79,39 @@ def model_card(report: "PruningReport", *, source: str, exports: "dict[str, str]
         "those layers keeps its MLP; the residual stream passes through where the attention was, and the KV cache "
         f"holds only the {len(report.kept_attention_layers)} layers that keep attention.",
         "",
-        "## What was changed",
-        "",
-        f"- **Removed**: the attention sublayers of {_layers(removed)} ({len(removed)} of {total}); "
-        f"without attention now: {_layers(report.pruned_layers)}.",
     ]
+
+
+def _changes(report: "PruningReport") -> list[str]:
+    removed, total, config, fit = report.removed_layers, report.num_hidden_layers, report.config, report.replacement
+    before, after = report.num_parameters_before, report.num_parameters_after
     if fit:
         calibration = fit.get("calibration", {}).get("source", "calibration text")
-        lines.append(
+        replaced = (
             f"- **Replaced** each by {_REPLACEMENT_WORDS.get(fit['kind'], fit['kind'])}, fitted in closed form on "
             f"{calibration} ({fit['seconds']:.1f} s)."
         )
     else:
-        lines.append("- **Replaced**: no; the removed sublayers add nothing (plain removal).")
+        replaced = "- **Replaced**: no; the removed sublayers add nothing (plain removal)."
+    excluded = f", never removed: {_layers(report.excluded_layers)}" if report.excluded_layers else ""
     data_words = "no user data" if report.data_free else "calibration text"
-    lines += [
+    return [
+        "## What was changed",
+        "",
+        f"- **Removed**: the attention sublayers of {_layers(removed)} ({len(removed)} of {total}); "
+        f"without attention now: {_layers(report.pruned_layers)}.",
+        replaced,
         f"- **Chosen by** the criterion `{report.criterion}` ({data_words}; scored in {report.scoring_seconds:.2f} s), "
         f"lowest scores first; protect_first {config.get('protect_first')}, protect_last "
-        f"{config.get('protect_last')}, min_gap {config.get('min_gap')}, seed {config.get('seed')}"
-        + (f", never removed: {_layers(report.excluded_layers)}" if report.excluded_layers else "")
-        + ".",
+        f"{config.get('protect_last')}, min_gap {config.get('min_gap')}, seed {config.get('seed')}{excluded}.",
         f"- **Parameters**: {before:,} before, {after:,} after (-{(before - after) / before:.2%}).",
         "",
-        "## What was measured",
-        "",
     ]
-    recovery = (fit or {}).get("recovery")
+
+
+def _measured(report: "PruningReport", source: str) -> list[str]:
+    lines = ["## What was measured", ""]
+    recovery = (report.replacement or {}).get("recovery")
     if recovery:
         lines.append(
             f"- On {recovery['source']} (not used by the fit), the mean KL divergence of the next-token distribution "
@@ -109,39 +119,43 @@ def model_card(report: "PruningReport", *, source: str, exports: "dict[str, str]
             f"{recovery['kl_without']:.4f} removed plainly."
         )
     lines += [f"- Warning: {warning.removeprefix('warning: ').rstrip('.')}." for warning in report.warnings]
-    lines += [
+    return lines + [
         "- Nothing else was measured by this run. Measure the quality on your own text against the original with "
         f"`optimum-cli gatenorm eval --model <this folder> --reference {source} --text FILE` (perplexity, KL "
         "divergence, top-1 agreement).",
         "- Every number above is also in `gatenorm_report.json`.",
         "",
-        "## How to load it",
-        "",
-        "The pruned layers are not a stock transformers layer: import optimum-gatenorm first (`pip install "
-        "optimum-gatenorm`; without the import, transformers refuses the checkpoint rather than load it wrongly).",
-        "",
-        "```python",
-        "import optimum_gatenorm  # registers the pruned layers with transformers",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        "",
-        'model = AutoModelForCausalLM.from_pretrained("path/to/this/checkpoint")',
-        'tokenizer = AutoTokenizer.from_pretrained("path/to/this/checkpoint")',
-        "```",
     ]
-    for name, folder in (exports or {}).items():
-        if name == "onnx":
-            lines += [
-                "",
-                f"The ONNX export in `{folder}/` runs with onnxruntime, no optimum-gatenorm needed:",
-                "",
-                "```python",
-                "from optimum.onnxruntime import ORTModelForCausalLM",
-                "",
-                f'model = ORTModelForCausalLM.from_pretrained("path/to/this/checkpoint/{folder}")',
-                "```",
-            ]
-    lines += ["", f"Written by optimum-gatenorm {__version__}.", ""]
-    return "\n".join(lines)
+
+
+_LOADING = """## How to load it
+
+The pruned layers are not a stock transformers layer: import optimum-gatenorm first (`pip install optimum-gatenorm`;
+without the import, transformers refuses the checkpoint rather than load it wrongly).
+
+```python
+import optimum_gatenorm  # registers the pruned layers with transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("path/to/this/checkpoint")
+tokenizer = AutoTokenizer.from_pretrained("path/to/this/checkpoint")
+```
+"""
+
+_LOADING_ONNX = """
+The ONNX export in `{folder}/` runs with onnxruntime, no optimum-gatenorm needed:
+
+```python
+from optimum.onnxruntime import ORTModelForCausalLM
+
+model = ORTModelForCausalLM.from_pretrained("path/to/this/checkpoint/{folder}")
+```
+"""
+
+
+def _loading(exports: "dict[str, str] | None") -> str:
+    onnx = (exports or {}).get("onnx")
+    return _LOADING + (_LOADING_ONNX.format(folder=onnx) if onnx else "")
 
 
 def write_model_card(
