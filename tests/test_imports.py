@@ -1,5 +1,6 @@
-"""Every import of the package points down the layer order written in CONTRIBUTING.md ("Package layers"), and no
-import loop forms, counting every import statement: module level, inside functions and under `TYPE_CHECKING`."""
+"""The shape of the package: every import points down the layer order written in CONTRIBUTING.md ("Package
+layers") and no import loop forms, counting every import statement (module level, inside functions and under
+`TYPE_CHECKING`); no function is over 80 lines."""
 
 from __future__ import annotations
 
@@ -124,3 +125,23 @@ def _graph(key) -> dict[str, set[str]]:
 def test_no_import_loop(level):
     cycle = _cycle(_graph((lambda m: m) if level == "module" else _unit))
     assert cycle is None, f"import loop between {level}s: {' -> '.join(cycle)}"
+
+
+def test_no_function_is_over_80_lines():
+    """Counted without the docstring: a function that long does more than one thing."""
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            lines = node.end_lineno - node.lineno + 1
+            first = node.body[0]
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
+                lines -= first.end_lineno - first.lineno + 1
+            if lines > 80:
+                long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, "split these: " + "; ".join(long)

@@ -303,50 +303,53 @@ def _check_device(name: str) -> None:
     check_device(name)
 
 
+def _add_amount_args(parser: "ArgumentParser") -> None:
+    """How many sublayers `prune` removes: a count, a ratio, or a target speed-up and what it is planned for."""
+    amount = parser.add_mutually_exclusive_group(required=True)
+    amount.add_argument("--num-layers", "-k", type=_non_negative_int, help="number of attention sublayers to remove")
+    amount.add_argument(
+        "--ratio", type=_ratio, help="fraction of all attention sublayers to remove, in [0, 1) (rounded)"
+    )
+    amount.add_argument(
+        "--target-speedup",
+        type=_speedup,
+        metavar="X",
+        help="remove the fewest attention sublayers whose predicted speed-up reaches X (e.g. 1.2) at --context and "
+        "--batch, for --phase; predicted from --shares when given, else from the analytical cost model, counting "
+        "the cost of --replacement (a linear map is one d x d product per token)",
+    )
+    parser.add_argument(
+        "--context",
+        type=_positive_int,
+        help="with --target-speedup: prompt/context length in tokens (default: 1024)",
+    )
+    parser.add_argument("--batch", type=_positive_int, help="with --target-speedup: batch size (default: 1)")
+    parser.add_argument(
+        "--phase",
+        choices=("prefill", "decode", "both"),
+        help="with --target-speedup: the phase that must reach X (default: both)",
+    )
+    parser.add_argument(
+        "--shares",
+        metavar="FILE",
+        help="with --target-speedup: attention time shares measured on the target backend (JSON written by "
+        "optimum_gatenorm.benchmark.planning.measure_attention_shares(...).save(FILE)); default: the analytical cost model",
+    )
+
+
 class PruneCommand(_LeafCommand):
     @staticmethod
     def parse_args(parser: "ArgumentParser"):
         _setup(
             parser,
             "Remove the lowest-scored attention sublayers (the MLPs stay; the residual passes through) and save a\n"
-            "smaller checkpoint with its tokenizer and a gatenorm_report.json. Load it back with\n"
+            "smaller checkpoint with its tokenizer, a gatenorm_report.json and a model card (README.md). Load it with\n"
             "optimum_gatenorm.load_pruned(dir), or AutoModelForCausalLM.from_pretrained(dir) after\n"
             "`import optimum_gatenorm`.",
         )
         _add_model_args(parser)
         parser.add_argument("--output", "-o", required=True, help="directory for the pruned checkpoint")
-        amount = parser.add_mutually_exclusive_group(required=True)
-        amount.add_argument(
-            "--num-layers", "-k", type=_non_negative_int, help="number of attention sublayers to remove"
-        )
-        amount.add_argument(
-            "--ratio", type=_ratio, help="fraction of all attention sublayers to remove, in [0, 1) (rounded)"
-        )
-        amount.add_argument(
-            "--target-speedup",
-            type=_speedup,
-            metavar="X",
-            help="remove the fewest attention sublayers whose predicted speed-up reaches X (e.g. 1.2) at --context and "
-            "--batch, for --phase; predicted from --shares when given, else from the analytical cost model, counting "
-            "the cost of --replacement (a linear map is one d x d product per token)",
-        )
-        parser.add_argument(
-            "--context",
-            type=_positive_int,
-            help="with --target-speedup: prompt/context length in tokens (default: 1024)",
-        )
-        parser.add_argument("--batch", type=_positive_int, help="with --target-speedup: batch size (default: 1)")
-        parser.add_argument(
-            "--phase",
-            choices=("prefill", "decode", "both"),
-            help="with --target-speedup: the phase that must reach X (default: both)",
-        )
-        parser.add_argument(
-            "--shares",
-            metavar="FILE",
-            help="with --target-speedup: attention time shares measured on the target backend (JSON written by "
-            "optimum_gatenorm.benchmark.planning.measure_attention_shares(...).save(FILE)); default: the analytical cost model",
-        )
+        _add_amount_args(parser)
         parser.add_argument("--criterion", "-c", default=DEFAULT_CRITERION, help=CRITERIA_HELP)
         parser.add_argument(
             "--protect-first",

@@ -351,21 +351,7 @@ def compare_criteria(
 
     check_window_fits(model, config.window, len(bos_prefix(tokenizer, config.bos)))
     runs = [(name, seed) for name in criteria for seed in (seeds if name == RANDOM else [None])]
-    scores_by_run = {}
-    info: dict[str, dict] = {}
-    for name, seed in runs:
-        kwargs = {"seed": seed} if seed is not None else {}
-        report = pruner.score(name, calibration=calibration, **kwargs)
-        scores_by_run[(name, seed)] = report.scores
-        entry = info.setdefault(name, {"scores": report.scores, "ranking": report.ranking, "scoring_seconds": 0.0})
-        entry["scoring_seconds"] += report.scoring_seconds
-        entry["data_free"] = getattr(report, "data_free", None)
-        entry["min_gap"] = min_gap if min_gap is not None else get_criterion(name).min_gap
-    for name in info:
-        if name == RANDOM:
-            info[name]["scoring_seconds"] /= len(seeds)
-            info[name]["seeds"] = list(seeds)
-
+    scores_by_run, info = _score_runs(pruner, runs, config, calibration)
     selections = []
     for name, seed in runs:
         for k in ks:
@@ -380,11 +366,62 @@ def compare_criteria(
             selections.append((name, seed, k, removed))
 
     # Criteria often agree on a set (and every k = 0 is the baseline): the evaluation is deterministic, so each
-    # distinct set is evaluated once. All sets share one pass over the windows, in which each window's unpruned
-    # logits (the baseline, and the reference of the KL divergence) are computed once.
+    # distinct set is evaluated once.
     sets = list(dict.fromkeys(tuple(sorted(set(removed))) for *_, removed in selections if removed))
-    unpruned = forward_logits(model)
     fits = _fit_sets(model, sets, config.replacement, calibration, progress)
+    measured, baseline, bos = _measure_sets(model, tokenizer, text, sets, fits, config, progress)
+    points = [
+        ComparePoint(name, k, removed, seed=seed, **measured[tuple(sorted(set(removed)))])
+        for name, seed, k, removed in selections
+    ]
+    return CompareResult(
+        model=model_name or str(getattr(model, "name_or_path", "")),
+        text=text_name,
+        num_tokens=baseline.count,
+        baseline_perplexity=baseline.perplexity,
+        num_layers=ks,
+        criteria=info,
+        points=points,
+        spearman=_correlations(info, criteria),
+        settings={
+            "window": config.window,
+            "stride": config.stride,
+            "max_tokens": config.max_tokens,
+            "protect_first": config.protect_first,
+            "protect_last": config.protect_last,
+            "min_gap": min_gap,
+            "seeds": list(seeds),
+            "bos": bos,  # as resolved: True where a BOS token went in front of every window
+            "replacement": config.replacement,
+            "replacement_fits": {
+                ",".join(map(str, layers)): {"seconds": fit.seconds, "calibration": fit.calibration["source"]}
+                for layers, fit in fits.items()
+            },
+        },
+    )
+
+
+def _score_runs(pruner, runs: list, config: CompareConfig, calibration) -> tuple[dict, dict[str, dict]]:
+    """Scores of every (criterion, seed) run, and per criterion what the result records (scores, ranking, time)."""
+    scores_by_run, info = {}, {}
+    for name, seed in runs:
+        kwargs = {"seed": seed} if seed is not None else {}
+        report = pruner.score(name, calibration=calibration, **kwargs)
+        scores_by_run[(name, seed)] = report.scores
+        entry = info.setdefault(name, {"scores": report.scores, "ranking": report.ranking, "scoring_seconds": 0.0})
+        entry["scoring_seconds"] += report.scoring_seconds
+        entry["data_free"] = getattr(report, "data_free", None)
+        entry["min_gap"] = config.min_gap if config.min_gap is not None else get_criterion(name).min_gap
+    if RANDOM in info:
+        info[RANDOM]["scoring_seconds"] /= len(config.seeds)
+        info[RANDOM]["seeds"] = list(config.seeds)
+    return scores_by_run, info
+
+
+def _measure_sets(model, tokenizer, text: str, sets: list, fits: dict, config: CompareConfig, progress: bool):
+    """Perplexity, KL divergence and top-1 agreement of every removed set, in one pass over the windows in which each
+    window's unpruned logits (the baseline, and the reference of the divergence) are computed once."""
+    unpruned = forward_logits(model)
 
     def masked(layers: tuple[int, ...]):
         def run(input_ids):
@@ -406,8 +443,7 @@ def compare_criteria(
         progress_label=f"compare ({len(sets)} sets)",
         device=getattr(model, "device", None),
     )
-    baseline = scores.reference
-    measured = {(): {"perplexity": baseline.perplexity, "kl_mean": 0.0, "kl_p99": 0.0, "top1_agreement": 1.0}}
+    measured = {(): {"perplexity": scores.reference.perplexity, "kl_mean": 0.0, "kl_p99": 0.0, "top1_agreement": 1.0}}
     for layers, tally in zip(sets, scores.tallies, strict=True):
         divergence = tally.divergence()
         measured[layers] = {
@@ -416,45 +452,19 @@ def compare_criteria(
             "kl_p99": divergence["kl_p99"],
             "top1_agreement": divergence["top1_agreement"],
         }
-    points = [
-        ComparePoint(name, k, removed, seed=seed, **measured[tuple(sorted(set(removed)))])
-        for name, seed, k, removed in selections
-    ]
+    return measured, scores.reference, scores.bos
 
+
+def _correlations(info: dict[str, dict], criteria) -> dict[str, dict[str, float | None]]:
+    """Spearman rank correlation between each pair of criteria's scores, over the layers every one scored."""
     present = [i for i, s in enumerate(info[criteria[0]]["scores"]) if s is not None]
     correlation: dict[str, dict[str, float | None]] = {}
     for a in criteria:
         correlation[a] = {}
         for b in criteria:
-            sa = [info[a]["scores"][i] for i in present]
-            sb = [info[b]["scores"][i] for i in present]
-            value = spearman(sa, sb)
+            value = spearman([info[a]["scores"][i] for i in present], [info[b]["scores"][i] for i in present])
             correlation[a][b] = None if math.isnan(value) else value
-    return CompareResult(
-        model=model_name or str(getattr(model, "name_or_path", "")),
-        text=text_name,
-        num_tokens=baseline.count,
-        baseline_perplexity=baseline.perplexity,
-        num_layers=ks,
-        criteria=info,
-        points=points,
-        spearman=correlation,
-        settings={
-            "window": config.window,
-            "stride": config.stride,
-            "max_tokens": config.max_tokens,
-            "protect_first": config.protect_first,
-            "protect_last": config.protect_last,
-            "min_gap": min_gap,
-            "seeds": list(seeds),
-            "bos": scores.bos,  # as resolved: True where a BOS token went in front of every window
-            "replacement": config.replacement,
-            "replacement_fits": {
-                ",".join(map(str, layers)): {"seconds": fit.seconds, "calibration": fit.calibration["source"]}
-                for layers, fit in fits.items()
-            },
-        },
-    )
+    return correlation
 
 
 def _removed(model, layers: tuple[int, ...], fit):

@@ -233,8 +233,18 @@ def _llama3_rope_factors(config, head_dim: int):
 
 
 def _write(model, plan: ServingPlan, tokenizer, tokenizer_dir: Path, path: Path, gguf_type: str) -> None:
+    """Writes the GGUF file: the model's metadata, its tokenizer, then its tensors in `gguf_type`."""
+    writer = _writer_with_metadata(model, plan, path, gguf_type)
+    _add_tokenizer(writer, tokenizer, tokenizer_dir)
+    _add_tensors(writer, model, plan, gguf_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def _writer_with_metadata(model, plan: ServingPlan, path: Path, gguf_type: str):
     import gguf
-    import numpy as np
 
     from ..adapters import get_adapter
 
@@ -282,6 +292,11 @@ def _write(model, plan: ServingPlan, tokenizer, tokenizer_dir: Path, path: Path,
         writer.add_array("gatenorm.pruned_attention_layers", list(plan.pruned))
         if plan.linear:
             writer.add_array("gatenorm.linear_attention_layers", list(plan.linear))
+    return writer
+
+
+def _add_tokenizer(writer, tokenizer, tokenizer_dir: Path) -> None:
+    import gguf
 
     tokens, types, pre = tokenizer
     writer.add_tokenizer_model("gpt2")
@@ -289,6 +304,13 @@ def _write(model, plan: ServingPlan, tokenizer, tokenizer_dir: Path, path: Path,
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     gguf.SpecialVocab(tokenizer_dir, load_merges=True, n_vocab=len(tokens)).add_to_gguf(writer)
+
+
+def _add_tensors(writer, model, plan: ServingPlan, gguf_type: str) -> None:
+    import gguf
+    import numpy as np
+
+    config, dims = model.config, plan.dims
 
     def add(name: str, tensor, matrix: bool) -> None:
         data = tensor.detach().to("cpu").float().contiguous().numpy()
@@ -326,8 +348,3 @@ def _write(model, plan: ServingPlan, tokenizer, tokenizer_dir: Path, path: Path,
         add(f"{block}.ffn_gate.weight", state[f"{layer}.mlp.gate_proj.weight"], True)
         add(f"{block}.ffn_up.weight", state[f"{layer}.mlp.up_proj.weight"], True)
         add(f"{block}.ffn_down.weight", state[f"{layer}.mlp.down_proj.weight"], True)
-
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
