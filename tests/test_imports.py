@@ -124,6 +124,52 @@ def test_imports_point_down():
     assert not upward, "imports that point up the layer order (CONTRIBUTING.md):\n" + "\n".join(upward)
 
 
+def _bound(body: list[ast.stmt]) -> tuple[set[str], set[str]]:
+    """The names a module's top level binds by definition or assignment, and those it binds by importing."""
+    defined: set[str] = set()
+    imported: set[str] = set()
+    for node in body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            defined |= {n.id for target in targets for n in ast.walk(target) if isinstance(n, ast.Name)}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            imported |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+        for block in ("body", "orelse", "finalbody", "handlers"):  # if / try / with / for at the top level
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and hasattr(node, block):
+                inner = _bound(getattr(node, block))
+                defined |= inner[0]
+                imported |= inner[1]
+    return defined, imported
+
+
+def test_names_are_imported_from_where_they_live():
+    """A name is taken from the module that defines it, not from one that only imports it (a package's `__init__`
+    is the exception: re-exporting is what it is for)."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
+    bound = {name: _bound(ast.parse(path.read_text(encoding="utf-8")).body) for name, path in modules.items()}
+    passed_on = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = _module_name(path)
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            base = ".".join(package[: len(package) - node.level + 1] + [node.module or ""]).strip(".")
+            base = base if node.level else node.module or ""
+            if base not in bound:
+                continue
+            defined, imported = bound[base]
+            passed_on += [
+                f"{name}:{node.lineno} takes {alias.name} from {base}, which "
+                + ("only imports it" if alias.name in imported else "does not bind it")
+                for alias in node.names
+                if alias.name not in defined and not _is_module(f"{base}.{alias.name}")
+            ]
+    assert not passed_on, "import these from the module that defines them:\n" + "\n".join(passed_on)
+
+
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
     state: dict[str, int] = {}
     stack: list[str] = []
