@@ -6,13 +6,8 @@ Importing this package registers the `gatenorm` method with transformers, so
 
 from .adapters import ArchitectureAdapter, get_adapter, register_adapter, supported_model_types
 from .benchmark.cost_model import ModelCost, ideal_speedup
-from .benchmark.planning import (
-    AttentionShares,
-    SpeedupTarget,
-    measure_attention_shares,
-    plan_num_layers,
-    predict_speedup,
-)
+from .benchmark.planning import SpeedupTarget, measure_attention_shares, plan_num_layers, predict_speedup
+from .benchmark.shares import AttentionShares
 from .benchmark.throughput import BenchmarkResult, BenchmarkSettings, run_benchmark
 from .checkpoints.modeling import GateNormQuantizer, load_pruned, prune_model, save_pruned
 from .checkpoints.models import BUILTIN_MODELS, DEFAULT_MODEL, convert_gguf, resolve_model

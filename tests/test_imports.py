@@ -26,23 +26,29 @@ def _is_module(name: str) -> bool:
     return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
 
 
+def _imports_in(source: str, name: str, is_package: bool) -> list[tuple[str, str, int]]:
+    """(importer, imported module, line) for every import of a package module in `source`, the code of module
+    `name`, wherever the statement is: module level, inside a function, under `if TYPE_CHECKING:`."""
+    found = []
+    package = name.split(".") if is_package else name.split(".")[:-1]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(package[: len(package) - node.level + 1] + [node.module or ""]).strip(".")
+            base = base if node.level else node.module or ""
+            # `from pkg import sub` imports the submodule; `from mod import name` the module
+            targets = [f"{base}.{a.name}" if _is_module(f"{base}.{a.name}") else base for a in node.names]
+        else:
+            continue
+        found += [(name, target, node.lineno) for target in targets if target.split(".")[0] == FACE]
+    return found
+
+
 def _imports() -> list[tuple[str, str, int]]:
-    """(importer, imported module, line) for every import of a package module, wherever the statement is."""
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):
-        name = _module_name(path)
-        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                targets = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = ".".join(package[: len(package) - node.level + 1] + [node.module or ""]).strip(".")
-                base = base if node.level else node.module or ""
-                # `from pkg import sub` imports the submodule; `from mod import name` the module
-                targets = [f"{base}.{a.name}" if _is_module(f"{base}.{a.name}") else base for a in node.names]
-            else:
-                continue
-            found += [(name, target, node.lineno) for target in targets if target.split(".")[0] == FACE]
+        found += _imports_in(path.read_text(encoding="utf-8"), _module_name(path), path.name == "__init__.py")
     return found
 
 
@@ -65,9 +71,38 @@ IMPORTS = _imports()
 def test_the_checker_sees_imports_of_every_kind():
     seen = {(a, b) for a, b, _ in IMPORTS}
     assert len(IMPORTS) > 200
-    # a function-local import and a TYPE_CHECKING one that we know of
-    assert ("optimum_gatenorm.commands.gatenorm", "optimum_gatenorm.pipeline") in seen
-    assert any(a == "optimum_gatenorm.benchmark.cost_model" for a, _ in seen)
+    assert ("optimum_gatenorm.commands.gatenorm", "optimum_gatenorm.pipeline") in seen  # function-local
+    # relative imports resolved from a module and from a package's __init__, in every place a statement can stand
+    source = """
+from typing import TYPE_CHECKING
+import torch
+from . import shares
+from .cost_model import ModelCost
+from .. import errors, load_pruned
+from ..checkpoints import structure as surgery
+import optimum_gatenorm.pruning.pruner
+if TYPE_CHECKING:
+    from ..pruning.configuration import GateNormConfig
+def f():
+    from ..criteria.gate import GateNormCriterion
+class C:
+    def g(self):
+        import optimum_gatenorm
+"""
+    found = [(target, line) for _, target, line in _imports_in(source, "optimum_gatenorm.benchmark.planning", False)]
+    assert found == [
+        ("optimum_gatenorm.benchmark.shares", 4),
+        ("optimum_gatenorm.benchmark.cost_model", 5),
+        ("optimum_gatenorm.errors", 6),
+        ("optimum_gatenorm", 6),
+        ("optimum_gatenorm.checkpoints.structure", 7),
+        ("optimum_gatenorm.pruning.pruner", 8),
+        ("optimum_gatenorm.pruning.configuration", 10),
+        ("optimum_gatenorm.criteria.gate", 12),
+        ("optimum_gatenorm", 15),
+    ]
+    found = _imports_in("from . import registry\nfrom .. import text\n", "optimum_gatenorm.adapters", True)
+    assert [target for _, target, _ in found] == ["optimum_gatenorm.adapters.registry", "optimum_gatenorm.text"]
 
 
 def test_every_module_is_placed_in_a_layer():
@@ -88,6 +123,52 @@ def test_imports_point_down():
         }
     )
     assert not upward, "imports that point up the layer order (CONTRIBUTING.md):\n" + "\n".join(upward)
+
+
+def _bound(body: list[ast.stmt]) -> tuple[set[str], set[str]]:
+    """The names a module's top level binds by definition or assignment, and those it binds by importing."""
+    defined: set[str] = set()
+    imported: set[str] = set()
+    for node in body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            defined |= {n.id for target in targets for n in ast.walk(target) if isinstance(n, ast.Name)}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            imported |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+        for block in ("body", "orelse", "finalbody", "handlers"):  # if / try / with / for at the top level
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and hasattr(node, block):
+                inner = _bound(getattr(node, block))
+                defined |= inner[0]
+                imported |= inner[1]
+    return defined, imported
+
+
+def test_names_are_imported_from_where_they_live():
+    """A name is taken from the module that defines it, not from one that only imports it (a package's `__init__`
+    is the exception: re-exporting is what it is for)."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
+    bound = {name: _bound(ast.parse(path.read_text(encoding="utf-8")).body) for name, path in modules.items()}
+    passed_on = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = _module_name(path)
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            base = ".".join(package[: len(package) - node.level + 1] + [node.module or ""]).strip(".")
+            base = base if node.level else node.module or ""
+            if base not in bound:
+                continue
+            defined, imported = bound[base]
+            passed_on += [
+                f"{name}:{node.lineno} takes {alias.name} from {base}, which "
+                + ("only imports it" if alias.name in imported else "does not bind it")
+                for alias in node.names
+                if alias.name not in defined and not _is_module(f"{base}.{alias.name}")
+            ]
+    assert not passed_on, "import these from the module that defines them:\n" + "\n".join(passed_on)
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -116,7 +197,7 @@ def _graph(key) -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for importer, target, _ in IMPORTS:
         a, b = key(importer), key(target)
-        if a != b and not b.startswith(a + "."):  # a package's __init__ may import its own submodules
+        if a != b:
             graph.setdefault(a, set()).add(b)
     return graph
 

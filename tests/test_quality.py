@@ -335,7 +335,7 @@ def test_eval_reference_and_chat_through_the_cli(saved, tmp_path):
 @pytest.mark.slow
 def test_real_smollm2_answers_paris_and_agrees_with_itself():
     from optimum_gatenorm import load_pruned, resolve_model
-    from optimum_gatenorm.evaluation.loading import load_tokenizer
+    from optimum_gatenorm.checkpoints.modeling import load_tokenizer
 
     directory = resolve_model("smollm2-135m")
     model, tokenizer = load_pruned(directory, dtype=torch.float32), load_tokenizer(directory)

@@ -753,9 +753,9 @@ class CompareCommand(_LeafCommand):
         )
 
     def execute(self):
+        from optimum_gatenorm.checkpoints.modeling import load_tokenizer
         from optimum_gatenorm.criteria import get_criterion, require_calibration
         from optimum_gatenorm.evaluation.compare import CompareConfig, check_compare_request, compare_criteria
-        from optimum_gatenorm.evaluation.loading import load_tokenizer
         from optimum_gatenorm.evaluation.perplexity import check_window_in_config
         from optimum_gatenorm.pruning.pruner import GateNormPruner
         from optimum_gatenorm.text import read_text, read_text_for_tokens

@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..checkpoints.modeling import load_tokenizer
 from ..checkpoints.models import BUILTIN_MODELS, resolve_model
 from ..checkpoints.tensors import inspect_checkpoint
 from ..compat import require_onnxruntime
 from ..errors import InvalidConfigError, ModelNotFoundError
 from ..text import bos_prefix
-from .loading import is_onnx_dir, load_tokenizer
+from .loading import is_onnx_dir
 
 
 if TYPE_CHECKING:

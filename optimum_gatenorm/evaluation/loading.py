@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..checkpoints.modeling import load_pruned, load_tokenizer
+from ..checkpoints.modeling import load_pruned
 from ..checkpoints.models import resolve_model
 from ..compat import require_onnxruntime
 from ..errors import InvalidConfigError
@@ -20,13 +20,7 @@ from ..validation import check_choice
 if TYPE_CHECKING:
     import torch
 
-__all__ = [
-    "PROVIDERS",
-    "is_onnx_dir",
-    "load_causal_lm",
-    "load_tokenizer",
-    "ort_provider",
-]  # load_tokenizer: from checkpoints
+__all__ = ["PROVIDERS", "is_onnx_dir", "load_causal_lm", "ort_provider"]
 
 # Our provider names -> onnxruntime's execution providers.
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}

@@ -42,13 +42,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..checkpoints.modeling import load_tokenizer
 from ..errors import InvalidConfigError
 from ..serialization import JSONMixin
 from ..text import bos_prefix, read_text, read_text_for_tokens
 from ..validation import check_int
 from ..version import __version__
 from .divergence import TokenTally, check_same_tokens, model_directory, open_reference_pair
-from .loading import is_onnx_dir, load_causal_lm, load_tokenizer, ort_provider
+from .loading import is_onnx_dir, load_causal_lm, ort_provider
 
 
 if TYPE_CHECKING:
