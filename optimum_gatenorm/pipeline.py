@@ -115,8 +115,9 @@ def prune_and_save(
 ) -> PruneResult:
     """Scores, selects, prunes and saves a checkpoint (and exports it), all or nothing.
 
-    The checkpoint (with tokenizer, `gatenorm_report.json` and a model card, `README.md`) and, with `export="onnx"`, its ONNX export in
-    `output_dir/onnx` are written to a temporary directory and renamed into place at the end.
+    The checkpoint (with tokenizer, `gatenorm_report.json` and a model card, `README.md`) and, with
+    `export="onnx"`, its ONNX export in `output_dir/onnx` are written to a temporary directory and renamed into place
+    at the end.
 
     Args:
         model: A local checkpoint directory, a `.gguf` file or a built-in alias.
