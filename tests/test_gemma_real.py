@@ -146,7 +146,7 @@ def test_unpruned_perplexity_on_pride_and_prejudice(model, tokenizer):
     text = read_text(PRIDE)
     result = perplexity(model, tokenizer, text, window=512, max_tokens=4096, bos=True)
     assert result.num_tokens == result.text_tokens - result.num_windows
-    assert 20.0 < result.perplexity < 20.9, result.perplexity  # 20.44 measured (docs/installation.md)
+    assert 20.0 < result.perplexity < 20.9, result.perplexity  # 20.44 measured (docs/models.md)
     without_bos = perplexity(model, tokenizer, text, window=512, max_tokens=4096, bos=False)
     assert without_bos.perplexity > 2 * result.perplexity  # Gemma needs its <bos>
     default = perplexity(model, tokenizer, text, window=512, max_tokens=4096)  # as the tokenizer does: <bos>
