@@ -1,6 +1,7 @@
 """Nothing of the user's is ever lost, and what the user is told holds: what makes an output directory ours, the
-Python API's promises (README's block runs; scores are not computed twice; progress shows), `--max-tokens` reading
-only what it needs, warnings for meaningless evaluations, help and README agreeing.
+Python API's promises (scores are not computed twice; progress shows), `--max-tokens` reading only what it needs,
+warnings for meaningless evaluations, help and README agreeing. README's Python block runs in
+tests/test_docs_blocks.py.
 
 The one-line refusals, a real full disk, real SIGTERM / SIGHUP and stale temporaries of killed runs are in
 `tests/test_bad_input_table.py`.
@@ -117,34 +118,6 @@ def test_a_legacy_output_is_ours_only_with_a_real_report_and_nothing_foreign(mod
 
 
 # --- the Python API keeps its promises ----------------------------------------------------------------------------
-
-
-def _readme_python_block() -> str:
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
-    block = next(b for b in blocks if "GateNormPruner.from_pretrained" in b)
-    return block
-
-
-@pytest.mark.onnx
-def test_readme_python_block_runs_as_written_after_command_1(model_dir, tmp_path, capfd):
-    """README's block on a tiny checkpoint in place of the built-in model, in a directory where command 1 already
-    wrote `smollm2-pruned` (which the block must leave alone); the default criterion's progress bar shows."""
-    block = _readme_python_block()
-    assert block.count('"smollm2-135m"') == 2 and block.count("num_layers=4") == 2
-    block = block.replace("num_layers=4", "num_layers=1")  # the tiny model has 4 layers, SmolLM2 30
-    prune_and_save(model_dir, tmp_path / "smollm2-pruned", GateNormConfig(num_layers=1, criterion="gate_norm"))
-    before = (tmp_path / "smollm2-pruned" / "model.safetensors").read_bytes()
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        namespace: dict = {}
-        exec(compile(block.replace('"smollm2-135m"', repr(str(model_dir))), "README.md", "exec"), namespace)
-    finally:
-        os.chdir(cwd)
-    assert "Self-generated calibration" in capfd.readouterr().err  # the default criterion's progress shows
-    assert (tmp_path / "smollm2-pruned" / "model.safetensors").read_bytes() == before
-    assert (tmp_path / namespace["result"].exports["onnx"] / "model.onnx").is_file()
 
 
 def test_prune_reuses_the_scores_of_score_and_not_after_pruning(model_dir):
