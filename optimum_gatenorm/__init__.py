@@ -4,7 +4,7 @@ Importing this package registers the `gatenorm` method with transformers, so
 `AutoModelForCausalLM.from_pretrained` loads pruned checkpoints with their pruned structure.
 """
 
-from .adapters import ArchitectureAdapter, get_adapter, register_adapter, supported_model_types
+from .adapters import ArchitectureAdapter, describe_architectures, get_adapter, register_adapter, supported_model_types
 from .benchmark.cost_model import ModelCost, ideal_speedup
 from .benchmark.planning import SpeedupTarget, measure_attention_shares, plan_num_layers, predict_speedup
 from .benchmark.shares import AttentionShares
@@ -77,6 +77,7 @@ __all__ = [
     "available_criteria",
     "compare_criteria",
     "convert_gguf",
+    "describe_architectures",
     "evaluate_perplexity",
     "export_gguf",
     "export_nemotron_nas",

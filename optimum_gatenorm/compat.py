@@ -19,7 +19,7 @@ What differs, and where it is handled:
   back to its defaults, which silently changes the model (SmolLM2's `rope_theta` is 100000, the default 10000;
   Gemma 3's sliding layers read `rope_local_base_freq` on 4.57, `rope_parameters["sliding_attention"]` on 5.x).
   On 5.x our writers add the 4.57 names to `config.json` (`write_portable_config`; the names per architecture are
-  `ArchitectureAdapter.legacy_rope_names`); on 4.57, `load_pruned` reads `rope_parameters` of a checkpoint written
+  `ArchitectureAdapter.compat.legacy_rope_names`); on 4.57, `load_pruned` reads `rope_parameters` of a checkpoint written
   elsewhere by 5.x (`adapt_config`), and plain `from_pretrained` of such a pruned checkpoint fails loudly
   (`check_config_readable`, from our quantizer) instead of loading with the wrong RoPE. A 5.x config object has no
   `rope_theta` attribute: code that reads the settings (the serving exporters) calls `rope_settings`.
@@ -151,9 +151,9 @@ def require_onnxruntime(feature: str, alternative: str = "") -> None:
 def layer_returns_tuple(adapter: "ArchitectureAdapter") -> bool:
     """Whether a decoder layer of `adapter`'s architecture returns a tuple on the installed transformers.
 
-    `ArchitectureAdapter.returns_tuple` describes the 4.57 line; on 5.x every decoder layer returns a tensor.
+    `ArchitectureAdapter.compat.returns_tuple` describes the 4.57 line; on 5.x every decoder layer returns a tensor.
     """
-    return adapter.returns_tuple and not TRANSFORMERS_5
+    return adapter.compat.returns_tuple and not TRANSFORMERS_5
 
 
 def ignore_unexpected_keys(model, patterns: list[str]) -> None:
@@ -257,7 +257,11 @@ def legacy_rope_config(config: "dict[str, Any]") -> "dict[str, Any]":
     flat = dict(main)
     if nested:
         flat.update({f"{kind}.{key}": value for kind, values in params.items() for key, value in values.items()})
-    out = {name: flat[key] for key, name in get_adapter(config["model_type"]).legacy_rope_names.items() if key in flat}
+    out = {
+        name: flat[key]
+        for key, name in get_adapter(config["model_type"]).compat.legacy_rope_names.items()
+        if key in flat
+    }
     scaling = {key: value for key, value in main.items() if key not in ("rope_theta", "partial_rotary_factor")}
     out["rope_scaling"] = None if scaling.get("rope_type", "default") == "default" else scaling
     return out
@@ -266,7 +270,7 @@ def legacy_rope_config(config: "dict[str, Any]") -> "dict[str, Any]":
 def rope_settings(config) -> "dict[str, Any]":
     """The RoPE settings of a config object under their transformers 4.57 names, on either line.
 
-    The names are the adapter's `legacy_rope_names` and `rope_scaling` (`None` for plain RoPE). 5.x configs have no
+    The names are the adapter's `compat.legacy_rope_names` and `rope_scaling` (`None` for plain RoPE). 5.x configs have no
     `rope_theta` attribute (only `rope_parameters`), so `getattr(config, "rope_theta", default)` silently reads the
     default there; writers of other formats (GGUF, Nemotron-NAS) read the settings here instead.
     """
@@ -274,7 +278,7 @@ def rope_settings(config) -> "dict[str, Any]":
 
     if TRANSFORMERS_5:
         return legacy_rope_config(config.to_dict())
-    names = [*get_adapter(config.model_type).legacy_rope_names.values(), "rope_scaling"]
+    names = [*get_adapter(config.model_type).compat.legacy_rope_names.values(), "rope_scaling"]
     return {name: getattr(config, name) for name in names if hasattr(config, name)}
 
 

@@ -8,7 +8,7 @@ import torch
 from conftest import ALL_TINY, TINY_CONFIGS, tiny_config, tiny_model
 
 from optimum_gatenorm import UnsupportedModelError, get_adapter, supported_model_types
-from optimum_gatenorm.adapters import HeadDims, register_adapter
+from optimum_gatenorm.adapters import ForTests, HeadDims, Numerics, register_adapter
 from optimum_gatenorm.checkpoints.tensors import ModelWeights, layer_weights
 from optimum_gatenorm.exporters.onnx import check_onnx_exportable
 
@@ -132,7 +132,7 @@ def test_adapter_names_modules_the_model_has(name):
     for module in (adapter.qk.o, *(adapter.qk_norms or ())):
         assert isinstance(getattr(attention, module), torch.nn.Module), module
     assert isinstance(model.get_submodule(adapter.embedding), torch.nn.Embedding)
-    for attribute in (adapter.params.attention_bias_attr, adapter.params.mlp_bias_attr):
+    for attribute in (adapter.cost.attention_bias_attr, adapter.cost.mlp_bias_attr):
         assert attribute is None or hasattr(model.config, attribute), attribute
 
 
@@ -147,7 +147,7 @@ def test_adapter_defaults_and_validation():
         model_types=("sandwich",),
         pruned_modules=("self_attn", "input_layernorm", "post_attention_layernorm"),
         pruned_forward=("pre_feedforward_layernorm", "mlp", "post_feedforward_layernorm"),
-        norm_gain_offset=1.0,
+        numerics=Numerics(norm_gain_offset=1.0),
     )
     assert sandwich.attention_norms == 2
     assert sandwich.norm_gain(torch.zeros(2)).tolist() == [1.0, 1.0]
@@ -156,12 +156,16 @@ def test_adapter_defaults_and_validation():
         dict(pruned_modules=("self_attn",)),
         dict(pruned_forward=("post_attention_layernorm",)),
         dict(pruned_forward=("input_layernorm", "mlp")),
-        dict(norm_gain_offset=0.5),
-        dict(embedding_scale="sqrt"),
-        dict(tiny_config={"model_type": "llama"}),
     ):
         with pytest.raises(ValueError):
             replace(adapter, **bad)
+    for bad_group in (
+        lambda: Numerics(norm_gain_offset=0.5),
+        lambda: Numerics(embedding_scale="sqrt"),
+        lambda: ForTests({"model_type": "llama"}),
+    ):
+        with pytest.raises(ValueError):
+            bad_group()
 
 
 def test_onnxruntime_quirks_come_from_the_adapter():
@@ -219,3 +223,25 @@ def test_gemma3_wrapper_is_refused_with_a_recipe_that_works(tmp_path):
         torch.testing.assert_close(text_model.eval()(ids).logits, wrapper(input_ids=ids).logits)
     _, report = GateNormPruner(text_model).prune(GateNormConfig(num_layers=1, replacement="none"))
     assert report.model_type == "gemma3_text" and len(report.removed_layers) == 1
+
+
+def test_the_architecture_table_comes_from_the_registry():
+    from optimum_gatenorm import describe_architectures
+    from optimum_gatenorm.exporters.serving import ServingPlan
+
+    rows = describe_architectures()
+    assert [row["model_type"] for row in rows] == supported_model_types()
+    for row in rows:
+        adapter = get_adapter(row["model_type"])
+        assert row["notes"] == adapter.notes and row["notes"], row["model_type"]  # every family says what is special
+        assert all(name.removesuffix(".weight") in row["query_key"] for name in adapter.qk.tensor_names())
+        config = tiny_config(row["model_type"])
+        for flag, _ in adapter.serving.unsupported_flags:  # the options the table's notes say are refused
+            setattr(config, flag, None)
+        for fmt in ("gguf", "nemotron-nas"):
+            takes = row[fmt.replace("-", "_")]
+            if takes:
+                ServingPlan.from_config(config, fmt)
+            else:
+                with pytest.raises(UnsupportedModelError):
+                    ServingPlan.from_config(config, fmt)

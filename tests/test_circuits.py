@@ -175,9 +175,9 @@ def test_ov_relative_is_ov_norm_over_the_estimated_residual_scale(name):
     residual = stack.residual_norms()
     adapter = get_adapter(model.config)
     embedding = model.get_input_embeddings().weight.detach().double()
-    scale = math.sqrt(model.config.hidden_size) if adapter.embedding_scale == "sqrt_hidden" else 1.0
+    scale = math.sqrt(model.config.hidden_size) if adapter.numerics.embedding_scale == "sqrt_hidden" else 1.0
     assert residual[0] == pytest.approx(float(embedding.square().sum(dim=1).mean().sqrt()) * scale, rel=1e-5)
-    if adapter.params.position_embeddings_attr is None:  # then the stream entering layer 0 is exactly that
+    if adapter.cost.position_embeddings_attr is None:  # then the stream entering layer 0 is exactly that
         with torch.no_grad():  # (Gemma scales the embedding by sqrt(hidden), inside or outside its module)
             ids = torch.arange(model.config.vocab_size)[:, None]
             embedded = model(input_ids=ids, output_hidden_states=True).hidden_states[0][:, 0].double()

@@ -154,6 +154,7 @@ def test_unpruned_perplexity_on_pride_and_prejudice(model, tokenizer):
 
 
 @slow
+@pytest.mark.one_line
 def test_default_criterion_holds_on_gemma_where_gate_trace_breaks(model, tokenizer):
     """The two-family study's finding (benchmarks/criteria/README.md), rechecked on the test text at k = 4 of 18: the default
     (cosine_self, no user data) beats the median random draw, and gate_trace, the former default, does not."""

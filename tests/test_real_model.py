@@ -166,6 +166,7 @@ def test_pruned_real_model_exports_and_generates_like_pytorch_on_onnxruntime(rea
     )
 
 
+@pytest.mark.one_line
 def test_default_criterion_holds_up_where_gate_norm_breaks(real_dir, tokenizer):
     """The criterion study's finding (benchmarks/criteria/README.md), rechecked on the test text at k = 8 of 30."""
     import statistics

@@ -59,7 +59,7 @@ def test_query_key_norm_gains_are_folded_in(name, criterion):
     expected RMS of its head's output for an input gamma * x_hat (AttentionWeights.gate), in float64."""
     model = tiny_model(name)
     adapter = get_adapter(model.config)
-    offset = adapter.norm_gain_offset
+    offset = adapter.numerics.norm_gain_offset
     layer = model.get_submodule(adapter.layers)[2]
     attention = getattr(layer, adapter.attention)
     with torch.no_grad():  # non-trivial gains everywhere

@@ -13,31 +13,42 @@ import pkgutil
 
 from .base import (
     ArchitectureAdapter,
+    CompatFacts,
+    ForTests,
     FusedConv1D,
     FusedRows,
     HeadDims,
     HeadInterleaved,
     MLPLayout,
+    Numerics,
+    OnnxFacts,
     ParameterLayout,
     QKLayout,
     SeparateProjections,
+    ServingFacts,
 )
-from .registry import get_adapter, register_adapter, supported_model_types
+from .registry import describe_architectures, get_adapter, register_adapter, supported_model_types
 
 
 __all__ = [
     "FAMILY_MODULES",
     "ArchitectureAdapter",
+    "CompatFacts",
+    "ForTests",
     "FusedConv1D",
     "FusedRows",
     "HeadDims",
     "HeadInterleaved",
     "MLPLayout",
+    "Numerics",
+    "OnnxFacts",
     "ParameterLayout",
     "QKLayout",
     "SeparateProjections",
+    "ServingFacts",
     "get_adapter",
     "register_adapter",
+    "describe_architectures",
     "supported_model_types",
 ]
 

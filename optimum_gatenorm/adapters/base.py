@@ -30,14 +30,19 @@ TINY_COMMON = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hid
 __all__ = [
     "TINY_COMMON",
     "ArchitectureAdapter",
+    "CompatFacts",
+    "ForTests",
     "FusedConv1D",
     "FusedRows",
     "HeadDims",
     "HeadInterleaved",
     "MLPLayout",
+    "Numerics",
+    "OnnxFacts",
     "ParameterLayout",
     "QKLayout",
     "SeparateProjections",
+    "ServingFacts",
 ]
 
 
@@ -86,6 +91,7 @@ class QKLayout:
     """
 
     o: str
+    storage: str = ""  # how the tensors hold Q and K, for the supported-architectures table
 
     def tensor_names(self) -> tuple[str, ...]:
         """Names, relative to the attention module, of the tensors that hold Q and K."""
@@ -118,6 +124,8 @@ class QKLayout:
 class SeparateProjections(QKLayout):
     """`q_proj` and `k_proj` are separate `nn.Linear` layers (llama, mistral, qwen2)."""
 
+    storage = "separate"
+
     q: str = "q_proj"
     k: str = "k_proj"
     v: str = "v_proj"
@@ -142,6 +150,8 @@ class SeparateProjections(QKLayout):
 @dataclass(frozen=True)
 class FusedRows(QKLayout):
     """One `nn.Linear` whose output rows are `[Q; K; V]`, K and V sized by the KV heads (phi3 `qkv_proj`)."""
+
+    storage = "fused rows [Q; K; V]"
 
     name: str = "qkv_proj"
     o: str = "o_proj"
@@ -170,6 +180,8 @@ class FusedRows(QKLayout):
 class FusedConv1D(QKLayout):
     """GPT-2's `Conv1D`: weight stored `[in, out]`, output columns `[Q, K, V]` (MHA only)."""
 
+    storage = "fused Conv1D, stored [in, out]"
+
     name: str = "c_attn"
     o: str = "c_proj"  # also a Conv1D: weight [num_heads * head_dim, hidden]
 
@@ -195,6 +207,8 @@ class FusedConv1D(QKLayout):
 @dataclass(frozen=True)
 class HeadInterleaved(QKLayout):
     """GPT-NeoX's `query_key_value`: output rows grouped per head as `[q_h; k_h; v_h]`."""
+
+    storage = "fused, interleaved per head"
 
     name: str = "query_key_value"
     o: str = "dense"
@@ -288,12 +302,107 @@ class ParameterLayout:
 
 
 @dataclass(frozen=True)
+class Numerics:
+    """How the layer's norms and the embedding scale their input (read by the weight-only criteria).
+
+    Args:
+        norm_gain_offset: A norm multiplies by `weight + norm_gain_offset`: 0.0 for `w`, 1.0 for Gemma's `1 + w`.
+        embedding_scale: How token embeddings are scaled before the first layer: `None`, or `"sqrt_hidden"`
+            (multiplied by `sqrt(hidden_size)`, as Gemma does).
+    """
+
+    norm_gain_offset: float = 0.0
+    embedding_scale: Literal["sqrt_hidden"] | None = None
+
+    def __post_init__(self):
+        if self.norm_gain_offset not in (0.0, 1.0):
+            raise ValueError(f"norm_gain_offset must be 0.0 (w) or 1.0 (1 + w), got {self.norm_gain_offset!r}")
+        if self.embedding_scale not in (None, "sqrt_hidden"):
+            raise ValueError(f"embedding_scale must be None or 'sqrt_hidden', got {self.embedding_scale!r}")
+
+
+@dataclass(frozen=True)
+class OnnxFacts:
+    """What optimum's `ORTModelForCausalLM` reads for this model type (`exporters.onnx.check_onnx_exportable`).
+
+    Args:
+        reads_kv_heads: It reads `num_key_value_heads` (else it sizes the empty KV cache with
+            `num_attention_heads`, so grouped-query models cannot run).
+        reads_head_dim: It reads `head_dim` (else it takes `hidden_size // num_attention_heads`, so models with
+            another head_dim cannot run).
+    """
+
+    reads_kv_heads: bool = False
+    reads_head_dim: bool = False
+
+
+@dataclass(frozen=True)
+class ServingFacts:
+    """What the GGUF and Nemotron-NAS exports can write (`exporters.serving`, `exporters.gguf`).
+
+    Args:
+        llama_cpp_arch: llama.cpp architecture (`general.architecture` of a GGUF file) that runs this model type
+            unpruned, with the q/k row permutation of llama-style rope (`llama`), or `None` if the GGUF exporter
+            cannot write it. A pruned model is written as llama.cpp's `deci` instead (per-layer head counts, 0 for
+            an attention-free layer), so only Llama-family layouts qualify.
+        nemotron_nas: The checkpoint can be written as NVIDIA's Nemotron-NAS (`DeciLMForCausalLM`): Llama layer
+            layout and weight names, no biases, one rope and no sliding window.
+        unsupported_flags: `(config attribute, reason)` pairs that make both exports refuse the model when truthy
+            (e.g. a sliding window neither format expresses).
+    """
+
+    llama_cpp_arch: str | None = None
+    nemotron_nas: bool = False
+    unsupported_flags: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class CompatFacts:
+    """Where transformers 4.57 differs from 5.x for this model type (`optimum_gatenorm.compat`).
+
+    Args:
+        returns_tuple: A decoder layer returns `(hidden_states, ...)` instead of a tensor on 4.57 (on 5.x every
+            layer returns a tensor; `compat.layer_returns_tuple` reads this).
+        legacy_rope_names: Where 4.57 reads what 5.x keeps in `config.rope_parameters`: key of `rope_parameters`
+            (`"<layer type>.<key>"` for per-layer-type parameters) -> 4.57 config attribute. Default:
+            `rope_theta` and `partial_rotary_factor` under their own names (`compat` also writes `rope_scaling`).
+            Checkpoints saved on 5.x carry these too, so 4.57 reads them right.
+    """
+
+    returns_tuple: bool = False
+    legacy_rope_names: Mapping[str, str] = field(
+        default_factory=lambda: {"rope_theta": "rope_theta", "partial_rotary_factor": "partial_rotary_factor"},
+        hash=False,
+    )
+
+
+@dataclass(frozen=True)
+class ForTests:
+    """What the test suite and the docs' code blocks build for this model type.
+
+    Args:
+        tiny_config: A tiny random config: `AutoConfig.for_model(model_type, **tiny_config)` kwargs (no
+            `model_type`); hidden 32, 4 layers, 4 query heads, vocabulary 128. Read-only.
+    """
+
+    tiny_config: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self):
+        if "model_type" in self.tiny_config:
+            raise ValueError("tiny_config must not name model_type; it is built once per entry of model_types")
+
+
+@dataclass(frozen=True)
 class ArchitectureAdapter:
     """Everything the package knows about one decoder-only architecture.
 
-    Paths are attribute paths from the `*ForCausalLM` model (for modules) or from one decoder layer. Adding an
-    architecture is one module in `optimum_gatenorm/adapters/` that builds one of these per model type (docs/architectures.md,
-    "Add an architecture").
+    Adding an architecture is one module in `optimum_gatenorm/adapters/` that builds and registers one of these per
+    model type (docs/architectures.md, "Add an architecture"). The layout (where things are, what a pruned layer
+    loses and runs) is read by scoring, pruning and the checkpoint code, so it is flat; the facts only one consumer
+    reads are grouped by that consumer: `numerics` (criteria), `onnx` (ONNX export), `serving` (GGUF and
+    Nemotron-NAS), `cost` (the cost model), `compat` (transformers 4.57) and `tests` (the test suite).
+
+    Paths are attribute paths from the `*ForCausalLM` model (for modules) or from one decoder layer.
 
     Args:
         model_types: The `config.model_type` values this adapter serves.
@@ -306,18 +415,13 @@ class ArchitectureAdapter:
             scale); `None` if unknown.
         embedding: Path of the token embedding module, e.g. `"model.embed_tokens"`.
         mlp: Name of the MLP inside a decoder layer.
-        returns_tuple: Whether a decoder layer returns `(hidden_states, ...)` instead of a tensor on transformers
-            4.57 (on 5.x every layer returns a tensor; `compat.layer_returns_tuple` reads this).
         unsupported_flags: `(config attribute, reason)` pairs; a truthy attribute makes the model unsupported.
         pruned_modules: Modules a pruned layer loses: the attention module first, then the norms that only serve it
             (hidden-size norms, counted by the cost model). Default `(attention, input_norm)`; sandwich-norm models
             add their post-attention norm.
         pruned_forward: Modules a pruned layer still runs, in order: it computes `h + m_n(...m_1(h))`. Default
             `(post_norm, mlp)`; add an MLP-output dropout or a post-MLP norm where the layer applies one.
-        norm_gain_offset: A norm multiplies by `weight + norm_gain_offset`: 0.0 for `w`, 1.0 for Gemma's `1 + w`.
         qk_norms: Names, inside the attention module, of the per-head query and key norms, or `None`.
-        embedding_scale: How token embeddings are scaled before the first layer: `None`, or `"sqrt_hidden"`
-            (multiplied by `sqrt(hidden_size)`, as Gemma does).
         attention_output_norm: Name of a norm applied to the attention output before the residual add (Gemma's
             sandwich `post_attention_layernorm`), or `None`; it must be one of `pruned_modules`.
         mlp_output_norm: Name of a norm applied to the MLP output before the residual add (Gemma's
@@ -329,28 +433,17 @@ class ArchitectureAdapter:
         layer_types_attr: Config attribute listing each layer's attention type (full / sliding window); pruning
             gives the compacted KV cache one slot per kept layer of that layer's own type
             (`checkpoints.structure.CacheLayerTypesConfigMixin`). `None` if the architecture has none.
-        params: What the cost model's parameter count depends on.
+        notes: One line for the supported-architectures table (`describe_architectures`): what is special about the
+            family, and which of its options are refused.
         quality_reference: The built-in model on which the criterion study measured the family nearest to this
             architecture (`optimum_gatenorm.criteria.measurements`), so that `prune` can warn past the measured
             limits; `None` if no measured family is close (then `prune` says the criteria were never measured on it).
-        ort_reads_kv_heads: optimum's `ORTModelForCausalLM` reads `num_key_value_heads` for this model type (else it
-            sizes the empty KV cache with `num_attention_heads`, so grouped-query models cannot run).
-        ort_reads_head_dim: `ORTModelForCausalLM` reads `head_dim` for this model type (else it takes
-            `hidden_size // num_attention_heads`, so models with another head_dim cannot run).
-        legacy_rope_names: Where transformers 4.57 reads what 5.x keeps in `config.rope_parameters`: key of
-            `rope_parameters` (`"<layer type>.<key>"` for per-layer-type parameters) -> 4.57 config attribute.
-            Default: `rope_theta` and `partial_rotary_factor` under their own names (`compat` also writes
-            `rope_scaling`). Checkpoints saved on 5.x carry these too, so 4.57 reads them right.
-        llama_cpp_arch: llama.cpp architecture (`general.architecture` of a GGUF file) that runs this model type
-            unpruned, with the q/k row permutation of llama-style rope (`llama`), or `None` if the GGUF exporter
-            cannot write it. A pruned model is written as llama.cpp's `deci` instead (per-layer head counts, 0 for
-            an attention-free layer), so only Llama-family layouts qualify.
-        nemotron_nas: The checkpoint can be written as NVIDIA's Nemotron-NAS (`DeciLMForCausalLM`): Llama layer
-            layout and weight names, no biases, one rope and no sliding window.
-        serving_unsupported_flags: `(config attribute, reason)` pairs that make the GGUF and Nemotron-NAS exports
-            refuse the model when truthy (e.g. a sliding window neither format expresses).
-        tiny_config: A tiny random config for tests and docs: `AutoConfig.for_model(model_type, **tiny_config)`
-            kwargs (no `model_type`); hidden 32, 4 layers, 4 query heads, vocabulary 128. Read-only.
+        numerics: How norms and the embedding scale their input (`Numerics`).
+        onnx: What optimum's `ORTModelForCausalLM` reads for this model type (`OnnxFacts`).
+        serving: What the GGUF and Nemotron-NAS exports can write (`ServingFacts`).
+        cost: What the cost model's parameter count depends on (`ParameterLayout`).
+        compat: Where transformers 4.57 differs (`CompatFacts`).
+        tests: A tiny random config for tests and docs (`ForTests`).
     """
 
     model_types: tuple[str, ...]
@@ -362,29 +455,22 @@ class ArchitectureAdapter:
     mlp_layout: MLPLayout | None = None
     embedding: str | None = None
     mlp: str = "mlp"
-    returns_tuple: bool = False
     unsupported_flags: tuple[tuple[str, str], ...] = ()
     pruned_modules: tuple[str, ...] = ()
     pruned_forward: tuple[str, ...] = ()
-    norm_gain_offset: float = 0.0
     qk_norms: tuple[str, str] | None = None
-    embedding_scale: Literal["sqrt_hidden"] | None = None
     attention_output_norm: str | None = None
     mlp_output_norm: str | None = None
     parallel_residual_attr: str | None = None
     layer_types_attr: str | None = "layer_types"
-    params: ParameterLayout = ParameterLayout()
+    notes: str = ""
     quality_reference: str | None = None
-    ort_reads_kv_heads: bool = False
-    ort_reads_head_dim: bool = False
-    legacy_rope_names: Mapping[str, str] = field(
-        default_factory=lambda: {"rope_theta": "rope_theta", "partial_rotary_factor": "partial_rotary_factor"},
-        hash=False,
-    )
-    llama_cpp_arch: str | None = None
-    nemotron_nas: bool = False
-    serving_unsupported_flags: tuple[tuple[str, str], ...] = ()
-    tiny_config: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    numerics: Numerics = Numerics()
+    onnx: OnnxFacts = OnnxFacts()
+    serving: ServingFacts = ServingFacts()
+    cost: ParameterLayout = ParameterLayout()
+    compat: CompatFacts = CompatFacts()
+    tests: ForTests = ForTests()
 
     def __post_init__(self):
         if not self.pruned_modules:
@@ -401,10 +487,6 @@ class ArchitectureAdapter:
                 f"pruned_forward={self.pruned_forward!r} must run the MLP {self.mlp!r} and no module of "
                 f"pruned_modules={self.pruned_modules!r}"
             )
-        if self.norm_gain_offset not in (0.0, 1.0):
-            raise ValueError(f"norm_gain_offset must be 0.0 (w) or 1.0 (1 + w), got {self.norm_gain_offset!r}")
-        if self.embedding_scale not in (None, "sqrt_hidden"):
-            raise ValueError(f"embedding_scale must be None or 'sqrt_hidden', got {self.embedding_scale!r}")
         attention_only_norms = set(self.pruned_modules) - {self.attention, self.input_norm}
         if self.attention_output_norm is not None and self.attention_output_norm not in attention_only_norms:
             raise ValueError(
@@ -415,8 +497,6 @@ class ArchitectureAdapter:
             raise ValueError(
                 f"mlp_output_norm={self.mlp_output_norm!r} must be one of pruned_forward={self.pruned_forward!r}"
             )
-        if "model_type" in self.tiny_config:
-            raise ValueError("tiny_config must not name model_type; it is built once per entry of model_types")
 
     @property
     def base_model_prefix(self) -> str:
@@ -433,8 +513,9 @@ class ArchitectureAdapter:
         return bool(self.parallel_residual_attr and getattr(config, self.parallel_residual_attr, False))
 
     def norm_gain(self, weight: "torch.Tensor") -> "torch.Tensor":
-        """The factor a norm with this `weight` multiplies by (`weight + norm_gain_offset`)."""
-        return weight + self.norm_gain_offset if self.norm_gain_offset else weight
+        """The factor a norm with this `weight` multiplies by (`weight + numerics.norm_gain_offset`)."""
+        offset = self.numerics.norm_gain_offset
+        return weight + offset if offset else weight
 
     def layer_prefix(self, index: int) -> str:
         return f"{self.layers}.{index}"
@@ -467,6 +548,24 @@ class ArchitectureAdapter:
     def pruned_module_prefixes(self, index: int) -> tuple[str, ...]:
         """Module paths that disappear when layer `index`'s attention sublayer is removed (`pruned_modules`)."""
         return tuple(f"{self.layer_prefix(index)}.{name}" for name in self.pruned_modules)
+
+    def describe(self, model_type: str) -> dict:
+        """One row of the supported-architectures table: where Q and K live and what each export takes."""
+        names = ", ".join(f"{self.attention}.{name.removesuffix('.weight')}" for name in self.qk.tensor_names())
+        onnx = "yes"
+        if not self.onnx.reads_kv_heads:
+            onnx = "multi-head attention only (no GQA/MQA)"
+        elif not self.onnx.reads_head_dim:
+            onnx = "head_dim = hidden_size / heads only"
+        return {
+            "model_type": model_type,
+            "query_key": f"{names} ({self.qk.storage})",
+            "onnx": onnx,
+            "gguf": self.serving.llama_cpp_arch is not None,
+            "nemotron_nas": self.serving.nemotron_nas,
+            "quality_measured_on": self.quality_reference,
+            "notes": self.notes,
+        }
 
     def check_config(self, config: "PretrainedConfig") -> None:
 

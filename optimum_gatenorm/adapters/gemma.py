@@ -8,7 +8,17 @@ Gemma 3 adds per-head query/key norms; Gemma 2 caps attention logits with `tanh`
 
 from dataclasses import replace
 
-from .base import TINY_COMMON, ArchitectureAdapter, MLPLayout, ParameterLayout, SeparateProjections
+from .base import (
+    TINY_COMMON,
+    ArchitectureAdapter,
+    CompatFacts,
+    ForTests,
+    MLPLayout,
+    Numerics,
+    OnnxFacts,
+    ParameterLayout,
+    SeparateProjections,
+)
 from .registry import register_adapter
 
 
@@ -26,14 +36,11 @@ _SANDWICH = dict(
     attention_output_norm="post_attention_layernorm",
     mlp_output_norm="post_feedforward_layernorm",
     # Gemma's RMSNorm multiplies by (1 + weight).
-    norm_gain_offset=1.0,
-    embedding_scale="sqrt_hidden",
-    returns_tuple=True,
-    params=ParameterLayout(attention_bias_attr="attention_bias", norms_per_layer=4),
+    numerics=Numerics(norm_gain_offset=1.0, embedding_scale="sqrt_hidden"),
+    cost=ParameterLayout(attention_bias_attr="attention_bias", norms_per_layer=4),
     # Measured on Gemma-3-270M: sandwich norms, 1 + w gains, sliding/full layers (Gemma 2 shares all three).
     quality_reference="gemma3-270m",
-    ort_reads_kv_heads=True,
-    ort_reads_head_dim=True,
+    onnx=OnnxFacts(reads_kv_heads=True, reads_head_dim=True),
 )
 
 # Layer types S, F, S, S and a window of 4: removing layer 0, the full layer, or alternate layers all shift the
@@ -51,14 +58,18 @@ _TINY = dict(
 GEMMA3_TEXT = register_adapter(
     ArchitectureAdapter(
         model_types=("gemma3_text",),
+        notes="sandwich norms, 1 + w gains, sqrt(hidden) embedding scale, q/k norms, 5 sliding : 1 full layers",
         qk_norms=("q_norm", "k_norm"),
         unsupported_flags=(
             ("use_bidirectional_attention", "bidirectional attention (EmbeddingGemma) is an encoder, not a causal LM"),
         ),
-        tiny_config=dict(_TINY),
+        tests=ForTests(dict(_TINY)),
         # 4.57 reads the sliding layers' RoPE base (5.x: rope_parameters["sliding_attention"]) as rope_local_base_freq;
         # the full layers' base and scaling under the plain names.
-        legacy_rope_names={"rope_theta": "rope_theta", "sliding_attention.rope_theta": "rope_local_base_freq"},
+        compat=CompatFacts(
+            returns_tuple=True,
+            legacy_rope_names={"rope_theta": "rope_theta", "sliding_attention.rope_theta": "rope_local_base_freq"},
+        ),
         **_SANDWICH,
     )
 )
@@ -69,11 +80,11 @@ GEMMA2 = register_adapter(
     replace(
         GEMMA3_TEXT,
         model_types=("gemma2",),
+        notes="sandwich norms, 1 + w gains, sqrt(hidden) embedding scale, sliding/full layers, logit soft-capping",
         qk_norms=None,
         unsupported_flags=(),
-        ort_reads_kv_heads=False,
-        ort_reads_head_dim=False,
-        tiny_config=dict(_TINY, num_key_value_heads=4),
-        legacy_rope_names={"rope_theta": "rope_theta"},
+        onnx=OnnxFacts(),
+        tests=ForTests(dict(_TINY, num_key_value_heads=4)),
+        compat=CompatFacts(returns_tuple=True, legacy_rope_names={"rope_theta": "rope_theta"}),
     )
 )

@@ -1,6 +1,6 @@
 """GPT-NeoX (Pythia): head-interleaved `query_key_value`, parallel or sequential residual."""
 
-from .base import TINY_COMMON, ArchitectureAdapter, HeadInterleaved, MLPLayout, ParameterLayout
+from .base import TINY_COMMON, ArchitectureAdapter, CompatFacts, ForTests, HeadInterleaved, MLPLayout, ParameterLayout
 from .registry import register_adapter
 
 
@@ -10,6 +10,7 @@ from .registry import register_adapter
 GPT_NEOX = register_adapter(
     ArchitectureAdapter(
         model_types=("gpt_neox",),
+        notes="parallel and sequential residual, partial rotary",
         layers="gpt_neox.layers",
         attention="attention",
         input_norm="input_layernorm",
@@ -19,22 +20,19 @@ GPT_NEOX = register_adapter(
         embedding="gpt_neox.embed_in",
         pruned_forward=("post_attention_layernorm", "mlp", "post_mlp_dropout"),
         parallel_residual_attr="use_parallel_residual",
-        returns_tuple=True,
         # transformers 4.57 names these rotary_emb_base and rotary_pct (5.x: rope_parameters).
-        legacy_rope_names={"rope_theta": "rotary_emb_base", "partial_rotary_factor": "rotary_pct"},
+        compat=CompatFacts(
+            returns_tuple=True,
+            legacy_rope_names={"rope_theta": "rotary_emb_base", "partial_rotary_factor": "rotary_pct"},
+        ),
         # LayerNorms and biases everywhere (attention ones switchable); both residual styles have two norms per layer.
-        params=ParameterLayout(
+        cost=ParameterLayout(
             norm_bias=True,
             qkv_bias=True,
             o_bias=True,
             mlp_bias=True,
             attention_bias_attr="attention_bias",
         ),
-        tiny_config=dict(
-            TINY_COMMON,
-            rotary_pct=0.5,
-            use_parallel_residual=True,
-            max_position_embeddings=128,
-        ),
+        tests=ForTests(dict(TINY_COMMON, rotary_pct=0.5, use_parallel_residual=True, max_position_embeddings=128)),
     )
 )

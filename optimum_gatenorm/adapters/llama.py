@@ -2,7 +2,16 @@
 
 from dataclasses import replace
 
-from .base import TINY_COMMON, ArchitectureAdapter, MLPLayout, ParameterLayout, SeparateProjections
+from .base import (
+    TINY_COMMON,
+    ArchitectureAdapter,
+    ForTests,
+    MLPLayout,
+    OnnxFacts,
+    ParameterLayout,
+    SeparateProjections,
+    ServingFacts,
+)
 from .registry import register_adapter
 
 
@@ -12,6 +21,7 @@ _TINY = dict(TINY_COMMON, max_position_embeddings=128)
 LLAMA = register_adapter(
     ArchitectureAdapter(
         model_types=("llama",),
+        notes="grouped-query and multi-query attention",
         layers="model.layers",
         attention="self_attn",
         input_norm="input_layernorm",
@@ -20,18 +30,20 @@ LLAMA = register_adapter(
         mlp_layout=MLPLayout(up="up_proj", gate="gate_proj", down="down_proj"),
         embedding="model.embed_tokens",
         # Only llama's config has switches for the attention and MLP biases.
-        params=ParameterLayout(attention_bias_attr="attention_bias", mlp_bias_attr="mlp_bias"),
+        cost=ParameterLayout(attention_bias_attr="attention_bias", mlp_bias_attr="mlp_bias"),
         # SmolLM2-135M is a Llama: same pre-norm layer, RMSNorm gains w, separate projections (mistral and qwen2 too).
         quality_reference="smollm2-135m",
-        ort_reads_kv_heads=True,
+        onnx=OnnxFacts(reads_kv_heads=True),
         # llama.cpp's `llama` (unpruned) and `deci` (pruned) graphs and Nemotron-NAS are this layout exactly.
-        llama_cpp_arch="llama",
-        nemotron_nas=True,
-        serving_unsupported_flags=(
-            ("attention_bias", "llama.cpp's deci graph and Nemotron-NAS loaders expect bias-free attention"),
-            ("mlp_bias", "llama.cpp's deci graph and Nemotron-NAS loaders expect a bias-free MLP"),
+        serving=ServingFacts(
+            llama_cpp_arch="llama",
+            nemotron_nas=True,
+            unsupported_flags=(
+                ("attention_bias", "llama.cpp's deci graph and Nemotron-NAS loaders expect bias-free attention"),
+                ("mlp_bias", "llama.cpp's deci graph and Nemotron-NAS loaders expect a bias-free MLP"),
+            ),
         ),
-        tiny_config=dict(_TINY, num_key_value_heads=2),
+        tests=ForTests(dict(_TINY, num_key_value_heads=2)),
     )
 )
 
@@ -41,15 +53,19 @@ MISTRAL = register_adapter(
     replace(
         LLAMA,
         model_types=("mistral",),
-        params=ParameterLayout(),
-        serving_unsupported_flags=(
-            (
-                "sliding_window",
-                "llama.cpp's llama/deci graphs and Nemotron-NAS have no sliding-window attention; set "
-                "sliding_window to null in config.json only if the model never attends past it",
+        notes="a sliding window is refused by the GGUF and Nemotron-NAS exports",
+        cost=ParameterLayout(),
+        serving=replace(
+            LLAMA.serving,
+            unsupported_flags=(
+                (
+                    "sliding_window",
+                    "llama.cpp's llama/deci graphs and Nemotron-NAS have no sliding-window attention; set "
+                    "sliding_window to null in config.json only if the model never attends past it",
+                ),
             ),
         ),
-        tiny_config=dict(_TINY, num_key_value_heads=1),
+        tests=ForTests(dict(_TINY, num_key_value_heads=1)),
     )
 )
 
@@ -60,10 +76,9 @@ QWEN2 = register_adapter(
     replace(
         LLAMA,
         model_types=("qwen2",),
-        llama_cpp_arch=None,
-        nemotron_nas=False,
-        serving_unsupported_flags=(),
-        params=ParameterLayout(qkv_bias=True),
-        tiny_config=dict(_TINY, num_key_value_heads=2, bos_token_id=1),  # Qwen2Config names no BOS by default
+        notes="q/k/v biases (not part of the score)",
+        serving=ServingFacts(),
+        cost=ParameterLayout(qkv_bias=True),
+        tests=ForTests(dict(_TINY, num_key_value_heads=2, bos_token_id=1)),  # Qwen2Config names no BOS by default
     )
 )

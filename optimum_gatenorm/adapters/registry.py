@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from .base import ArchitectureAdapter
 
-__all__ = ["get_adapter", "register_adapter", "supported_model_types"]
+__all__ = ["describe_architectures", "get_adapter", "register_adapter", "supported_model_types"]
 
 _ADAPTERS: dict[str, ArchitectureAdapter] = {}
 
@@ -49,6 +49,11 @@ def register_adapter(adapter: ArchitectureAdapter) -> ArchitectureAdapter:
 
 def supported_model_types() -> list[str]:
     return sorted(_ADAPTERS)
+
+
+def describe_architectures() -> list[dict]:
+    """The supported-architectures table, one row per registered model type (`ArchitectureAdapter.describe`)."""
+    return [_ADAPTERS[model_type].describe(model_type) for model_type in supported_model_types()]
 
 
 def get_adapter(config_or_model_type: "PretrainedConfig | str") -> ArchitectureAdapter:

@@ -12,7 +12,7 @@ What is counted (see `ModelCost.prefill` and `ModelCost.decode_step` for the for
   Activations are left out (they stay in cache for small batches and are the same with or without pruning, up to
   the attention outputs).
 
-Parameters are counted from the architecture adapter's facts (`ArchitectureAdapter.params`, its MLP layout, its
+Parameters are counted from the architecture adapter's facts (`ArchitectureAdapter.cost`, its MLP layout, its
 `pruned_modules` and `qk_norms`), so that `ModelCost.num_parameters` equals
 `sum(p.numel() for p in model.parameters())` (tied weights once) of the real model, pruned or not. A pruned layer
 loses its attention projections (with their biases and query/key norms) and the norms that only serve the
@@ -169,7 +169,7 @@ class ModelCost:
             InvalidConfigError: If a pruned layer index is out of range or all layers are pruned.
         """
         adapter = get_adapter(config.model_type)
-        arch = adapter.params
+        arch = adapter.cost
         hidden = config.hidden_size
         attention_bias = getattr(config, arch.attention_bias_attr, None) if arch.attention_bias_attr else None
         mlp_bias = getattr(config, arch.mlp_bias_attr, None) if arch.mlp_bias_attr else None

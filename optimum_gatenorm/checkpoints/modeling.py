@@ -63,6 +63,7 @@ __all__ = [
     "TOKENIZER_FILES",
     "GateNormQuantizer",
     "check_record_matches_weights",
+    "load_checkpoint",
     "load_pruned",
     "load_tokenizer",
     "model_bytes",
@@ -190,6 +191,18 @@ def load_pruned(
         InvalidCheckpointError: If any weight is missing or has the wrong shape (it would be randomly initialised).
     """
     checkpoint = inspect_checkpoint(resolve_model(model_path), allow_pickle=allow_pickle)
+    return load_checkpoint(checkpoint, dtype=dtype, **kwargs)
+
+
+def load_checkpoint(
+    checkpoint: "Checkpoint", *, dtype: "str | torch.dtype" = "auto", **kwargs: Any
+) -> "PreTrainedModel":
+    """`load_pruned` of a checkpoint already inspected (`inspect_checkpoint`, `ModelHandle`): nothing resolved again.
+
+    Raises:
+        InvalidCheckpointError: If any weight is missing or has the wrong shape, or the record and the weights
+            disagree.
+    """
     check_record_matches_weights(checkpoint, get_pruned_layers(checkpoint.config))  # before transformers sees it
     kwargs.pop("trust_remote_code", None)
     if "config" not in kwargs and not TRANSFORMERS_5:

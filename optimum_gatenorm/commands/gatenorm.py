@@ -960,10 +960,38 @@ class CriteriaCommand(_LeafCommand):
             print("\n".join(lines))
 
 
+class ArchitecturesCommand(_LeafCommand):
+    @staticmethod
+    def parse_args(parser: "ArgumentParser"):
+        _setup(
+            parser,
+            "List the supported architectures (config.model_type), where each stores its query and key projections, "
+            "and which exports take it.",
+        )
+        parser.add_argument("--format", choices=("table", "json"), default="table")
+
+    def execute(self):
+        from optimum_gatenorm.adapters import describe_architectures
+
+        rows = describe_architectures()
+        if self.args.format == "json":
+            print(json.dumps(rows))
+            return
+        width = max(len(row["model_type"]) for row in rows)
+        lines = [f"{'model_type':<{width}}  gguf  nemotron-nas  query and key; onnx; notes"]
+        for row in rows:
+            onnx = "" if row["onnx"] == "yes" else f"; onnx: {row['onnx']}"
+            notes = f"; {row['notes']}" if row["notes"] else ""
+            flags = f"{'yes' if row['gguf'] else 'no':<4}  {'yes' if row['nemotron_nas'] else 'no':<12}"
+            lines.append(f"{row['model_type']:<{width}}  {flags}  {row['query_key']}{onnx}{notes}")
+        print("\n".join(lines))
+
+
 class GateNormCommand(BaseOptimumCLICommand):
     COMMAND = CommandInfo(
         name="gatenorm",
-        help="Data-free attention pruning (Gate-Norm): score, prune, eval, compare, benchmark, export, convert, criteria",
+        help="Data-free attention pruning (Gate-Norm): score, prune, eval, compare, benchmark, export, convert, criteria, "
+        "architectures",
     )
     SUBCOMMANDS = (
         CommandInfo(
@@ -998,6 +1026,11 @@ class GateNormCommand(BaseOptimumCLICommand):
             name="convert",
             help="turn a .gguf file or built-in model into a safetensors checkpoint",
             subcommand_class=ConvertCommand,
+        ),
+        CommandInfo(
+            name="architectures",
+            help="list the supported architectures and which exports take each",
+            subcommand_class=ArchitecturesCommand,
         ),
         CommandInfo(name="criteria", help="list the scoring criteria", subcommand_class=CriteriaCommand),
     )

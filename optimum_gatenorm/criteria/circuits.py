@@ -29,7 +29,7 @@ does. Under the same modelling assumption, with `C = E[a a^T]` the output covari
 the output norm gain weighted by where the sublayer writes. `ov_norm` and the MLP output norms of `ov_relative`
 use this where the adapter names an output norm (`attention_output_norm`, `mlp_output_norm`); `C_ii` is
 `sum_h ||(O_h V_{g(h)} diag(gamma))_i||^2` for attention and the per-coordinate second moment of the MLP output.
-The embedding enters the residual stream times `sqrt(hidden)` where the adapter says so (`embedding_scale`).
+The embedding enters the residual stream times `sqrt(hidden)` where the adapter says so (`numerics.embedding_scale`).
 """
 
 from __future__ import annotations
@@ -252,7 +252,7 @@ class StackWeights:
         self._require("embedding")
         embedding = self._tensor(f"{self.adapter.embedding}.weight")
         norm = float(embedding.square().sum(dim=1).mean().sqrt())
-        if self.adapter.embedding_scale == "sqrt_hidden":
+        if self.adapter.numerics.embedding_scale == "sqrt_hidden":
             norm *= math.sqrt(self.config.hidden_size)
         return norm
 

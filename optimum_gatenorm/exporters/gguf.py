@@ -4,7 +4,7 @@ A pruned model is written as llama.cpp's `deci` architecture (`src/models/deci.c
 Nemotron-NAS models): `deci.attention.head_count` and `deci.attention.head_count_kv` are per-layer arrays, and a
 layer with `head_count == 0` is attention-free: it has no `attn_norm`, `attn_q/k/v`, `attn_output` tensors and no KV
 cache, and computes `h + ffn(ffn_norm(h))`, exactly our pruned layer. An unpruned model is written as plain
-`llama` (the adapter's `llama_cpp_arch`), which every llama.cpp-based tool runs. A pruned model is never written as
+`llama` (the adapter's `serving.llama_cpp_arch`), which every llama.cpp-based tool runs. A pruned model is never written as
 `llama`: llama.cpp's llama graph has no attention-free layers, so no reader can take it for an unpruned model.
 
 What llama.cpp reads (`src/llama-model.cpp`, `load_hparams`), and what is written here:
@@ -37,11 +37,12 @@ from hashlib import sha256
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..checkpoints.handle import ModelHandle
 from ..checkpoints.structure import REPLACEMENT_MODULE
 from ..compat import load_auto_tokenizer, rope_settings
 from ..errors import InvalidConfigError, UnsupportedModelError
 from ..outputs import atomic_output_file, check_output_path
-from .serving import ServingPlan, load_for_serving
+from .serving import ServingPlan
 
 
 if TYPE_CHECKING:
@@ -114,14 +115,10 @@ def export_gguf(
     inputs = [*model_inputs(model_or_path), ("tokenizer", tokenizer_from)]
     output_file = check_output_path(output_file, overwrite, inputs=inputs)
     # Every refusal (architecture, layer 0, tokenizer) comes before the weights load.
-    if isinstance(model_or_path, (str, Path)):
-        from ..checkpoints.models import resolve_model
-        from ..checkpoints.tensors import inspect_checkpoint
+    import torch
 
-        source = resolve_model(model_or_path)
-        config = inspect_checkpoint(source, allow_pickle=allow_pickle).config
-    else:
-        source, config = None, model_or_path.config
+    handle = ModelHandle.open(model_or_path, allow_pickle=allow_pickle)
+    source, config = handle.source, handle.config
     plan = ServingPlan.from_config(config, "gguf")
     if plan.pruned and plan.pruned[0] == 0 and 0 not in plan.linear:
         raise UnsupportedModelError(
@@ -132,9 +129,7 @@ def export_gguf(
     if tokenizer_dir is None:
         raise InvalidConfigError("an in-memory model needs tokenizer_from= (a directory with its tokenizer)")
     tokenizer = _read_tokenizer(tokenizer_dir, config.vocab_size, pre_tokenizer)
-    model, plan, _ = load_for_serving(
-        source if source is not None else model_or_path, "gguf", allow_pickle=allow_pickle
-    )
+    model = handle.load(dtype=torch.float32).eval()
 
     inputs.append(("model", source))
     expected = sum(p.numel() for p in model.parameters()) * {"f32": 4, "f16": 2, "q8_0": 1}[gguf_type]
@@ -250,7 +245,7 @@ def _writer_with_metadata(model, plan: ServingPlan, path: Path, gguf_type: str):
 
     config = model.config
     pruned = bool(plan.pruned)
-    arch = "deci" if pruned else get_adapter(config).llama_cpp_arch
+    arch = "deci" if pruned else get_adapter(config).serving.llama_cpp_arch
     dims = plan.dims
     file_type = {
         "f32": gguf.LlamaFileType.ALL_F32,

@@ -31,9 +31,10 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..checkpoints.handle import ModelHandle
 from ..compat import rope_settings
 from ..outputs import atomic_output_dir, check_output_path
-from .serving import ServingPlan, ffn_mult_for, load_for_serving
+from .serving import ServingPlan, ffn_mult_for
 
 
 if TYPE_CHECKING:
@@ -101,6 +102,7 @@ def export_nemotron_nas(
             that is not a multiple of 256 (checked before the weights load).
         OutputExistsError: `output_dir` exists and `overwrite` is false.
     """
+    import torch
     from safetensors.torch import save_file
 
     from ..checkpoints.modeling import _copy_tokenizer
@@ -109,15 +111,11 @@ def export_nemotron_nas(
 
     inputs = model_inputs(model_or_path)
     check_output_path(output_dir, overwrite, directory=True, inputs=inputs)
-    if isinstance(model_or_path, (str, Path)):
-        # Check before the (slow) load: the architecture and the FFN width.
-        from ..checkpoints.models import resolve_model
-        from ..checkpoints.tensors import inspect_checkpoint
-
-        config = inspect_checkpoint(resolve_model(model_or_path), allow_pickle=allow_pickle).config
-        block_configs(ServingPlan.from_config(config, "nemotron-nas"))
-    model, plan, source = load_for_serving(model_or_path, "nemotron-nas", allow_pickle=allow_pickle)
+    # Every check (the architecture, the FFN width) comes before the (slow) load.
+    handle = ModelHandle.open(model_or_path, allow_pickle=allow_pickle)
+    plan = ServingPlan.from_config(handle.config, "nemotron-nas")
     blocks = block_configs(plan)
+    model, source = handle.load(dtype=torch.float32).eval(), handle.source
     dtype = next(model.parameters()).dtype
     config = {k: v for k, v in model.config.to_dict().items() if k not in _DROPPED_KEYS}
     # DeciLM readers (llama.cpp's converter, vLLM) read rope_theta / rope_scaling, which 5.x keeps in rope_parameters.

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..adapters import HeadDims, get_adapter
-from ..checkpoints.modeling import _copy_tokenizer, load_pruned, model_bytes
-from ..checkpoints.models import model_inputs, resolve_model
+from ..checkpoints.handle import ModelHandle
+from ..checkpoints.modeling import _copy_tokenizer, model_bytes
+from ..checkpoints.models import model_inputs
 from ..checkpoints.record import get_pruned_layers
-from ..checkpoints.tensors import inspect_checkpoint
 from ..compat import require_onnx, require_onnxruntime
 from ..errors import ExportError, InvalidConfigError, UnsupportedModelError
 from ..outputs import atomic_output_dir, check_output_path
@@ -50,7 +50,7 @@ def check_onnx_exportable(config: "PretrainedConfig") -> None:
     """Refuses, up front, models that optimum's exporter or `ORTModelForCausalLM` would get wrong.
 
     optimum.onnxruntime's `ORTModelForCausalLM` reads `num_key_value_heads` and `head_dim` for some model types
-    only (the adapter's `ort_reads_kv_heads` and `ort_reads_head_dim`); for the others it sizes the empty KV cache
+    only (the adapter's `onnx.reads_kv_heads` and `onnx.reads_head_dim`); for the others it sizes the empty KV cache
     with `num_attention_heads` and `hidden_size // num_attention_heads`.
 
     Raises:
@@ -58,13 +58,13 @@ def check_onnx_exportable(config: "PretrainedConfig") -> None:
     """
     adapter = get_adapter(config)
     dims = HeadDims.from_config(config)
-    if dims.num_kv_heads != dims.num_heads and not adapter.ort_reads_kv_heads:
+    if dims.num_kv_heads != dims.num_heads and not adapter.onnx.reads_kv_heads:
         raise UnsupportedModelError(
             f"{config.model_type} with grouped-query attention ({dims.num_heads} query / {dims.num_kv_heads} key-value "
             "heads) cannot run on onnxruntime: optimum's ORTModelForCausalLM sizes its cache with "
             "num_attention_heads for this model type"
         )
-    if dims.head_dim * dims.num_heads != config.hidden_size and not adapter.ort_reads_head_dim:
+    if dims.head_dim * dims.num_heads != config.hidden_size and not adapter.onnx.reads_head_dim:
         raise UnsupportedModelError(
             f"{config.model_type} with head_dim={dims.head_dim} != hidden_size / num_attention_heads cannot run on "
             "onnxruntime: optimum's ORTModelForCausalLM assumes they are equal"
@@ -163,16 +163,13 @@ def export_onnx(
     if device == "cuda":
         check_cuda_available()
 
-    source = None
-    if isinstance(model_or_path, (str, Path)):
-        source = resolve_model(model_or_path)
-
-        check_onnx_exportable(inspect_checkpoint(source, allow_pickle=allow_pickle).config)  # before loading
-        model = load_pruned(source, dtype=getattr(torch, DTYPES[dtype]), allow_pickle=allow_pickle)
-    else:
-        model = model_or_path
-        if model.dtype != getattr(torch, DTYPES[dtype]):
-            raise InvalidConfigError(f"the model is {model.dtype} but dtype={dtype!r}; cast it first")
+    handle = ModelHandle.open(model_or_path, allow_pickle=allow_pickle)
+    source = handle.source
+    if source is not None:
+        check_onnx_exportable(handle.config)  # before loading
+    model = handle.load(dtype=getattr(torch, DTYPES[dtype]))
+    if model.dtype != getattr(torch, DTYPES[dtype]):
+        raise InvalidConfigError(f"the model is {model.dtype} but dtype={dtype!r}; cast it first")
     inputs.append(("model", source or getattr(model, "name_or_path", None) or None))
     with atomic_output_dir(output_dir, overwrite=overwrite, inputs=inputs, expected_bytes=model_bytes(model)) as tmp:
         export_onnx_into(

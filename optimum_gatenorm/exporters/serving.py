@@ -13,7 +13,6 @@ it has no form for `mean` (a constant update), which is refused. Nemotron-NAS re
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..adapters import HeadDims, get_adapter
@@ -23,9 +22,9 @@ from ..errors import UnsupportedModelError
 
 
 if TYPE_CHECKING:
-    from transformers import PretrainedConfig, PreTrainedModel
+    from transformers import PretrainedConfig
 
-__all__ = ["DECI_FFN_MULTIPLE", "ServingPlan", "ffn_mult_for", "intermediate_size_for", "load_for_serving"]
+__all__ = ["DECI_FFN_MULTIPLE", "ServingPlan", "ffn_mult_for", "intermediate_size_for"]
 
 # DeciLM rounds every FFN width up to a multiple of 256 (`_find_multiple(..., 256)` in vLLM's nemotron_nas.py,
 # llama.cpp's conversion/deci.py and NVIDIA's modeling_decilm.py).
@@ -94,17 +93,17 @@ class ServingPlan:
 
         Raises:
             UnsupportedModelError: With the reason, on one line: an architecture the format cannot express (the
-                adapter's `llama_cpp_arch` / `nemotron_nas`), an option of `serving_unsupported_flags`, or a rope
+                adapter's `serving.llama_cpp_arch` / `serving.nemotron_nas`), an option of `serving.unsupported_flags`, or a rope
                 scaling the format does not carry.
         """
         adapter = get_adapter(config)
-        supported = adapter.llama_cpp_arch is not None if fmt == "gguf" else adapter.nemotron_nas
+        supported = adapter.serving.llama_cpp_arch is not None if fmt == "gguf" else adapter.serving.nemotron_nas
         if not supported:
             raise UnsupportedModelError(
                 f"--format {fmt} does not support model_type {config.model_type!r}: only Llama-family layouts "
                 "(llama, mistral) are written; use --format onnx"
             )
-        for flag, reason in adapter.serving_unsupported_flags:
+        for flag, reason in adapter.serving.unsupported_flags:
             if getattr(config, flag, None):
                 raise UnsupportedModelError(
                     f"--format {fmt} cannot write {config.model_type} with {flag}={getattr(config, flag)!r}: {reason}"
@@ -139,26 +138,3 @@ class ServingPlan:
             tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
             linear=tuple(sorted(replacements)),
         )
-
-
-def load_for_serving(
-    model_or_path: "PreTrainedModel | str | Path", fmt: str, *, allow_pickle: bool = False
-) -> tuple["PreTrainedModel", "ServingPlan", Path | None]:
-    """Checks the model's config for format `fmt` before loading, then loads it in float32.
-
-    Returns:
-        `(model, plan, source)`: `source` is the checkpoint directory (for its tokenizer), `None` for a model passed
-        in memory.
-    """
-    import torch
-
-    from ..checkpoints.modeling import load_pruned
-    from ..checkpoints.models import resolve_model
-    from ..checkpoints.tensors import inspect_checkpoint
-
-    if isinstance(model_or_path, (str, Path)):
-        source = resolve_model(model_or_path)
-        plan = ServingPlan.from_config(inspect_checkpoint(source, allow_pickle=allow_pickle).config, fmt)
-        model = load_pruned(source, dtype=torch.float32, allow_pickle=allow_pickle)
-        return model.eval(), plan, source
-    return model_or_path.eval(), ServingPlan.from_config(model_or_path.config, fmt), None

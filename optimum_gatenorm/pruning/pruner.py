@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..adapters import get_adapter
-from ..checkpoints.modeling import check_record_matches_weights, load_pruned, load_tokenizer, prune_model
+from ..checkpoints.modeling import check_record_matches_weights, load_checkpoint, load_tokenizer, prune_model
 from ..checkpoints.models import resolve_model
 from ..checkpoints.record import get_pruned_layers
 from ..checkpoints.tensors import Checkpoint, ModelWeights, inspect_checkpoint
@@ -185,7 +185,7 @@ class GateNormPruner:
         """The model, loaded on first use when the pruner was made from a checkpoint."""
         if self._model is None:
             logger.info("Loading %s", self._checkpoint.path)
-            self._model = load_pruned(self._checkpoint.path, **self._load_kwargs)
+            self._model = load_checkpoint(self._checkpoint, dtype=self._load_kwargs["dtype"])  # inspected once
         return self._model
 
     @property
