@@ -76,5 +76,8 @@ def lee_news() -> Path:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     for path in [austen(novel) for novel in AUSTEN_NOVELS] + [lee_news()]:
         print(f"{path}  {path.stat().st_size:,} bytes")
