@@ -35,6 +35,75 @@ MIN_GAP_HELP = (
     "others); if too few fit, the rest are taken lowest-first with a warning"
 )
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+# A library message names a parameter in Python's spelling (`optimum_gatenorm.params.param`); the CLI shows the
+# flag whose dest it is. These are the Python parameters whose flag is spelled otherwise:
+PARAMETER_DESTS = {
+    "tokenizer_from": "tokenizer",  # export_gguf(tokenizer_from=DIR) is `export --tokenizer DIR`
+    "pre_tokenizer": "gguf_pre_tokenizer",  # export_gguf(pre_tokenizer=) is `export --gguf-pre-tokenizer`
+    "num_samples": "calibration_samples",  # Calibration.from_text / from_files(num_samples=)
+    "length": "calibration_length",  # Calibration.from_text / from_files(length=)
+    "batch_sizes": "batch_size",  # BenchmarkSettings(batch_sizes=[...]) is a repeated --batch-size
+    "prompt_lengths": "prompt_length",  # likewise --prompt-length
+}
+
+
+def _flag_actions(parser: "ArgumentParser | None" = None) -> dict:
+    """dest -> argparse action of every option of every gatenorm command, `parser`'s own first (a message may
+    name another command's option: "prune with --replacement none" from `export`)."""
+    parsers = [parser] if parser is not None else []
+    for info in GateNormCommand.SUBCOMMANDS:
+        other = argparse.ArgumentParser(add_help=False)
+        info.subcommand_class.parse_args(other)
+        parsers.append(other)
+    actions: dict = {}
+    for each in parsers:
+        for action in each._actions:
+            if action.option_strings and action.dest != "help":
+                actions.setdefault(action.dest, action)
+    return actions
+
+
+def _flag(actions: dict, name: str, value) -> str | None:
+    """How the command line spells parameter `name` set to `value`, or `None` if it has no flag for it."""
+    import shlex
+
+    from optimum_gatenorm.params import ANY, is_bare
+
+    action = actions.get(PARAMETER_DESTS.get(name, name))
+    if action is None:
+        return None
+    option = next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
+    if is_bare(value):
+        return option
+    if action.nargs == 0:  # a switch: --overwrite, --bos / --no-bos
+        if isinstance(action, argparse.BooleanOptionalAction):
+            return option if value else "--no-" + option[2:]
+        return option if value == action.const else None
+    if value is ANY:
+        return f"{option} {action.metavar or action.dest.upper()}"
+    return f"{option} {shlex.quote(str(value))}"
+
+
+def cli_text(text: str, parser: "ArgumentParser | None" = None) -> str:
+    """`text` (a library message) with the parameters it names as the command line's flags."""
+    from optimum_gatenorm.params import to_flags
+
+    actions = _flag_actions(parser)
+    return to_flags(text, lambda name, value: _flag(actions, name, value))
+
+
+class _FlagsFilter(logging.Filter):
+    """Shows the parameters that library warnings name as flags."""
+
+    def __init__(self, parser: "ArgumentParser"):
+        super().__init__()
+        self.parser = parser
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "`" in message:
+            record.msg, record.args = cli_text(message, self.parser), ()
+        return True
 
 
 def _one_line_error(parser: "ArgumentParser"):
@@ -212,6 +281,8 @@ class _LeafCommand(BaseOptimumCLICommand):
     def run(self):
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
         logging.getLogger("optimum_gatenorm").setLevel(logging.INFO)
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_FlagsFilter(self.parser))
         _handle_termination()
         from optimum_gatenorm.errors import GateNormError
         from optimum_gatenorm.outputs import is_no_space, no_space_error
@@ -219,7 +290,7 @@ class _LeafCommand(BaseOptimumCLICommand):
         try:
             self.execute()
         except GateNormError as error:
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {cli_text(str(error), self.parser)}", file=sys.stderr)
             sys.exit(2)
         except OSError as error:  # the machine said no (disk full, permissions) somewhere we did not check first
             if is_no_space(error) and getattr(error, "filename", None):
@@ -491,7 +562,14 @@ class ExportCommand(_LeafCommand):
             help="--format gguf: weight matrices in f32, f16 or q8_0; norms stay f32 (default: f16)",
         )
         parser.add_argument(
+            "--tokenizer",
+            metavar="DIR",
+            help="--format gguf: the directory of the model's tokenizer, when --model's own has none that loads "
+            "(default: --model's)",
+        )
+        parser.add_argument(
             "--gguf-pre-tokenizer",
+            metavar="NAME",
             help="--format gguf: llama.cpp pre-tokenizer name (tokenizer.ggml.pre) for a tokenizer llama.cpp's hash "
             "table does not know, e.g. llama-bpe, gpt-2, default",
         )
@@ -527,6 +605,7 @@ class ExportCommand(_LeafCommand):
                 overwrite=args.overwrite,
                 allow_pickle=args.allow_pickle,
                 pre_tokenizer=args.gguf_pre_tokenizer,
+                tokenizer_from=args.tokenizer,
             )
             print(f"Exported to {path}; run it with llama-cli -m {str(path)!r} or llama_cpp.Llama(model_path=...)")
             return
@@ -896,7 +975,7 @@ class BenchmarkCommand(_LeafCommand):
             baseline_config = AutoConfig.from_pretrained(check_model_path(args.baseline, settings))
             shares = load_shares(args.shares, baseline_config)  # checked against the model before any run
         result = run_benchmark(args.model, args.baseline, settings, shares=shares, progress=True)
-        print(result.format_table())
+        print(cli_text(result.format_table(), self.parser))  # its warnings name flags
         _write_results(args, result, inputs)
 
 
