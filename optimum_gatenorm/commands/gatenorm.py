@@ -832,12 +832,7 @@ class CompareCommand(_LeafCommand):
         )
 
     def execute(self):
-        from optimum_gatenorm.checkpoints.modeling import load_tokenizer
-        from optimum_gatenorm.criteria import get_criterion, require_calibration
-        from optimum_gatenorm.evaluation.compare import CompareConfig, check_compare_request, compare_criteria
-        from optimum_gatenorm.evaluation.perplexity import check_window_in_config
-        from optimum_gatenorm.pruning.pruner import GateNormPruner
-        from optimum_gatenorm.text import read_text, read_text_for_tokens
+        from optimum_gatenorm.evaluation.compare import CompareConfig, compare
 
         args = self.args
         inputs = _inputs(args, "model", "text", "calibration_text")
@@ -855,25 +850,14 @@ class CompareCommand(_LeafCommand):
             bos=args.bos,
             replacement=args.replacement,
         )
-        read_text(args.text, max_bytes=1 << 16)  # a missing, binary or empty text fails first
-        pruner = GateNormPruner.from_pretrained(args.model, allow_pickle=args.allow_pickle)
-        check_compare_request(
-            args.num_layers, pruner.config, protect_first=args.protect_first, protect_last=args.protect_last
-        )
-        check_window_in_config(pruner.checkpoint_path, args.window)
-        tokenizer = load_tokenizer(pruner.checkpoint_path)  # before the model: a missing tokenizer fails fast
-        text = read_text_for_tokens(args.text, tokenizer, args.max_tokens)  # only what --max-tokens needs
-        calibration = _calibration(pruner, args)
-        for name in config.criteria:
-            require_calibration(get_criterion(name), calibration)
-        result = compare_criteria(
-            pruner.model,
-            tokenizer,
-            text,
+        result = compare(
+            args.model,
+            args.text,
             config,
-            calibration=calibration,
-            model_name=str(args.model),
-            text_name=str(args.text),
+            calibration_text=args.calibration_text,
+            calibration_samples=args.calibration_samples,
+            calibration_length=args.calibration_length,
+            allow_pickle=args.allow_pickle,
             progress=True,
         )
         print(result.format_table())
