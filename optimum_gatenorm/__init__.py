@@ -32,7 +32,7 @@ from .errors import (
     OutputNotWritableError,
     UnsupportedModelError,
 )
-from .evaluation.compare import CompareConfig, CompareResult, compare_criteria
+from .evaluation.compare import CompareConfig, CompareResult, compare, compare_criteria
 from .evaluation.perplexity import PerplexityResult, evaluate_perplexity, perplexity
 from .exporters import export_gguf, export_nemotron_nas, export_onnx
 from .pipeline import PruneResult, prune_and_save
@@ -75,6 +75,7 @@ __all__ = [
     "UnsupportedModelError",
     "__version__",
     "available_criteria",
+    "compare",
     "compare_criteria",
     "convert_gguf",
     "describe_architectures",

@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import InvalidConfigError, OutputExistsError, OutputNotWritableError
+from .params import param
 from .version import __version__
 
 
@@ -175,7 +176,7 @@ def check_not_an_input(path: str | Path, inputs: Iterable[tuple[str, str | Path]
             continue
         raise InvalidConfigError(
             f"output {str(path)!r} {where.format(what=what)}; optimum-gatenorm never writes into its inputs, even "
-            "with --overwrite (overwrite=True): choose an output elsewhere"
+            f"with {param('overwrite', True)}: choose an output elsewhere"
         )
 
 
@@ -238,7 +239,7 @@ def check_output_path(
     if exists:
         if not overwrite:
             raise OutputExistsError(
-                f"output {str(path)!r} already exists; pass --overwrite (overwrite=True) to replace it"
+                f"output {str(path)!r} already exists; pass {param('overwrite', True)} to replace it"
             )
         if directory:
             if not path.is_dir():

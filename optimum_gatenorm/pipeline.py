@@ -21,6 +21,7 @@ from .criteria import get_criterion, require_calibration
 from .errors import InvalidConfigError
 from .exporters.onnx import check_onnx_exportable, export_onnx_into
 from .outputs import atomic_output_dir, check_output_path, mark_output
+from .params import param
 from .pruning.configuration import GateNormConfig
 from .pruning.pruner import GateNormPruner, check_request
 from .report import PruningReport
@@ -68,7 +69,8 @@ def check_device(name: str) -> None:
     except Exception as error:  # RuntimeError for a bad name, AssertionError for CUDA missing from the build
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InvalidConfigError(
-            f"--device {name!r} is not usable here ({reason}); use cpu, or e.g. cuda on a machine with a GPU"
+            f"{param('device', name)} is not usable here ({reason}); use {param('device', 'cpu')}, or e.g. "
+            f"{param('device', 'cuda')} on a machine with a GPU"
         ) from None
 
 
@@ -81,12 +83,14 @@ def export_dtype(torch_dtype: str, device: str) -> str:
     torch_dtype = str(torch_dtype).removeprefix("torch.")
     if torch_dtype == "bfloat16":
         raise InvalidConfigError(
-            "--export onnx does not support bfloat16 weights; pass --dtype float32 (or float16 with --device cuda)"
+            f"{param('export', 'onnx')} does not support bfloat16 weights; pass {param('dtype', 'float32')} (or "
+            f"float16 with {param('device', 'cuda')})"
         )
     if torch_dtype == "float16":
         if device != "cuda":
             raise InvalidConfigError(
-                "--export onnx with float16 weights needs --device cuda; pass --dtype float32 on the CPU"
+                f"{param('export', 'onnx')} with float16 weights needs {param('device', 'cuda')}; pass "
+                f"{param('dtype', 'float32')} on the CPU"
             )
         return "fp16"
     return "fp32"
@@ -154,7 +158,7 @@ def prune_and_save(
     if export is not None and export not in EXPORT_FORMATS:
         raise InvalidConfigError(f"export must be one of {', '.join(EXPORT_FORMATS)} or None, got {export!r}")
     if export == "onnx":
-        require_onnx("--export onnx")
+        require_onnx(param("export", "onnx"))
     if dtype not in ("auto", "float32", "float16", "bfloat16"):
         raise InvalidConfigError(f"dtype must be auto, float32, float16 or bfloat16, got {dtype!r}")
     inputs = [*model_inputs(model), *(("calibration text", path) for path in calibration_text or ())]

@@ -471,7 +471,7 @@ def test_config_with_impossible_dimensions_is_refused_by_cli(tmp_path, checkpoin
 
 def test_unknown_device_is_refused(tmp_path, checkpoints):
     result, out = prune_cli(checkpoints["llama"], tmp_path, "-k", "1", "--device", "bogus")
-    assert_refused(result, "--device 'bogus'", output=out)
+    assert_refused(result, "--device bogus is not usable", output=out)
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ Each CLI start that reaches the library costs ~3 s (torch + transformers imports
 is shared by the whole module and options are combined where they do not interfere.
 """
 
+import argparse
 import json
 import math
 import os
@@ -110,6 +111,38 @@ def test_cli_default_criterion_is_the_library_default():
     assert get_criterion("gate_norm").min_gap == 1  # the paper's procedure: plain k lowest
     result = ok(run_cli("gatenorm", "prune", "--help"))
     assert "Default: cosine_self" in " ".join(result.stdout.split())
+
+
+def test_help_is_generated_from_the_registries(monkeypatch):
+    """prune --help names every registered criterion and built-in model and shows GateNormConfig's default
+    criterion; a criterion registered in-process appears in the help text without touching the CLI; the choices
+    argparse checks at start-up (repeated in the CLI to keep it light) are the library's."""
+    import dataclasses
+    import io
+
+    from optimum_gatenorm import BUILTIN_MODELS, GateNormConfig, register_criterion
+    from optimum_gatenorm.commands import gatenorm
+    from optimum_gatenorm.criteria import registry
+    from optimum_gatenorm.exporters import FORMATS, GGUF_TYPES
+    from optimum_gatenorm.pipeline import EXPORT_FORMATS
+    from optimum_gatenorm.pruning.replacement import REPLACEMENTS
+
+    help_text = " ".join(ok(run_cli("gatenorm", "prune", "--help")).stdout.split())
+    default = next(f.default for f in dataclasses.fields(GateNormConfig) if f.name == "criterion")
+    assert f"Default: {default}: {get_criterion(default).description}" in help_text
+    for name in [*available_criteria(), *BUILTIN_MODELS]:
+        assert name in help_text, name
+    assert (gatenorm.REPLACEMENTS, gatenorm.PRUNE_EXPORTS) == (REPLACEMENTS, EXPORT_FORMATS)
+    assert (gatenorm.EXPORT_FORMATS, gatenorm.GGUF_TYPES) == (tuple(FORMATS), GGUF_TYPES)
+
+    monkeypatch.setattr(registry, "_CRITERIA", dict(registry._CRITERIA))
+    monkeypatch.setattr(gatenorm._HelpFormatter, "_fields", None)
+    register_criterion("made_up_norm", description="a criterion added after the CLI was written")(lambda w: 0.0)
+    parser = argparse.ArgumentParser(prog="prune")
+    gatenorm.PruneCommand.parse_args(parser)
+    out = io.StringIO()
+    parser.print_help(out)
+    assert "made_up_norm" in " ".join(out.getvalue().split())
 
 
 def test_criteria_json_lists_builtin_criteria():

@@ -154,3 +154,30 @@ def test_compare_config_refuses_an_unknown_replacement():
 
     with pytest.raises(InvalidConfigError, match="replacement must be one of none, mean, linear, got 'cubic'"):
         CompareConfig(replacement="cubic")
+
+
+def test_compare_takes_a_path_and_gives_what_compare_criteria_gives(tmp_path):
+    """`compare(path, text file)` loads once and matches `compare_criteria` on the loaded model; a data-driven
+    criterion without `calibration_text` is refused (naming the parameter) before the model loads."""
+    from conftest import tiny_tokenizer
+
+    from optimum_gatenorm import CompareConfig, InvalidConfigError, compare, compare_criteria
+
+    model, tokenizer = tiny_model("llama"), tiny_tokenizer()
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    text = "the quick brown fox jumps over the lazy dog. " * 20
+    (tmp_path / "text.txt").write_text(text, encoding="utf-8")
+    config = CompareConfig(criteria=["last", "random", "gate_norm"], num_layers=[0, 1, 2], seeds=[0, 1], window=64)
+
+    result = compare(tmp_path / "model", tmp_path / "text.txt", config)
+    expected = compare_criteria(model, tokenizer, text, config)
+    assert result.model == str(tmp_path / "model") and result.text == str(tmp_path / "text.txt")
+    assert [(p.criterion, p.seed, p.num_layers, p.removed_layers) for p in result.points] == [
+        (p.criterion, p.seed, p.num_layers, p.removed_layers) for p in expected.points
+    ]
+    assert [p.perplexity for p in result.points] == pytest.approx([p.perplexity for p in expected.points])
+    with pytest.raises(InvalidConfigError, match=r"`calibration_text=\.\.\.`"):
+        compare(
+            tmp_path / "model", tmp_path / "text.txt", CompareConfig(criteria=["cosine"], num_layers=[0, 1], window=64)
+        )

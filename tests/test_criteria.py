@@ -141,12 +141,12 @@ def test_cosine_and_attn_norm_match_a_hand_computed_reference():
 
 @pytest.mark.parametrize("criterion", DATA_DRIVEN)
 def test_data_driven_criteria_need_calibration(criterion, tmp_path):
-    with pytest.raises(InvalidConfigError, match="--calibration-text"):
+    with pytest.raises(InvalidConfigError, match=r"`calibration_text=\.\.\.`"):
         GateNormPruner(tiny_model("gpt2")).score(criterion)
     model = tiny_model("gpt2")
     model.save_pretrained(tmp_path)
     lazy = GateNormPruner.from_pretrained(tmp_path)
-    with pytest.raises(InvalidConfigError, match="--calibration-text"):
+    with pytest.raises(InvalidConfigError, match=r"`calibration_text=\.\.\.`"):
         lazy.prune(GateNormConfig(num_layers=1, criterion=criterion, replacement="none"))
     assert lazy._model is None  # failed before loading the model
 

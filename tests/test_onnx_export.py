@@ -188,7 +188,7 @@ def test_phi3_with_grouped_query_attention_is_refused_up_front(tmp_path):
 
 def test_bad_options_and_existing_output(tmp_path):
     model = tiny_model("llama")
-    with pytest.raises(InvalidConfigError, match="fp16 export needs --device cuda"):
+    with pytest.raises(InvalidConfigError, match="fp16 export needs `device='cuda'`"):
         export_onnx(model, tmp_path / "a", dtype="fp16")
     with pytest.raises(InvalidConfigError, match="device"):
         export_onnx(model, tmp_path / "a", device="tpu")

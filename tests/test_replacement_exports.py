@@ -172,13 +172,13 @@ def test_gguf_refuses_mean_and_nemotron_nas_refuses_any_replacement(serving_dirs
     with pytest.raises(UnsupportedModelError) as error:
         export_gguf(serving_dirs["mean"], tmp_path / "m.gguf", pre_tokenizer="gpt-2")
     assert str(error.value) == (
-        "--format gguf cannot hold the mean replacement of layers [1, 2]: llama.cpp's deci graph has no constant "
-        "update; prune with --replacement linear (llama.cpp's linear-attention layer) or export --format onnx"
+        "`format='gguf'` cannot hold the mean replacement of layers [1, 2]: llama.cpp's deci graph has no constant "
+        "update; prune with `replacement='linear'` (llama.cpp's linear-attention layer) or export `format='onnx'`"
     )
     for name in ("mean", "linear"):
         with pytest.raises(UnsupportedModelError, match="vLLM's Nemotron-NAS reader ignores replace_with_linear") as e:
             export_nemotron_nas(serving_dirs[name], tmp_path / f"n-{name}")
-        assert "--format gguf" in str(e.value) and "\n" not in str(e.value)
+        assert "`format='gguf'`" in str(e.value) and "\n" not in str(e.value)
     assert list(tmp_path.iterdir()) == []
 
 

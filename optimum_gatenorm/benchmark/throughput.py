@@ -41,6 +41,7 @@ from ..errors import InvalidCheckpointError, InvalidConfigError, ModelNotFoundEr
 from ..evaluation.loading import is_onnx_dir, load_causal_lm
 from ..exporters.onnx import check_cuda_available
 from ..outputs import atomic_save_figure, require_pyplot
+from ..params import param
 from ..serialization import JSONMixin
 from ..validation import check_choice, check_int, check_int_list
 from ..version import __version__
@@ -254,9 +255,9 @@ def check_model_path(path: str | Path, settings: BenchmarkSettings) -> Path:
     if settings.backend == "pytorch":
         path = resolve_model(path)
         if is_onnx_dir(Path(path)):
-            raise InvalidCheckpointError(f"{path} is an ONNX export; use --backend onnxruntime for it")
+            raise InvalidCheckpointError(f"{path} is an ONNX export; use {param('backend', 'onnxruntime')} for it")
         return Path(path)
-    require_onnxruntime("--backend onnxruntime (the default)", "pass --backend pytorch")
+    require_onnxruntime(f"{param('backend', 'onnxruntime')} (the default)", f"pass {param('backend', 'pytorch')}")
     path = Path(path)
     if not path.exists():
         raise ModelNotFoundError(f"{path} not found: pass the directory of an ONNX export (with model.onnx)")
@@ -264,11 +265,11 @@ def check_model_path(path: str | Path, settings: BenchmarkSettings) -> Path:
         return path
     if path.is_dir() and is_onnx_dir(path / "onnx"):
         raise InvalidCheckpointError(
-            f"{path} is a checkpoint whose ONNX export is in {path / 'onnx'}; pass that directory (or --backend pytorch)"
+            f"{path} is a checkpoint whose ONNX export is in {path / 'onnx'}; pass that directory (or {param('backend', 'pytorch')})"
         )
     raise InvalidCheckpointError(
         f"{path} is not an ONNX export (no model.onnx); export it first: optimum-cli gatenorm export --model "
-        f"{path} --output {path}-onnx (or use --backend pytorch)"
+        f"{path} --output {path}-onnx (or use {param('backend', 'pytorch')})"
     )
 
 
@@ -481,7 +482,7 @@ def noise_warnings(summary: list[dict]) -> list[str]:
                 ratio = row["speedup"][metric]
                 warnings.append(
                     f"batch {row['batch_size']}, prompt {row['prompt_length']}: {metric} ratio {ratio:.3f} is within "
-                    f"the noise (baseline runs {_stat(base)}, candidate runs {_stat(cand)} overlap); raise --runs or "
+                    f"the noise (baseline runs {_stat(base)}, candidate runs {_stat(cand)} overlap); raise {param('runs')} or "
                     "quiet the machine"
                 )
     return warnings

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..adapters import HeadDims, get_adapter
 from ..compat import CONFIG_ERRORS
 from ..errors import InvalidCheckpointError, ModelNotFoundError, UnsupportedModelError
+from ..params import param
 from ..validation import is_int
 from .record import GATENORM_QUANT_METHOD
 
@@ -304,7 +305,7 @@ def inspect_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> Check
         if not allow_pickle:
             raise InvalidCheckpointError(
                 f"{path} has only pickled weights ({PICKLE_FILE}), which can run code when loaded; convert them to "
-                "safetensors, or opt in with --allow-pickle (allow_pickle=True) to load them with "
+                f"safetensors, or opt in with {param('allow_pickle', True)} to load them with "
                 "torch.load(weights_only=True)"
             )
         if (path / PICKLE_INDEX).is_file():

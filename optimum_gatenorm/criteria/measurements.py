@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from ..params import ANY, param
+
 
 __all__ = ["FIRST_K_WORSE_THAN_RANDOM", "MEASUREMENTS", "Measurement", "breakdown_warning"]
 
@@ -76,7 +78,7 @@ SMOLLM2 = Measurement(
     },
     advice=(
         "there the default cosine_self (no user data) was better than random from k=4 to k=12, and the data-driven "
-        "--criterion cosine --calibration-text FILE held up at every k"
+        f"{param('criterion', 'cosine')} with {param('calibration_text', ANY)} held up at every k"
     ),
 )
 
@@ -103,7 +105,8 @@ GEMMA3 = Measurement(
     },
     advice=(
         "there the default cosine_self (no user data) and the data-free ov_relative and last were not worse than "
-        "random up to k=7, and the data-driven --criterion cosine --calibration-text FILE was best"
+        f"random up to k=7, and the data-driven {param('criterion', 'cosine')} with {param('calibration_text', ANY)} "
+        "was best"
     ),
 )
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from ..checkpoints.record import get_pruned_layers
 from ..checkpoints.tensors import WeightSource, layer_weights
 from ..errors import InvalidCheckpointError, InvalidConfigError
+from ..params import ANY, param
 from ..report import ScoreReport
 from ..validation import check_int
 from .calibration import Calibration
@@ -116,8 +117,9 @@ def require_calibration(chosen: Criterion, calibration: "Calibration | None") ->
     """Raises `InvalidConfigError` if `chosen` is data-driven and `calibration` is `None`."""
     if chosen.needs_data and calibration is None:
         raise InvalidConfigError(
-            f"criterion {chosen.name!r} is data-driven and needs calibration text: pass --calibration-text FILE "
-            "(in Python, calibration=Calibration.from_files(paths, tokenizer))"
+            f"criterion {chosen.name!r} is data-driven and needs calibration text: pass "
+            f"{param('calibration_text', ANY)} (text files; or calibration=Calibration.from_files(paths, tokenizer) "
+            "where a function takes a Calibration)"
         )
 
 

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 from ..checkpoints.tensors import ModelWeights, layer_weights
 from ..compat import cache_kwargs, returned_cache
 from ..errors import InvalidCheckpointError, UnsupportedModelError
+from ..params import ANY, param
 from .baselines import attention_statistics
 from .calibration import Calibration
 from .registry import register_model_criterion
@@ -74,7 +75,7 @@ def start_token(model: "PreTrainedModel") -> int:
                 return value
     raise UnsupportedModelError(
         f"{model.config.model_type}: the config names no bos_token_id or eos_token_id inside the vocabulary of "
-        f"{vocab} to start self-generated calibration text from; use a criterion with --calibration-text FILE "
+        f"{vocab} to start self-generated calibration text from; use a criterion with {param('calibration_text', ANY)} "
         "(e.g. cosine) or a weight-only one"
     )
 

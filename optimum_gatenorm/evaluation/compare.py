@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..adapters import get_adapter
+from ..checkpoints.modeling import load_tokenizer
 from ..checkpoints.structure import is_attention_pruned
 from ..criteria import get_criterion, require_calibration
 from ..errors import InvalidConfigError
@@ -30,10 +31,10 @@ from ..pruning.configuration import GateNormConfig
 from ..pruning.pruner import GateNormPruner, check_request, select_layers
 from ..pruning.replacement import check_replacement
 from ..serialization import JSONMixin
-from ..text import bos_prefix
+from ..text import bos_prefix, read_text, read_text_for_tokens
 from ..validation import check_int, check_int_list
 from ..version import __version__
-from .perplexity import check_window_fits, check_windowing, forward_logits, score_windows
+from .perplexity import check_window_fits, check_window_in_config, check_windowing, forward_logits, score_windows
 
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ __all__ = [
     "ComparePoint",
     "CompareResult",
     "check_compare_request",
+    "compare",
     "compare_criteria",
     "mask_attention",
     "spearman",
@@ -398,6 +400,67 @@ def compare_criteria(
                 for layers, fit in fits.items()
             },
         },
+    )
+
+
+def compare(
+    model: str | Path,
+    text: str | Path,
+    config: CompareConfig | None = None,
+    *,
+    calibration_text: "Sequence[str | Path] | None" = None,
+    calibration_samples: int = 16,
+    calibration_length: int = 256,
+    allow_pickle: bool = False,
+    progress: bool = False,
+) -> CompareResult:
+    """`compare_criteria` on a checkpoint and a text file: what `optimum-cli gatenorm compare` runs.
+
+    Every request the checkpoint's config can refuse (a k too large, a window past the positions, a missing
+    tokenizer, a data-driven criterion without `calibration_text`) is refused before the model loads.
+
+    Args:
+        model: A local checkpoint directory, a `.gguf` file or a built-in alias, resolved once.
+        text: A UTF-8 text file to evaluate on (read only as far as `config.max_tokens` needs).
+        config: The sweep; default `CompareConfig()`.
+        calibration_text: Text files for the data-driven criteria and the replacement fits (`None`: the
+            replacement is fitted on the text `cosine_self` samples, as `prune` does).
+        calibration_samples: Calibration windows.
+        calibration_length: Tokens per calibration window.
+        allow_pickle: Accept `pytorch_model.bin` weights (`torch.load(weights_only=True)`).
+        progress: Show progress bars.
+
+    Raises:
+        InvalidConfigError: A request the model cannot meet, a data-driven criterion without calibration text.
+        ModelNotFoundError, InvalidCheckpointError, UnsupportedModelError: The model or text cannot be used.
+    """
+    config = config if config is not None else CompareConfig()
+    if not isinstance(config, CompareConfig):
+        raise TypeError(f"config must be a CompareConfig, got {type(config).__name__}")
+    read_text(text, max_bytes=1 << 16)  # a missing, binary or empty text fails first
+    pruner = GateNormPruner.from_pretrained(model, allow_pickle=allow_pickle)
+    check_compare_request(
+        config.num_layers, pruner.config, protect_first=config.protect_first, protect_last=config.protect_last
+    )
+    check_window_in_config(pruner.checkpoint_path, config.window)
+    tokenizer = load_tokenizer(pruner.checkpoint_path)  # before the model: a missing tokenizer fails fast
+    evaluated = read_text_for_tokens(text, tokenizer, config.max_tokens)  # only what max_tokens needs
+    calibration = None
+    if calibration_text:
+        calibration = pruner.calibration_from_files(
+            calibration_text, num_samples=calibration_samples, length=calibration_length
+        )
+    for name in config.criteria:
+        require_calibration(get_criterion(name), calibration)
+    return compare_criteria(
+        pruner.model,
+        tokenizer,
+        evaluated,
+        config,
+        calibration=calibration,
+        model_name=str(model),
+        text_name=str(text),
+        progress=progress,
     )
 
 

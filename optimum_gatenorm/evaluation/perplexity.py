@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..checkpoints.modeling import load_tokenizer
 from ..errors import InvalidConfigError
+from ..params import param
 from ..serialization import JSONMixin
 from ..text import bos_prefix, read_text, read_text_for_tokens
 from ..validation import check_int
@@ -507,7 +508,7 @@ def meaningless(scored: int, num_windows: int) -> str | None:
     if num_windows == 1:
         return (
             f"one window of {scored} tokens: a single sample, not meaningful for comparing models; use a longer "
-            "text or a shorter --window"
+            f"text or a shorter {param('window')}"
         )
     return None
 

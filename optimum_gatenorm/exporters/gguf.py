@@ -42,6 +42,7 @@ from ..checkpoints.structure import REPLACEMENT_MODULE
 from ..compat import load_auto_tokenizer, rope_settings
 from ..errors import InvalidConfigError, UnsupportedModelError
 from ..outputs import atomic_output_file, check_output_path
+from ..params import ANY, param
 from .serving import ServingPlan
 
 
@@ -123,11 +124,14 @@ def export_gguf(
     if plan.pruned and plan.pruned[0] == 0 and 0 not in plan.linear:
         raise UnsupportedModelError(
             "GGUF cannot express a pruned layer 0: llama.cpp's deci graph takes the head size from layer 0's head "
-            "count; prune with layer 0 protected (the default) or use --format nemotron-nas / onnx"
+            f"count; prune with layer 0 protected (the default) or use {param('format', 'nemotron-nas')} or "
+            f"{param('format', 'onnx')}"
         )
     tokenizer_dir = Path(tokenizer_from) if tokenizer_from is not None else source
     if tokenizer_dir is None:
-        raise InvalidConfigError("an in-memory model needs tokenizer_from= (a directory with its tokenizer)")
+        raise InvalidConfigError(
+            f"an in-memory model needs {param('tokenizer_from', ANY)} (a directory with its tokenizer)"
+        )
     tokenizer = _read_tokenizer(tokenizer_dir, config.vocab_size, pre_tokenizer)
     model = handle.load(dtype=torch.float32).eval()
 
@@ -150,7 +154,7 @@ def _read_tokenizer(directory: Path, vocab_size: int, pre_tokenizer: str | None)
     except (OSError, ValueError, TypeError, AttributeError) as error:
         raise UnsupportedModelError(
             f"GGUF needs the model's tokenizer, and {directory} has none that loads ({type(error).__name__}); "
-            "pass --tokenizer DIR"
+            f"pass {param('tokenizer_from', ANY)}"
         ) from None
     backend = getattr(tokenizer, "backend_tokenizer", None)
     spec = json.loads(backend.to_str()) if backend is not None else {}
@@ -159,7 +163,8 @@ def _read_tokenizer(directory: Path, vocab_size: int, pre_tokenizer: str | None)
     if kind != "BPE" or '"ByteLevel"' not in json.dumps(spec.get("pre_tokenizer")):
         raise UnsupportedModelError(
             f"GGUF export writes byte-level BPE tokenizers (llama.cpp's gpt2 vocabulary); {directory} has a {kind} "
-            "tokenizer without a ByteLevel pre-tokenizer; use --format nemotron-nas and llama.cpp's convert_hf_to_gguf.py"
+            f"tokenizer without a ByteLevel pre-tokenizer; use {param('format', 'nemotron-nas')} and llama.cpp's "
+            "convert_hf_to_gguf.py"
         )
     if pre_tokenizer is None:
         digest = sha256(str(tokenizer.encode(_CHECK_TEXT, verbose=False)).encode()).hexdigest()
@@ -167,7 +172,7 @@ def _read_tokenizer(directory: Path, vocab_size: int, pre_tokenizer: str | None)
         if pre_tokenizer is None:
             raise UnsupportedModelError(
                 f"llama.cpp does not know this tokenizer's pre-tokenizer (hash {digest[:12]}...); name one with "
-                "--gguf-pre-tokenizer (see llama.cpp's convert_hf_to_gguf.py, e.g. llama-bpe, smollm, default)"
+                f"{param('pre_tokenizer', ANY)} (see llama.cpp's convert_hf_to_gguf.py, e.g. llama-bpe, smollm, default)"
             )
     vocab = tokenizer.get_vocab()
     if max(vocab.values()) >= vocab_size:

@@ -26,6 +26,7 @@ from ..checkpoints.record import get_pruned_layers
 from ..compat import require_onnx, require_onnxruntime
 from ..errors import ExportError, InvalidConfigError, UnsupportedModelError
 from ..outputs import atomic_output_dir, check_output_path
+from ..params import param
 
 
 if TYPE_CHECKING:
@@ -157,7 +158,9 @@ def export_onnx(
     if dtype not in DTYPES:
         raise InvalidConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if dtype == "fp16" and device != "cuda":
-        raise InvalidConfigError("fp16 export needs --device cuda (tracing an fp16 model on the CPU fails)")
+        raise InvalidConfigError(
+            f"fp16 export needs {param('device', 'cuda')} (tracing an fp16 model on the CPU fails)"
+        )
     inputs = model_inputs(model_or_path)
     check_output_path(output_dir, overwrite, directory=True, inputs=inputs)
     if device == "cuda":

@@ -19,6 +19,7 @@ from ..adapters import HeadDims, get_adapter
 from ..checkpoints.record import get_pruned_layers, get_replacements
 from ..compat import rope_settings
 from ..errors import UnsupportedModelError
+from ..params import param
 
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ def ffn_mult_for(intermediate_size: int, hidden_size: int) -> float:
     if intermediate_size_for(mult, hidden_size) != intermediate_size:
         raise UnsupportedModelError(
             f"intermediate_size={intermediate_size} cannot be written as a Nemotron-NAS ffn_mult: DeciLM loaders round "
-            f"the FFN width up to a multiple of {DECI_FFN_MULTIPLE}; use --format gguf or onnx for this model"
+            f"the FFN width up to a multiple of {DECI_FFN_MULTIPLE}; use {param('format', 'gguf')} or {param('format', 'onnx')} for this model"
         )
     return mult
 
@@ -100,34 +101,34 @@ class ServingPlan:
         supported = adapter.serving.llama_cpp_arch is not None if fmt == "gguf" else adapter.serving.nemotron_nas
         if not supported:
             raise UnsupportedModelError(
-                f"--format {fmt} does not support model_type {config.model_type!r}: only Llama-family layouts "
-                "(llama, mistral) are written; use --format onnx"
+                f"{param('format', fmt)} does not support model_type {config.model_type!r}: only Llama-family "
+                f"layouts (llama, mistral) are written; use {param('format', 'onnx')}"
             )
         for flag, reason in adapter.serving.unsupported_flags:
             if getattr(config, flag, None):
                 raise UnsupportedModelError(
-                    f"--format {fmt} cannot write {config.model_type} with {flag}={getattr(config, flag)!r}: {reason}"
+                    f"{param('format', fmt)} cannot write {config.model_type} with {flag}={getattr(config, flag)!r}: {reason}"
                 )
         replacements = get_replacements(config)
         if replacements and fmt != "gguf":
             raise UnsupportedModelError(
-                f"--format {fmt} cannot hold the replaced attention sublayers of layers {sorted(replacements)}: vLLM's "
-                "Nemotron-NAS reader ignores replace_with_linear and would build them as full attention; prune with "
-                "--replacement none, or export --format gguf (a linear replacement is llama.cpp's linear-attention "
-                "layer) or --format onnx"
+                f"{param('format', fmt)} cannot hold the replaced attention sublayers of layers "
+                f"{sorted(replacements)}: vLLM's Nemotron-NAS reader ignores replace_with_linear and would build them "
+                f"as full attention; prune with {param('replacement', 'none')}, or export {param('format', 'gguf')} (a "
+                f"linear replacement is llama.cpp's linear-attention layer) or {param('format', 'onnx')}"
             )
         mean = sorted(layer for layer, kind in replacements.items() if kind == "mean")
         if mean:
             raise UnsupportedModelError(
-                f"--format gguf cannot hold the mean replacement of layers {mean}: llama.cpp's deci graph has no "
-                "constant update; prune with --replacement linear (llama.cpp's linear-attention layer) or export "
-                "--format onnx"
+                f"{param('format', 'gguf')} cannot hold the mean replacement of layers {mean}: llama.cpp's deci "
+                f"graph has no constant update; prune with {param('replacement', 'linear')} (llama.cpp's "
+                f"linear-attention layer) or export {param('format', 'onnx')}"
             )
         rope = rope_settings(config).get("rope_scaling") or {}
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type not in _ROPE_TYPES:
             raise UnsupportedModelError(
-                f"--format {fmt} cannot write rope_scaling type {rope_type!r}; supported: {', '.join(_ROPE_TYPES)}"
+                f"{param('format', fmt)} cannot write rope_scaling type {rope_type!r}; supported: {', '.join(_ROPE_TYPES)}"
             )
         return cls(
             num_layers=config.num_hidden_layers,

@@ -15,6 +15,7 @@ from ..criteria import DEFAULT_CRITERION, get_criterion, require_calibration, sc
 from ..criteria.calibration import Calibration
 from ..criteria.measurements import breakdown_warning
 from ..errors import InvalidConfigError
+from ..params import param
 from ..report import PruningReport, ScoreReport, rank
 from .configuration import GateNormConfig
 from .replacement import ReplacementFit
@@ -117,7 +118,7 @@ def spacing_warning(removed: "Sequence[int]", scores: list[float | None], min_ga
     pairs = ", ".join(f"{a}-{b}" for a, b in close)
     return (
         f"not every removed sublayer could be kept min_gap={min_gap} layers apart (too few candidates): {pairs} "
-        "are closer; remove fewer, or pass --min-gap 1 for plain k-lowest"
+        f"are closer; remove fewer, or pass {param('min_gap', 1)} for plain k-lowest"
     )
 
 
