@@ -3,9 +3,8 @@
 A command or library call takes its model as a `--model` value (a checkpoint directory, a `.gguf` file, a built-in
 alias) or as a model in memory. `ModelHandle.open` turns either into one object, once: the checkpoint directory (the
 alias resolved, a `.gguf` file converted), its validated config and architecture adapter, without loading any weight;
-`load()` builds the model (with its pruned structure) on first use and keeps it. The exporters take it, so a path is
-resolved, inspected and checked once per call, every refusal comes before the weights load, and a caller that already
-holds a handle passes it on instead of a path.
+`load()` builds the model (with its pruned structure) on first use and keeps it. The exporters open one per call, so a
+path is resolved, inspected and checked once, and every refusal comes before the weights load.
 """
 
 from __future__ import annotations
@@ -65,10 +64,6 @@ class ModelHandle:
             adapter = get_adapter(checkpoint.config)
             return cls(checkpoint.path, checkpoint.config, adapter, checkpoint, allow_pickle)
         return cls(None, model.config, get_adapter(model.config), None, allow_pickle, model)
-
-    @property
-    def in_memory(self) -> bool:
-        return self.source is None
 
     def load(self, dtype: "str | torch.dtype" = "auto") -> "PreTrainedModel":
         """The model: the one passed in, or the checkpoint loaded once with its pruned structure (`load_pruned`)."""
