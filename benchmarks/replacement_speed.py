@@ -30,12 +30,12 @@ import json
 import os
 import platform
 import statistics
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
+from llama_cpp_study import _time_once as llama_cpp_once  # one timing of llama.cpp for both studies
 
 from optimum_gatenorm import GateNormConfig, GateNormPruner, export_gguf, export_onnx, resolve_model
 from optimum_gatenorm.benchmark.throughput import BenchmarkSettings, _timed_run, load_model
@@ -76,23 +76,6 @@ def _variants(ks: list[int], root: Path) -> dict[str, dict]:
         export_gguf(model, gguf, gguf_type="f32", overwrite=True, tokenizer_from=source)
         record.write_text(json.dumps({"layers": variant["layers"]}))
     return variants
-
-
-def _next_token(llm) -> int:
-    return int(np.argmax(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))))
-
-
-def _llama_cpp_once(llm, prompt: list[int], new_tokens: int) -> tuple[float, float]:
-    llm.reset()
-    start = time.perf_counter()
-    llm.eval(prompt)
-    prefill = time.perf_counter() - start
-    token = _next_token(llm)
-    start = time.perf_counter()
-    for _ in range(new_tokens):
-        llm.eval([token])
-        token = _next_token(llm)
-    return prefill, new_tokens / (time.perf_counter() - start)
 
 
 def _ort_once(model, prompt: list[int], settings: BenchmarkSettings) -> tuple[float, float]:
@@ -159,7 +142,7 @@ def main() -> None:
             for key in keys[shift:] + keys[:shift]:
                 engine, name = key
                 if engine == "llama.cpp":
-                    prefill, decode = _llama_cpp_once(loaded[key], prompt, args.new_tokens)
+                    prefill, decode = llama_cpp_once(loaded[key], prompt, args.new_tokens)
                 else:
                     prefill, decode = _ort_once(loaded[key], prompt, settings)
                 if round_ >= args.warmup:
