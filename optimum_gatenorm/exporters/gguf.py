@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,9 +48,9 @@ from .serving import ServingPlan
 
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel
+    from transformers import PretrainedConfig, PreTrainedModel
 
-__all__ = ["GGUF_TYPES", "export_gguf"]
+__all__ = ["GGUF_TYPES", "GGUFTensor", "add_gguf_tensor", "export_gguf", "gguf_tensors", "gguf_writer"]
 
 logger = logging.getLogger(__name__)
 
@@ -234,7 +235,7 @@ def _llama3_rope_factors(config, head_dim: int):
 
 def _write(model, plan: ServingPlan, tokenizer, tokenizer_dir: Path, path: Path, gguf_type: str) -> None:
     """Writes the GGUF file: the model's metadata, its tokenizer, then its tensors in `gguf_type`."""
-    writer = _writer_with_metadata(model, plan, path, gguf_type)
+    writer = gguf_writer(model.config, plan, path, gguf_type)
     _add_tokenizer(writer, tokenizer, tokenizer_dir)
     _add_tensors(writer, model, plan, gguf_type)
     writer.write_header_to_file()
@@ -243,12 +244,16 @@ def _write(model, plan: ServingPlan, tokenizer, tokenizer_dir: Path, path: Path,
     writer.close()
 
 
-def _writer_with_metadata(model, plan: ServingPlan, path: Path, gguf_type: str):
+def gguf_writer(config: "PretrainedConfig", plan: ServingPlan, path: Path, gguf_type: str):
+    """A `gguf.GGUFWriter` for `path` holding the model metadata that llama.cpp reads (module docstring).
+
+    The tokenizer and the tensors are not written: `export_gguf` adds them; `benchmarks/gpu_serving_study.py` writes
+    the same metadata for random-weight models of real shapes.
+    """
     import gguf
 
     from ..adapters import get_adapter
 
-    config = model.config
     pruned = bool(plan.pruned)
     arch = "deci" if pruned else get_adapter(config).serving.llama_cpp_arch
     dims = plan.dims
@@ -306,45 +311,93 @@ def _add_tokenizer(writer, tokenizer, tokenizer_dir: Path) -> None:
     gguf.SpecialVocab(tokenizer_dir, load_merges=True, n_vocab=len(tokens)).add_to_gguf(writer)
 
 
-def _add_tensors(writer, model, plan: ServingPlan, gguf_type: str) -> None:
-    import gguf
-    import numpy as np
+@dataclass(frozen=True)
+class GGUFTensor:
+    """One tensor of a GGUF export.
 
-    config, dims = model.config, plan.dims
+    Args:
+        name: Its GGUF name (`blk.3.attn_q.weight`).
+        key: The state-dict key it is written from (None for `rope_freqs.weight`, computed from the config).
+        kind: `"matrix"` (written in the export's type), `"norm"` (always float32), `"q"` / `"k"` (a matrix whose
+            rows are permuted per head for llama.cpp's rope, `_permute`) or `"rope_freqs"`.
+        layer: Its decoder layer, None for the model-level tensors.
+    """
 
-    def add(name: str, tensor, matrix: bool) -> None:
-        data = tensor.detach().to("cpu").float().contiguous().numpy()
-        if not matrix or gguf_type == "f32":
-            writer.add_tensor(name, data.astype(np.float32))
-        elif gguf_type == "q8_0" and data.shape[-1] % 32 == 0:
-            writer.add_tensor(
-                name,
-                gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0),
-                raw_dtype=gguf.GGMLQuantizationType.Q8_0,
-            )
-        else:
-            writer.add_tensor(name, data.astype(np.float16))
+    name: str
+    key: str | None
+    kind: str
+    layer: int | None = None
 
-    state = model.state_dict()
-    add("token_embd.weight", state["model.embed_tokens.weight"], True)
-    add("output_norm.weight", state["model.norm.weight"], False)
+
+def gguf_tensors(plan: ServingPlan) -> list[GGUFTensor]:
+    """Every tensor a GGUF export of `plan` holds, in file order (what llama.cpp's `llama` / `deci` loaders expect)."""
+    tensors = [
+        GGUFTensor("token_embd.weight", "model.embed_tokens.weight", "matrix"),
+        GGUFTensor("output_norm.weight", "model.norm.weight", "norm"),
+    ]
     if not plan.tied_embeddings:
-        add("output.weight", state["lm_head.weight"], True)
+        tensors.append(GGUFTensor("output.weight", "lm_head.weight", "matrix"))
     if plan.rope_type == "llama3":
-        writer.add_tensor("rope_freqs.weight", _llama3_rope_factors(config, dims.head_dim))
+        tensors.append(GGUFTensor("rope_freqs.weight", None, "rope_freqs"))
     for index, keep in enumerate(plan.kept):
         layer, block = f"model.layers.{index}", f"blk.{index}"
         if keep:
-            add(f"{block}.attn_norm.weight", state[f"{layer}.input_layernorm.weight"], False)
-            add(f"{block}.attn_q.weight", _permute(state[f"{layer}.self_attn.q_proj.weight"], dims.num_heads), True)
-            add(f"{block}.attn_k.weight", _permute(state[f"{layer}.self_attn.k_proj.weight"], dims.num_kv_heads), True)
-            add(f"{block}.attn_v.weight", state[f"{layer}.self_attn.v_proj.weight"], True)
-            add(f"{block}.attn_output.weight", state[f"{layer}.self_attn.o_proj.weight"], True)
+            attention = [
+                ("attn_norm", "input_layernorm", "norm"),
+                ("attn_q", "self_attn.q_proj", "q"),
+                ("attn_k", "self_attn.k_proj", "k"),
+                ("attn_v", "self_attn.v_proj", "matrix"),
+                ("attn_output", "self_attn.o_proj", "matrix"),
+            ]
         elif index in plan.linear:
-            replacement = f"{layer}.{REPLACEMENT_MODULE}"
-            add(f"{block}.attn_norm.weight", state[f"{replacement}.norm.weight"], False)
-            add(f"{block}.attn_output.weight", state[f"{replacement}.proj.weight"], True)
-        add(f"{block}.ffn_norm.weight", state[f"{layer}.post_attention_layernorm.weight"], False)
-        add(f"{block}.ffn_gate.weight", state[f"{layer}.mlp.gate_proj.weight"], True)
-        add(f"{block}.ffn_up.weight", state[f"{layer}.mlp.up_proj.weight"], True)
-        add(f"{block}.ffn_down.weight", state[f"{layer}.mlp.down_proj.weight"], True)
+            attention = [
+                ("attn_norm", f"{REPLACEMENT_MODULE}.norm", "norm"),
+                ("attn_output", f"{REPLACEMENT_MODULE}.proj", "matrix"),
+            ]
+        else:
+            attention = []
+        mlp = [
+            ("ffn_norm", "post_attention_layernorm", "norm"),
+            ("ffn_gate", "mlp.gate_proj", "matrix"),
+            ("ffn_up", "mlp.up_proj", "matrix"),
+            ("ffn_down", "mlp.down_proj", "matrix"),
+        ]
+        tensors += [
+            GGUFTensor(f"{block}.{name}.weight", f"{layer}.{module}.weight", kind, index)
+            for name, module, kind in attention + mlp
+        ]
+    return tensors
+
+
+def add_gguf_tensor(writer, tensor: GGUFTensor, data, plan: ServingPlan, gguf_type: str) -> None:
+    """Writes `data` (the state-dict tensor or array of `tensor.key`) as `tensor`, in `gguf_type` (module docstring)."""
+    import gguf
+    import numpy as np
+
+    if tensor.kind == "rope_freqs":
+        writer.add_tensor(tensor.name, data)
+        return
+    if hasattr(data, "detach"):
+        data = data.detach().to("cpu").float().contiguous().numpy()
+    if tensor.kind in ("q", "k"):
+        data = _permute(data, plan.dims.num_heads if tensor.kind == "q" else plan.dims.num_kv_heads)
+    if tensor.kind == "norm" or gguf_type == "f32":
+        writer.add_tensor(tensor.name, np.asarray(data, dtype=np.float32))
+    elif gguf_type == "q8_0" and data.shape[-1] % 32 == 0:
+        writer.add_tensor(
+            tensor.name,
+            gguf.quants.quantize(np.asarray(data, dtype=np.float32), gguf.GGMLQuantizationType.Q8_0),
+            raw_dtype=gguf.GGMLQuantizationType.Q8_0,
+        )
+    else:
+        writer.add_tensor(tensor.name, np.asarray(data, dtype=np.float16))
+
+
+def _add_tensors(writer, model, plan: ServingPlan, gguf_type: str) -> None:
+    state = model.state_dict()
+    for tensor in gguf_tensors(plan):
+        if tensor.kind == "rope_freqs":
+            data = _llama3_rope_factors(model.config, plan.dims.head_dim)
+        else:
+            data = state[tensor.key]
+        add_gguf_tensor(writer, tensor, data, plan, gguf_type)
