@@ -288,6 +288,56 @@ def _cuda_arch() -> str:
         return "90"
 
 
+def _first(patterns: list[str]) -> Path | None:
+    import glob
+
+    for pattern in patterns:
+        found = sorted(glob.glob(pattern))
+        if found:
+            return Path(found[0])
+    return None
+
+
+def cuda_hints(
+    site_roots: list[str] | None = None,
+    toolkits: tuple[str, ...] = ("/usr/local/cuda*",),
+    driver_dirs: tuple[str, ...] = ("/usr/lib/x86_64-linux-gnu", "/usr/local/nvidia/lib64", "/usr/lib64"),
+) -> tuple[list[str], list[str]]:
+    """CMake arguments for a CUDA toolkit without cuBLAS or the driver library where CMake looks, and notes saying
+    what was chosen. Seen on this project's machines: nvcc without cuBLAS (the GPU machine's PyTorch carries cuBLAS
+    as a pip package). cuBLAS is then taken from `nvidia/cu13` (or `cu12`, `cublas`) in site-packages; without any
+    libcuda, ggml's CUDA memory pool runs without virtual memory management (`GGML_CUDA_NO_VMM`)."""
+    import site
+
+    if site_roots is None:
+        site_roots = [*site.getsitepackages(), site.getusersitepackages()]
+    args, notes = [], []
+    in_toolkit = [f"{t}/lib64/libcublas.so*" for t in toolkits] + [
+        f"{t}/targets/*/lib/libcublas.so*" for t in toolkits
+    ]
+    if _first(in_toolkit) is None:
+        subs = ("cu13", "cu12", "cublas")
+        lib = _first([f"{root}/nvidia/{sub}/lib/libcublas.so*" for root in site_roots for sub in subs])
+        if lib is not None:
+            lt = _first([str(lib.parent / "libcublasLt.so*")])
+            include = lib.parent.parent / "include"
+            args += [f"-DCUDA_cublas_LIBRARY={lib}", f"-DCUDA_cublasLt_LIBRARY={lt}"]
+            args += [f"-DCMAKE_CUDA_FLAGS=-I{include}", f"-DCMAKE_CXX_FLAGS=-I{include}"]
+            notes.append(f"cuBLAS from {lib.parent} (not in the CUDA toolkit)")
+    stubs = [f"{t}/lib64/stubs/libcuda.so" for t in toolkits] + [
+        f"{t}/targets/*/lib/stubs/libcuda.so" for t in toolkits
+    ]
+    if _first(stubs) is None:
+        driver = _first([f"{d}/libcuda.so*" for d in driver_dirs])
+        if driver is not None:
+            args.append(f"-DCUDA_cuda_driver_LIBRARY={driver}")
+            notes.append(f"driver library {driver}")
+        else:
+            args.append("-DGGML_CUDA_NO_VMM=ON")
+            notes.append("no libcuda found: GGML_CUDA_NO_VMM=ON")
+    return args, notes
+
+
 def cmake_build(source: Path, build_dir: Path, device: str, cuda_arch: str, llama_bench: bool, log: Path) -> dict:
     """Builds libllama (and llama-bench) from `source` with CMake and Ninja; CUDA for `device == "cuda"`."""
     started = time.monotonic()
@@ -309,8 +359,10 @@ def cmake_build(source: Path, build_dir: Path, device: str, cuda_arch: str, llam
         "-DLLAMA_BUILD_APP=OFF",
         "-DLLAMA_OPENSSL=OFF",
     ]
+    notes = []
     if device == "cuda":
-        configure += ["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={cuda_arch}"]
+        hints, notes = cuda_hints()
+        configure += ["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={cuda_arch}", *hints]
     else:
         configure += ["-DGGML_NATIVE=OFF"]
     targets = ["llama"]
@@ -343,6 +395,7 @@ def cmake_build(source: Path, build_dir: Path, device: str, cuda_arch: str, llam
         "lib_dir": str(build_dir / "bin"),
         "llama_bench": str(bench) if bench.is_file() else None,
         "configure": configure,
+        "notes": notes,
     }
 
 

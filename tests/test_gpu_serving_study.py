@@ -186,3 +186,52 @@ def test_prepare_carry_takes_only_what_the_gpu_build_needs(tmp_path):
     size = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file())
     assert size < 40 * 2**20  # the device tool carries at most 64 MiB with the repository
     assert f"{size / 2**20:.1f} MiB" in done.stdout
+
+
+def _study_module():
+    """The study script as a module (it puts benchmarks/ on sys.path for `gpu_study`; restored after)."""
+    import importlib.util
+
+    path = list(sys.path)
+    spec = importlib.util.spec_from_file_location("gpu_serving_study", STUDY)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = path
+        del sys.modules[spec.name]
+    return module
+
+
+def test_cuda_build_finds_cublas_where_pytorch_keeps_it(tmp_path):
+    hints = _study_module().cuda_hints
+    toolkit, site = tmp_path / "cuda-13.0", tmp_path / "site-packages"
+    (toolkit / "lib64").mkdir(parents=True)
+    (toolkit / "lib64" / "libcudart.so.13").touch()
+    lib = site / "nvidia" / "cu13" / "lib"
+    lib.mkdir(parents=True)
+    for name in ("libcublas.so.13", "libcublasLt.so.13"):
+        (lib / name).touch()
+    driver = tmp_path / "driver"
+    driver.mkdir()
+    # nvcc's toolkit without cuBLAS (as on this project's machines), PyTorch's pip cuBLAS, no libcuda anywhere.
+    args, notes = hints([str(site)], (str(toolkit),), (str(driver),))
+    assert args == [
+        f"-DCUDA_cublas_LIBRARY={lib / 'libcublas.so.13'}",
+        f"-DCUDA_cublasLt_LIBRARY={lib / 'libcublasLt.so.13'}",
+        f"-DCMAKE_CUDA_FLAGS=-I{site / 'nvidia' / 'cu13' / 'include'}",
+        f"-DCMAKE_CXX_FLAGS=-I{site / 'nvidia' / 'cu13' / 'include'}",
+        "-DGGML_CUDA_NO_VMM=ON",
+    ]
+    assert len(notes) == 2
+    # The driver library where the GPU machine mounts it; a toolkit with its own cuBLAS and stubs needs nothing.
+    (driver / "libcuda.so.1").touch()
+    assert (
+        hints([str(site)], (str(toolkit),), (str(driver),))[0][-1]
+        == f"-DCUDA_cuda_driver_LIBRARY={driver / 'libcuda.so.1'}"
+    )
+    (toolkit / "lib64" / "libcublas.so.13").touch()
+    (toolkit / "lib64" / "stubs").mkdir()
+    (toolkit / "lib64" / "stubs" / "libcuda.so").touch()
+    assert hints([str(site)], (str(toolkit),), (str(driver),)) == ([], [])
