@@ -43,11 +43,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import json
 import math
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -68,7 +66,14 @@ for _path in (BENCH_DIR, REPO_ROOT):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from gpu_study import MODELS, TINY_MODELS, ModelSpec, evenly_spread  # noqa: E402  (shapes shared with gpu_study)
+from gpu_study import (  # noqa: E402  (shapes, layer choice, clock and machine record shared with gpu_study)
+    MODELS,
+    TINY_MODELS,
+    Clock,
+    ModelSpec,
+    evenly_spread,
+)
+from gpu_study import machine_info as _gpu_study_machine_info  # noqa: E402
 
 
 # A small real shape for a CPU run of the whole method (not part of the GPU default): SmolLM2-135M's geometry, with an
@@ -104,23 +109,6 @@ HEADER_PATHS = ("include/", "ggml/include/")
 ROLE_ORDER = {"base": 0, "aa": 1, "pruned": 2, "bound": 3}
 BLOCK_VALUES = 1 << 24  # random f16 values every weight is cut from (32 MiB)
 CONTEXT_MARGIN_GIB = 1.0  # per slot: compute buffers and the rest llama.cpp allocates beside the KV cache
-
-
-class Clock:
-    """Elapsed time, progress lines and the time budget."""
-
-    def __init__(self, budget_s: float):
-        self.start = time.monotonic()
-        self.budget_s = budget_s
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.start
-
-    def left(self) -> float:
-        return self.budget_s - self.elapsed()
-
-    def log(self, message: str) -> None:
-        print(f"[{self.elapsed():7.1f}s] {message}", flush=True)
 
 
 @dataclass
@@ -341,10 +329,20 @@ def cuda_hints(
 def cmake_build(source: Path, build_dir: Path, device: str, cuda_arch: str, llama_bench: bool, log: Path) -> dict:
     """Builds libllama (and llama-bench) from `source` with CMake and Ninja; CUDA for `device == "cuda"`."""
     started = time.monotonic()
+    project, targets = source, ["llama"]
+    if llama_bench:
+        # LLAMA_BUILD_TOOLS=OFF builds no tool: a wrapper project adds llama-bench's directory to the tree.
+        project = build_dir / "with-llama-bench"
+        project.mkdir(parents=True, exist_ok=True)
+        (project / "CMakeLists.txt").write_text(
+            "cmake_minimum_required(VERSION 3.14)\nproject(gatenorm_llama_bench C CXX)\n"
+            f'add_subdirectory("{source}" llama.cpp)\nadd_subdirectory("{source}/tools/llama-bench" llama-bench)\n'
+        )
+        targets.append("llama-bench")
     configure = [
         "cmake",
         "-S",
-        str(source),
+        str(project),
         "-B",
         str(build_dir),
         "-G",
@@ -365,17 +363,6 @@ def cmake_build(source: Path, build_dir: Path, device: str, cuda_arch: str, llam
         configure += ["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={cuda_arch}", *hints]
     else:
         configure += ["-DGGML_NATIVE=OFF"]
-    targets = ["llama"]
-    if llama_bench:
-        # LLAMA_BUILD_TOOLS=OFF builds no tool: a wrapper project adds llama-bench's directory to the tree.
-        wrapper = build_dir / "with-llama-bench"
-        wrapper.mkdir(parents=True, exist_ok=True)
-        (wrapper / "CMakeLists.txt").write_text(
-            "cmake_minimum_required(VERSION 3.14)\nproject(gatenorm_llama_bench C CXX)\n"
-            f'add_subdirectory("{source}" llama.cpp)\nadd_subdirectory("{source}/tools/llama-bench" llama-bench)\n'
-        )
-        configure[2] = str(wrapper)
-        targets.append("llama-bench")
     # Every library and program in one folder, which the driver links against.
     configure += [
         f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={build_dir}/bin",
@@ -757,20 +744,10 @@ def cross_check(binary: str, variants: list[Variant], args, summary: list[dict],
 
 
 def machine_info(args) -> dict:
-    info = {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "device": args.device,
-        "llama_cpp_python": _installed_llama_cpp_version(),
-    }
-    try:
-        info["git_commit"] = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        info["git_commit"] = None
+    """`gpu_study`'s record of the machine (date, platform, torch, git commit, the GPU), plus llama.cpp's version and
+    what `nvidia-smi` says of the GPU and its driver."""
+    info = _gpu_study_machine_info(args.device)
+    info["llama_cpp_python"] = _installed_llama_cpp_version()
     if args.device == "cuda":
         try:
             info["nvidia_smi"] = subprocess.run(
