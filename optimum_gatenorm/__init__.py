@@ -29,6 +29,7 @@ from .errors import (
     MissingExtraError,
     ModelNotFoundError,
     OutputExistsError,
+    OutputInUseError,
     OutputNotWritableError,
     UnsupportedModelError,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "ModelCost",
     "ModelNotFoundError",
     "OutputExistsError",
+    "OutputInUseError",
     "OutputNotWritableError",
     "PerplexityResult",
     "PruneResult",

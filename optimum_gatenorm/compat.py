@@ -98,8 +98,9 @@ CONFIG_ERRORS = _config_errors()
 
 # The one-line fixes the ONNX commands print when an extra is missing. optimum-onnx 0.1.0 requires
 # transformers<4.58, so installing it moves a transformers 5 environment back to 4.57.
-ONNX_INSTALL = 'pip install "optimum-gatenorm[onnx,onnxruntime]" (it needs transformers 4.57)'
-ONNXRUNTIME_INSTALL = 'pip install "optimum-gatenorm[onnxruntime]" (or [onnxruntime-gpu])'
+# No package index serves optimum-gatenorm: the extras install from a clone of its source, as README says.
+ONNX_INSTALL = 'pip install -e ".[onnx,onnxruntime]" in the clone of optimum-gatenorm (it needs transformers 4.57)'
+ONNXRUNTIME_INSTALL = 'pip install -e ".[onnxruntime]" (or ".[onnxruntime-gpu]") in the clone of optimum-gatenorm'
 
 
 def _module_exists(name: str) -> bool:

@@ -13,6 +13,7 @@ __all__ = [
     "MissingExtraError",
     "ModelNotFoundError",
     "OutputExistsError",
+    "OutputInUseError",
     "OutputNotWritableError",
     "UnsupportedModelError",
 ]
@@ -40,6 +41,10 @@ class UnsupportedModelError(GateNormError, ValueError):
 
 class OutputExistsError(GateNormError, FileExistsError):
     """The output path exists and `overwrite` was not given."""
+
+
+class OutputInUseError(OutputExistsError):
+    """Another run (a live process) is writing the same output right now."""
 
 
 class ExportError(GateNormError, RuntimeError):

@@ -20,8 +20,9 @@ from .compat import require_onnx
 from .criteria import get_criterion, require_calibration
 from .errors import InvalidConfigError
 from .exporters.onnx import check_onnx_exportable, export_onnx_into
-from .outputs import atomic_output_dir, check_output_path, mark_output
+from .outputs import atomic_output_dir, check_output_path, holds_outputs, mark_output
 from .params import param
+from .progress import phase, summary_logger
 from .pruning.configuration import GateNormConfig
 from .pruning.pruner import GateNormPruner, check_request
 from .report import PruningReport
@@ -54,6 +55,19 @@ class PruneResult:
     exports: dict[str, Path]
     validation_max_diff: float | None = None
     planned: dict | None = None
+
+    def summary(self) -> str:
+        """What `optimum-cli gatenorm prune` prints: `report.summary()`, then where the checkpoint and its exports
+        went."""
+        return f"{self.report.summary()}\n{self._saved_summary()}"
+
+    def _saved_summary(self) -> str:
+        lines = [f"Saved the pruned checkpoint to {self.output_dir}"]
+        if "onnx" in self.exports:
+            onnx_dir = self.exports["onnx"]
+            load = f"ORTModelForCausalLM.from_pretrained({str(onnx_dir)!r})"
+            lines.append(f"Saved its ONNX export to {onnx_dir}: {load}")
+        return "\n".join(lines)
 
 
 def check_device(name: str) -> None:
@@ -101,6 +115,7 @@ def _checkpoint_dtype(config) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+@holds_outputs
 def prune_and_save(
     model: str | Path,
     output_dir: str | Path,
@@ -115,7 +130,7 @@ def prune_and_save(
     calibration_text: "Sequence[str | Path] | None" = None,
     calibration_samples: int = 16,
     calibration_length: int = 256,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> PruneResult:
     """Scores, selects, prunes and saves a checkpoint (and exports it), all or nothing.
 
@@ -139,7 +154,15 @@ def prune_and_save(
         calibration_text: Text files for data-driven criteria.
         calibration_samples: Calibration windows.
         calibration_length: Tokens per calibration window.
-        progress: Show progress bars.
+        progress: Show progress on stderr: tqdm bars for the scoring, the replacement fit and its held-out KL
+            check, and a start and a "done in N s" line for loading, saving, the ONNX export and its check. `None`
+            (default): all but the bar of a weight-level scoring (milliseconds), as `GateNormPruner.prune`;
+            `False`: none (the lines go to the INFO log instead).
+
+    Returns:
+        What was written; `result.summary()` is what `optimum-cli gatenorm prune` prints, and is also logged (INFO,
+        logger `optimum_gatenorm.summary`) as the run goes: the report's summary when the pruning ends, where it
+        was saved at the end.
 
     Raises:
         InvalidConfigError: A request the model cannot meet (an unreachable target speed-up included), a bad
@@ -195,12 +218,17 @@ def prune_and_save(
     output_dir = Path(output_dir)
     expected = model_bytes(pruned_model) * (2 if export == "onnx" else 1)
     with atomic_output_dir(output_dir, overwrite=overwrite, inputs=inputs, expected_bytes=expected) as tmp:
-        write_pruned(pruned_model, tmp, report=report)
+        with phase("Saving the pruned checkpoint", progress is not False, logger):
+            write_pruned(pruned_model, tmp, report=report)
         if export == "onnx":
-            max_diff = export_onnx_into(pruned_model, tmp / "onnx", device=device, dtype=onnx_dtype)
+            max_diff = export_onnx_into(
+                pruned_model, tmp / "onnx", device=device, dtype=onnx_dtype, progress=progress is not False
+            )
             mark_output(tmp / "onnx")
             exports["onnx"] = output_dir / "onnx"
         write_model_card(tmp, report, source=str(model), exports={name: name for name in exports})
-    return PruneResult(
+    result = PruneResult(
         report=report, output_dir=output_dir, exports=exports, validation_max_diff=max_diff, planned=planned
     )
+    summary_logger.info("%s", result._saved_summary())  # `pruner.prune` logged the report's summary
+    return result

@@ -77,7 +77,7 @@ class PruningReport(JSONMixin):
 
     Args:
         model_type: `config.model_type`.
-        criterion: Criterion used for the ranking.
+        criterion: Criterion this run ranked the layers by.
         config: The `GateNormConfig` as a dict.
         num_hidden_layers: Number of decoder layers.
         scores: Score per decoder layer (`None` where attention was already gone).
@@ -97,6 +97,11 @@ class PruningReport(JSONMixin):
         replacement: How the removed sublayers were replaced (`ReplacementFit.to_dict()`: kind, per-layer ridge
             strength and held-out error, fit seconds, calibration windows, and the recovery measured on sequences the
             fit did not use); `None` for plain removal.
+        layer_criteria: Every layer without attention afterwards -> the criterion that chose it, this run's and
+            earlier runs' (the checkpoint's pruning record, `get_layer_criteria`); JSON keys are layer indices as
+            strings. Empty in reports written before it existed.
+        layer_replacements: Every layer without attention afterwards that holds a replacement -> its kind, this
+            run's and earlier runs' (`get_replacements`), keyed likewise.
     """
 
     model_type: str
@@ -120,21 +125,36 @@ class PruningReport(JSONMixin):
     gatenorm_version: str = __version__
     extra: dict = field(default_factory=dict)
     replacement: dict | None = None
+    layer_criteria: dict[str, str] = field(default_factory=dict)
+    layer_replacements: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_parameters_removed(self) -> int:
         return self.num_parameters_before - self.num_parameters_after
 
+    @property
+    def earlier_layers(self) -> list[int]:
+        """Layers whose attention an earlier pruning run removed (the input was already pruned)."""
+        return [layer for layer in self.pruned_layers if layer not in self.removed_layers]
+
     def to_dict(self) -> dict:
         out = asdict(self)
         out["num_parameters_removed"] = self.num_parameters_removed
+        out["earlier_layers"] = self.earlier_layers
         return out
 
     def summary(self) -> str:
         before, after = self.num_parameters_before, self.num_parameters_after
         text = (
             f"Removed {len(self.removed_layers)} of {self.num_hidden_layers} attention sublayers "
-            f"({self.criterion}): {self.removed_layers}; {len(self.kept_attention_layers)} keep attention. "
+            f"({self.criterion}): {self.removed_layers}; "
+        )
+        earlier = self.earlier_layers
+        if earlier:
+            chosen = sorted({self.layer_criteria.get(str(layer), "criterion not recorded") for layer in earlier})
+            text += f"{len(earlier)} removed earlier ({', '.join(chosen)}): {earlier}; "
+        text += (
+            f"{len(self.kept_attention_layers)} keep attention. "
             f"Parameters {before:,} -> {after:,} (-{(before - after) / before:.2%})."
         )
         line = self.replacement_summary()

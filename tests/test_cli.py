@@ -341,7 +341,7 @@ def test_export_and_prune_with_export_load_in_ort(llama_dir, tmp_path):
 def test_export_refusals_are_one_line_exit_2(llama_dir, tmp_path):
     result = run_cli("gatenorm", "export", "--model", llama_dir, "--output", tmp_path / "x", "--dtype", "fp16")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: fp16 export needs --device cuda")
+    assert result.stderr.strip().splitlines()[-1].startswith("error: float16 export needs --device cuda")
     if not torch.cuda.is_available():
         result = run_cli("gatenorm", "export", "--model", llama_dir, "--output", tmp_path / "x", "--device", "cuda")
         assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -69,3 +69,19 @@ def test_a_built_in_model_names_its_hub_origin_and_licence(model_dir, tmp_path):
         card = ModelCard(model_card(result.report, source=alias))
         assert card.data.base_model == base and card.data.license == licence
         assert f"--reference {alias}" in card.text
+
+
+def test_the_install_line_is_one_that_works(model_dir, tmp_path):
+    # No package index serves optimum-gatenorm: the card says to install it from its source, as README does.
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    prune_and_save(
+        model_dir, tmp_path / "out", GateNormConfig(num_layers=1, criterion="gate_norm", replacement="none")
+    )
+    text = (tmp_path / "out" / "README.md").read_text()
+    assert "`pip install -e .`" in text and f"version {__version__} or later" in text
+    assert not re.search(r"pip install [\"']?optimum-gatenorm(?![\w@ ]*@)", text), "an install line no index serves"
+    pyproject = (root / "pyproject.toml").read_text()
+    assert re.search(r'^name = "optimum-gatenorm"$', pyproject, flags=re.M)  # what `pip install -e .` installs
+    assert 'pip install -e ".[onnx,onnxruntime]"' in (root / "README.md").read_text()  # README's own install

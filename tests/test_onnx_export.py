@@ -23,6 +23,7 @@ from optimum_gatenorm import (
     export_onnx,
     prune_model,
 )
+from optimum_gatenorm.checkpoints.record import GATENORM_QUANT_METHOD
 from optimum_gatenorm.exporters.onnx import check_onnx_exportable, check_onnx_logits
 
 
@@ -136,7 +137,7 @@ def test_config_keeps_the_pruning_record(exported):
 
     _, _, pruned_dir, _, original_dir = exported
     record = json.loads((pruned_dir / "config.json").read_text())["quantization_config"]
-    assert record["quant_method"] == "gatenorm" and record["pruned_attention_layers"] == PRUNED
+    assert record["quant_method"] == GATENORM_QUANT_METHOD and record["pruned_attention_layers"] == PRUNED
     assert "quantization_config" not in json.loads((original_dir / "config.json").read_text())
 
 
@@ -188,7 +189,7 @@ def test_phi3_with_grouped_query_attention_is_refused_up_front(tmp_path):
 
 def test_bad_options_and_existing_output(tmp_path):
     model = tiny_model("llama")
-    with pytest.raises(InvalidConfigError, match="fp16 export needs `device='cuda'`"):
+    with pytest.raises(InvalidConfigError, match="float16 export needs `device='cuda'`"):
         export_onnx(model, tmp_path / "a", dtype="fp16")
     with pytest.raises(InvalidConfigError, match="device"):
         export_onnx(model, tmp_path / "a", device="tpu")

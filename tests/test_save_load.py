@@ -23,6 +23,7 @@ from optimum_gatenorm import (
     save_pruned,
 )
 from optimum_gatenorm.checkpoints.modeling import _copy_tokenizer, load_tokenizer
+from optimum_gatenorm.checkpoints.record import GATENORM_QUANT_METHOD
 
 
 IDS = torch.tensor([[3, 9, 27, 81, 115, 12], [7, 21, 63, 101, 45, 8]])
@@ -54,7 +55,7 @@ def test_roundtrip_is_exact_and_checkpoint_smaller_by_removed_weights(name, tmp_
 
     config = json.loads((tmp_path / "pruned" / "config.json").read_text())
     record = config["quantization_config"]
-    assert record["quant_method"] == "gatenorm"
+    assert record["quant_method"] == GATENORM_QUANT_METHOD
     assert record["pruned_attention_layers"] == report.removed_layers
     assert record["num_attention_layers"] == 2 and record["num_hidden_layers"] == 4
     assert config["model_type"] == model.config.model_type
@@ -89,6 +90,25 @@ def test_loaded_model_is_not_marked_quantized_and_casts(tmp_path):
     loaded.save_pretrained(tmp_path / "again")
     with torch.no_grad():
         assert torch.equal(load_pruned(tmp_path / "again")(IDS).logits, load_pruned(tmp_path)(IDS).logits)
+
+
+def test_a_checkpoint_written_under_the_old_method_name_still_loads(tmp_path):
+    """Records of 0.6.0 and earlier say `quant_method: "gatenorm"`; that name stays registered."""
+    model = tiny_model("llama")
+    prune_model(model, [1, 2])
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["quantization_config"]["quant_method"] = "gatenorm"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded, info = AutoModelForCausalLM.from_pretrained(
+        tmp_path, output_loading_info=True, attn_implementation="eager"
+    )
+    assert all(not v for k, v in info.items() if k != "unexpected_keys"), info
+    with torch.no_grad():
+        expected = model(IDS).logits
+        assert torch.equal(loaded.eval()(IDS).logits, expected)
+        assert torch.equal(load_pruned(tmp_path, attn_implementation="eager")(IDS).logits, expected)
+    assert loaded.config.quantization_config.pruned_attention_layers == [1, 2]
 
 
 def test_unpruned_checkpoint_pruned_on_load_with_a_record(tmp_path):
@@ -157,7 +177,24 @@ def test_fresh_process_without_the_package_fails_loudly(saved_pruned):
     assert result.returncode == 3, result.stdout + result.stderr
     # 4.57: "size mismatch for weight"; 5.x: "You set `ignore_mismatched_sizes` to `False`" (the tombstone's shape)
     assert "LOAD FAILED: RuntimeError" in result.stdout and "mismatch" in result.stdout.lower(), result.stdout
+    # transformers' warning just before names the record's quant_method, which says the fix
+    assert "Unknown quantization type, got gatenorm: import optimum_gatenorm" in result.stderr, result.stderr
     assert "IDENTICAL" not in result.stdout and "DIFFERENT" not in result.stdout
+
+
+def test_without_the_package_ignore_mismatched_sizes_is_not_silent(saved_pruned):
+    """`ignore_mismatched_sizes=True` gets past the tombstone with random attention weights: nothing a checkpoint
+    can hold stops it there without stopping our own loader too. It is not silent: the warning names the fix."""
+    script = (
+        "import sys; from transformers import AutoModelForCausalLM; "
+        "AutoModelForCausalLM.from_pretrained(sys.argv[1], ignore_mismatched_sizes=True); "
+        "assert 'optimum_gatenorm' not in sys.modules"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(saved_pruned / "model")], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Unknown quantization type, got gatenorm: import optimum_gatenorm" in result.stderr, result.stderr
 
 
 def test_fresh_process_with_the_package_loads_correctly(saved_pruned):

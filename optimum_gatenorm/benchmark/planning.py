@@ -186,7 +186,7 @@ def prepare_variant(
             pruned_model.to(torch.float32)
         device = "cuda" if fp16 else "cpu"
         return export_onnx(
-            pruned_model, output_dir, device=device, dtype="fp16" if fp16 else "fp32", overwrite=overwrite
+            pruned_model, output_dir, device=device, dtype="float16" if fp16 else "float32", overwrite=overwrite
         )
     return save_pruned(pruned_model, output_dir, tokenizer_from=path, overwrite=overwrite)
 

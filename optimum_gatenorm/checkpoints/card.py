@@ -58,7 +58,10 @@ def model_card(report: "PruningReport", *, source: str, exports: "dict[str, str]
 def _metadata(source: str) -> list[str]:
     from huggingface_hub import ModelCardData
 
-    base_model, license_id = _BUILTIN_ORIGINS.get(str(source), (None, None))
+    from .models import builtin_alias
+
+    builtin = builtin_alias(source)  # None for a local directory named like an alias
+    base_model, license_id = _BUILTIN_ORIGINS.get(builtin.alias, (None, None)) if builtin else (None, None)
     data = ModelCardData(
         library_name="transformers",
         pipeline_tag="text-generation",
@@ -70,16 +73,39 @@ def _metadata(source: str) -> list[str]:
 
 
 def _summary(report: "PruningReport", source: str) -> list[str]:
-    removed, total = report.removed_layers, report.num_hidden_layers
+    removed, pruned, total = report.removed_layers, report.pruned_layers, report.num_hidden_layers
+    earlier = report.earlier_layers
+    what = f"{_layers(removed)} removed by optimum-gatenorm {report.gatenorm_version}"
+    if earlier:  # the input was already pruned: the card counts every removed layer, and says which run removed it
+        what = (
+            f"{_layers(pruned)} removed: {_layers(removed)} by this run of optimum-gatenorm "
+            f"{report.gatenorm_version}, {_layers(earlier)} by an earlier run, which wrote the input"
+        )
     return [
-        f"# {Path(str(source)).name}: {len(removed)} of {total} attention sublayers removed",
+        f"# {Path(str(source)).name}: {len(pruned)} of {total} attention sublayers removed",
         "",
-        f"`{source}` with the attention sublayers of {_layers(removed)} removed by optimum-gatenorm "
-        f"{report.gatenorm_version} ([Gate-Norm, arXiv:2512.20636](https://arxiv.org/abs/2512.20636)). Each of "
-        "those layers keeps its MLP; the residual stream passes through where the attention was, and the KV cache "
-        f"holds only the {len(report.kept_attention_layers)} layers that keep attention.",
+        f"`{source}` with the attention sublayers of {what} ([Gate-Norm, "
+        "arXiv:2512.20636](https://arxiv.org/abs/2512.20636)). Each of those layers keeps its MLP; the residual "
+        f"stream passes through where the attention was, and the KV cache holds only the "
+        f"{len(report.kept_attention_layers)} layers that keep attention.",
         "",
     ]
+
+
+def _earlier(report: "PruningReport") -> list[str]:
+    """The line on the layers an earlier run removed, grouped by their criterion and replacement (none when the input
+    was not pruned)."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for layer in report.earlier_layers:
+        criterion = report.layer_criteria.get(str(layer))
+        kind = report.layer_replacements.get(str(layer))
+        chosen = f"chosen by `{criterion}`" if criterion else "criterion not recorded"
+        replaced = f"replacement `{kind}`" if kind else "removed plainly"
+        groups.setdefault((chosen, replaced), []).append(layer)
+    parts = [f"{_layers(layers)} ({chosen}, {replaced})" for (chosen, replaced), layers in groups.items()]
+    if not parts:
+        return []
+    return [f"- **Removed by an earlier run** (the input was already pruned; its record is kept): {'; '.join(parts)}."]
 
 
 def _changes(report: "PruningReport") -> list[str]:
@@ -98,13 +124,16 @@ def _changes(report: "PruningReport") -> list[str]:
     return [
         "## What was changed",
         "",
-        f"- **Removed**: the attention sublayers of {_layers(removed)} ({len(removed)} of {total}); "
-        f"without attention now: {_layers(report.pruned_layers)}.",
+        f"- **Removed{' by this run' if report.earlier_layers else ''}**: the attention sublayers of "
+        f"{_layers(removed)} ({len(removed)} of {total}); without attention now: {_layers(report.pruned_layers)} "
+        f"({len(report.pruned_layers)} of {total}).",
         replaced,
         f"- **Chosen by** the criterion `{report.criterion}` ({data_words}; scored in {report.scoring_seconds:.2f} s), "
         f"lowest scores first; protect_first {config.get('protect_first')}, protect_last "
         f"{config.get('protect_last')}, min_gap {config.get('min_gap')}, seed {config.get('seed')}{excluded}.",
-        f"- **Parameters**: {before:,} before, {after:,} after (-{(before - after) / before:.2%}).",
+        *_earlier(report),
+        f"- **Parameters**: {before:,} before{' this run' if report.earlier_layers else ''}, {after:,} after "
+        f"(-{(before - after) / before:.2%}).",
         "",
     ]
 
@@ -130,8 +159,9 @@ def _measured(report: "PruningReport", source: str) -> list[str]:
 
 _LOADING = """## How to load it
 
-The pruned layers are not a stock transformers layer: import optimum-gatenorm first (`pip install optimum-gatenorm`;
-without the import, transformers refuses the checkpoint rather than load it wrongly).
+The pruned layers are not a stock transformers layer: import optimum-gatenorm first (without the import, transformers
+refuses the checkpoint rather than load it wrongly). It is installed from its source, not from a package index: in a
+clone of the optimum-gatenorm repository, `pip install -e .` (version {version} or later).
 
 ```python
 import optimum_gatenorm  # registers the pruned layers with transformers
@@ -155,7 +185,7 @@ model = ORTModelForCausalLM.from_pretrained("path/to/this/checkpoint/{folder}")
 
 def _loading(exports: "dict[str, str] | None") -> str:
     onnx = (exports or {}).get("onnx")
-    return _LOADING + (_LOADING_ONNX.format(folder=onnx) if onnx else "")
+    return _LOADING.format(version=__version__) + (_LOADING_ONNX.format(folder=onnx) if onnx else "")
 
 
 def write_model_card(

@@ -1,15 +1,18 @@
 """Saving and loading pruned checkpoints so that they can never load wrongly.
 
 A pruned checkpoint records its pruned layers in `config.json` as a transformers "quantization" config with
-`quant_method: "gatenorm"` (`optimum_gatenorm.checkpoints.record`). Importing `optimum_gatenorm` registers that
-method with transformers' quantizer registry, so plain `AutoModelForCausalLM.from_pretrained(dir)` rebuilds the
-pruned structure before the weights load and reports 0 missing keys.
+`quant_method: "gatenorm: import optimum_gatenorm to load this checkpoint"` (`optimum_gatenorm.checkpoints.record`;
+`"gatenorm"` before 0.7). Importing `optimum_gatenorm` registers both names with transformers' quantizer registry,
+so plain `AutoModelForCausalLM.from_pretrained(dir)` rebuilds the pruned structure before the weights load and
+reports 0 missing keys.
 
 A process that has *not* imported `optimum_gatenorm` must not load the checkpoint with randomly initialised
 attention. transformers only warns about an unknown quantization method and then initialises missing weights
 randomly, so the checkpoint also stores one empty "tombstone" tensor under the name of the first removed
 attention weight: plain transformers then stops with a size-mismatch error instead, while our quantizer drops
-the tombstone. The tombstone holds no parameters.
+the tombstone. The tombstone holds no parameters. Its warning just before names the method, whose name says the fix.
+`ignore_mismatched_sizes=True` gets past the tombstone with random weights (after that warning and transformers'
+report of the missing weights): nothing a checkpoint can hold stops it without also stopping our own loader.
 """
 
 from __future__ import annotations
@@ -41,13 +44,15 @@ from ..validation import first_line
 from .models import resolve_model
 from .record import (
     GATENORM_QUANT_METHOD,
+    LEGACY_QUANT_METHODS,
     PrunedAttentionConfig,
+    get_layer_criteria,
     get_pruned_layers,
     get_replacements,
     tombstone_name,
 )
 from .structure import apply_pruned_structure, replacement_of
-from .tensors import inspect_checkpoint
+from .tensors import inspect_checkpoint, read_safetensors_header
 
 
 if TYPE_CHECKING:
@@ -130,6 +135,10 @@ class GateNormQuantizer(HfQuantizer):
         raise ValueError("removed attention sublayers cannot be restored; reload the original checkpoint")
 
 
+for _name in LEGACY_QUANT_METHODS:  # records written before the name said the fix
+    register_quantizer(_name)(GateNormQuantizer)
+
+
 def prune_model(
     model: "PreTrainedModel",
     layers: Iterable[int],
@@ -145,7 +154,8 @@ def prune_model(
     Args:
         model: The model, changed in place.
         layers: Decoder layers whose attention sublayer goes.
-        criterion: Recorded in the pruning record.
+        criterion: Recorded in the pruning record as the criterion that chose `layers`; layers removed earlier keep
+            the criterion and the replacement their record names.
         replacements: Layer (one of `layers`) -> its fitted replacement (`pruning.replacement.fit_replacements`);
             the others are removed plainly.
 
@@ -156,6 +166,7 @@ def prune_model(
 
     replacements = dict(replacements or {})
     earlier = get_replacements(model.config)
+    earlier_criteria, earlier_pruned = get_layer_criteria(model.config), set(get_pruned_layers(model.config))
     pruned = apply_pruned_structure(model, layers, {layer: fitted.kind for layer, fitted in replacements.items()})
     decoder_layers = model.get_submodule(get_adapter(model.config).layers)
     with torch.no_grad():
@@ -164,8 +175,14 @@ def prune_model(
             for name, tensor in fitted.tensors.items():
                 module.get_parameter(name).copy_(tensor)
     kinds = {**earlier, **{layer: fitted.kind for layer, fitted in replacements.items()}}
+    now = [layer for layer in pruned if layer not in earlier_pruned]
+    chosen_by = {**earlier_criteria, **(dict.fromkeys(now, criterion) if criterion is not None else {})}
     record = PrunedAttentionConfig(
-        pruned, model.config.num_hidden_layers, criterion=criterion, attention_replacements=kinds
+        pruned,
+        model.config.num_hidden_layers,
+        criterion=criterion,
+        attention_replacements=kinds,
+        layer_criteria=chosen_by,
     )
     model.config.quantization_config = record
     model.hf_quantizer = GateNormQuantizer(record, pre_quantized=True)
@@ -230,18 +247,21 @@ def load_checkpoint(
 
 def _stored_shapes(checkpoint: "Checkpoint") -> dict[str, list[int]]:
     """Tensor name -> shape, from the safetensors headers alone (nothing loaded); empty for pickled weights."""
-    import json
-
     shapes: dict[str, list[int]] = {}
     if checkpoint.format != "safetensors":
         return shapes
     for file in sorted(set(checkpoint.weight_map.values())):
         try:
-            with open(file, "rb") as f:
-                header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+            _, header = read_safetensors_header(file)
         except (OSError, ValueError):
             continue  # the loader names a damaged file
-        shapes.update({name: entry["shape"] for name, entry in header.items() if name != "__metadata__"})
+        shapes.update(
+            {
+                name: entry["shape"]
+                for name, entry in header.items()
+                if name != "__metadata__" and isinstance(entry, dict) and isinstance(entry.get("shape"), list)
+            }
+        )
     return shapes
 
 

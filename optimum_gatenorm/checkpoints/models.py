@@ -30,18 +30,29 @@ from ..outputs import (
     atomic_output_dir,
     check_output_path,
     check_writable_dir,
+    holds_outputs,
     is_no_space,
     no_space_error,
+    output_lock,
     remove_stale_temporaries,
 )
 from ..validation import first_line
-from .gguf import OWN_READERS, bos_eos_template
+from .gguf import OWN_READERS, bos_eos_template, check_gguf_header
+from .tensors import read_safetensors_header
 
 
 if TYPE_CHECKING:
     from gguf import GGUFReader
 
-__all__ = ["BUILTIN_MODELS", "DEFAULT_MODEL", "cache_dir", "convert_gguf", "model_inputs", "resolve_model"]
+__all__ = [
+    "BUILTIN_MODELS",
+    "DEFAULT_MODEL",
+    "builtin_alias",
+    "cache_dir",
+    "convert_gguf",
+    "model_inputs",
+    "resolve_model",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -210,6 +221,7 @@ def _file_key(path: Path) -> str:
     return digest[:16]
 
 
+@holds_outputs
 def convert_gguf(gguf_file: str | Path, output_dir: str | Path, *, overwrite: bool = False) -> Path:
     """Dequantizes a GGUF model into a float32 safetensors checkpoint with tokenizer and generation config.
 
@@ -287,6 +299,7 @@ def _check_gguf_complete(gguf_file: Path) -> GGUFReader:
     """Refuses a truncated or corrupt GGUF file before it is dequantized; returns its reader."""
     from gguf import GGUFReader
 
+    check_gguf_header(gguf_file)  # GGUFReader trusts the counts and lengths in the file
     try:
         reader = GGUFReader(gguf_file)
     except (ValueError, IndexError, KeyError, OSError) as error:
@@ -316,32 +329,41 @@ def _damage(directory: Path) -> str | None:
         return "it holds no safetensors weights"
     for file in files:
         try:
-            with file.open("rb") as f:
-                length = int.from_bytes(f.read(8), "little")
-                header = json.loads(f.read(length))
+            length, header = read_safetensors_header(file)
             end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
         except (OSError, ValueError, KeyError, TypeError, IndexError):
             return f"{file.name} is not a readable safetensors file"
-        if 8 + length + end != file.stat().st_size:
+        if length + end != file.stat().st_size:
             return f"{file.name} is truncated"
     return None
 
 
+def _usable(target: Path) -> tuple[bool, str | None]:
+    """Whether a cached conversion exists, and what is damaged in it (None: nothing)."""
+    current = (target / "config.json").is_file()
+    return current, _damage(target) if current else None
+
+
 def _converted(gguf_file: Path, name: str) -> Path:
     target = cache_dir() / "models" / name
-    current = (target / "config.json").is_file()
-    damage = _damage(target) if current else None
+    current, damage = _usable(target)
     if current and damage is None and _conversion_format(target) >= CONVERSION_FORMAT:
         return target
     check_writable_dir(
         target, "the converted model into the cache", fix="set OPTIMUM_GATENORM_CACHE to a writable directory"
     )
-    if damage is not None:
-        logger.warning("The cached conversion in %s is damaged (%s): converting %s again", target, damage, gguf_file)
-    elif current:
-        logger.info("Converting %s again: the cached conversion in %s is of an older format", gguf_file, target)
     try:
-        return convert_gguf(gguf_file, target, overwrite=target.exists())
+        with output_lock(target, wait=True):  # one conversion at a time; a run that waited uses the other's
+            current, damage = _usable(target)
+            if current and damage is None and _conversion_format(target) >= CONVERSION_FORMAT:
+                return target
+            if damage is not None:
+                logger.warning(
+                    "The cached conversion in %s is damaged (%s): converting %s again", target, damage, gguf_file
+                )
+            elif current:
+                logger.info("Converting %s again: the cached conversion in %s is of an older format", gguf_file, target)
+            return convert_gguf(gguf_file, target, overwrite=target.exists())
     except OutputExistsError as error:
         if (target / "config.json").is_file() and _damage(target) is None:  # another process converted it meanwhile
             return target
@@ -350,15 +372,28 @@ def _converted(gguf_file: Path, name: str) -> Path:
         raise OutputNotWritableError(f"{error}; or set OPTIMUM_GATENORM_CACHE to a directory with room") from None
 
 
+def builtin_alias(model) -> BuiltinModel | None:
+    """The built-in model a `--model` value names, or None.
+
+    A path of that name beats the alias, as in transformers and the hub tools: `--model smollm2-135m` in a
+    directory holding `./smollm2-135m/` (say, the user's own pruned copy) means that directory.
+    """
+    if not isinstance(model, (str, Path)) or str(model) not in BUILTIN_MODELS:
+        return None
+    if Path(model).expanduser().exists():
+        return None
+    return BUILTIN_MODELS[str(model)]
+
+
 def model_inputs(model, what: str = "model") -> list[tuple[str, Path]]:
     """Where a `--model` value's files are, without converting anything: the `inputs=` an output is checked
     against (`outputs.check_not_an_input`). Empty for an in-memory model.
     """
     if not isinstance(model, (str, Path)):
         return []
-    text = str(model)
-    if text in BUILTIN_MODELS:
-        return [(what, cache_dir() / "models" / text)]
+    builtin = builtin_alias(model)
+    if builtin is not None:
+        return [(what, cache_dir() / "models" / builtin.alias)]
     path = Path(model).expanduser()
     if path.is_file() and path.suffix.lower() == ".gguf":
         return [(what, path), (what, cache_dir() / "models" / f"{path.stem}-{_file_key(path)}")]
@@ -370,16 +405,18 @@ def resolve_model(model: str | Path) -> Path:
 
     Args:
         model: A local checkpoint directory, a `.gguf` file (converted once into the cache), or a built-in
-            alias (`smollm2-135m`).
+            alias (`smollm2-135m`; a local path of the same name comes first, see `builtin_alias`).
 
     Raises:
         ModelNotFoundError: If the path does not exist (hub ids are not downloaded).
     """
     text = str(model)
-    if text in BUILTIN_MODELS:
-        builtin = BUILTIN_MODELS[text]
+    builtin = builtin_alias(model)
+    if builtin is not None:
         return _converted(builtin.gguf_path(), builtin.alias)
     path = Path(model).expanduser()
+    if text in BUILTIN_MODELS:
+        logger.info("Using the local directory %s, not the built-in model of that name", path.resolve())
     if path.is_file() and path.suffix.lower() == ".gguf":
         return _converted(path, f"{path.stem}-{_file_key(path)}")
     if not path.exists():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from ..compat import CONFIG_ERRORS
 from ..errors import InvalidCheckpointError, ModelNotFoundError, UnsupportedModelError
 from ..params import param
 from ..validation import is_int
-from .record import GATENORM_QUANT_METHOD
+from .record import QUANT_METHODS
 
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ __all__ = [
     "check_quantization",
     "inspect_checkpoint",
     "layer_weights",
+    "read_safetensors_header",
 ]
 
 logger = logging.getLogger(__name__)
@@ -147,6 +149,41 @@ class PickleWeights(_ShardedWeights):
         return handle[name]
 
 
+# safetensors itself refuses a header longer than this (its MAX_HEADER_SIZE)
+MAX_SAFETENSORS_HEADER = 100_000_000
+
+
+def read_safetensors_header(path: str | Path) -> tuple[int, dict[str, Any]]:
+    """The JSON header of a safetensors file and the bytes it takes (its 8-byte length included); nothing else is
+    read.
+
+    The header length stored in the file is checked against the file's size and safetensors' own 100 MB limit
+    before that many bytes are read, so a damaged file costs no memory.
+
+    Raises:
+        InvalidCheckpointError: If the header length does not fit the file or the header is not a JSON object.
+        OSError: If the file cannot be read.
+    """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        prefix = f.read(8)
+        length = int.from_bytes(prefix, "little")
+        if len(prefix) < 8 or length > min(size - 8, MAX_SAFETENSORS_HEADER):
+            raise InvalidCheckpointError(
+                f"{path} is truncated or not a safetensors file (a header of {length} bytes in a file of {size}); "
+                "re-download or re-save it"
+            )
+        try:
+            header = json.loads(f.read(length))
+        except ValueError:
+            header = None
+    if not isinstance(header, dict):
+        raise InvalidCheckpointError(
+            f"{path} is not a safetensors file (its header is not a JSON object); re-download or re-save it"
+        )
+    return 8 + length, header
+
+
 def _safe_open(path: Path):
     from safetensors import safe_open
 
@@ -196,7 +233,7 @@ def check_quantization(config_dict: Mapping, where: str) -> None:
     if quant is None:
         return
     method = quant.get("quant_method") if isinstance(quant, Mapping) else getattr(quant, "quant_method", None)
-    if method == GATENORM_QUANT_METHOD:
+    if method in QUANT_METHODS:
         required = ("pruned_attention_layers", "num_hidden_layers")
         missing = [key for key in required if key not in quant] if isinstance(quant, Mapping) else []
         if missing:

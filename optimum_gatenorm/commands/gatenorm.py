@@ -229,6 +229,12 @@ _non_negative_int = _int_at_least(0)
 _positive_int = _int_at_least(1)
 
 
+def _export_dtype(text: str) -> str:
+    """`export --dtype`: the spelling of `prune` / `eval --dtype`, with the earlier `fp32` / `fp16` as aliases
+    (`optimum_gatenorm.exporters.onnx.DTYPE_ALIASES`)."""
+    return {"fp32": "float32", "fp16": "float16"}.get(text, text)
+
+
 def _speedup(text: str) -> float:
     try:
         value = float(text)
@@ -332,11 +338,35 @@ def _handle_termination() -> None:
             signal.signal(getattr(signal, name), _on_termination)
 
 
+STDOUT = "-"  # `--output -`: the command's document on standard output
+
+
+def _check_standard_output(args, allowed: bool) -> None:
+    """Refuses `--output -` where the output is not a document (a checkpoint directory), and `--plot -`."""
+    from optimum_gatenorm.errors import InvalidConfigError
+
+    if getattr(args, "output", None) == STDOUT and not allowed:
+        raise InvalidConfigError(
+            "--output - (standard output) takes documents (score, eval, compare, benchmark); this command writes a "
+            "directory or a binary file: give a path"
+        )
+    if getattr(args, "plot", None) == STDOUT:
+        raise InvalidConfigError("--plot - is not supported: a PNG goes to a file; give a .png path")
+
+
+def _to_stdout(args) -> bool:
+    """Whether `--output -` sends the document to standard output (and the human-readable lines to stderr)."""
+    return getattr(args, "output", None) == STDOUT
+
+
 class _LeafCommand(BaseOptimumCLICommand):
     """Runs `execute()` and turns user errors into one line on stderr and exit status 2.
 
     SIGTERM and SIGHUP unwind like Ctrl-C (temporary outputs removed) and exit with 128 + the signal number.
+    `STANDARD_OUTPUT`: whether `--output -` (the document on standard output) is accepted.
     """
+
+    STANDARD_OUTPUT = False
 
     def run(self):
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -345,10 +375,16 @@ class _LeafCommand(BaseOptimumCLICommand):
             handler.addFilter(_FlagsFilter(self.parser))
         _handle_termination()
         from optimum_gatenorm.errors import GateNormError
-        from optimum_gatenorm.outputs import is_no_space, no_space_error
+        from optimum_gatenorm.progress import SUMMARY_LOGGER
+
+        # The library logs the summary it returns; a command prints it on stdout (or a JSON document instead).
+        logging.getLogger(SUMMARY_LOGGER).setLevel(logging.WARNING)
+        from optimum_gatenorm.outputs import is_no_space, no_space_error, output_claims
 
         try:
-            self.execute()
+            _check_standard_output(self.args, self.STANDARD_OUTPUT)
+            with output_claims():  # every output checked stays locked against other runs until the command ends
+                self.execute()
         except GateNormError as error:
             print(f"error: {cli_text(str(error), self.parser)}", file=sys.stderr)
             sys.exit(2)
@@ -373,6 +409,8 @@ class _LeafCommand(BaseOptimumCLICommand):
 
 
 class ScoreCommand(_LeafCommand):
+    STANDARD_OUTPUT = True
+
     @staticmethod
     def parse_args(parser: "ArgumentParser"):
         _setup(
@@ -388,7 +426,7 @@ class ScoreCommand(_LeafCommand):
         parser.add_argument(
             "--format", choices=("table", "json"), default="table", help="output format (default: table)"
         )
-        parser.add_argument("--output", "-o", help="write to this file instead of stdout")
+        parser.add_argument("--output", "-o", help="write to this file instead of stdout (`-`: stdout)")
         parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
         parser.add_argument("--device", default="cpu", help="device for the computation, e.g. cuda (default: cpu)")
         _add_calibration_args(parser)
@@ -400,7 +438,8 @@ class ScoreCommand(_LeafCommand):
 
         args = self.args
         inputs = _inputs(args, "model", "calibration_text")
-        if args.output:
+        to_file = args.output and not _to_stdout(args)
+        if to_file:
             check_output_path(args.output, args.overwrite, inputs=inputs)
         get_criterion(args.criterion)  # an unknown name fails before any work
         _check_device(args.device)
@@ -421,7 +460,7 @@ class ScoreCommand(_LeafCommand):
                     f"\nprune walks this ranking with min_gap={gap}: a layer closer than {gap} to one already chosen "
                     "is skipped (--min-gap 1 for plain k lowest)"
                 )
-        if args.output:
+        if to_file:
             path = atomic_write_text(args.output, text + "\n", overwrite=args.overwrite, inputs=inputs)
             print(f"Wrote {path}", file=sys.stderr)
         else:
@@ -574,11 +613,7 @@ class PruneCommand(_LeafCommand):
                 data["target_speedup"] = {k: v for k, v in result.planned.items() if k != "summary"}
             print(json.dumps(data, indent=2))
         else:
-            print(report.summary())
-            print(f"Saved the pruned checkpoint to {result.output_dir}")
-            if "onnx" in result.exports:
-                onnx_dir = result.exports["onnx"]
-                print(f"Saved its ONNX export to {onnx_dir}: ORTModelForCausalLM.from_pretrained({str(onnx_dir)!r})")
+            print(result.summary())
 
 
 def _torch_dtype(name: str):
@@ -641,9 +676,11 @@ class ExportCommand(_LeafCommand):
         )
         parser.add_argument(
             "--dtype",
-            choices=("fp32", "fp16"),
-            default="fp32",
-            help="--format onnx: weights dtype; fp16 needs --device cuda",
+            type=_export_dtype,
+            choices=("float32", "float16"),  # exporters.onnx.DTYPES (tests/test_usage_doc.py checks they agree)
+            default="float32",
+            help="--format onnx: weights dtype (default: %(default)s); float16 needs --device cuda. fp32 and fp16, the "
+            "earlier spellings, are accepted too",
         )
         parser.add_argument("--opset", type=_non_negative_int, help="ONNX opset (default: optimum's choice)")
         parser.add_argument(
@@ -711,6 +748,8 @@ def _add_window_args(parser: "ArgumentParser") -> None:
 
 
 class EvalCommand(_LeafCommand):
+    STANDARD_OUTPUT = True
+
     @staticmethod
     def parse_args(parser: "ArgumentParser"):
         _setup(
@@ -747,7 +786,11 @@ class EvalCommand(_LeafCommand):
             "answers agree",
         )
         parser.add_argument("--format", choices=("table", "json"), default="table", help="output format")
-        parser.add_argument("--output", "-o", help="also write the JSON result to this file")
+        parser.add_argument(
+            "--output",
+            "-o",
+            help="also write the JSON result to this file (`-`: the JSON on stdout, the table on stderr)",
+        )
         parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
 
     def execute(self):
@@ -761,7 +804,8 @@ class EvalCommand(_LeafCommand):
         if args.chat and not args.reference:
             raise InvalidConfigError("--chat compares answers with a reference model; add --reference MODEL")
         inputs = _inputs(args, "model", "text", "reference")
-        if args.output:
+        to_file = args.output and not _to_stdout(args)
+        if to_file:
             check_output_path(args.output, args.overwrite, inputs=inputs)
         if args.provider == "cuda":
             from optimum_gatenorm.exporters.onnx import check_cuda_available
@@ -789,8 +833,13 @@ class EvalCommand(_LeafCommand):
             data["chat"] = chat.to_dict()
             table += "\n\n" + chat.to_table()
         text = json.dumps(data, indent=2)
+        if _to_stdout(args):
+            if args.format != "json":
+                print(table, file=sys.stderr)
+            print(text)
+            return
         print(text if args.format == "json" else table)
-        if args.output:
+        if to_file:
             path = atomic_write_text(args.output, text + "\n", overwrite=args.overwrite, inputs=inputs)
             print(f"Wrote {path}", file=sys.stderr)
 
@@ -825,7 +874,7 @@ def _check_result_files(args, inputs) -> None:
     from optimum_gatenorm.outputs import check_output_path
 
     for path in (args.output, args.plot):
-        if path:
+        if path and path != STDOUT:
             check_output_path(path, args.overwrite, inputs=inputs)
     if args.plot:
         from optimum_gatenorm.outputs import require_pyplot
@@ -841,6 +890,8 @@ def _name_list(text: str) -> list[str]:
 
 
 class CompareCommand(_LeafCommand):
+    STANDARD_OUTPUT = True
+
     @staticmethod
     def parse_args(parser: "ArgumentParser"):
         _setup(
@@ -886,7 +937,7 @@ class CompareCommand(_LeafCommand):
         _add_calibration_args(parser, seed=False)  # --seeds above
         _add_result_file_args(
             parser,
-            output="write the JSON result (every point, scores, timings) here",
+            output="write the JSON result (every point, scores, timings) here (`-`: stdout, the table on stderr)",
             plot="write a PNG plot here (needs matplotlib: the plot extra)",
         )
 
@@ -919,15 +970,22 @@ class CompareCommand(_LeafCommand):
             allow_pickle=args.allow_pickle,
             progress=True,
         )
-        print(result.format_table())
+        _print_table(args, result.format_table())
         _write_results(args, result, inputs)
 
 
+def _print_table(args, table: str) -> None:
+    """The human-readable table: on stdout, or on stderr when `--output -` puts the document there."""
+    print(table, file=sys.stderr if _to_stdout(args) else sys.stdout)
+
+
 def _write_results(args, result, inputs) -> None:
-    """Writes `--output` (JSON) and `--plot` (PNG) of a result, each with a "Wrote" line on stderr."""
+    """Writes `--output` (JSON; `-`: stdout) and `--plot` (PNG) of a result, each with a "Wrote" line on stderr."""
     from optimum_gatenorm.outputs import atomic_write_text, check_output_path
 
-    if args.output:
+    if _to_stdout(args):
+        print(result.to_json())
+    elif args.output:
         path = atomic_write_text(args.output, result.to_json() + "\n", overwrite=args.overwrite, inputs=inputs)
         print(f"Wrote {path}", file=sys.stderr)
     if args.plot:
@@ -937,6 +995,8 @@ def _write_results(args, result, inputs) -> None:
 
 
 class BenchmarkCommand(_LeafCommand):
+    STANDARD_OUTPUT = True
+
     @staticmethod
     def parse_args(parser: "ArgumentParser"):
         _setup(
@@ -988,7 +1048,7 @@ class BenchmarkCommand(_LeafCommand):
         )
         _add_result_file_args(
             parser,
-            output="write every raw run and the summary as JSON here",
+            output="write every raw run and the summary as JSON here (`-`: stdout, the table on stderr)",
             plot="write a PNG of the speed-ups and their bounds here",
         )
 
@@ -1018,7 +1078,7 @@ class BenchmarkCommand(_LeafCommand):
             baseline_config = AutoConfig.from_pretrained(check_model_path(args.baseline, settings))
             shares = load_shares(args.shares, baseline_config)  # checked against the model before any run
         result = run_benchmark(args.model, args.baseline, settings, shares=shares, progress=True)
-        print(cli_text(result.format_table(), self.parser))  # its warnings name flags
+        _print_table(args, cli_text(result.format_table(), self.parser))  # its warnings name flags
         _write_results(args, result, inputs)
 
 
@@ -1043,19 +1103,24 @@ class ConvertCommand(_LeafCommand):
     def execute(self):
         from pathlib import Path
 
-        from optimum_gatenorm.checkpoints.models import BUILTIN_MODELS, convert_gguf, resolve_model
+        from optimum_gatenorm.checkpoints.models import BUILTIN_MODELS, builtin_alias, convert_gguf, resolve_model
         from optimum_gatenorm.errors import InvalidConfigError
 
         args = self.args
         if args.output is None:
             print(resolve_model(args.model))
             return
-        if args.model in BUILTIN_MODELS:
-            gguf = BUILTIN_MODELS[args.model].gguf_path()
+        builtin = builtin_alias(args.model)
+        if builtin is not None:
+            gguf = builtin.gguf_path()
         elif Path(args.model).suffix.lower() == ".gguf":
             gguf = Path(args.model)
         else:
-            raise InvalidConfigError(f"--model must be a .gguf file or a built-in alias, got {args.model!r}")
+            shadowed = " (the local path of that name, which comes before the built-in alias)"
+            raise InvalidConfigError(
+                f"--model must be a .gguf file or a built-in alias, got {args.model!r}"
+                + (shadowed if args.model in BUILTIN_MODELS else "")
+            )
         print(convert_gguf(gguf, args.output, overwrite=args.overwrite))
 
 

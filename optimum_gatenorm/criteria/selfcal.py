@@ -95,10 +95,11 @@ def self_generated(
     length: int = SELF_LENGTH,
     seed: int = 0,
     progress: bool = False,
+    progress_label: str = "Self-generated calibration",
 ) -> "torch.Tensor":
     """`[num_samples, n + 1]` token ids: the start token, then `n = self_length(model, length)` tokens sampled by
     `model` at temperature 1 from its full distribution, all sequences in one batch with the KV cache (module
-    docstring)."""
+    docstring); `progress` shows a tqdm bar over the tokens, labelled `progress_label`."""
     import torch
     from tqdm.auto import tqdm
 
@@ -112,7 +113,7 @@ def self_generated(
             step_input, cache = ids, None
             for _ in tqdm(
                 range(self_length(model, length)),
-                desc="Self-generated calibration",
+                desc=progress_label,
                 unit="token",
                 disable=not progress,
             ):

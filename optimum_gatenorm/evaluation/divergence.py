@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..checkpoints.modeling import load_tokenizer
-from ..checkpoints.models import BUILTIN_MODELS, resolve_model
+from ..checkpoints.models import BUILTIN_MODELS, builtin_alias, resolve_model
 from ..checkpoints.tensors import inspect_checkpoint
 from ..compat import require_onnxruntime
 from ..errors import InvalidConfigError, ModelNotFoundError
@@ -159,7 +159,7 @@ def resolve_reference(reference: str | Path) -> Path:
         ModelNotFoundError: If it does not exist (named as the reference, with what to pass instead).
     """
     text = str(reference)
-    if text not in BUILTIN_MODELS and not Path(text).expanduser().exists():
+    if builtin_alias(text) is None and not Path(text).expanduser().exists():
         aliases = ", ".join(sorted(BUILTIN_MODELS))
         raise ModelNotFoundError(
             f"reference model {text!r} not found: pass the unpruned model's directory, its ONNX export, a .gguf "

@@ -42,7 +42,7 @@ from ..checkpoints.handle import ModelHandle
 from ..checkpoints.structure import REPLACEMENT_MODULE
 from ..compat import load_auto_tokenizer, rope_settings
 from ..errors import InvalidConfigError, UnsupportedModelError
-from ..outputs import atomic_output_file, check_output_path
+from ..outputs import atomic_output_file, check_output_path, holds_outputs
 from ..params import ANY, param
 from .serving import ServingPlan
 
@@ -74,6 +74,7 @@ _PRE_TOKENIZERS = {
 }
 
 
+@holds_outputs
 def export_gguf(
     model_or_path: "PreTrainedModel | str | Path",
     output_file: str | Path,

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from ..checkpoints.handle import ModelHandle
 from ..compat import rope_settings
-from ..outputs import atomic_output_dir, check_output_path
+from ..outputs import atomic_output_dir, check_output_path, holds_outputs
 from .serving import ServingPlan, ffn_mult_for
 
 
@@ -74,6 +74,7 @@ def block_configs(plan: ServingPlan) -> list[dict]:
     return configs
 
 
+@holds_outputs
 def export_nemotron_nas(
     model_or_path: "PreTrainedModel | str | Path",
     output_dir: str | Path,

@@ -25,26 +25,45 @@ from ..checkpoints.models import model_inputs
 from ..checkpoints.record import get_pruned_layers
 from ..compat import require_onnx, require_onnxruntime
 from ..errors import ExportError, InvalidConfigError, UnsupportedModelError
-from ..outputs import atomic_output_dir, check_output_path
+from ..outputs import atomic_output_dir, check_output_path, holds_outputs
 from ..params import param
+from ..progress import phase
 
 
 if TYPE_CHECKING:
     import numpy as np
     from transformers import PretrainedConfig, PreTrainedModel
 
-__all__ = ["check_cuda_available", "check_onnx_exportable", "export_onnx"]
+__all__ = ["DTYPES", "check_cuda_available", "check_onnx_exportable", "export_onnx", "onnx_dtype"]
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"fp32": "float32", "fp16": "float16"}
+# The export dtypes, spelled as `prune --dtype` and `eval --dtype` (and torch) spell them; the older `fp32` / `fp16`
+# are still accepted (`DTYPE_ALIASES`).
+DTYPES = ("float32", "float16")
+DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16"}
 # (atol, rtol) of the post-export check, per dtype: a logit may differ from PyTorch's by atol + rtol * |logit|.
 # Measured on the real SmolLM2-135M pruned by 4, fp32 on the CPU: up to 1.4e-4 on logits up to |34.3|, float32
 # summation-order drift through 30 layers (an absolute 1e-4 alone warned on README's first command). A graph that
 # misses attention sublayers is off by far more (tests/test_onnx_export.py). fp16 rounds logits of |32| and more to
 # steps of 3.1e-2 (1.6e-2 from |16|).
-VALIDATION_TOLERANCE = {"fp32": (1e-4, 1e-4), "fp16": (1e-2, 1e-2)}
+VALIDATION_TOLERANCE = {"float32": (1e-4, 1e-4), "float16": (1e-2, 1e-2)}
 TASK = "text-generation-with-past"
+
+
+def onnx_dtype(dtype: str) -> str:
+    """`dtype` as `DTYPES` spell it: `"float32"` or `"float16"` (`"fp32"` / `"fp16"` accepted as aliases).
+
+    Raises:
+        InvalidConfigError: Any other dtype.
+    """
+    name = DTYPE_ALIASES.get(dtype, dtype)
+    if name not in DTYPES:
+        raise InvalidConfigError(
+            f"{param('dtype', dtype)} is not an ONNX export dtype; use one of {', '.join(DTYPES)} (or the aliases "
+            f"{', '.join(DTYPE_ALIASES)})"
+        )
+    return name
 
 
 def check_onnx_exportable(config: "PretrainedConfig") -> None:
@@ -112,12 +131,13 @@ def _onnx_config(model: "PreTrainedModel"):
     return onnx_config
 
 
+@holds_outputs
 def export_onnx(
     model_or_path: "PreTrainedModel | str | Path",
     output_dir: str | Path,
     *,
     device: str = "cpu",
-    dtype: str = "fp32",
+    dtype: str = "float32",
     overwrite: bool = False,
     opset: int | None = None,
     allow_pickle: bool = False,
@@ -135,15 +155,15 @@ def export_onnx(
         model_or_path: An in-memory model, or a checkpoint directory / `.gguf` file / built-in alias.
         output_dir: Target directory.
         device: `"cpu"` or `"cuda"` (export on the GPU, for onnxruntime's CUDAExecutionProvider).
-        dtype: `"fp32"` or `"fp16"` (fp16 needs `device="cuda"`).
+        dtype: `"float32"` or `"float16"` (float16 needs `device="cuda"`); `"fp32"` / `"fp16"` are aliases.
         overwrite: Replace an existing `output_dir` written by optimum-gatenorm.
         opset: ONNX opset (default: optimum's choice for the architecture).
         allow_pickle: Accept `pytorch_model.bin` weights when loading from a path.
         validate: Compare the graph's logits with PyTorch's on a short random prompt after the export, on
             onnxruntime, and log the largest difference; a logit off by more than `atol + rtol * |PyTorch logit|`
             is a warning.
-        atol: Absolute part of that tolerance (default: 1e-4 for fp32, 1e-2 for fp16).
-        rtol: Relative part of that tolerance (default: 1e-4 for fp32, 1e-2 for fp16).
+        atol: Absolute part of that tolerance (default: 1e-4 for float32, 1e-2 for float16).
+        rtol: Relative part of that tolerance (default: 1e-4 for float32, 1e-2 for float16).
 
     Raises:
         InvalidConfigError: Bad device/dtype, or CUDA asked for but unavailable.
@@ -155,11 +175,10 @@ def export_onnx(
     require_onnx("the ONNX export")
     if device not in ("cpu", "cuda"):
         raise InvalidConfigError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    if dtype not in DTYPES:
-        raise InvalidConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if dtype == "fp16" and device != "cuda":
+    dtype = onnx_dtype(dtype)
+    if dtype == "float16" and device != "cuda":
         raise InvalidConfigError(
-            f"fp16 export needs {param('device', 'cuda')} (tracing an fp16 model on the CPU fails)"
+            f"float16 export needs {param('device', 'cuda')} (tracing a float16 model on the CPU fails)"
         )
     inputs = model_inputs(model_or_path)
     check_output_path(output_dir, overwrite, directory=True, inputs=inputs)
@@ -170,8 +189,8 @@ def export_onnx(
     source = handle.source
     if source is not None:
         check_onnx_exportable(handle.config)  # before loading
-    model = handle.load(dtype=getattr(torch, DTYPES[dtype]))
-    if model.dtype != getattr(torch, DTYPES[dtype]):
+    model = handle.load(dtype=getattr(torch, dtype))
+    if model.dtype != getattr(torch, dtype):
         raise InvalidConfigError(f"the model is {model.dtype} but dtype={dtype!r}; cast it first")
     inputs.append(("model", source or getattr(model, "name_or_path", None) or None))
     with atomic_output_dir(output_dir, overwrite=overwrite, inputs=inputs, expected_bytes=model_bytes(model)) as tmp:
@@ -222,14 +241,18 @@ def export_onnx_into(
     directory: Path,
     *,
     device: str = "cpu",
-    dtype: str = "fp32",
+    dtype: str = "float32",
     opset: int | None = None,
     validate: bool = True,
     atol: float | None = None,
     rtol: float | None = None,
     tokenizer_from: str | Path | None = None,
+    progress: bool = False,
 ) -> float | None:
     """`export_onnx` without the atomic rename: exports `model` into `directory` (created if missing).
+
+    The export and the check each announce themselves with a start line and a "done in N s" line: on stderr with
+    `progress`, else in the INFO log (`progress.phase`).
 
     Returns:
         The largest |logit| difference between onnxruntime and PyTorch when `validate` (else `None`).
@@ -249,43 +272,45 @@ def export_onnx_into(
     model.eval()
     if device == "cuda":
         model.to("cuda")
+    dtype = onnx_dtype(dtype)
     onnx_config = _onnx_config(model)
-    logger.info("Exporting %s to ONNX (%s, %s)", type(model).__name__, device, dtype)
-    log_filter = _BenignLogFilter()
-    optimum_logger = logging.getLogger("optimum")
-    optimum_logger.addFilter(log_filter)
-    for handler in optimum_logger.handlers:
-        handler.addFilter(log_filter)
-    try:
-        with warnings.catch_warnings():
-            for message, category in _BENIGN_WARNINGS:
-                cls = torch.jit.TracerWarning if category == "TracerWarning" else UserWarning
-                warnings.filterwarnings("ignore", message=message, category=cls)
-            onnx_export_from_model(
-                model,
-                directory,
-                task=TASK,
-                opset=opset,
-                device=device,
-                do_validation=False,  # we validate logits ourselves below, with a one-line result
-                custom_onnx_configs={"model": onnx_config},
-            )
-    except (ValueError, RuntimeError, OSError) as error:
-        cause = str(error.__cause__ or error).strip().splitlines()
-        raise ExportError(
-            f"ONNX export failed, nothing was written: {cause[0] if cause else type(error).__name__}"
-        ) from error
-    finally:
-        optimum_logger.removeFilter(log_filter)
+    with phase(f"Exporting {type(model).__name__} to ONNX ({device}, {dtype})", progress, logger):
+        log_filter = _BenignLogFilter()
+        optimum_logger = logging.getLogger("optimum")
+        optimum_logger.addFilter(log_filter)
         for handler in optimum_logger.handlers:
-            handler.removeFilter(log_filter)
+            handler.addFilter(log_filter)
+        try:
+            with warnings.catch_warnings():
+                for message, category in _BENIGN_WARNINGS:
+                    cls = torch.jit.TracerWarning if category == "TracerWarning" else UserWarning
+                    warnings.filterwarnings("ignore", message=message, category=cls)
+                onnx_export_from_model(
+                    model,
+                    directory,
+                    task=TASK,
+                    opset=opset,
+                    device=device,
+                    do_validation=False,  # we validate logits ourselves below, with a one-line result
+                    custom_onnx_configs={"model": onnx_config},
+                )
+        except (ValueError, RuntimeError, OSError) as error:
+            cause = str(error.__cause__ or error).strip().splitlines()
+            raise ExportError(
+                f"ONNX export failed, nothing was written: {cause[0] if cause else type(error).__name__}"
+            ) from error
+        finally:
+            optimum_logger.removeFilter(log_filter)
+            for handler in optimum_logger.handlers:
+                handler.removeFilter(log_filter)
     if not any(directory.glob("tokenizer*")):
         origin = tokenizer_from or getattr(model, "name_or_path", None)
         if origin and Path(origin).is_dir():
             _copy_tokenizer(Path(origin), directory)
     if not validate:
         return None
-    return check_onnx_logits(model, directory / "model.onnx", device=device, dtype=dtype, atol=atol, rtol=rtol)
+    with phase("Checking the ONNX graph's logits against PyTorch's", progress, logger):
+        return check_onnx_logits(model, directory / "model.onnx", device=device, dtype=dtype, atol=atol, rtol=rtol)
 
 
 def check_onnx_logits(
@@ -293,7 +318,7 @@ def check_onnx_logits(
     onnx_path: Path,
     *,
     device: str = "cpu",
-    dtype: str = "fp32",
+    dtype: str = "float32",
     atol: float | None = None,
     rtol: float | None = None,
 ) -> float | None:
@@ -306,7 +331,7 @@ def check_onnx_logits(
     """
     import numpy as np
 
-    default_atol, default_rtol = VALIDATION_TOLERANCE[dtype]
+    default_atol, default_rtol = VALIDATION_TOLERANCE[onnx_dtype(dtype)]
     atol = default_atol if atol is None else atol
     rtol = default_rtol if rtol is None else rtol
     compared = _validate_logits(model, onnx_path, device=device)

@@ -9,13 +9,14 @@ from typing import TYPE_CHECKING
 from ..adapters import get_adapter
 from ..checkpoints.modeling import check_record_matches_weights, load_checkpoint, load_tokenizer, prune_model
 from ..checkpoints.models import resolve_model
-from ..checkpoints.record import get_pruned_layers
+from ..checkpoints.record import get_layer_criteria, get_pruned_layers, get_replacements
 from ..checkpoints.tensors import Checkpoint, ModelWeights, inspect_checkpoint
 from ..criteria import DEFAULT_CRITERION, get_criterion, require_calibration, score_layers, score_with_model
 from ..criteria.calibration import Calibration
 from ..criteria.measurements import breakdown_warning
 from ..errors import InvalidConfigError
 from ..params import param
+from ..progress import phase, summary_logger
 from ..report import PruningReport, ScoreReport, rank
 from .configuration import GateNormConfig
 from .replacement import ReplacementFit
@@ -184,9 +185,12 @@ class GateNormPruner:
     @property
     def model(self) -> "PreTrainedModel":
         """The model, loaded on first use when the pruner was made from a checkpoint."""
+        return self._load_model(progress=False)
+
+    def _load_model(self, progress: bool) -> "PreTrainedModel":
         if self._model is None:
-            logger.info("Loading %s", self._checkpoint.path)
-            self._model = load_checkpoint(self._checkpoint, dtype=self._load_kwargs["dtype"])  # inspected once
+            with phase(f"Loading {self._checkpoint.path}", progress, logger):
+                self._model = load_checkpoint(self._checkpoint, dtype=self._load_kwargs["dtype"])  # inspected once
         return self._model
 
     @property
@@ -265,7 +269,7 @@ class GateNormPruner:
         criterion = chosen.name
         if chosen.model_level:
             require_calibration(chosen, calibration)  # before loading a large model for nothing
-            model = self.model if chosen.needs_model else self._model
+            model = self._load_model(progress) if chosen.needs_model else self._model
             return score_with_model(
                 model,
                 self.config,
@@ -306,7 +310,13 @@ class GateNormPruner:
                 `score()` of that criterion and seed is used, else they are computed here.
             calibration: Token windows for a data-driven `config.criterion`, and for fitting a replacement.
             device: Device for the scoring (see `score`).
-            progress: Show a progress bar while scoring (`None`: as `score` decides).
+            progress: Show progress on stderr: tqdm bars for the scoring (`None`: as `score` decides), the
+                replacement fit (per layer) and its held-out KL check (per sequence), and a line for loading the
+                model. `None` (default) shows all but a weight-level scoring (milliseconds); `False` none.
+
+        Returns:
+            The pruned model and its report; `report.summary()`, the summary `optimum-cli gatenorm prune` prints,
+            is also logged (INFO, logger `optimum_gatenorm.summary`).
 
         Raises:
             InvalidConfigError: If the request cannot be met (too many layers, bad indices, no calibration).
@@ -338,11 +348,12 @@ class GateNormPruner:
         warnings = [w for w in warnings if w]
         for warning in warnings:
             logger.warning("warning: %s", warning)
-        model = self.model
+        slow_progress = progress is not False  # loading, fitting and checking run the model: shown unless False
+        model = self._load_model(slow_progress)
         before = model.num_parameters()
         fit = None
         if config.replacement != "none":
-            fit = self._fit_replacement(model, removed, config, calibration, progress)
+            fit = self._fit_replacement(model, removed, config, calibration, slow_progress)
         pruned = prune_model(
             model, removed, criterion=config.criterion, replacements=fit.layers if fit is not None else None
         )
@@ -368,9 +379,11 @@ class GateNormPruner:
             calibration=scores.calibration,
             warnings=warnings,
             replacement=fit.to_dict() if fit is not None else None,
+            layer_criteria={str(layer): name for layer, name in get_layer_criteria(model).items()},
+            layer_replacements={str(layer): kind for layer, kind in get_replacements(model).items()},
         )
         model.gatenorm_report = report
-        logger.debug(report.summary())
+        summary_logger.info("%s", report.summary())
         return model, report
 
     @staticmethod
@@ -382,7 +395,9 @@ class GateNormPruner:
         windows = calibration if calibration is not None else self_calibration(model, config.seed, progress=progress)
         fit = fit_replacements(model, removed, config.replacement, windows, progress=progress)
         seed = config.seed + 1
-        check = self_generated(model, num_samples=RECOVERY_SAMPLES, seed=seed)
+        check = self_generated(
+            model, num_samples=RECOVERY_SAMPLES, seed=seed, progress=progress, progress_label="Sampling held-out text"
+        )
         source = f"{check.shape[0]} x {check.shape[1] - 1} tokens sampled by the model (seed {seed})"
-        fit.recovery = replacement_recovery(model, fit, check, source=source)
+        fit.recovery = replacement_recovery(model, fit, check, source=source, progress=progress)
         return fit

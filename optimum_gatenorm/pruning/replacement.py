@@ -340,11 +340,13 @@ def fit_replacements(
     fitted: dict[int, FittedReplacement] = {}
     was_training = model.training
     model.eval()
+    # Shown before the first pass (the targets of every layer, as long as a layer's own), not after it.
+    bar = tqdm(layers, desc=f"Fitting {kind} replacements", unit="layer", disable=not progress)
     try:
         with torch.no_grad():
             targets = _targets(model, layers, train + val, device) if layers else {}
             substitutes: dict[int, AttentionReplacement] = {}
-            for layer in tqdm(layers, desc=f"Fitting {kind} replacements", unit="layer", disable=not progress):
+            for layer in bar:
                 ys = targets.pop(layer)
                 ys_train, ys_val = ys[: len(train)], ys[len(train) :]
                 if kind == "mean":
@@ -360,6 +362,7 @@ def fit_replacements(
                     )
                 substitutes[layer] = _module(model, layer, fitted[layer])
     finally:
+        bar.close()
         model.train(was_training)
     seconds = time.perf_counter() - start
     settings = {**calibration.to_dict(), "held_out": sum(batch.shape[0] for batch in val)}
@@ -377,16 +380,22 @@ def replaced_attention(model: "PreTrainedModel", fit: ReplacementFit):
 
 
 def replacement_recovery(
-    model: "PreTrainedModel", fit: ReplacementFit, windows: "torch.Tensor", *, source: str = "token ids"
+    model: "PreTrainedModel",
+    fit: ReplacementFit,
+    windows: "torch.Tensor",
+    *,
+    source: str = "token ids",
+    progress: bool = False,
 ) -> dict:
     """Mean KL divergence of the next-token distributions from `model`'s (as given, before the removal) with the
     fitted layers removed plainly and with their replacements, on `windows` (`[n, length]` token ids the fit did
-    not use).
+    not use); `progress` shows a tqdm bar over the windows (three forward passes each).
 
     Returns:
         `{"kl_without": ..., "kl_with": ..., "tokens": ..., "source": source}` (nats per position).
     """
     import torch
+    from tqdm.auto import tqdm
 
     device = model.get_input_embeddings().weight.device
     sums = {"kl_without": 0.0, "kl_with": 0.0}
@@ -396,7 +405,7 @@ def replacement_recovery(
     model.eval()
     try:
         with torch.no_grad():
-            for window in windows.split(1):
+            for window in tqdm(windows.split(1), desc="Held-out KL check", unit="sequence", disable=not progress):
                 window = window.to(device)
                 reference = torch.log_softmax(model(input_ids=window, use_cache=False).logits.float(), dim=-1)
                 for name, substitutes in (("kl_without", dict.fromkeys(live)), ("kl_with", live)):
