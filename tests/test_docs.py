@@ -93,3 +93,12 @@ def test_the_architecture_lists_in_the_docs_name_only_registered_model_types():
     )
     assert sample[0] == live[0] and set(sample[1:]) <= set(live[1:]), set(sample) - set(live)
     assert len(live) == 1 + len(supported_model_types())
+
+
+def test_the_licence_file_is_the_one_pyproject_declares():
+    import re
+
+    declared = re.search(r'^license = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)[1]
+    text = (ROOT / "LICENSE").read_text()
+    assert declared == "Apache-2.0"
+    assert "Apache License" in text and "Version 2.0, January 2004" in text and "END OF TERMS AND CONDITIONS" in text
