@@ -247,6 +247,18 @@ CASES = {
         ("eval", "-m", "{model}", "-t", "{text}", "--reference", "{othertok}"), ("another tokenizer", "same tokenizer")
     ),
     "eval_chat_without_reference": Case(("eval", "-m", "{model}", "-t", "{text}", "--chat"), ("--reference",)),
+    # --- eval --task (long-context retrieval) ---------------------------------------------------------------------
+    "eval_without_text_or_task": Case(("eval", "-m", "{model}"), ("--text", "--task")),
+    "eval_task_depth_outside_0_1": Case(
+        ("eval", "-m", "{model}", "--task", "passkey", "--depths", "0.5,1.5"), ("depths", "[0, 1]")
+    ),
+    "eval_task_length_beyond_the_context": Case(
+        ("eval", "-m", "{model}", "--task", "passkey", "--lengths", "100000"), ("100000", "context")
+    ),
+    "eval_unknown_task": Case(("eval", "-m", "{model}", "--task", "passkey,haystack"), ("haystack", "vartrack")),
+    "eval_task_reference_without_text": Case(
+        ("eval", "-m", "{model}", "--task", "passkey", "--reference", "{model}"), ("--text",)
+    ),
     # --- compare ------------------------------------------------------------------------------------------------
     "compare_checkpoint_without_tokenizer": Case(
         ("compare", "-m", "{notok}", "-t", "{text}", "-k", "0,1", "--window", "64"), ("no tokenizer",)

@@ -362,7 +362,9 @@ def _converted(gguf_file: Path, name: str) -> Path:
                     "The cached conversion in %s is damaged (%s): converting %s again", target, damage, gguf_file
                 )
             elif current:
-                logger.info("Converting %s again: the cached conversion in %s is of an older format", gguf_file, target)
+                logger.info(
+                    "Converting %s again: the cached conversion in %s is of an older format", gguf_file, target
+                )
             return convert_gguf(gguf_file, target, overwrite=target.exists())
     except OutputExistsError as error:
         if (target / "config.json").is_file() and _damage(target) is None:  # another process converted it meanwhile

@@ -758,10 +758,14 @@ class EvalCommand(_LeafCommand):
             "structure; a directory holding model.onnx runs on onnxruntime through ORTModelForCausalLM. The text\n"
             "is tokenized once without special tokens and cut into windows; each token is scored once, with the\n"
             "tokens before it in its window as context (see docs/quality.md, 'Perplexity windowing'). With --reference (the unpruned\n"
-            "model), the same windows also give KL divergence and top-1 agreement; --chat adds chat fidelity.",
+            "model), the same windows also give KL divergence and top-1 agreement; --chat adds chat fidelity.\n"
+            "--task adds long-context retrieval (passkey, multi-key needle in a haystack, variable tracking), generated\n"
+            "from --seed with no dataset, at --lengths and --depths; with --task, --text is optional.",
         )
         _add_model_args(parser)
-        parser.add_argument("--text", "-t", required=True, help="UTF-8 text file to evaluate on")
+        parser.add_argument(
+            "--text", "-t", help="UTF-8 text file to evaluate perplexity on (required unless --task is given)"
+        )
         _add_window_args(parser)
         parser.add_argument(
             "--dtype", choices=DTYPES, default="auto", help="dtype of a PyTorch model (default: the checkpoint's)"
@@ -785,6 +789,35 @@ class EvalCommand(_LeafCommand):
             help="with --reference: also ask both models a few fixed chat prompts (greedy) and report how far the "
             "answers agree",
         )
+        parser.add_argument(
+            "--task",
+            type=_name_list,
+            help="long-context retrieval tasks, comma-separated: passkey, multikey (the key among distractor keys), "
+            "vartrack (variable tracking); right cases per task, length and depth (docs/quality.md)",
+        )
+        parser.add_argument(
+            "--lengths",
+            type=_int_list("prompt lengths", "1024,2048"),
+            default=[1024, 2048],
+            help="with --task: prompt lengths in tokens, at most the model's context (default: 1024,2048)",
+        )
+        parser.add_argument(
+            "--depths",
+            type=_float_list,
+            default=[0.1, 0.5, 0.9],
+            help="with --task: where the key sits in the context, each in [0, 1] (default: 0.1,0.5,0.9)",
+        )
+        parser.add_argument(
+            "--cases", type=_positive_int, default=3, help="with --task: cases per task, length and depth (default: 3)"
+        )
+        parser.add_argument(
+            "--seed", type=_non_negative_int, default=0, help="with --task: seed of the keys and names (default: 0)"
+        )
+        parser.add_argument(
+            "--completion",
+            action="store_true",
+            help="with --task: ask an instruct model by plain completion instead of through its chat template",
+        )
         parser.add_argument("--format", choices=("table", "json"), default="table", help="output format")
         parser.add_argument(
             "--output",
@@ -803,6 +836,24 @@ class EvalCommand(_LeafCommand):
         args = self.args
         if args.chat and not args.reference:
             raise InvalidConfigError("--chat compares answers with a reference model; add --reference MODEL")
+        if args.text is None and not args.task:
+            raise InvalidConfigError(
+                "eval needs --text FILE (perplexity) or --task passkey,multikey,vartrack (long-context retrieval)"
+            )
+        if args.text is None and args.reference:
+            raise InvalidConfigError("--reference compares the two models on a text; add --text FILE")
+        retrieval = None
+        if args.task:
+            from optimum_gatenorm.evaluation.retrieval import RetrievalConfig
+
+            retrieval = RetrievalConfig(
+                tasks=tuple(args.task),
+                lengths=tuple(args.lengths),
+                depths=tuple(args.depths),
+                cases=args.cases,
+                seed=args.seed,
+                chat=False if args.completion else None,
+            )
         inputs = _inputs(args, "model", "text", "reference")
         to_file = args.output and not _to_stdout(args)
         if to_file:
@@ -811,19 +862,31 @@ class EvalCommand(_LeafCommand):
             from optimum_gatenorm.exporters.onnx import check_cuda_available
 
             check_cuda_available()
-        result = evaluate_perplexity(
-            args.model,
-            args.text,
-            window=args.window,
-            stride=args.stride,
-            max_tokens=args.max_tokens,
-            dtype=_torch_dtype(args.dtype),
-            provider=args.provider,
-            progress=True,
-            bos=args.bos,
-            reference=args.reference,
-        )
-        data, table = json.loads(result.to_json()), result.to_table()  # to_json writes an infinite perplexity as null
+        data, tables = {}, []
+        if args.text is not None:
+            result = evaluate_perplexity(
+                args.model,
+                args.text,
+                window=args.window,
+                stride=args.stride,
+                max_tokens=args.max_tokens,
+                dtype=_torch_dtype(args.dtype),
+                provider=args.provider,
+                progress=True,
+                bos=args.bos,
+                reference=args.reference,
+            )
+            data = json.loads(result.to_json())  # to_json writes an infinite perplexity as null
+            tables.append(result.to_table())
+        if retrieval is not None:
+            from optimum_gatenorm.evaluation.retrieval import evaluate_retrieval
+
+            found = evaluate_retrieval(
+                args.model, retrieval, dtype=_torch_dtype(args.dtype), provider=args.provider, progress=True
+            )
+            data = {**data, "retrieval": found.to_dict()} if data else found.to_dict()
+            tables.append(found.to_table())
+        table = "\n\n".join(tables)
         if args.chat:
             from optimum_gatenorm.evaluation.chat import evaluate_chat_fidelity
 
@@ -880,6 +943,16 @@ def _check_result_files(args, inputs) -> None:
         from optimum_gatenorm.outputs import require_pyplot
 
         require_pyplot()
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        values = []
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.1,0.5,0.9, got {text!r}")
+    return values
 
 
 def _name_list(text: str) -> list[str]:

@@ -43,6 +43,7 @@ __all__ = [
     "ChatPair",
     "chat_answers",
     "chat_fidelity",
+    "eos_token_ids",
     "evaluate_chat_fidelity",
     "first_sentence",
 ]
@@ -199,7 +200,7 @@ def chat_answers(
     check_int("max_new_tokens", max_new_tokens, 1)
     if isinstance(prompts, str) or not prompts:
         raise InvalidConfigError(f"prompts must be a non-empty list of strings, got {prompts!r}")
-    eos = _eos_ids(model, tokenizer)
+    eos = eos_token_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
     device = getattr(model, "device", torch.device("cpu"))
     answers = []
@@ -222,7 +223,7 @@ def chat_answers(
     return answers
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
+def eos_token_ids(model, tokenizer) -> list[int]:
     """EOS ids from the model's generation config (an instruct model's end-of-turn token), else the tokenizer's."""
     ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if ids is None:
