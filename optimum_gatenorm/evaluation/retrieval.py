@@ -184,6 +184,11 @@ def _context(filler: int, depth: float, needles: list[tuple[float | None, str]])
     return " ".join(parts)
 
 
+def _uses_chat(tokenizer, chat: bool | None) -> bool:
+    """Whether prompts go through the chat template: as asked, or (`None`) when the tokenizer has one."""
+    return bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
+
+
 def retrieval_cases(tokenizer, config: RetrievalConfig, *, chat: bool | None = None) -> list[RetrievalCase]:
     """The suite's prompts for `tokenizer`, deterministic for `config.seed`.
 
@@ -192,8 +197,7 @@ def retrieval_cases(tokenizer, config: RetrievalConfig, *, chat: bool | None = N
     Raises:
         InvalidConfigError: If a length is too short for the question and needles alone.
     """
-    chat = config.chat if chat is None else chat
-    chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
+    chat = _uses_chat(tokenizer, config.chat if chat is None else chat)
     rng = random.Random(config.seed)
     per_filler = len(tokenizer(FILLER + " ", add_special_tokens=False)["input_ids"])
     cases = []
@@ -286,7 +290,7 @@ def retrieval_accuracy(
     config = config or RetrievalConfig()
     config.check_context(getattr(model.config, "max_position_embeddings", None))
     cases = retrieval_cases(tokenizer, config)
-    chat = config.chat if config.chat is not None else bool(getattr(tokenizer, "chat_template", None))
+    chat = _uses_chat(tokenizer, config.chat)
     eos = eos_token_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
     device = getattr(model, "device", torch.device("cpu"))
