@@ -277,3 +277,55 @@ def test_parameter_count_of_replaced_models_matches_the_real_model(name, kind):
     cost = ModelCost.from_config(model.config)  # pruned layers and replacements read from the config record
     assert cost.replacements == ((1, kind), (2, kind))
     assert cost.num_parameters == _real_count(model)
+
+
+def test_sliding_window_layers_are_read_from_each_family():
+    from optimum_gatenorm.benchmark.cost_model import sliding_window_layers
+
+    gemma = tiny_config("gemma3_text")
+    gemma.sliding_window, gemma.layer_types = 8, ["sliding_attention", "full_attention"] * 2
+    assert sliding_window_layers(gemma) == (8, (0, 2))
+    mistral = tiny_config("mistral", sliding_window=16)
+    assert sliding_window_layers(mistral) == (16, tuple(range(mistral.num_hidden_layers)))
+    assert sliding_window_layers(tiny_config("mistral", sliding_window=None)) == (None, ())
+    assert sliding_window_layers(hand_config()) == (None, ())
+    assert sliding_window_layers(tiny_config("qwen2")) == (None, ())  # layer_types all full_attention
+    assert ModelCost.from_config(gemma).to_dict()["sliding_layers"] == [0, 2]
+
+
+def test_a_sliding_layer_costs_its_window_on_a_window_aware_engine():
+    """Scores and KV reads of a sliding layer stop growing at W; with window_aware=False every layer costs the full
+    context; at a context within the window both are the same."""
+    W = 8
+    config = hand_config()
+    config.sliding_window, config.layer_types = W, ["sliding_attention", "full_attention"] * 2
+    aware = ModelCost.from_config(config)
+    unaware = ModelCost.from_config(config, window_aware=False)
+    assert aware.span(0, 100) == W and aware.span(1, 100) == 100 and unaware.span(0, 100) == 100
+    b, c, p = 2, 100, 50
+    decode = aware.decode_step(b, c)
+    assert decode.flops_breakdown["attention_scores"] == b * 2 * 2 * (H * d) * (W + c + W + c)
+    assert decode.bytes_breakdown["kv_cache"] == b * 2 * (G * d) * S * ((W + 1) + (c + 1)) * 2
+    prefill = aware.prefill(b, p)
+    assert prefill.flops_breakdown["attention_scores"] == b * 2 * 2 * (H * d) * p * (W + p) * 2
+    assert unaware.decode_step(b, c).bytes_breakdown["kv_cache"] == 4 * b * 2 * (G * d) * S * (c + 1)
+    assert aware.decode_step(b, W - 1).bytes == unaware.decode_step(b, W - 1).bytes
+
+    # Removing the sliding layer 0 saves less than removing the global layer 1 past the window, as much within it.
+    without_sliding = ModelCost.from_config(config, pruned_layers=[0])
+    without_global = ModelCost.from_config(config, pruned_layers=[1])
+    for phase in ("prefill", "decode"):
+        long = [
+            ideal_speedup(aware, m, phase, 1, 64)["memory_bound" if phase == "decode" else "compute_bound"]
+            for m in (without_sliding, without_global)
+        ]
+        assert 1 < long[0] < long[1], (phase, long)
+        short = [
+            ideal_speedup(aware, m, phase, 1, W)["memory_bound" if phase == "decode" else "compute_bound"]
+            for m in (without_sliding, without_global)
+        ]
+        assert short[0] == pytest.approx(short[1]), (phase, short)
+    with pytest.raises(InvalidConfigError, match="sliding_layers need a sliding_window"):
+        replace(aware, sliding_window=None)
+    with pytest.raises(InvalidConfigError, match=r"sliding_layers \[7\] must be in 0..3"):
+        replace(aware, sliding_layers=(7,))

@@ -295,3 +295,26 @@ def test_prune_and_save_plans_a_target_speedup(tmp_path, caplog):
     with pytest.raises(InvalidConfigError, match="phase"):
         SpeedupTarget(1.1, phase="train")
     assert not (tmp_path / "out3").exists()
+
+
+def test_the_plan_counts_sliding_window_layers_first_past_the_window():
+    """Gemma-3's pattern: past the window, removing sliding layers saves least, so a plan holds for whichever k the
+    criterion picks by counting them first, says so, and needs more layers than at a context within the window."""
+    from optimum_gatenorm.benchmark.cost_model import ModelCost, ideal_speedup
+    from optimum_gatenorm.benchmark.planning import plan_num_layers, predict_speedup, resolve_target
+
+    kinds = (["sliding_attention"] * 2 + ["full_attention"]) * 2
+    config = tiny_config("gemma3_text", num_hidden_layers=6, sliding_window=16, layer_types=kinds)
+    # k = 2 at a long context: the two cheapest are sliding layers (0 and 1), not the global 2 and 5.
+    sliding_pair = ModelCost.from_config(config, pruned_layers=[0, 1])
+    global_pair = ModelCost.from_config(config, pruned_layers=[2, 5])
+    base = ModelCost.from_config(config)
+    got = predict_speedup(2, None, config, "decode", 1, 4096)
+    assert got == pytest.approx(ideal_speedup(base, sliding_pair, "decode", 1, 4096)["memory_bound"])
+    assert got < ideal_speedup(base, global_pair, "decode", 1, 4096)["memory_bound"]
+    target = predict_speedup(3, None, config, "decode", 1, 4096)
+    assert plan_num_layers(target, config, phase="decode", context=4096) == 3
+    _, predicted = resolve_target(config, target, phase="decode", context=4096)
+    assert "sliding-window layers (window 16) counted first" in predicted["source"]
+    _, short = resolve_target(config, 1.05, phase="decode", context=16)
+    assert "sliding-window" not in short["source"]

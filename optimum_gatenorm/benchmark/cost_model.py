@@ -19,6 +19,12 @@ loses its attention projections (with their biases and query/key norms) and the 
 attention (`pruned_modules`); it keeps its MLP and the norms around the MLP. A *replaced* layer
 (`optimum_gatenorm.pruning.replacement`) adds its replacement back: `mean` a D-vector (no matrix product), `linear`
 a bias-free D x D matrix on the output of the layer's input norm, which it keeps (one D x D product per token).
+
+Sliding-window layers (Gemma-2/3's `layer_types`, Mistral's and Phi-3's `sliding_window`) attend to the last W
+positions only. On an engine that exploits the window (`ModelCost.window_aware`, the default: llama.cpp's SWA cache,
+transformers' sliding cache for decode) such a layer's scores and KV-cache reads stop growing at W, so at a context
+past W removing it saves less than removing a global layer; the planner therefore counts the cheapest layers first.
+With `window_aware=False` every layer costs the full context, as the ONNX export runs on onnxruntime.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ if TYPE_CHECKING:
 
     from transformers import PretrainedConfig
 
-__all__ = ["Cost", "ModelCost", "ideal_speedup", "replacement_share"]
+__all__ = ["Cost", "ModelCost", "ideal_speedup", "replacement_share", "sliding_window_layers"]
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,10 @@ class ModelCost:
         dtype_bytes: s, bytes per parameter and per KV cache element.
         replacements: `(layer, kind)` pairs, sorted: the pruned layers that hold a replacement (`"mean"` or
             `"linear"`); the other pruned layers are plain removals.
+        sliding_window: W, the positions a sliding-window layer attends to (`None`: no such layers).
+        sliding_layers: Sorted indices of the sliding-window layers (the others attend to the whole context).
+        window_aware: The engine limits a sliding layer's scores and KV cache to its window; `False`: it computes
+            the full causal product and keeps every position.
     """
 
     model_type: str
@@ -132,9 +142,20 @@ class ModelCost:
     qk_norms: bool = False
     dtype_bytes: int = 4
     replacements: tuple[tuple[int, str], ...] = ()
+    sliding_window: int | None = None
+    sliding_layers: tuple[int, ...] = ()
+    window_aware: bool = True
 
     def __post_init__(self):
         _positive("dtype_bytes", self.dtype_bytes)
+        sliding = tuple(sorted(set(int(layer) for layer in self.sliding_layers)))
+        if sliding and (sliding[0] < 0 or sliding[-1] >= self.num_layers):
+            raise InvalidConfigError(f"sliding_layers {list(sliding)} must be in 0..{self.num_layers - 1}")
+        if sliding and self.sliding_window is None:
+            raise InvalidConfigError("sliding_layers need a sliding_window")
+        if self.sliding_window is not None:
+            _positive("sliding_window", self.sliding_window)
+        object.__setattr__(self, "sliding_layers", sliding)
         object.__setattr__(self, "pruned_layers", tuple(validate_pruned_set(self.pruned_layers, self.num_layers)))
         replacements = tuple(sorted((int(layer), kind) for layer, kind in dict(self.replacements).items()))
         for layer, kind in replacements:
@@ -153,6 +174,7 @@ class ModelCost:
         pruned_layers: "Iterable[int] | None" = None,
         dtype_bytes: int = 4,
         replacements: "Mapping[int, str] | None" = None,
+        window_aware: bool = True,
     ) -> "ModelCost":
         """Reads the sizes from a transformers config.
 
@@ -163,6 +185,7 @@ class ModelCost:
             dtype_bytes: Bytes per weight and per KV cache element (4 for float32, 2 for float16/bfloat16).
             replacements: Pruned layer -> `"mean"` or `"linear"`; defaults to the replacements recorded in the
                 config (`get_replacements(config)`) of the layers in `pruned_layers`.
+            window_aware: As the field (sliding-window layers are read from the config, `sliding_window_layers`).
 
         Raises:
             UnsupportedModelError: If the model type has no architecture adapter.
@@ -197,9 +220,18 @@ class ModelCost:
             qk_norms=adapter.qk_norms is not None,
             dtype_bytes=dtype_bytes,
             replacements=tuple(dict(replacements).items()),
+            **dict(zip(("sliding_window", "sliding_layers"), sliding_window_layers(config), strict=True)),
+            window_aware=window_aware,
         )
 
     # Layers.
+
+    def span(self, layer: int, length: int) -> int:
+        """The positions `layer` attends to in a context of `length`: `min(length, W)` for a sliding-window layer on
+        a window-aware engine, else `length`."""
+        if self.window_aware and self.sliding_window is not None and layer in self.sliding_layers:
+            return min(length, self.sliding_window)
+        return length
 
     @property
     def kept_layers(self) -> tuple[int, ...]:
@@ -331,8 +363,10 @@ class ModelCost:
 
         FLOPs (N = B*P tokens):
             attention_projections = 2 * N * K * (D*H*d + 2*D*G*d + H*d*D)
-            attention_scores      = K * B * (2*H*d*P*P [QK^T] + 2*H*d*P*P [AV]) -- the full P x P product, causal
-                                    mask or not: that is what eager and SDPA-without-flash kernels compute on CPU.
+            attention_scores      = sum over kept layers of B * (2*H*d*P*S [QK^T] + 2*H*d*P*S [AV]), S = `span`
+                                    (P, or min(P, W) for a sliding layer on a window-aware engine) -- the full
+                                    P x S product, causal mask or not: what eager and SDPA-without-flash kernels
+                                    compute on CPU.
             attention_replacements = 2 * N * R * D*D, the `linear` replacements' products.
             mlp                   = 2 * N * L * (3 or 2)*D*I
             lm_head               = 2 * N * V*D -- logits for every prompt position, as the ONNX export does.
@@ -354,7 +388,7 @@ class ModelCost:
         k, dims = self.num_kept_layers, self.head_dims
         flops = {
             "attention_projections": 2 * tokens * k * self.attention_matmul_params_per_layer,
-            "attention_scores": k * b * 2 * (2 * dims.q_size * p * p),
+            "attention_scores": sum(b * 2 * (2 * dims.q_size * p * self.span(i, p)) for i in self.kept_layers),
             "attention_replacements": 2 * tokens * self.num_linear_replacements * self.hidden_size**2,
             "mlp": 2 * tokens * self.num_layers * self.mlp_matmul_params_per_layer,
             "lm_head": 2 * tokens * self.vocab_size * self.hidden_size,
@@ -371,7 +405,8 @@ class ModelCost:
 
         FLOPs (N = B tokens):
             attention_projections = 2 * B * K * (D*H*d + 2*D*G*d + H*d*D)
-            attention_scores      = K * B * (2*H*d*1*C [QK^T] + 2*H*d*1*C [AV])
+            attention_scores      = sum over kept layers of B * (2*H*d*1*S [QK^T] + 2*H*d*1*S [AV]), S = `span`
+                                    (C, or min(C, W) for a sliding layer on a window-aware engine)
             attention_replacements = 2 * B * R * D*D
             mlp                   = 2 * B * L * (3 or 2)*D*I
             lm_head               = 2 * B * V*D -- logits for the new position only.
@@ -379,7 +414,8 @@ class ModelCost:
         Bytes:
             weights as in `prefill` (all read once per step)
             embedding_lookup = tables * B * D * s
-            kv_cache         = K * B * 2*G*d*s * (C + 1): C entries read and the new token's entry written.
+            kv_cache         = sum over kept layers of B * 2*G*d*s * (S + 1): S entries read and the new token's
+                               entry written.
             Activations are ignored.
 
         Args:
@@ -390,7 +426,7 @@ class ModelCost:
         k, dims = self.num_kept_layers, self.head_dims
         flops = {
             "attention_projections": 2 * b * k * self.attention_matmul_params_per_layer,
-            "attention_scores": k * b * 2 * (2 * dims.q_size * c),
+            "attention_scores": sum(b * 2 * (2 * dims.q_size * self.span(i, c)) for i in self.kept_layers),
             "attention_replacements": 2 * b * self.num_linear_replacements * self.hidden_size**2,
             "mlp": 2 * b * self.num_layers * self.mlp_matmul_params_per_layer,
             "lm_head": 2 * b * self.vocab_size * self.hidden_size,
@@ -398,7 +434,7 @@ class ModelCost:
         moved = {
             **self._weights_bytes(),
             "embedding_lookup": self._embedding_lookup_bytes(b),
-            "kv_cache": k * b * self._kv_entry_bytes() * (c + 1),
+            "kv_cache": sum(b * self._kv_entry_bytes() * (self.span(i, c) + 1) for i in self.kept_layers),
         }
         return Cost(sum(flops.values()), sum(moved.values()), flops, moved)
 
@@ -419,6 +455,7 @@ class ModelCost:
         data = asdict(self)
         data["pruned_layers"] = list(self.pruned_layers)
         data["replacements"] = {str(layer): kind for layer, kind in self.replacements}
+        data["sliding_layers"] = list(self.sliding_layers)
         data["num_kept_layers"] = self.num_kept_layers
         data["parameters"] = {
             "attention": self.attention_params,
@@ -430,6 +467,22 @@ class ModelCost:
             "total": self.num_parameters,
         }
         return data
+
+
+def sliding_window_layers(config: "PretrainedConfig") -> tuple[int | None, tuple[int, ...]]:
+    """`(W, layers)`: the sliding window of a config and the layers that use it (`(None, ())` when none does).
+
+    `layer_types` (Gemma-2/3, Qwen-2/3 with `use_sliding_window`) names each layer's kind; without it a set
+    `sliding_window` (Mistral, Phi-3) applies to every layer.
+    """
+    window = getattr(config, "sliding_window", None)
+    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+        return None, ()
+    types = getattr(config, "layer_types", None)
+    if types is None:
+        return window, tuple(range(config.num_hidden_layers))
+    layers = tuple(i for i, kind in enumerate(types) if kind == "sliding_attention")
+    return (window, layers) if layers else (None, ())
 
 
 def ideal_speedup(

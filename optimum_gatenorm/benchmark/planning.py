@@ -49,7 +49,7 @@ from ..pruning.configuration import GateNormConfig
 from ..pruning.pruner import GateNormPruner
 from ..pruning.replacement import REPLACEMENTS
 from ..validation import check_choice, check_int, check_int_list, first_line
-from .cost_model import ModelCost, ideal_speedup, replacement_share
+from .cost_model import ModelCost, ideal_speedup, replacement_share, sliding_window_layers
 from .shares import BACKENDS, PHASES, PROVIDERS, AttentionShares, ShareCell
 from .throughput import BenchmarkSettings, run_benchmark
 
@@ -259,11 +259,13 @@ def _attention_count(config: PretrainedConfig) -> tuple[int, list[int]]:
 
 
 def _candidate(config: PretrainedConfig, k: int, replacement: str) -> ModelCost:
-    """The model of `config` with k more attention sublayers removed (the last kept ones: all cost the same), each
-    replaced by `replacement`."""
+    """The model of `config` with k more attention sublayers removed, each replaced by `replacement`: the cheapest
+    ones, so that a plan holds whichever k the criterion picks (sliding-window layers first, whose cost stops
+    growing at the window; all others cost the same)."""
     n, pruned = _attention_count(config)
+    _, sliding = sliding_window_layers(config)
     kept = [i for i in range(config.num_hidden_layers) if i not in pruned]
-    removed = kept[n - k :] if k else []
+    removed = sorted(kept, key=lambda i: i not in sliding)[:k]
     replacements = get_replacements(config)
     if replacement != "none":
         replacements.update(dict.fromkeys(removed, replacement))
@@ -340,9 +342,19 @@ def _check_target(target: Any) -> float:
     return float(target)
 
 
-def _source(shares: AttentionShares | None, phase: str, batch: int, context: int, replacement: str = "none") -> str:
+def _source(
+    shares: AttentionShares | None,
+    phase: str,
+    batch: int,
+    context: int,
+    replacement: str = "none",
+    config: PretrainedConfig | None = None,
+) -> str:
     counted = "" if replacement == "none" else f", {replacement} replacements counted"
     if shares is None:
+        window, sliding = sliding_window_layers(config) if config is not None else (None, ())
+        if sliding and window < context:
+            counted += f", sliding-window layers (window {window}) counted first as the cheapest to remove"
         return f"analytical cost model (prefill: FLOPs ratio, decode: bytes ratio{counted})"
     phases = PHASES if phase == "both" else (phase,)
     measured = "; ".join(f"{p} {shares.share(p, batch, context)[1]}" for p in phases)
@@ -387,7 +399,7 @@ def plan_num_layers(
             return k
     best = math.floor(predict_speedup(limit, shares, config, phase, batch, context, replacement) * 1000) / 1000
     what = "speed-up" if phase == "both" else f"{phase} speed-up"
-    source = _source(shares, phase, batch, context, replacement)
+    source = _source(shares, phase, batch, context, replacement, config)
     raise InvalidConfigError(
         f"no k reaches a {target:g}x {what} at batch {batch}, context {context}: the best is {best:.3f}x at "
         f"k={limit} of {n} attention sublayers ({source}); ask for at most that"
@@ -488,7 +500,7 @@ def resolve_target(
     resolved_gap = min_gap if min_gap is not None else get_criterion(criterion).min_gap
     measured_on = get_adapter(model_config).quality_reference
     warning = breakdown_warning(criterion, resolved_gap, k, total, measured_on=measured_on)
-    source = _source(shares, phase, batch, context, replacement)
+    source = _source(shares, phase, batch, context, replacement, model_config)
     summary = (
         f"target {target:g}x ({phase}) at batch {batch}, context {context}: removing {k} of {n} attention sublayers, "
         f"predicted prefill {predicted['prefill']:.3f}x, decode {predicted['decode']:.3f}x ({source})"

@@ -341,7 +341,9 @@ def run_benchmark(
     models = {"candidate": load_model(candidate_path, settings), "baseline": load_model(baseline_path, settings)}
     configs = {name: model.config for name, model in models.items()}
     _check_comparable(candidate_path, baseline_path, configs["candidate"], configs["baseline"])
-    costs = {name: ModelCost.from_config(config) for name, config in configs.items()}
+    # The ONNX graph keeps every position of a sliding-window layer; transformers' cache keeps its window.
+    window_aware = settings.backend == "pytorch"
+    costs = {name: ModelCost.from_config(config, window_aware=window_aware) for name, config in configs.items()}
     if shares is not None:
         shares.check_model(configs["baseline"])
     device = "cuda" if settings.provider == "cuda" else "cpu"
