@@ -35,6 +35,7 @@ from .errors import (
 )
 from .evaluation.compare import CompareConfig, CompareResult, compare, compare_criteria
 from .evaluation.perplexity import PerplexityResult, evaluate_perplexity, perplexity
+from .evaluation.retrieval import RetrievalConfig, RetrievalResult, evaluate_retrieval, retrieval_accuracy
 from .exporters import export_gguf, export_nemotron_nas, export_onnx
 from .pipeline import PruneResult, prune_and_save
 from .pruning.configuration import GateNormConfig
@@ -72,6 +73,8 @@ __all__ = [
     "PruneResult",
     "PrunedAttentionConfig",
     "PruningReport",
+    "RetrievalConfig",
+    "RetrievalResult",
     "ScoreReport",
     "SpeedupTarget",
     "UnsupportedModelError",
@@ -82,6 +85,7 @@ __all__ = [
     "convert_gguf",
     "describe_architectures",
     "evaluate_perplexity",
+    "evaluate_retrieval",
     "export_gguf",
     "export_nemotron_nas",
     "export_onnx",
@@ -100,6 +104,7 @@ __all__ = [
     "register_criterion",
     "register_model_criterion",
     "resolve_model",
+    "retrieval_accuracy",
     "run_benchmark",
     "save_pruned",
     "select_layers",

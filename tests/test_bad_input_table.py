@@ -266,6 +266,28 @@ CASES = {
     "compare_k_beyond_layers": Case(("compare", "-m", "{model}", "-t", "{text}", "-k", "0,40"), ("cannot remove 40",)),
     "compare_bad_seed_range": Case(("compare", "-m", "{model}", "-t", "{text}", "--seeds", "3-1"), ("seeds",)),
     "compare_unknown_criterion": Case(("compare", "-m", "{model}", "-t", "{text}", "--criteria", "nope"), ("nope",)),
+    "compare_task_length_beyond_the_context": Case(
+        (
+            "compare",
+            "-m",
+            "{model}",
+            "-t",
+            "{text}",
+            "-k",
+            "0,1",
+            "--window",
+            "64",
+            "--task",
+            "passkey",
+            "--lengths",
+            "100000",
+        ),
+        ("100000", "context"),
+    ),
+    "compare_task_depth_outside_0_1": Case(
+        ("compare", "-m", "{model}", "-t", "{text}", "-k", "0,1", "--task", "passkey", "--depths", "2"),
+        ("depths", "[0, 1]"),
+    ),
     "compare_output_unwritable": Case(
         ("compare", "-m", "{model}", "-t", "{text}", "-o", "/proc/gatenorm/c.json"), ("not writable",)
     ),

@@ -1,6 +1,7 @@
 """`compare`: masking equals pruning, Spearman, and the sweep end to end."""
 
 import copy
+import json
 import math
 
 import pytest
@@ -181,3 +182,47 @@ def test_compare_takes_a_path_and_gives_what_compare_criteria_gives(tmp_path):
         compare(
             tmp_path / "model", tmp_path / "text.txt", CompareConfig(criteria=["cosine"], num_layers=[0, 1], window=64)
         )
+
+
+def test_compare_records_retrieval_at_every_point_as_the_pruned_model_answers():
+    """With `retrieval`, each point holds the suite's right cases per task@length, and each removed set's answers
+    are the structurally pruned model's; a length beyond the context is refused before any scoring."""
+    from conftest import tiny_tokenizer
+
+    from optimum_gatenorm import CompareConfig, InvalidConfigError, compare_criteria
+    from optimum_gatenorm.evaluation.retrieval import RetrievalConfig, retrieval_accuracy
+
+    model, tokenizer = tiny_model("llama", max_position_embeddings=512), tiny_tokenizer()
+    retrieval = RetrievalConfig(tasks=("passkey", "multikey"), lengths=(300,), depths=(0.5,), cases=2)
+    text = "the quick brown fox jumps over the lazy dog. " * 8
+    config = CompareConfig(criteria=["last"], num_layers=[0, 1], window=64, retrieval=retrieval)
+    result = compare_criteria(model, tokenizer, text, config)
+
+    removed = next(p.removed_layers for p in result.points if p.num_layers == 1)
+    assert sorted(result.retrieval) == sorted(["", ",".join(map(str, removed))])
+    pruned = copy.deepcopy(model)
+    prune_model(pruned, removed)
+    expected = retrieval_accuracy(pruned, tokenizer, retrieval)
+    recorded = result.retrieval[",".join(map(str, removed))]["cases"]
+    assert [case["answer"] for case in recorded] == [case["answer"] for case in expected.cases]
+    unpruned = retrieval_accuracy(model, tokenizer, retrieval)
+    assert [case["answer"] for case in result.retrieval[""]["cases"]] == [c["answer"] for c in unpruned.cases]
+    assert [case["answer"] for case in recorded] != [c["answer"] for c in unpruned.cases]
+    for point in result.points:
+        source = expected if point.num_layers else unpruned
+        assert point.retrieval == {
+            f"{task}@300": [sum(c["correct"] for c in source.cases if c["task"] == task), 2]
+            for task in ("passkey", "multikey")
+        }
+    assert "passkey@300" in result.format_table()
+    document = json.loads(result.to_json())
+    assert document["settings"]["retrieval"]["lengths"] == [300]
+    assert [p["retrieval"] for p in document["points"]] == [p.retrieval for p in result.points]
+
+    too_long = CompareConfig(
+        criteria=["last"], num_layers=[0, 1], window=64, retrieval=RetrievalConfig(lengths=(600,))
+    )
+    with pytest.raises(InvalidConfigError, match=r"lengths \[600\] exceed the model's context of 512"):
+        compare_criteria(model, tokenizer, text, too_long)
+    with pytest.raises(InvalidConfigError, match="retrieval must be a RetrievalConfig"):
+        CompareConfig(retrieval={"tasks": ["passkey"]})

@@ -747,6 +747,59 @@ def _add_window_args(parser: "ArgumentParser") -> None:
     )
 
 
+def _add_retrieval_args(parser: "ArgumentParser", *, seed_flag: str) -> None:
+    """`--task`, `--lengths`, `--depths`, `--cases`, the retrieval seed and `--completion` (`_retrieval_config`)."""
+    parser.add_argument(
+        "--task",
+        type=_name_list,
+        help="long-context retrieval tasks, comma-separated: passkey, multikey (the key among distractor keys), "
+        "vartrack (variable tracking); right cases per task, length and depth (docs/quality.md)",
+    )
+    parser.add_argument(
+        "--lengths",
+        type=_int_list("prompt lengths", "1024,2048"),
+        default=[1024, 2048],
+        help="with --task: prompt lengths in tokens, at most the model's context (default: 1024,2048)",
+    )
+    parser.add_argument(
+        "--depths",
+        type=_float_list,
+        default=[0.1, 0.5, 0.9],
+        help="with --task: where the key sits in the context, each in [0, 1] (default: 0.1,0.5,0.9)",
+    )
+    parser.add_argument(
+        "--cases", type=_positive_int, default=3, help="with --task: cases per task, length and depth (default: 3)"
+    )
+    parser.add_argument(
+        seed_flag,
+        dest="task_seed",
+        type=_non_negative_int,
+        default=0,
+        help="with --task: seed of the keys and names (default: 0)",
+    )
+    parser.add_argument(
+        "--completion",
+        action="store_true",
+        help="with --task: ask an instruct model by plain completion instead of through its chat template",
+    )
+
+
+def _retrieval_config(args):
+    """The `RetrievalConfig` of `_add_retrieval_args`' flags, or `None` without `--task`."""
+    if not args.task:
+        return None
+    from optimum_gatenorm.evaluation.retrieval import RetrievalConfig
+
+    return RetrievalConfig(
+        tasks=tuple(args.task),
+        lengths=tuple(args.lengths),
+        depths=tuple(args.depths),
+        cases=args.cases,
+        seed=args.task_seed,
+        chat=False if args.completion else None,
+    )
+
+
 class EvalCommand(_LeafCommand):
     STANDARD_OUTPUT = True
 
@@ -789,35 +842,7 @@ class EvalCommand(_LeafCommand):
             help="with --reference: also ask both models a few fixed chat prompts (greedy) and report how far the "
             "answers agree",
         )
-        parser.add_argument(
-            "--task",
-            type=_name_list,
-            help="long-context retrieval tasks, comma-separated: passkey, multikey (the key among distractor keys), "
-            "vartrack (variable tracking); right cases per task, length and depth (docs/quality.md)",
-        )
-        parser.add_argument(
-            "--lengths",
-            type=_int_list("prompt lengths", "1024,2048"),
-            default=[1024, 2048],
-            help="with --task: prompt lengths in tokens, at most the model's context (default: 1024,2048)",
-        )
-        parser.add_argument(
-            "--depths",
-            type=_float_list,
-            default=[0.1, 0.5, 0.9],
-            help="with --task: where the key sits in the context, each in [0, 1] (default: 0.1,0.5,0.9)",
-        )
-        parser.add_argument(
-            "--cases", type=_positive_int, default=3, help="with --task: cases per task, length and depth (default: 3)"
-        )
-        parser.add_argument(
-            "--seed", type=_non_negative_int, default=0, help="with --task: seed of the keys and names (default: 0)"
-        )
-        parser.add_argument(
-            "--completion",
-            action="store_true",
-            help="with --task: ask an instruct model by plain completion instead of through its chat template",
-        )
+        _add_retrieval_args(parser, seed_flag="--seed")
         parser.add_argument("--format", choices=("table", "json"), default="table", help="output format")
         parser.add_argument(
             "--output",
@@ -842,18 +867,7 @@ class EvalCommand(_LeafCommand):
             )
         if args.text is None and args.reference:
             raise InvalidConfigError("--reference compares the two models on a text; add --text FILE")
-        retrieval = None
-        if args.task:
-            from optimum_gatenorm.evaluation.retrieval import RetrievalConfig
-
-            retrieval = RetrievalConfig(
-                tasks=tuple(args.task),
-                lengths=tuple(args.lengths),
-                depths=tuple(args.depths),
-                cases=args.cases,
-                seed=args.seed,
-                chat=False if args.completion else None,
-            )
+        retrieval = _retrieval_config(args)
         inputs = _inputs(args, "model", "text", "reference")
         to_file = args.output and not _to_stdout(args)
         if to_file:
@@ -972,7 +986,8 @@ class CompareCommand(_LeafCommand):
             "Perplexity after removing k attention sublayers, for several criteria and several k, on one loaded\n"
             "model (sublayers are masked in memory, nothing is reloaded). Writes a table, JSON (--output) and a PNG\n"
             "plot (--plot: perplexity vs k, one line per criterion, random as a band over seeds), and the Spearman\n"
-            "rank correlation between the criteria's scores.",
+            "rank correlation between the criteria's scores. --task adds the long-context retrieval suite at every\n"
+            "point (right cases per task and length; the same masks or replacements, see docs/quality.md).",
         )
         _add_model_args(parser)
         parser.add_argument("--text", "-t", required=True, help="UTF-8 text file to evaluate on")
@@ -1007,6 +1022,7 @@ class CompareCommand(_LeafCommand):
             "when given, else on the 16 x 256 tokens cosine_self samples with seed 0) (default: none)",
         )
         _add_window_args(parser)
+        _add_retrieval_args(parser, seed_flag="--task-seed")  # --seeds above is the random criterion's
         _add_calibration_args(parser, seed=False)  # --seeds above
         _add_result_file_args(
             parser,
@@ -1032,6 +1048,7 @@ class CompareCommand(_LeafCommand):
             max_tokens=args.max_tokens,
             bos=args.bos,
             replacement=args.replacement,
+            retrieval=_retrieval_config(args),
         )
         result = compare(
             args.model,

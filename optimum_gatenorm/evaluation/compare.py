@@ -8,6 +8,10 @@ Every point also records how far it moved the model's next-token distributions f
 99th-percentile KL(unpruned || pruned) and top-1 agreement (`optimum_gatenorm.evaluation.divergence`). The sweep
 runs window by window: each window's unpruned logits are computed once and compared with every distinct masked
 set's logits of that window, so one window's logits of two variants are alive at a time, never the whole text's.
+
+With `CompareConfig.retrieval`, every distinct removed set (and the unpruned model) also runs the long-context
+retrieval suite (`optimum_gatenorm.evaluation.retrieval`) with the same masks or fitted replacements, so each point
+records the right cases per task and length beside its perplexity.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import logging
 import math
 import statistics
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,6 +39,7 @@ from ..text import bos_prefix, read_text, read_text_for_tokens
 from ..validation import check_int, check_int_list
 from ..version import __version__
 from .perplexity import check_window_fits, check_window_in_config, check_windowing, forward_logits, score_windows
+from .retrieval import RetrievalConfig, retrieval_accuracy, retrieval_cases
 
 
 if TYPE_CHECKING:
@@ -118,7 +123,8 @@ class ComparePoint:
     """Perplexity with the `num_layers` lowest-scored attention sublayers of `criterion` removed.
 
     `kl_mean`, `kl_p99` (nats) and `top1_agreement` compare its next-token distributions with the unpruned
-    model's on the same tokens (0, 0 and 1 at k = 0).
+    model's on the same tokens (0, 0 and 1 at k = 0). `retrieval` (with `CompareConfig.retrieval`) maps
+    `"task@length"` to `[right, total]` cases over the depths.
     """
 
     criterion: str
@@ -129,11 +135,16 @@ class ComparePoint:
     kl_mean: float | None = None
     kl_p99: float | None = None
     top1_agreement: float | None = None
+    retrieval: dict[str, list[int]] | None = None
 
 
 @dataclass
 class CompareResult(JSONMixin):
-    """Everything `compare` measured; `to_json()` is the `--output` file."""
+    """Everything `compare` measured; `to_json()` is the `--output` file.
+
+    `retrieval` (with `CompareConfig.retrieval`) holds each evaluated set's whole `RetrievalResult` (every case, its
+    key and continuation), keyed by the removed layers joined with commas (`""` for the unpruned model).
+    """
 
     model: str
     text: str
@@ -144,6 +155,7 @@ class CompareResult(JSONMixin):
     points: list[ComparePoint]
     spearman: dict[str, dict[str, float | None]]
     settings: dict = field(default_factory=dict)
+    retrieval: dict[str, dict] = field(default_factory=dict)
     gatenorm_version: str = __version__
 
     def curve(self, criterion: str, metric: str = "perplexity") -> dict[int, list[float]]:
@@ -190,9 +202,24 @@ class CompareResult(JSONMixin):
                 ("top1_agreement", "top-1 agreement with the unpruned model (share of tokens)", 4),
             ):
                 lines += ["", *self._metric_lines(metric, title, digits)]
+        if any(point.retrieval for point in self.points):
+            lines += ["", *self._retrieval_lines()]
         timing = ", ".join(f"{name} {info['scoring_seconds']:.3g} s" for name, info in self.criteria.items())
         lines.append(f"scoring time: {timing}")
         return "\n".join(lines)
+
+    def _retrieval_lines(self) -> list[str]:
+        """Right cases per task@length, one block per criterion (for `random`, its first seed)."""
+        columns = list(dict.fromkeys(cell for point in self.points for cell in (point.retrieval or {})))
+        lines = ["long-context retrieval: right cases per task@length (over the depths)"]
+        for name in self.criteria:
+            lines.append(f"{name}: {'k':>3}  " + "  ".join(f"{column:>14}" for column in columns))
+            for k in self.num_layers:
+                point = next((p for p in self.points if p.criterion == name and p.num_layers == k), None)
+                found = (point.retrieval or {}) if point else {}
+                cells = [f"{'/'.join(map(str, found[c])) if c in found else '-':>14}" for c in columns]
+                lines.append(f"{' ' * (len(name) + 2)}{k:>3}  " + "  ".join(cells))
+        return lines
 
     def plot(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Writes a PNG: perplexity vs k (log scale), one line per criterion, random as median and min-max band.
@@ -280,6 +307,8 @@ class CompareConfig:
         replacement: What each removed sublayer is replaced by at every point, as in `GateNormConfig`: `"none"`
             (masked plainly), `"mean"` or `"linear"` (fitted once per distinct removed set, on the calibration
             given to `compare_criteria`, else on the windows `cosine_self` samples with seed 0, as `prune` does).
+        retrieval: Also run the long-context retrieval suite at every distinct removed set and the unpruned model
+            (`None`: not).
     """
 
     criteria: Sequence[str] = DEFAULT_COMPARE_CRITERIA
@@ -293,6 +322,7 @@ class CompareConfig:
     max_tokens: int | None = None
     bos: bool | None = None
     replacement: str = "none"
+    retrieval: RetrievalConfig | None = None
 
     def __post_init__(self):
 
@@ -313,6 +343,8 @@ class CompareConfig:
             check_int("min_gap", self.min_gap, 1)
         check_windowing(self.window, self.stride, self.max_tokens)
         check_replacement(self.replacement)
+        if self.retrieval is not None and not isinstance(self.retrieval, RetrievalConfig):
+            raise InvalidConfigError(f"retrieval must be a RetrievalConfig or None, got {self.retrieval!r}")
 
 
 def compare_criteria(
@@ -352,6 +384,9 @@ def compare_criteria(
     pruner = GateNormPruner(model)
 
     check_window_fits(model, config.window, len(bos_prefix(tokenizer, config.bos)))
+    if config.retrieval is not None:
+        config.retrieval.check_context(getattr(model.config, "max_position_embeddings", None))
+        retrieval_cases(tokenizer, config.retrieval)  # a length too short for the prompt fails before scoring
     runs = [(name, seed) for name in criteria for seed in (seeds if name == RANDOM else [None])]
     scores_by_run, info = _score_runs(pruner, runs, config, calibration)
     selections = []
@@ -372,6 +407,7 @@ def compare_criteria(
     sets = list(dict.fromkeys(tuple(sorted(set(removed))) for *_, removed in selections if removed))
     fits = _fit_sets(model, sets, config.replacement, calibration, progress)
     measured, baseline, bos = _measure_sets(model, tokenizer, text, sets, fits, config, progress)
+    retrieval = _retrieval_sets(model, tokenizer, sets, fits, config.retrieval, measured, progress)
     points = [
         ComparePoint(name, k, removed, seed=seed, **measured[tuple(sorted(set(removed)))])
         for name, seed, k, removed in selections
@@ -399,7 +435,9 @@ def compare_criteria(
                 ",".join(map(str, layers)): {"seconds": fit.seconds, "calibration": fit.calibration["source"]}
                 for layers, fit in fits.items()
             },
+            "retrieval": None if config.retrieval is None else asdict(config.retrieval),
         },
+        retrieval=retrieval,
     )
 
 
@@ -443,6 +481,8 @@ def compare(
         config.num_layers, pruner.config, protect_first=config.protect_first, protect_last=config.protect_last
     )
     check_window_in_config(pruner.checkpoint_path, config.window)
+    if config.retrieval is not None:
+        config.retrieval.check_context(getattr(pruner.config, "max_position_embeddings", None))
     tokenizer = load_tokenizer(pruner.checkpoint_path)  # before the model: a missing tokenizer fails fast
     evaluated = read_text_for_tokens(text, tokenizer, config.max_tokens)  # only what max_tokens needs
     calibration = None
@@ -516,6 +556,25 @@ def _measure_sets(model, tokenizer, text: str, sets: list, fits: dict, config: C
             "top1_agreement": divergence["top1_agreement"],
         }
     return measured, scores.reference, scores.bos
+
+
+def _retrieval_sets(model, tokenizer, sets, fits, retrieval, measured: dict, progress: bool) -> dict[str, dict]:
+    """The retrieval suite on the unpruned model and every removed set: fills `measured[set]["retrieval"]` with
+    `{"task@length": [right, total]}` and returns each run's whole result, keyed by the joined layers."""
+    if retrieval is None:
+        return {}
+    runs = {}
+    for layers in [(), *sets]:
+        with _removed(model, layers, fits.get(layers)) if layers else contextlib.nullcontext():
+            found = retrieval_accuracy(model, tokenizer, retrieval, progress=progress)
+        cells: dict[str, list[int]] = {}
+        for row in found.rows:
+            cell = cells.setdefault(f"{row['task']}@{row['length']}", [0, 0])
+            cell[0] += row["correct"]
+            cell[1] += row["total"]
+        measured[layers]["retrieval"] = cells
+        runs[",".join(map(str, layers))] = found.to_dict()
+    return runs
 
 
 def _correlations(info: dict[str, dict], criteria) -> dict[str, dict[str, float | None]]:
