@@ -315,6 +315,10 @@ CASES = {
         ("benchmark", "-m", "{onnx}", "-b", "{onnx}", "-o", "{onnx}/bench.json"), ("inside the input",)
     ),
     "benchmark_zero_runs": Case(("benchmark", "-m", "{onnx}", "-b", "{onnx}", "--runs", "0"), ("integer >= 1",)),
+    "benchmark_prompt_past_the_context": Case(
+        ("benchmark", "-m", "{model}", "-b", "{model}", "--backend", "pytorch", "--prompt-length", "120"),
+        ("152", "128 positions", "up to 96"),
+    ),
     # --- convert and criteria -----------------------------------------------------------------------------------
     "convert_not_a_gguf": Case(("convert", "-m", "{afile}", "-o", "{new}"), (".gguf",)),
     "convert_truncated_gguf": Case(("convert", "-m", "{truncated.gguf}", "-o", "{new}"), ("truncated",)),

@@ -152,6 +152,26 @@ def test_the_command_line_writes_the_document(tiny):
     assert "retrieval accuracy" in result.stderr
 
 
+def test_compare_on_the_command_line_records_retrieval_at_every_point(tiny, tmp_path):
+    _, _, root = tiny
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 20, encoding="utf-8")
+    args = ["compare", "-m", root, "-t", text, "--criteria", "last", "-k", "0,1", "--window", "64"]
+    args += ["--task", "passkey", "--lengths", "300", "--depths", "0.5", "--cases", "1", "--task-seed", "2"]
+    result = subprocess.run(
+        [str(OPTIMUM_CLI), "gatenorm", *map(str, args), "-o", "-"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert [sorted(point["retrieval"]) for point in data["points"]] == [["passkey@300"]] * 2
+    assert data["settings"]["retrieval"]["seed"] == 2 and sorted(data["retrieval"]) == ["", "3"]
+    assert "long-context retrieval" in result.stderr
+
+
 @pytest.mark.slow
 def test_the_unpruned_smollm2_finds_the_pass_key_at_1k_tokens():
     result = evaluate_retrieval(
@@ -159,3 +179,37 @@ def test_the_unpruned_smollm2_finds_the_pass_key_at_1k_tokens():
     )
     assert result.chat_template is True
     assert result.accuracy("passkey") == 1.0, result.to_table()
+
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "long_context"
+
+
+def _first_fall(points: list[dict]) -> tuple[int | None, tuple[int, ...]]:
+    """The first k whose retrieval is more than one case below the unpruned model's in some task@length cell."""
+    base = next(p["retrieval"] for p in points if p["num_layers"] == 0)
+    ks = tuple(sorted(p["num_layers"] for p in points if p["num_layers"]))
+    for k in ks:
+        cells = next(p["retrieval"] for p in points if p["num_layers"] == k)
+        if any(base[cell][0] - cells[cell][0] > 1 for cell in base):
+            return k, ks
+    return None, ks
+
+
+@pytest.mark.parametrize("measured_on", ["smollm2-135m", "gemma3-270m"])
+def test_the_retrieval_warning_follows_the_long_context_records(measured_on):
+    from optimum_gatenorm.criteria.measurements import MEASUREMENTS, retrieval_warning
+
+    record = json.loads((BENCH / f"{measured_on}-linear.json").read_text())
+    assert record["criteria"].keys() == {"cosine_self"} and record["settings"]["replacement"] == "linear"
+    measurement = MEASUREMENTS[measured_on]
+    assert (measurement.retrieval_falls_at, measurement.retrieval_ks) == _first_fall(record["points"])
+    layers, falls = measurement.layers, measurement.retrieval_falls_at
+    if falls is None:
+        assert retrieval_warning("cosine_self", max(measurement.retrieval_ks), layers, measured_on) is None
+        return
+    assert retrieval_warning("cosine_self", falls - 1, layers, measured_on) is None
+    warning = retrieval_warning("cosine_self", falls, layers, measured_on)
+    assert f"from k={falls} of {layers} on {measurement.model}" in warning and "--task passkey" in warning
+    assert retrieval_warning("cosine_self", 2 * falls, 2 * layers, measured_on) is not None  # scaled by depth
+    assert retrieval_warning("gate_norm", falls, layers, measured_on) is None  # measured on the default only
+    assert retrieval_warning("cosine_self", falls, layers, None) is None

@@ -273,6 +273,20 @@ def check_model_path(path: str | Path, settings: BenchmarkSettings) -> Path:
     )
 
 
+def _check_context(path: Path, settings: BenchmarkSettings) -> None:
+    """Refuses prompts that, with the generated tokens, run past the model's positions (read from config.json)."""
+    from transformers import AutoConfig
+
+    limit = getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None)
+    longest = max(settings.prompt_lengths) + settings.new_tokens
+    if isinstance(limit, int) and longest > limit:
+        raise InvalidConfigError(
+            f"prompt length {max(settings.prompt_lengths)} + {settings.new_tokens} new tokens = {longest} exceeds "
+            f"{path}'s {limit} positions (max_position_embeddings); give prompt lengths up to "
+            f"{limit - settings.new_tokens}"
+        )
+
+
 def load_model(path: str | Path, settings: BenchmarkSettings):
     """Loads one side of the comparison for `settings.backend` / `settings.provider` (see `check_model_path`).
 
@@ -338,6 +352,8 @@ def run_benchmark(
     if settings.provider == "cuda":
         check_cuda_available()
     candidate_path, baseline_path = check_model_path(candidate, settings), check_model_path(baseline, settings)
+    for path in (candidate_path, baseline_path):
+        _check_context(path, settings)
     models = {"candidate": load_model(candidate_path, settings), "baseline": load_model(baseline_path, settings)}
     configs = {name: model.config for name, model in models.items()}
     _check_comparable(candidate_path, baseline_path, configs["candidate"], configs["baseline"])

@@ -18,7 +18,7 @@ from functools import cached_property
 from ..params import ANY, param
 
 
-__all__ = ["FIRST_K_WORSE_THAN_RANDOM", "MEASUREMENTS", "Measurement", "breakdown_warning"]
+__all__ = ["FIRST_K_WORSE_THAN_RANDOM", "MEASUREMENTS", "Measurement", "breakdown_warning", "retrieval_warning"]
 
 # The references: the data-driven criteria and the random control get no per-criterion limit.
 REFERENCES = ("cosine", "attn_norm", "random")
@@ -36,6 +36,10 @@ class Measurement:
         worse_at: `(criterion, min_gap)` -> the measured ks at which it was worse than the median random draw on
             at least one text (empty: never, up to `max(ks)`).
         advice: What held up there, for the warning's second half.
+        retrieval_falls_at: The first k (of `retrieval_ks`) at which the default (`cosine_self`, `linear`
+            replacement) fell more than one case below the unpruned model on the long-context retrieval suite
+            (benchmarks/long_context/), `None` if never.
+        retrieval_ks: The k values at which retrieval was measured.
     """
 
     model: str
@@ -44,6 +48,8 @@ class Measurement:
     setting: str
     worse_at: Mapping[tuple[str, int], tuple[int, ...]] = field(hash=False)
     advice: str
+    retrieval_falls_at: int | None = None
+    retrieval_ks: tuple[int, ...] = ()
 
     @property
     def max_k(self) -> int:
@@ -80,6 +86,9 @@ SMOLLM2 = Measurement(
         "there the default cosine_self (no user data) was better than random from k=4 to k=12, and the data-driven "
         f"{param('criterion', 'cosine')} with {param('calibration_text', ANY)} held up at every k"
     ),
+    # Pass key 6/6 -> 2/6 at 1,024 tokens and 4/6 -> 0/6 at 2,048 when k = 6 adds layers 7 and 22.
+    retrieval_falls_at=6,
+    retrieval_ks=(2, 4, 6, 8),
 )
 
 GEMMA3 = Measurement(
@@ -108,9 +117,29 @@ GEMMA3 = Measurement(
         f"random up to k=7, and the data-driven {param('criterion', 'cosine')} with {param('calibration_text', ANY)} "
         "was best"
     ),
+    # Pass key and multikey within one case of the unpruned model at 1,024-4,096 tokens at k = 2 and 4.
+    retrieval_falls_at=None,
+    retrieval_ks=(2, 4),
 )
 
 MEASUREMENTS: dict[str, Measurement] = {"smollm2-135m": SMOLLM2, "gemma3-270m": GEMMA3}
+
+
+def retrieval_warning(criterion: str, num_layers: int, total: int, measured_on: str | None) -> str | None:
+    """A one-line warning when removing `num_layers` of `total` sublayers with the default criterion reaches the k
+    (scaled to the measured model's depth) at which long-context retrieval fell on the nearest measured model."""
+    measurement = MEASUREMENTS.get(measured_on) if measured_on else None
+    if criterion != "cosine_self" or measurement is None or measurement.retrieval_falls_at is None or total <= 0:
+        return None
+    scaled = num_layers * measurement.layers / total
+    if scaled + 1e-9 < measurement.retrieval_falls_at:
+        return None
+    return (
+        f"long-context retrieval (pass key, multi-key) fell below the unpruned model's from k={measurement.retrieval_falls_at} "
+        f"of {measurement.layers} on {measurement.model} (benchmarks/long_context/); removing {num_layers} of {total} "
+        "is at that point: check with `optimum-cli gatenorm eval --task passkey,multikey --lengths ...`"
+    )
+
 
 # The SmolLM2 table under its former name.
 FIRST_K_WORSE_THAN_RANDOM = SMOLLM2.first_k_worse

@@ -13,7 +13,7 @@ from ..checkpoints.record import get_layer_criteria, get_pruned_layers, get_repl
 from ..checkpoints.tensors import Checkpoint, ModelWeights, inspect_checkpoint
 from ..criteria import DEFAULT_CRITERION, get_criterion, require_calibration, score_layers, score_with_model
 from ..criteria.calibration import Calibration
-from ..criteria.measurements import breakdown_warning
+from ..criteria.measurements import breakdown_warning, retrieval_warning
 from ..errors import InvalidConfigError
 from ..params import param
 from ..progress import phase, summary_logger
@@ -334,20 +334,7 @@ class GateNormPruner:
             scores = self.score(
                 config.criterion, calibration=calibration, seed=config.seed, device=device, progress=progress
             )
-        removed, protected, excluded = select_layers(scores.scores, config)
-        warnings = [
-            spacing_warning(removed, scores.scores, config.resolved_min_gap),
-            breakdown_warning(
-                config.criterion,
-                config.resolved_min_gap,
-                len(removed),
-                len(scores.scores),
-                measured_on=get_adapter(self.config).quality_reference,
-            ),
-        ]
-        warnings = [w for w in warnings if w]
-        for warning in warnings:
-            logger.warning("warning: %s", warning)
+        removed, protected, excluded, warnings = self._select(scores, config)
         slow_progress = progress is not False  # loading, fitting and checking run the model: shown unless False
         model = self._load_model(slow_progress)
         before = model.num_parameters()
@@ -385,6 +372,22 @@ class GateNormPruner:
         model.gatenorm_report = report
         summary_logger.info("%s", report.summary())
         return model, report
+
+    def _select(self, scores: ScoreReport, config: GateNormConfig):
+        """`select_layers`, then the measured-quality warnings (logged). Returns `(removed, protected, excluded,
+        warnings)`."""
+        removed, protected, excluded = select_layers(scores.scores, config)
+        reference = get_adapter(self.config).quality_reference
+        total = len(scores.scores)
+        warnings = [
+            spacing_warning(removed, scores.scores, config.resolved_min_gap),
+            breakdown_warning(config.criterion, config.resolved_min_gap, len(removed), total, measured_on=reference),
+            retrieval_warning(config.criterion, len(removed), total, reference),
+        ]
+        warnings = [w for w in warnings if w]
+        for warning in warnings:
+            logger.warning("warning: %s", warning)
+        return removed, protected, excluded, warnings
 
     @staticmethod
     def _fit_replacement(model, removed, config, calibration, progress) -> "ReplacementFit":
