@@ -207,9 +207,12 @@ def test_the_retrieval_warning_follows_the_long_context_records(measured_on):
     if falls is None:
         assert retrieval_warning("cosine_self", max(measurement.retrieval_ks), layers, measured_on) is None
         return
-    assert retrieval_warning("cosine_self", falls - 1, layers, measured_on) is None
-    warning = retrieval_warning("cosine_self", falls, layers, measured_on)
-    assert f"from k={falls} of {layers} on {measurement.model}" in warning and "--task passkey" in warning
-    assert retrieval_warning("cosine_self", 2 * falls, 2 * layers, measured_on) is not None  # scaled by depth
+    held = max(k for k in measurement.retrieval_ks if k < falls)  # the last measured k at which it held
+    assert retrieval_warning("cosine_self", held, layers, measured_on) is None
+    warning = retrieval_warning("cosine_self", held + 1, layers, measured_on)  # between the measured points: warned
+    assert f"up to k={held} of {layers} on {measurement.model} and fell at k={falls}" in warning
+    assert "--task passkey" in warning
+    assert retrieval_warning("cosine_self", 2 * held, 2 * layers, measured_on) is None  # scaled by depth
+    assert retrieval_warning("cosine_self", 2 * held + 1, 2 * layers, measured_on) is not None
     assert retrieval_warning("gate_norm", falls, layers, measured_on) is None  # measured on the default only
     assert retrieval_warning("cosine_self", falls, layers, None) is None
