@@ -131,9 +131,8 @@ def test_a_length_beyond_the_context_or_below_the_question_is_refused(tiny):
         retrieval_cases(tokenizer, RetrievalConfig(lengths=(50,)))
 
 
-def test_the_command_line_writes_the_document(tiny):
-    _, _, root = tiny
-    args = ["eval", "-m", root, "--task", "passkey,vartrack", "--lengths", "400", "--depths", "0,1", "--cases", "1"]
+def _document(args: list) -> tuple[subprocess.CompletedProcess, dict]:
+    """Runs `optimum-cli gatenorm ARGS -o -`: the process (it must succeed) and the JSON document on stdout."""
     result = subprocess.run(
         [str(OPTIMUM_CLI), "gatenorm", *map(str, args), "-o", "-"],
         capture_output=True,
@@ -142,7 +141,13 @@ def test_the_command_line_writes_the_document(tiny):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    data = json.loads(result.stdout)
+    return result, json.loads(result.stdout)
+
+
+def test_the_command_line_writes_the_document(tiny):
+    _, _, root = tiny
+    args = ["eval", "-m", root, "--task", "passkey,vartrack", "--lengths", "400", "--depths", "0,1", "--cases", "1"]
+    result, data = _document(args)
     assert [(r["task"], r["depth"]) for r in data["rows"]] == [
         ("passkey", 0.0),
         ("passkey", 1.0),
@@ -158,15 +163,7 @@ def test_compare_on_the_command_line_records_retrieval_at_every_point(tiny, tmp_
     text.write_text("the quick brown fox jumps over the lazy dog. " * 20, encoding="utf-8")
     args = ["compare", "-m", root, "-t", text, "--criteria", "last", "-k", "0,1", "--window", "64"]
     args += ["--task", "passkey", "--lengths", "300", "--depths", "0.5", "--cases", "1", "--task-seed", "2"]
-    result = subprocess.run(
-        [str(OPTIMUM_CLI), "gatenorm", *map(str, args), "-o", "-"],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    data = json.loads(result.stdout)
+    result, data = _document(args)
     assert [sorted(point["retrieval"]) for point in data["points"]] == [["passkey@300"]] * 2
     assert data["settings"]["retrieval"]["seed"] == 2 and sorted(data["retrieval"]) == ["", "3"]
     assert "long-context retrieval" in result.stderr
