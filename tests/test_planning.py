@@ -193,8 +193,8 @@ def test_benchmark_reports_the_measured_share_bound(tmp_path):
     from optimum_gatenorm.benchmark.throughput import BenchmarkSettings, run_benchmark
 
     base, pruned = tmp_path / "base", tmp_path / "pruned"
-    tiny_model("llama").save_pretrained(base)
-    model = tiny_model("llama")
+    tiny_model("llama", max_position_embeddings=256).save_pretrained(base)  # room for 128 + 3 tokens
+    model = tiny_model("llama", max_position_embeddings=256)
     prune_model(model, [1, 2])
     model.save_pretrained(pruned)
     shares = _shares(tiny_config("llama"))
@@ -244,8 +244,10 @@ def test_benchmark_bound_counts_the_candidates_replacements(tmp_path):
     from optimum_gatenorm.benchmark.throughput import BenchmarkSettings, run_benchmark
 
     base, replaced = tmp_path / "base", tmp_path / "replaced"
-    tiny_model("llama").save_pretrained(base)
-    replaced_model("llama", "linear", layers=[1, 2]).save_pretrained(replaced)
+    tiny_model("llama", max_position_embeddings=256).save_pretrained(base)  # room for 128 + 3 tokens
+    model = replaced_model("llama", "linear", layers=[1, 2])
+    model.config.max_position_embeddings = 256  # rotary positions: the weights do not depend on it
+    model.save_pretrained(replaced)
     shares = _shares(tiny_config("llama"))
     settings = BenchmarkSettings(prompt_lengths=[128], new_tokens=3, warmup=0, runs=1, backend="pytorch")
     (row,) = run_benchmark(replaced, base, settings, shares=shares).summary
