@@ -2,13 +2,16 @@
 
     python benchmarks/replacement_study.py [--model smollm2-135m] [--ks 4,8] [--max-tokens 2048] [--window 512]
         [--texts pride-and-prejudice,lee-news,emma] [--chat-ks 4] [--output-dir benchmarks/replacement]
+        [--variants none,mean,linear] [--distill-steps 100] [--distill-samples 16] [--output-name NAME]
 
 On one loaded model, with the default criterion (`cosine_self`, seed 0, layer 0 protected) choosing the layers:
 
 1. the model samples its own 16 x 256 calibration tokens once (as `prune` does); for each k the chosen layers are
    removed plainly (`none`) and with `mean` and `linear` replacements fitted on those tokens
    (`pruning.replacement.fit_replacements`, timed), plus the recovery `prune` reports (mean KL divergence to the
-   unpruned model on 2 sequences sampled with seed 1, which the fit did not use);
+   unpruned model on 2 sequences sampled with seed 1, which the fit did not use); `--variants` adds `weights`
+   (a linear map from the value and output projections, no forward pass) and `distill` (least squares, then fitted
+   end to end; on `--distill-samples` self-sampled sequences, seed 0, when given, else the same 16);
 2. on each text, one pass over the 512-token windows scores every variant and the unpruned model on the same
    windows: perplexity, KL(unpruned || variant) mean / p99 / max and top-1 agreement
    (`evaluation.divergence`);
@@ -34,11 +37,13 @@ from texts import austen, lee_news
 
 from optimum_gatenorm import GateNormConfig, GateNormPruner
 from optimum_gatenorm.checkpoints.modeling import prune_model
+from optimum_gatenorm.criteria.calibration import Calibration
 from optimum_gatenorm.criteria.selfcal import self_calibration, self_generated
 from optimum_gatenorm.evaluation.chat import chat_answers, chat_fidelity
 from optimum_gatenorm.evaluation.perplexity import forward_logits, score_windows
+from optimum_gatenorm.pruning.fits import DISTILL_STEPS, fit_replacements_by, weight_replacements
 from optimum_gatenorm.pruning.pruner import select_layers
-from optimum_gatenorm.pruning.replacement import RECOVERY_SAMPLES, fit_replacements, replacement_recovery
+from optimum_gatenorm.pruning.replacement import RECOVERY_SAMPLES, replacement_recovery
 from optimum_gatenorm.text import read_text
 from optimum_gatenorm.version import __version__
 
@@ -49,7 +54,14 @@ TEXTS = {
     "lee-news": lee_news,
     "emma": lambda: austen("emma"),
 }
-KINDS = ("none", "mean", "linear")
+# variant -> (replacement kind, fit) (`pruning.fits`)
+VARIANTS = {
+    "none": ("none", None),
+    "mean": ("mean", "least-squares"),
+    "linear": ("linear", "least-squares"),
+    "weights": ("linear", "weights"),
+    "distill": ("linear", "distill"),
+}
 
 
 def _ints(value: str) -> list[int]:
@@ -66,6 +78,10 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", type=Path, default=Path(__file__).resolve().parent / "replacement")
+    parser.add_argument("--output-name", help="file name without .json (default: the model's name)")
+    parser.add_argument("--variants", default="none,mean,linear", help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument("--distill-steps", type=int, default=DISTILL_STEPS)
+    parser.add_argument("--distill-samples", type=int, help="self-sampled sequences for distill (default: the 16)")
     args = parser.parse_args()
     torch.manual_seed(0)
     begin = time.perf_counter()
@@ -96,19 +112,37 @@ def main() -> None:
     recovery_windows = self_generated(model, num_samples=RECOVERY_SAMPLES, seed=args.seed + 1)
     recovery_source = f"{recovery_windows.shape[0]} x {recovery_windows.shape[1] - 1} tokens (seed {args.seed + 1})"
 
+    kinds = [v for v in args.variants.split(",") if v]
+    distill_windows = calibration
+    if "distill" in kinds and args.distill_samples:
+        ids = self_generated(model, num_samples=args.distill_samples, seed=args.seed)
+        distill_windows = Calibration(ids, source=f"{ids.shape[0]} x {ids.shape[1] - 1} tokens (seed {args.seed})")
+    result["variants"] = {name: VARIANTS[name] for name in kinds}
     variants: dict[tuple[int, str], torch.nn.Module] = {}
     for k in args.ks:
         removed, _, _ = select_layers(list(scores.scores), GateNormConfig(num_layers=k, seed=args.seed))
-        for kind in KINDS:
+        for name in kinds:
+            kind, how = VARIANTS[name]
             fit = None
             if kind != "none":
-                fit = fit_replacements(model, removed, kind, calibration)
+                if how == "weights":  # not a `--fit` choice (measured worse than plain removal), kept as a variant
+                    fit = weight_replacements(model, removed)
+                else:
+                    fit = fit_replacements_by(
+                        model,
+                        removed,
+                        kind,
+                        how,
+                        calibration,
+                        distill_windows=distill_windows,
+                        steps=args.distill_steps,
+                    )
                 fit.recovery = replacement_recovery(model, fit, recovery_windows, source=recovery_source)
-                result["fits"].append({"k": k, "layers": removed, **fit.to_dict()})
-                print(f"k={k} {kind}: layers {removed}, fit {fit.seconds:.1f} s, recovery {fit.recovery}", flush=True)
+                result["fits"].append({"k": k, "layers": removed, "variant": name, **fit.to_dict()})
+                print(f"k={k} {name}: layers {removed}, fit {fit.seconds:.1f} s, recovery {fit.recovery}", flush=True)
             variant = copy.deepcopy(model)
             prune_model(variant, removed, criterion="cosine_self", replacements=fit.layers if fit else None)
-            variants[(k, kind)] = variant.eval()
+            variants[(k, name)] = variant.eval()
 
     for name in [n for n in args.texts.split(",") if n]:
         path = TEXTS[name]()
@@ -142,7 +176,7 @@ def main() -> None:
         reference_answers = chat_answers(model, tokenizer)
         result["chat_reference"] = [answer.text for answer in reference_answers]
         for k in args.chat_ks:
-            for kind in KINDS:
+            for kind in kinds:
                 chat = chat_fidelity(variants[(k, kind)], tokenizer, reference_answers, model_name=f"k={k} {kind}")
                 result["chat"].append({"k": k, "replacement": kind, **chat.to_dict()})
                 print(
@@ -153,7 +187,7 @@ def main() -> None:
 
     result["seconds"] = time.perf_counter() - begin
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    target = args.output_dir / f"{args.model}.json"
+    target = args.output_dir / f"{args.output_name or args.model}.json"
     target.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {target} ({result['seconds']:.0f} s)")
 

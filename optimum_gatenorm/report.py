@@ -165,8 +165,9 @@ class PruningReport(JSONMixin):
         fit = self.replacement
         if not fit:
             return None
+        how = "fitted end to end" if fit.get("fit") == "distill" else "fitted"
         text = (
-            f"Replaced them with {fit['kind']} maps fitted in {fit['seconds']:.1f} s on {fit['calibration']['source']}"
+            f"Replaced them with {fit['kind']} maps {how} in {fit['seconds']:.1f} s on {fit['calibration']['source']}"
         )
         recovery = fit.get("recovery")
         if not recovery:

@@ -146,6 +146,13 @@ CASES = {
         ("prune", "-m", "{model}", "-k", "1", "-c", "cosine", "--calibration-text", "{missing}", "-o", "{new}"),
         ("missing",),
     ),
+    "prune_unknown_fit": Case(
+        ("prune", "-m", "{model}", "-k", "1", "--fit", "weights", "-o", "{new}"), ("invalid choice: 'weights'",)
+    ),
+    "prune_distill_without_a_replacement": Case(
+        ("prune", "-m", "{model}", "-k", "1", "--fit", "distill", "--replacement", "none", "-o", "{new}"),
+        ("fits a replacement",),
+    ),
     "prune_unreachable_target_speedup": Case(
         ("prune", "-m", "{model}", "--target-speedup", "50", "-o", "{new}"), ("no k reaches", "the best is")
     ),

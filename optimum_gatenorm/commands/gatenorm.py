@@ -24,6 +24,9 @@ DEFAULT_CRITERION = "cosine_self"  # optimum_gatenorm.criteria.DEFAULT_CRITERION
 # Choices argparse checks at parse time, repeated here to keep start-up light (a test checks them against the
 # library's: REPLACEMENTS, pipeline.EXPORT_FORMATS, exporters.FORMATS, GGUF_TYPES).
 REPLACEMENTS = ("none", "mean", "linear")
+FITS = ("least-squares", "distill")
+DISTILL_STEPS = 100
+DISTILL_SAMPLES = 64
 PRUNE_EXPORTS = ("onnx",)
 EXPORT_FORMATS = ("onnx", "gguf", "nemotron-nas")
 GGUF_TYPES = ("f32", "f16", "q8_0")
@@ -507,6 +510,34 @@ def _add_amount_args(parser: "ArgumentParser") -> None:
     )
 
 
+def _add_fit_args(parser: "ArgumentParser", *, samples: bool) -> None:
+    """How `--replacement`'s parameters are obtained (`pruning.fits`)."""
+    parser.add_argument(
+        "--fit",
+        choices=FITS,
+        default="least-squares",
+        help="how the replacement's parameters are obtained (default: least-squares, each map alone in closed "
+        "form). distill: least squares, then every map together, end to end, against the unpruned model's "
+        "next-token distribution on text the model samples itself (Adam, early stopping on a held-out quarter; "
+        "minutes on a CPU). docs/replacement.md",
+    )
+    parser.add_argument(
+        "--distill-steps",
+        type=_positive_int,
+        default=DISTILL_STEPS,
+        help=f"with --fit distill: at most N Adam steps of 4 sequences (default: {DISTILL_STEPS}; fewer when the "
+        "held-out KL stops falling)",
+    )
+    if samples:
+        parser.add_argument(
+            "--distill-samples",
+            type=_int_at_least(2),
+            default=DISTILL_SAMPLES,
+            help=f"with --fit distill: the model samples N sequences of 256 tokens to distill on, a quarter held out "
+            f"(default: {DISTILL_SAMPLES}; --calibration-text replaces them)",
+        )
+
+
 class PruneCommand(_LeafCommand):
     @staticmethod
     def parse_args(parser: "ArgumentParser"):
@@ -549,6 +580,7 @@ class PruneCommand(_LeafCommand):
             "given; prints the KL divergence to the unpruned model with and without it on 2 sequences the fit "
             "did not use. docs/replacement.md",
         )
+        _add_fit_args(parser, samples=True)
         parser.add_argument(
             "--dtype", choices=DTYPES, default="auto", help="dtype of the saved checkpoint (default: the input's)"
         )
@@ -589,6 +621,9 @@ class PruneCommand(_LeafCommand):
             min_gap=args.min_gap,
             seed=args.seed,
             replacement=args.replacement,
+            fit=args.fit,
+            distill_steps=args.distill_steps,
+            distill_samples=args.distill_samples,
         )
         result = prune_and_save(
             args.model,
@@ -1021,6 +1056,7 @@ class CompareCommand(_LeafCommand):
             help="as for prune, at every point: each distinct removed set gets its own fit (on --calibration-text "
             "when given, else on the 16 x 256 tokens cosine_self samples with seed 0) (default: none)",
         )
+        _add_fit_args(parser, samples=False)
         _add_window_args(parser)
         _add_retrieval_args(parser, seed_flag="--task-seed")  # --seeds above is the random criterion's
         _add_calibration_args(parser, seed=False)  # --seeds above
@@ -1048,6 +1084,8 @@ class CompareCommand(_LeafCommand):
             max_tokens=args.max_tokens,
             bos=args.bos,
             replacement=args.replacement,
+            fit=args.fit,
+            distill_steps=args.distill_steps,
             retrieval=_retrieval_config(args),
         )
         result = compare(

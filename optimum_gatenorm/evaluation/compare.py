@@ -32,6 +32,7 @@ from ..criteria import get_criterion, require_calibration
 from ..errors import InvalidConfigError
 from ..outputs import atomic_save_figure, check_output_path, require_pyplot
 from ..pruning.configuration import GateNormConfig
+from ..pruning.fits import DISTILL_STEPS, check_fit
 from ..pruning.pruner import GateNormPruner, check_request, select_layers
 from ..pruning.replacement import check_replacement
 from ..serialization import JSONMixin
@@ -307,6 +308,8 @@ class CompareConfig:
         replacement: What each removed sublayer is replaced by at every point, as in `GateNormConfig`: `"none"`
             (masked plainly), `"mean"` or `"linear"` (fitted once per distinct removed set, on the calibration
             given to `compare_criteria`, else on the windows `cosine_self` samples with seed 0, as `prune` does).
+        fit: How each replacement is obtained, as in `GateNormConfig` (`"least-squares"` or `"distill"`).
+        distill_steps: With `fit="distill"`, as in `GateNormConfig`.
         retrieval: Also run the long-context retrieval suite at every distinct removed set and the unpruned model
             (`None`: not).
     """
@@ -322,6 +325,8 @@ class CompareConfig:
     max_tokens: int | None = None
     bos: bool | None = None
     replacement: str = "none"
+    fit: str = "least-squares"
+    distill_steps: int = DISTILL_STEPS
     retrieval: RetrievalConfig | None = None
 
     def __post_init__(self):
@@ -343,6 +348,8 @@ class CompareConfig:
             check_int("min_gap", self.min_gap, 1)
         check_windowing(self.window, self.stride, self.max_tokens)
         check_replacement(self.replacement)
+        if self.replacement != "none" or self.fit != "least-squares":
+            check_fit(self.fit, self.replacement, self.distill_steps)
         if self.retrieval is not None and not isinstance(self.retrieval, RetrievalConfig):
             raise InvalidConfigError(f"retrieval must be a RetrievalConfig or None, got {self.retrieval!r}")
 
@@ -405,7 +412,7 @@ def compare_criteria(
     # Criteria often agree on a set (and every k = 0 is the baseline): the evaluation is deterministic, so each
     # distinct set is evaluated once.
     sets = list(dict.fromkeys(tuple(sorted(set(removed))) for *_, removed in selections if removed))
-    fits = _fit_sets(model, sets, config.replacement, calibration, progress)
+    fits = _fit_sets(model, sets, config, calibration, progress)
     measured, baseline, bos = _measure_sets(model, tokenizer, text, sets, fits, config, progress)
     retrieval = _retrieval_sets(model, tokenizer, sets, fits, config.retrieval, measured, progress)
     points = [
@@ -431,10 +438,8 @@ def compare_criteria(
             "seeds": list(seeds),
             "bos": bos,  # as resolved: True where a BOS token went in front of every window
             "replacement": config.replacement,
-            "replacement_fits": {
-                ",".join(map(str, layers)): {"seconds": fit.seconds, "calibration": fit.calibration["source"]}
-                for layers, fit in fits.items()
-            },
+            "fit": config.fit,
+            "replacement_fits": _fit_settings(fits),
             "retrieval": None if config.retrieval is None else asdict(config.retrieval),
         },
         retrieval=retrieval,
@@ -596,12 +601,31 @@ def _removed(model, layers: tuple[int, ...], fit):
     return mask_attention(model, layers) if fit is None else replaced_attention(model, fit)
 
 
-def _fit_sets(model, sets, kind: str, calibration, progress: bool) -> dict:
-    """One `kind` replacement fit per distinct removed set (none for `"none"`), on `calibration` or self-sampled."""
+def _fit_settings(fits: dict) -> dict:
+    """Per removed set (joined layers), how its replacement was fitted, for the result's settings."""
+    return {
+        ",".join(map(str, layers)): {
+            "seconds": fit.seconds,
+            "calibration": fit.calibration["source"],
+            **({"distill": fit.extra} if fit.fit == "distill" else {}),
+        }
+        for layers, fit in fits.items()
+    }
+
+
+def _fit_sets(model, sets, config: CompareConfig, calibration, progress: bool) -> dict:
+    """One `config.replacement` fit per distinct removed set (none for `"none"`), obtained by `config.fit` on
+    `calibration` or self-sampled windows."""
+    kind = config.replacement
     if kind == "none" or not sets:
         return {}
     from ..criteria.selfcal import self_calibration
-    from ..pruning.replacement import fit_replacements
+    from ..pruning.fits import fit_replacements_by
 
     windows = calibration if calibration is not None else self_calibration(model, 0, progress=progress)
-    return {layers: fit_replacements(model, layers, kind, windows, progress=progress) for layers in sets}
+    return {
+        layers: fit_replacements_by(
+            model, layers, kind, config.fit, windows, steps=config.distill_steps, progress=progress
+        )
+        for layers in sets
+    }

@@ -9,6 +9,7 @@ from ..criteria import DEFAULT_CRITERION, get_criterion
 from ..errors import InvalidConfigError
 from ..validation import is_int
 from ..version import __version__
+from .fits import DISTILL_SAMPLES, DISTILL_STEPS, check_fit
 from .replacement import check_replacement
 
 
@@ -43,6 +44,15 @@ class GateNormConfig:
             study (benchmarks/RESULTS.md, docs/replacement.md): on SmolLM2-135M it beat `mean` and `none` in
             perplexity, KL divergence and top-1 agreement at every measured point. Nemotron-NAS exports need
             `"none"`.
+        fit: How a replacement's parameters are obtained (`pruning.fits`): `"least-squares"` (the default: each
+            map alone, in closed form) or `"distill"` (least squares, then every map together, end to end, against
+            the unpruned model's next-token distribution on text it samples itself; opt-in, see
+            docs/replacement.md).
+        distill_steps: With `fit="distill"`: at most this many Adam steps (fewer when the held-out KL stops
+            falling).
+        distill_samples: With `fit="distill"`: sequences the model samples (seed `seed`, 256 tokens each) to distill
+            on, their last quarter held out; with calibration text given to the pruner, its windows are used
+            instead.
     """
 
     num_layers: int | None = None
@@ -54,6 +64,9 @@ class GateNormConfig:
     min_gap: int | None = None
     seed: int = 0
     replacement: str = "linear"
+    fit: str = "least-squares"
+    distill_steps: int = DISTILL_STEPS
+    distill_samples: int = DISTILL_SAMPLES
 
     def __post_init__(self):
         if self.num_layers is not None and self.ratio is not None:
@@ -83,6 +96,11 @@ class GateNormConfig:
         if not is_int(self.seed):
             raise InvalidConfigError(f"seed must be an integer, got {self.seed!r}")
         check_replacement(self.replacement)
+        check_fit(self.fit, self.replacement, self.distill_steps)
+        if not is_int(self.distill_samples) or self.distill_samples < 2:
+            raise InvalidConfigError(
+                f"distill_samples must be an integer >= 2 (one quarter is held out), got {self.distill_samples!r}"
+            )
 
         get_criterion(self.criterion)
 

@@ -86,6 +86,8 @@ class ReplacementFit:
         calibration: The windows fitted on (`Calibration.to_dict()`), and `held_out` windows.
         recovery: What the replacement recovers on sequences the fit did not use (`replacement_recovery`), if
             measured.
+        fit: How the parameters were obtained (`pruning.fits.FITS`): `"least-squares"`, `"weights"`, `"distill"`.
+        extra: What that fit recorded (`distill`: steps, held-out KL at the start and at the kept step).
     """
 
     kind: str
@@ -93,6 +95,7 @@ class ReplacementFit:
     seconds: float
     calibration: dict
     recovery: dict | None = None
+    fit: str = "least-squares"
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -106,6 +109,8 @@ class ReplacementFit:
             "seconds": self.seconds,
             "calibration": self.calibration,
             "recovery": self.recovery,
+            "fit": self.fit,
+            **({"distill": self.extra} if self.fit == "distill" else {}),
         }
 
 
