@@ -253,3 +253,17 @@ def test_compare_scores_each_fit_and_records_it():
     assert (perplexities["distill"] == perplexities["least-squares"]) == (kept == 0), (perplexities, kept)
     with pytest.raises(InvalidConfigError, match="fits a replacement; give replacement 'linear'"):
         CompareConfig(replacement="none", fit="distill")
+
+
+def test_compare_distills_on_sequences_it_samples_once_without_calibration():
+    from conftest import tiny_tokenizer
+
+    from optimum_gatenorm.evaluation.compare import CompareConfig, compare_criteria
+
+    text = "It is a truth universally acknowledged, that a single man. " * 6
+    config = CompareConfig(criteria=["last"], num_layers=[1, 2], window=64, replacement="linear", fit="distill")
+    config.distill_steps = 2
+    result = compare_criteria(tiny_model("llama"), tiny_tokenizer(), text, config)
+    records = list(result.settings["replacement_fits"].values())
+    assert len(records) == 2
+    assert {r["distill"]["windows"] for r in records} == {"64 x 127 tokens sampled by the model"}

@@ -308,7 +308,8 @@ class CompareConfig:
         replacement: What each removed sublayer is replaced by at every point, as in `GateNormConfig`: `"none"`
             (masked plainly), `"mean"` or `"linear"` (fitted once per distinct removed set, on the calibration
             given to `compare_criteria`, else on the windows `cosine_self` samples with seed 0, as `prune` does).
-        fit: How each replacement is obtained, as in `GateNormConfig` (`"least-squares"` or `"distill"`).
+        fit: How each replacement is obtained, as in `GateNormConfig` (`"least-squares"` or `"distill"`; `distill`
+            on the calibration given, else on `DISTILL_SAMPLES` sequences sampled once with seed 0).
         distill_steps: With `fit="distill"`, as in `GateNormConfig`.
         retrieval: Also run the long-context retrieval suite at every distinct removed set and the unpruned model
             (`None`: not).
@@ -619,13 +620,25 @@ def _fit_sets(model, sets, config: CompareConfig, calibration, progress: bool) -
     kind = config.replacement
     if kind == "none" or not sets:
         return {}
-    from ..criteria.selfcal import self_calibration
-    from ..pruning.fits import fit_replacements_by
+    from ..criteria.calibration import Calibration
+    from ..criteria.selfcal import self_calibration, self_generated
+    from ..pruning.fits import DISTILL_SAMPLES, fit_replacements_by
 
     windows = calibration if calibration is not None else self_calibration(model, 0, progress=progress)
+    distill_windows = None
+    if config.fit == "distill" and calibration is None:  # as `prune` does, once for every set
+        ids = self_generated(model, num_samples=DISTILL_SAMPLES, seed=0, progress=progress)
+        distill_windows = Calibration(ids, source=f"{ids.shape[0]} x {ids.shape[1] - 1} tokens sampled by the model")
     return {
         layers: fit_replacements_by(
-            model, layers, kind, config.fit, windows, steps=config.distill_steps, progress=progress
+            model,
+            layers,
+            kind,
+            config.fit,
+            windows,
+            distill_windows=distill_windows,
+            steps=config.distill_steps,
+            progress=progress,
         )
         for layers in sets
     }

@@ -83,7 +83,7 @@ def check_fit(fit, replacement: str, steps=DISTILL_STEPS) -> str:
 
 def weight_replacements(model: "PreTrainedModel", layers) -> ReplacementFit:
     """A `linear` replacement for each of `layers` from the value and output projections alone (module docstring):
-    no forward pass. Not offered by `prune`: measured far worse than plain removal."""
+    no forward pass. Not offered by `prune`: measured far worse than plain removal on SmolLM2-135M."""
     import torch
 
     start = time.perf_counter()
