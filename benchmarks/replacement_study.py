@@ -37,11 +37,10 @@ from texts import austen, lee_news
 
 from optimum_gatenorm import GateNormConfig, GateNormPruner
 from optimum_gatenorm.checkpoints.modeling import prune_model
-from optimum_gatenorm.criteria.calibration import Calibration
 from optimum_gatenorm.criteria.selfcal import self_calibration, self_generated
 from optimum_gatenorm.evaluation.chat import chat_answers, chat_fidelity
 from optimum_gatenorm.evaluation.perplexity import forward_logits, score_windows
-from optimum_gatenorm.pruning.fits import DISTILL_STEPS, fit_replacements_by, weight_replacements
+from optimum_gatenorm.pruning.fits import DISTILL_STEPS, distill_samples, fit_replacements_by, weight_replacements
 from optimum_gatenorm.pruning.pruner import select_layers
 from optimum_gatenorm.pruning.replacement import RECOVERY_SAMPLES, replacement_recovery
 from optimum_gatenorm.text import read_text
@@ -115,8 +114,7 @@ def main() -> None:
     kinds = [v for v in args.variants.split(",") if v]
     distill_windows = calibration
     if "distill" in kinds and args.distill_samples:
-        ids = self_generated(model, num_samples=args.distill_samples, seed=args.seed)
-        distill_windows = Calibration(ids, source=f"{ids.shape[0]} x {ids.shape[1] - 1} tokens (seed {args.seed})")
+        distill_windows = distill_samples(model, args.distill_samples, args.seed)
     result["variants"] = {name: VARIANTS[name] for name in kinds}
     variants: dict[tuple[int, str], torch.nn.Module] = {}
     for k in args.ks:

@@ -266,4 +266,4 @@ def test_compare_distills_on_sequences_it_samples_once_without_calibration():
     result = compare_criteria(tiny_model("llama"), tiny_tokenizer(), text, config)
     records = list(result.settings["replacement_fits"].values())
     assert len(records) == 2
-    assert {r["distill"]["windows"] for r in records} == {"64 x 127 tokens sampled by the model"}
+    assert {r["distill"]["windows"] for r in records} == {"64 x 127 tokens sampled by the model (seed 0)"}

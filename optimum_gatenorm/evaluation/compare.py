@@ -620,15 +620,13 @@ def _fit_sets(model, sets, config: CompareConfig, calibration, progress: bool) -
     kind = config.replacement
     if kind == "none" or not sets:
         return {}
-    from ..criteria.calibration import Calibration
-    from ..criteria.selfcal import self_calibration, self_generated
-    from ..pruning.fits import DISTILL_SAMPLES, fit_replacements_by
+    from ..criteria.selfcal import self_calibration
+    from ..pruning.fits import distill_samples, fit_replacements_by
 
     windows = calibration if calibration is not None else self_calibration(model, 0, progress=progress)
     distill_windows = None
     if config.fit == "distill" and calibration is None:  # as `prune` does, once for every set
-        ids = self_generated(model, num_samples=DISTILL_SAMPLES, seed=0, progress=progress)
-        distill_windows = Calibration(ids, source=f"{ids.shape[0]} x {ids.shape[1] - 1} tokens sampled by the model")
+        distill_windows = distill_samples(model, progress=progress)
     return {
         layers: fit_replacements_by(
             model,

@@ -54,6 +54,7 @@ __all__ = [
     "FITS",
     "check_fit",
     "distill_replacements",
+    "distill_samples",
     "fit_replacements_by",
     "weight_replacements",
 ]
@@ -104,6 +105,20 @@ def weight_replacements(model: "PreTrainedModel", layers) -> ReplacementFit:
     seconds = time.perf_counter() - start
     calibration = {"source": "the value and output projections alone (no forward pass)"}
     return ReplacementFit(kind="linear", layers=fitted, seconds=seconds, calibration=calibration, fit="weights")
+
+
+def distill_samples(
+    model: "PreTrainedModel", num_samples: int = DISTILL_SAMPLES, seed: int = 0, *, progress: bool = False
+) -> "Calibration":
+    """The sequences `distill` fits on when no calibration text is given: `num_samples` of `SELF_LENGTH` tokens
+    sampled by the model (`criteria.selfcal.self_generated`) with `seed`."""
+    from ..criteria.calibration import Calibration
+    from ..criteria.selfcal import self_generated
+
+    ids = self_generated(
+        model, num_samples=num_samples, seed=seed, progress=progress, progress_label="Sampling text to distill on"
+    )
+    return Calibration(ids, source=f"{ids.shape[0]} x {ids.shape[1] - 1} tokens sampled by the model (seed {seed})")
 
 
 def fit_replacements_by(

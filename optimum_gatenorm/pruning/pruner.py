@@ -393,20 +393,14 @@ class GateNormPruner:
     def _fit_replacement(model, removed, config, calibration, progress) -> "ReplacementFit":
         """Fits `config.replacement` for `removed` as `config.fit` says, and measures what it recovers on sequences
         the fit did not use."""
-        from ..criteria.calibration import Calibration
         from ..criteria.selfcal import self_calibration, self_generated
-        from .fits import fit_replacements_by
+        from .fits import distill_samples, fit_replacements_by
         from .replacement import RECOVERY_SAMPLES, replacement_recovery
 
         windows = calibration if calibration is not None else self_calibration(model, config.seed, progress=progress)
         distill_windows = None
         if config.fit == "distill" and calibration is None:
-            label = "Sampling text to distill on"
-            ids = self_generated(
-                model, num_samples=config.distill_samples, seed=config.seed, progress=progress, progress_label=label
-            )
-            source = f"{ids.shape[0]} x {ids.shape[1] - 1} tokens sampled by the model (seed {config.seed})"
-            distill_windows = Calibration(ids, source=source)
+            distill_windows = distill_samples(model, config.distill_samples, config.seed, progress=progress)
         fit = fit_replacements_by(
             model,
             removed,
