@@ -18,6 +18,7 @@ from .checkpoints.modeling import model_bytes, write_pruned
 from .checkpoints.models import model_inputs
 from .compat import require_onnx
 from .criteria import get_criterion, require_calibration
+from .devices import check_device, resolve_device
 from .errors import InvalidConfigError
 from .exporters.onnx import check_onnx_exportable, export_onnx_into
 from .outputs import atomic_output_dir, check_output_path, holds_outputs, mark_output
@@ -70,24 +71,6 @@ class PruneResult:
         return "\n".join(lines)
 
 
-def check_device(name: str) -> None:
-    """Refuses a device that torch cannot parse or that this machine lacks, before any heavy work.
-
-    Raises:
-        InvalidConfigError: With the reason and the fix.
-    """
-    import torch
-
-    try:
-        torch.empty(0, device=name)
-    except Exception as error:  # RuntimeError for a bad name, AssertionError for CUDA missing from the build
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InvalidConfigError(
-            f"{param('device', name)} is not usable here ({reason}); use {param('device', 'cpu')}, or e.g. "
-            f"{param('device', 'cuda')} on a machine with a GPU"
-        ) from None
-
-
 def export_dtype(torch_dtype: str, device: str) -> str:
     """The ONNX export dtype (`fp32` / `fp16`) for a model of `torch_dtype`, checked against `device`.
 
@@ -123,7 +106,7 @@ def prune_and_save(
     *,
     target_speedup: "SpeedupTarget | float | None" = None,
     dtype: str = "auto",
-    device: str = "cpu",
+    device: str = "auto",
     export: str | None = None,
     overwrite: bool = False,
     allow_pickle: bool = False,
@@ -147,7 +130,8 @@ def prune_and_save(
             gives neither `num_layers` nor `ratio`. The plan counts `config`'s protected and excluded layers and
             its replacement's cost, and is logged (INFO) before the scoring starts.
         dtype: `"auto"` (the checkpoint's), `"float32"`, `"float16"` or `"bfloat16"`.
-        device: Device for scoring and the export (`"cpu"`, `"cuda"`).
+        device: Device for scoring, the replacement fit and the export: `"auto"` (default: CUDA when torch sees
+            a GPU, else the CPU, logged with the reason), `"cpu"`, `"cuda"`.
         export: `None` or `"onnx"`.
         overwrite: Replace an existing output directory written by optimum-gatenorm.
         allow_pickle: Accept `pytorch_model.bin` weights (`torch.load(weights_only=True)`).
@@ -186,7 +170,7 @@ def prune_and_save(
         raise InvalidConfigError(f"dtype must be auto, float32, float16 or bfloat16, got {dtype!r}")
     inputs = [*model_inputs(model), *(("calibration text", path) for path in calibration_text or ())]
     check_output_path(output_dir, overwrite, directory=True, inputs=inputs)
-    check_device(device)
+    device = resolve_device(device)
     pruner = GateNormPruner.from_pretrained(
         model, dtype="auto" if dtype == "auto" else getattr(torch, dtype), allow_pickle=allow_pickle
     )

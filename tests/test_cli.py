@@ -124,6 +124,7 @@ def test_help_is_generated_from_the_registries(monkeypatch):
     from optimum_gatenorm.commands import gatenorm
     from optimum_gatenorm.criteria import registry
     from optimum_gatenorm.exporters import FORMATS, GGUF_TYPES
+    from optimum_gatenorm.exporters.serving import NEMOTRON_NAS_ENGINES
     from optimum_gatenorm.pipeline import EXPORT_FORMATS
     from optimum_gatenorm.pruning.fits import DISTILL_SAMPLES, DISTILL_STEPS, FITS
     from optimum_gatenorm.pruning.replacement import REPLACEMENTS
@@ -135,6 +136,7 @@ def test_help_is_generated_from_the_registries(monkeypatch):
         assert name in help_text, name
     assert (gatenorm.REPLACEMENTS, gatenorm.PRUNE_EXPORTS) == (REPLACEMENTS, EXPORT_FORMATS)
     assert (gatenorm.EXPORT_FORMATS, gatenorm.GGUF_TYPES) == (tuple(FORMATS), GGUF_TYPES)
+    assert gatenorm.NEMOTRON_NAS_ENGINES == tuple(NEMOTRON_NAS_ENGINES)
     assert (gatenorm.FITS, gatenorm.DISTILL_STEPS, gatenorm.DISTILL_SAMPLES) == (FITS, DISTILL_STEPS, DISTILL_SAMPLES)
 
     monkeypatch.setattr(registry, "_CRITERIA", dict(registry._CRITERIA))

@@ -30,6 +30,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -154,6 +155,8 @@ SUBSTITUTIONS = [
     ("--format gguf", "--format gguf --gguf-pre-tokenizer gpt-2"),
     ('gguf_type="f16")', 'gguf_type="f16", pre_tokenizer="gpt-2")'),
 ]
+# The hub id README's quick start prunes: a tiny Llama in the workspace's Hugging Face cache stands in for it.
+HUB_ID = "HuggingFaceTB/SmolLM2-360M"
 # Inputs a block may name without writing them: name in the block's directory -> path in the workspace.
 WORKSPACE_INPUTS = {
     "my-llama": "my-llama",
@@ -200,6 +203,11 @@ def workspace(tmp_path_factory) -> Path:
     (root / "heldout.txt").write_text(text[:3000], encoding="utf-8")
     (root / "calib.txt").write_text(text * 2, encoding="utf-8")  # the default 16 x 256 tokens, and more
     (root / "tests").symlink_to(ROOT / "tests")
+    # README's hub id, in a Hugging Face cache of the hub's own layout (`HF_HUB_CACHE` of the shell blocks, offline)
+    storage = root / "hf-cache" / f"models--{HUB_ID.replace('/', '--')}"
+    shutil.copytree(root / "my-llama", storage / "snapshots" / ("0" * 40))
+    (storage / "refs").mkdir()
+    (storage / "refs" / "main").write_text("0" * 40)
     return root
 
 
@@ -302,6 +310,7 @@ def shell_results(workspace, tmp_path_factory) -> dict:
         directory = base / f"block{i}"
         plan[str(block)] = (str(directory), _shell_lines(_prepare(block, workspace, directory)))
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1", COLUMNS="200")
+    env["HF_HUB_CACHE"] = str(workspace / "hf-cache")
     done = subprocess.run(
         [sys.executable, "-c", RUNNER, json.dumps(plan)], capture_output=True, text=True, env=env, timeout=600
     )

@@ -1,12 +1,15 @@
 """Replaced attention sublayers in every export: ONNX (a MatMul or an Add, no attention, no KV), GGUF (llama.cpp's
-deci linear-attention layer for `linear`, `mean` refused), Nemotron-NAS (refused)."""
+deci linear-attention layer for `linear`, `mean` refused), Nemotron-NAS (`linear` as replace_with_linear for TensorRT-LLM, refused for vLLM)."""
+
+import json
 
 import pytest
 import torch
 from conftest import ALL_TINY, HAS_ONNX, SKIP_ONNX, tiny_config, tiny_model
 
-from optimum_gatenorm import UnsupportedModelError, prune_model
+from optimum_gatenorm import InvalidConfigError, UnsupportedModelError, prune_model
 from optimum_gatenorm.criteria.calibration import Calibration
+from optimum_gatenorm.exporters.serving import intermediate_size_for
 from optimum_gatenorm.pruning.replacement import fit_replacements
 
 
@@ -166,30 +169,101 @@ def test_gguf_linear_is_llama_cpp_linear_attention_with_pytorch_tokens(serving_d
     assert abs(llama_cpp_logits(out, prompt) - zeroed).max() > 1e-2
 
 
-def test_gguf_refuses_mean_and_nemotron_nas_refuses_any_replacement(serving_dirs, tmp_path):
+def test_gguf_refuses_mean_and_nemotron_nas_for_vllm_refuses_any_replacement(serving_dirs, tmp_path):
     from optimum_gatenorm import export_gguf, export_nemotron_nas
 
     with pytest.raises(UnsupportedModelError) as error:
         export_gguf(serving_dirs["mean"], tmp_path / "m.gguf", pre_tokenizer="gpt-2")
     assert str(error.value) == (
         "`format='gguf'` cannot hold the mean replacement of layers [1, 2]: llama.cpp's deci graph has no constant "
-        "update; prune with `replacement='linear'` (llama.cpp's linear-attention layer) or export `format='onnx'`"
+        "update; prune with `replacement='linear'` (a linear-attention layer) or export `format='onnx'`"
     )
     for name in ("mean", "linear"):
         with pytest.raises(UnsupportedModelError, match="vLLM's Nemotron-NAS reader ignores replace_with_linear") as e:
             export_nemotron_nas(serving_dirs[name], tmp_path / f"n-{name}")
-        assert "`format='gguf'`" in str(e.value) and "\n" not in str(e.value)
+        assert "`engine='tensorrt-llm'`" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(UnsupportedModelError, match="TensorRT-LLM's bias-free linear attention has no constant"):
+        export_nemotron_nas(serving_dirs["mean"], tmp_path / "n-mean", engine="tensorrt-llm")
+    with pytest.raises(InvalidConfigError, match="`engine='sglang'` is not a Nemotron-NAS engine; choose one of vllm"):
+        export_nemotron_nas(serving_dirs["linear"], tmp_path / "n-x", engine="sglang")
     assert list(tmp_path.iterdir()) == []
+
+
+# What TensorRT-LLM's PyTorch backend (`tensorrt_llm/_torch/models/modeling_nemotron_nas.py`) builds for a layer, and
+# so the tensors it loads: a kept layer its `input_layernorm` and `NemotronNASAttention` (q/k/v/o); a
+# `replace_with_linear` layer its `input_layernorm` and `LinearAttention.linear_attn`, a bias-free hidden x hidden
+# `Linear`; a `no_op` layer neither. Every layer keeps `post_attention_layernorm` and the gated MLP.
+def _trt_llm_tensors(block: dict, layer: int, hidden: int, heads: int, head_dim: int) -> dict[str, list[int]]:
+    prefix, attention = f"model.layers.{layer}", block["attention"]
+    tensors = {f"{prefix}.post_attention_layernorm.weight": [hidden]}
+    width = intermediate_size_for(block["ffn"]["ffn_mult"], hidden)
+    for name, shape in (("gate_proj", [width, hidden]), ("up_proj", [width, hidden]), ("down_proj", [hidden, width])):
+        tensors[f"{prefix}.mlp.{name}.weight"] = shape
+    if attention["no_op"]:
+        return tensors
+    tensors[f"{prefix}.input_layernorm.weight"] = [hidden]
+    if attention["replace_with_linear"]:
+        tensors[f"{prefix}.self_attn.linear_attn.weight"] = [hidden, hidden]
+        return tensors
+    kv = heads // attention["n_heads_in_group"]
+    for name, rows in (("q_proj", heads), ("k_proj", kv), ("v_proj", kv)):
+        tensors[f"{prefix}.self_attn.{name}.weight"] = [rows * head_dim, hidden]
+    tensors[f"{prefix}.self_attn.o_proj.weight"] = [hidden, heads * head_dim]
+    return tensors
+
+
+@pytest.mark.parametrize("name", ["linear", "linear0"])
+def test_nemotron_nas_for_tensorrt_llm_keeps_the_linear_maps_under_its_reader_names(serving_dirs, name, tmp_path):
+    from llama_cpp_support import convert_with_llama_cpp
+    from safetensors import safe_open
+    from test_serving import _check_parity, _fields, _prompt
+
+    from optimum_gatenorm import export_nemotron_nas, load_pruned
+
+    replaced = [1, 2] if name == "linear" else [0, 2]
+    nas = export_nemotron_nas(serving_dirs[name], tmp_path / "nas", engine="tensorrt-llm")
+    config = json.loads((nas / "config.json").read_text())
+    blocks = config["block_configs"]
+    assert [b["attention"]["replace_with_linear"] for b in blocks] == [i in replaced for i in range(4)]
+    assert not any(b["attention"]["no_op"] for b in blocks)
+    assert [b["attention"]["n_heads_in_group"] for b in blocks] == [None if i in replaced else 2 for i in range(4)]
+    assert config["gatenorm_linear_attention_layers"] == replaced
+    with safe_open(str(nas / "model.safetensors"), framework="pt") as f:
+        written = {key: list(f.get_slice(key).get_shape()) for key in f.keys()}
+    hidden, heads = config["hidden_size"], config["num_attention_heads"]
+    expected = {"model.embed_tokens.weight": [config["vocab_size"], hidden], "model.norm.weight": [hidden]}
+    if not config.get("tie_word_embeddings"):
+        expected["lm_head.weight"] = [config["vocab_size"], hidden]
+    for i, block in enumerate(blocks):
+        expected.update(_trt_llm_tensors(block, i, hidden, heads, hidden // heads))
+    assert written == expected  # every tensor the reader loads, with its shape, and nothing else
+    # The maps themselves: the tensors of the pruned checkpoint, renamed.
+    model = load_pruned(serving_dirs[name], dtype=torch.float32)
+    with safe_open(str(nas / "model.safetensors"), framework="pt") as f:
+        for i in replaced:
+            replacement = model.get_submodule(f"model.layers.{i}.attention_replacement")
+            assert torch.equal(f.get_tensor(f"model.layers.{i}.self_attn.linear_attn.weight"), replacement.proj.weight)
+            assert torch.equal(f.get_tensor(f"model.layers.{i}.input_layernorm.weight"), replacement.norm.weight)
+    # An independent reader of the same layout: llama.cpp's converter makes it deci's linear attention, and llama.cpp
+    # then gives PyTorch's greedy tokens and logits.
+    out = convert_with_llama_cpp(nas, tmp_path / "converted.gguf", pre="gpt-2")
+    assert _fields(out)["deci.attention.head_count_kv"] == [0 if i in replaced else 2 for i in range(4)]
+    _check_parity(model, out, _prompt(serving_dirs[name]))
 
 
 def test_cli_export_refusals_are_one_line(serving_dirs, tmp_path):
     from test_cli import run_cli
 
-    for fmt, name, needle in (("gguf", "mean", "--replacement linear"), ("nemotron-nas", "linear", "--format gguf")):
+    for fmt, name, needle, extra in (
+        ("gguf", "mean", "--replacement linear", ()),
+        ("nemotron-nas", "linear", "--engine tensorrt-llm", ()),
+        ("gguf", "linear", "--engine applies to --format nemotron-nas", ("--engine", "tensorrt-llm")),
+    ):
         output = tmp_path / ("x.gguf" if fmt == "gguf" else "x")
-        result = run_cli("gatenorm", "export", "-m", serving_dirs[name], "--format", fmt, "-o", output)
+        result = run_cli("gatenorm", "export", "-m", serving_dirs[name], "--format", fmt, "-o", output, *extra)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and needle in result.stderr, result.stderr
         assert not output.exists()
     help_text = " ".join(run_cli("gatenorm", "export", "--help").stdout.split())
     assert "deci's linear-attention layer" in help_text and "vLLM ignores replace_with_linear" in help_text
+    assert "--engine tensorrt-llm writes a linear one as replace_with_linear" in help_text

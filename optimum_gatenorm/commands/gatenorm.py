@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 DEFAULT_MODEL = "smollm2-135m"  # optimum_gatenorm.checkpoints.models.DEFAULT_MODEL, repeated to keep start-up light
 DEFAULT_CRITERION = "cosine_self"  # optimum_gatenorm.criteria.DEFAULT_CRITERION, likewise (a test checks they agree)
 # Choices argparse checks at parse time, repeated here to keep start-up light (a test checks them against the
-# library's: REPLACEMENTS, pipeline.EXPORT_FORMATS, exporters.FORMATS, GGUF_TYPES).
+# library's: REPLACEMENTS, pipeline.EXPORT_FORMATS, exporters.FORMATS, GGUF_TYPES, NEMOTRON_NAS_ENGINES).
 REPLACEMENTS = ("none", "mean", "linear")
 FITS = ("least-squares", "distill")
 DISTILL_STEPS = 100
@@ -30,6 +30,7 @@ DISTILL_SAMPLES = 64
 PRUNE_EXPORTS = ("onnx",)
 EXPORT_FORMATS = ("onnx", "gguf", "nemotron-nas")
 GGUF_TYPES = ("f32", "f16", "q8_0")
+NEMOTRON_NAS_ENGINES = ("vllm", "tensorrt-llm")
 # Help texts name the registered criteria and built-in models through `{criteria}`-style fields, filled from
 # the registries when help is shown (`_HelpFormatter`), so a new criterion or model is in --help by itself.
 CRITERIA_HELP = (
@@ -264,10 +265,14 @@ def _add_model_args(parser: "ArgumentParser") -> None:
         "-m",
         default=DEFAULT_MODEL,
         help=(
-            "local model directory (config.json + safetensors), a .gguf file (converted once into the cache), or a "
-            "built-in alias (default: %(default)s). Built-in: {models} (docs/models.md installs them). Hub ids are "
-            "not downloaded."
+            "local model directory (config.json + safetensors), a .gguf file (converted once into the cache), a "
+            "built-in alias (default: %(default)s), or a hub id ORG/NAME[@REVISION] (from the Hugging Face cache "
+            "when HF_HUB_OFFLINE=1 or offline, downloaded otherwise: configs, tokenizer, safetensors). Built-in: "
+            "{models} (docs/models.md installs them)."
         ),
+    )
+    parser.add_argument(
+        "--revision", help="branch, tag or commit of a hub id --model (same as ORG/NAME@REVISION; default: main)"
     )
     parser.add_argument(
         "--allow-pickle",
@@ -362,6 +367,26 @@ def _to_stdout(args) -> bool:
     return getattr(args, "output", None) == STDOUT
 
 
+def _apply_revision(args) -> None:
+    """`--model ORG/NAME --revision R` becomes `ORG/NAME@R`, the one form the library takes."""
+    revision = getattr(args, "revision", None)
+    if revision is None:
+        return
+    from pathlib import Path
+
+    from optimum_gatenorm.checkpoints.hub import parse_hub_id
+    from optimum_gatenorm.errors import InvalidConfigError
+
+    hub_id = parse_hub_id(args.model)
+    if hub_id is None or Path(args.model).expanduser().exists():
+        raise InvalidConfigError(f"--revision applies to a hub id (--model ORG/NAME), not to {args.model!r}")
+    if hub_id[1] is not None:
+        raise InvalidConfigError(f"--model {args.model!r} names a revision already; drop --revision {revision!r}")
+    if parse_hub_id(f"{hub_id[0]}@{revision}") is None:
+        raise InvalidConfigError(f"--revision {revision!r} is not a branch, tag or commit name")
+    args.model = f"{hub_id[0]}@{revision}"
+
+
 class _LeafCommand(BaseOptimumCLICommand):
     """Runs `execute()` and turns user errors into one line on stderr and exit status 2.
 
@@ -386,6 +411,7 @@ class _LeafCommand(BaseOptimumCLICommand):
 
         try:
             _check_standard_output(self.args, self.STANDARD_OUTPUT)
+            _apply_revision(self.args)
             with output_claims():  # every output checked stays locked against other runs until the command ends
                 self.execute()
         except GateNormError as error:
@@ -431,11 +457,17 @@ class ScoreCommand(_LeafCommand):
         )
         parser.add_argument("--output", "-o", help="write to this file instead of stdout (`-`: stdout)")
         parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
-        parser.add_argument("--device", default="cpu", help="device for the computation, e.g. cuda (default: cpu)")
+        parser.add_argument(
+            "--device",
+            default="auto",
+            help="device for the computation: auto, cpu, cuda, ... (default: %(default)s; auto: cuda when torch sees "
+            "a GPU, else cpu, logged with the reason)",
+        )
         _add_calibration_args(parser)
 
     def execute(self):
         from optimum_gatenorm.criteria import get_criterion
+        from optimum_gatenorm.devices import resolve_device
         from optimum_gatenorm.outputs import atomic_write_text, check_output_path
         from optimum_gatenorm.pruning.pruner import GateNormPruner
 
@@ -445,10 +477,10 @@ class ScoreCommand(_LeafCommand):
         if to_file:
             check_output_path(args.output, args.overwrite, inputs=inputs)
         get_criterion(args.criterion)  # an unknown name fails before any work
-        _check_device(args.device)
+        device = resolve_device(args.device)
         pruner = GateNormPruner.from_pretrained(args.model, allow_pickle=args.allow_pickle)
         report = pruner.score(
-            args.criterion, calibration=_calibration(pruner, args), seed=args.seed, device=args.device, progress=True
+            args.criterion, calibration=_calibration(pruner, args), seed=args.seed, device=device, progress=True
         )
         if args.format == "json":
             text = report.to_json()
@@ -468,12 +500,6 @@ class ScoreCommand(_LeafCommand):
             print(f"Wrote {path}", file=sys.stderr)
         else:
             print(text)
-
-
-def _check_device(name: str) -> None:
-    from optimum_gatenorm.pipeline import check_device
-
-    check_device(name)
 
 
 def _add_amount_args(parser: "ArgumentParser") -> None:
@@ -586,7 +612,10 @@ class PruneCommand(_LeafCommand):
         )
         parser.add_argument("--overwrite", action="store_true", help="replace an existing --output directory")
         parser.add_argument(
-            "--device", default="cpu", help="device for scoring and --export, e.g. cuda (default: cpu)"
+            "--device",
+            default="auto",
+            help="device for scoring, the replacement fit and --export: auto, cpu, cuda, ... (default: %(default)s; "
+            "auto: cuda when torch sees a GPU, else cpu, logged with the reason)",
         )
         parser.add_argument(
             "--export",
@@ -671,9 +700,10 @@ class ExportCommand(_LeafCommand):
             "    llama.cpp's `deci` architecture with zero heads in the removed layers (Llama family only); a\n"
             "    --replacement linear layer is deci's linear-attention layer (no KV cache); mean is refused.\n"
             "  nemotron-nas: a DeciLMForCausalLM checkpoint (block_configs, attention.no_op for removed sublayers)\n"
-            "    for vLLM, TensorRT-LLM and SGLang (Llama family only; FFN width a multiple of 256); checkpoints\n"
-            "    with a replacement (prune's default linear, or mean) are refused (vLLM ignores replace_with_linear):\n"
-            "    prune with --replacement none for this format.",
+            "    for vLLM, TensorRT-LLM and SGLang (Llama family only; FFN width a multiple of 256). --engine vllm\n"
+            "    (default) refuses a replacement (prune's default linear, or mean): vLLM ignores replace_with_linear;\n"
+            "    --engine tensorrt-llm writes a linear one as replace_with_linear (self_attn.linear_attn), which\n"
+            "    TensorRT-LLM's PyTorch backend and llama.cpp's converter read.",
         )
         _add_model_args(parser)
         parser.add_argument(
@@ -684,6 +714,12 @@ class ExportCommand(_LeafCommand):
             choices=EXPORT_FORMATS,
             default="onnx",
             help="target format (default: onnx)",
+        )
+        parser.add_argument(
+            "--engine",
+            choices=NEMOTRON_NAS_ENGINES,
+            help="--format nemotron-nas: the engine that reads it (default: vllm); tensorrt-llm keeps a linear "
+            "replacement as replace_with_linear",
         )
         parser.add_argument(
             "--gguf-type",
@@ -705,9 +741,10 @@ class ExportCommand(_LeafCommand):
         )
         parser.add_argument(
             "--device",
-            choices=("cpu", "cuda"),
-            default="cpu",
-            help="--format onnx: export for onnxruntime's CPU or CUDA execution provider (default: cpu)",
+            choices=("auto", "cpu", "cuda"),
+            default="auto",
+            help="--format onnx: export for onnxruntime's CPU or CUDA execution provider (default: %(default)s; "
+            "auto: cuda when torch sees a GPU, else cpu, logged with the reason)",
         )
         parser.add_argument(
             "--dtype",
@@ -727,6 +764,10 @@ class ExportCommand(_LeafCommand):
 
     def execute(self):
         args = self.args
+        if args.engine is not None and args.format != "nemotron-nas":
+            from optimum_gatenorm.errors import InvalidConfigError
+
+            raise InvalidConfigError(f"--engine applies to --format nemotron-nas, not --format {args.format}")
         if args.format == "gguf":
             from optimum_gatenorm.exporters.gguf import export_gguf
 
@@ -745,16 +786,22 @@ class ExportCommand(_LeafCommand):
             from optimum_gatenorm.exporters.nemotron_nas import export_nemotron_nas
 
             path = export_nemotron_nas(
-                args.model, args.output, overwrite=args.overwrite, allow_pickle=args.allow_pickle
+                args.model,
+                args.output,
+                overwrite=args.overwrite,
+                allow_pickle=args.allow_pickle,
+                engine=args.engine or "vllm",
             )
-            print(f"Exported to {path}; serve it with e.g. vllm serve {str(path)!r} (docs/serving.md)")
+            serve = "trtllm-serve" if args.engine == "tensorrt-llm" else "vllm serve"
+            print(f"Exported to {path}; serve it with e.g. {serve} {str(path)!r} (docs/serving.md)")
             return
+        from optimum_gatenorm.devices import resolve_device
         from optimum_gatenorm.exporters.onnx import export_onnx
 
         path = export_onnx(
             args.model,
             args.output,
-            device=args.device,
+            device=resolve_device(args.device),
             dtype=args.dtype,
             overwrite=args.overwrite,
             opset=args.opset,
@@ -860,9 +907,10 @@ class EvalCommand(_LeafCommand):
         )
         parser.add_argument(
             "--provider",
-            choices=("cpu", "cuda"),
-            default="cpu",
-            help="onnxruntime execution provider for an ONNX model (default: cpu)",
+            choices=("auto", "cpu", "cuda"),
+            default="auto",
+            help="onnxruntime execution provider for an ONNX model, the device of a PyTorch one (default: %(default)s: "
+            "cuda when torch sees a GPU and onnxruntime-gpu is installed, else cpu, logged with the reason)",
         )
         parser.add_argument(
             "--reference",
@@ -907,6 +955,9 @@ class EvalCommand(_LeafCommand):
         to_file = args.output and not _to_stdout(args)
         if to_file:
             check_output_path(args.output, args.overwrite, inputs=inputs)
+        from optimum_gatenorm.devices import resolve_provider
+
+        args.provider = resolve_provider(args.provider)
         if args.provider == "cuda":
             from optimum_gatenorm.exporters.onnx import check_cuda_available
 
@@ -1150,9 +1201,10 @@ class BenchmarkCommand(_LeafCommand):
         )
         parser.add_argument(
             "--provider",
-            choices=("cpu", "cuda"),
-            default="cpu",
-            help="cpu, or cuda (onnxruntime's CUDAExecutionProvider with IO binding; fails if it would fall back)",
+            choices=("auto", "cpu", "cuda"),
+            default="auto",
+            help="cpu, or cuda (onnxruntime's CUDAExecutionProvider with IO binding; fails if it would fall back); "
+            "default %(default)s: cuda when torch sees a GPU and onnxruntime-gpu is installed, else cpu",
         )
         parser.add_argument(
             "--batch-size", type=_positive_int, action="append", help="batch size (repeatable; default: 1)"
@@ -1182,6 +1234,7 @@ class BenchmarkCommand(_LeafCommand):
 
     def execute(self):
         from optimum_gatenorm.benchmark.throughput import BenchmarkSettings, run_benchmark
+        from optimum_gatenorm.devices import resolve_provider
 
         args = self.args
         inputs = _inputs(args, "model", "baseline", "shares")
@@ -1193,7 +1246,7 @@ class BenchmarkCommand(_LeafCommand):
             warmup=args.warmup,
             runs=args.runs,
             backend=args.backend,
-            provider=args.provider,
+            provider=resolve_provider(args.provider),
             seed=args.seed,
         )
         shares = None

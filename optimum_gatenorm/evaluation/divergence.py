@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..checkpoints.hub import parse_hub_id
 from ..checkpoints.modeling import load_tokenizer
 from ..checkpoints.models import BUILTIN_MODELS, builtin_alias, resolve_model
 from ..checkpoints.tensors import inspect_checkpoint
@@ -159,11 +160,12 @@ def resolve_reference(reference: str | Path) -> Path:
         ModelNotFoundError: If it does not exist (named as the reference, with what to pass instead).
     """
     text = str(reference)
-    if builtin_alias(text) is None and not Path(text).expanduser().exists():
+    missing = builtin_alias(text) is None and not Path(text).expanduser().exists()
+    if missing and parse_hub_id(text) is None:
         aliases = ", ".join(sorted(BUILTIN_MODELS))
         raise ModelNotFoundError(
             f"reference model {text!r} not found: pass the unpruned model's directory, its ONNX export, a .gguf "
-            f"file or a built-in alias ({aliases})"
+            f"file, a built-in alias ({aliases}) or a hub id (ORG/NAME)"
         )
     return Path(text).expanduser() if is_onnx_dir(text) else resolve_model(reference)
 

@@ -15,6 +15,13 @@ those loaders:
   (`num_kv_heads = num_attention_heads // n_heads_in_group`, vLLM and llama.cpp) and `null` with
   `replace_with_linear: false` for a removed sublayer (llama.cpp: head counts 0, an attention-free layer; its
   converter indexes `n_heads_in_group` and `replace_with_linear`, so both keys are always written).
+- A removed sublayer replaced by a `linear` map, for `engine="tensorrt-llm"` only (vLLM builds a
+  `replace_with_linear` layer as full attention): `no_op: false`, `replace_with_linear: true`, `n_heads_in_group:
+  null`. TensorRT-LLM's PyTorch backend (`_torch/models/modeling_nemotron_nas.py`) then builds the layer's
+  `input_layernorm` and `self_attn = LinearAttention`, a bias-free hidden x hidden `Linear` named
+  `self_attn.linear_attn`, and adds `linear_attn(input_layernorm(h))` to the residual: the map's own norm and
+  projection, written under those names. llama.cpp's converter reads the same layout (`deci` linear attention:
+  `model.layers.{i}.self_attn.linear_attn` -> `attn_output`, head count kept, no KV heads).
 - `block_configs[i].ffn`: `no_op: false`, `replace_with_linear: false`, `ffn_mult` with
   `intermediate_size = round_up(int(2 * ffn_mult * hidden / 3), 256)` (`_ffn_mult_to_intermediate_size` in all of
   them): a width that is not a multiple of 256 cannot be expressed and is refused (`serving.ffn_mult_for`).
@@ -32,15 +39,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..checkpoints.handle import ModelHandle
+from ..checkpoints.structure import REPLACEMENT_MODULE
 from ..compat import rope_settings
+from ..errors import InvalidConfigError
 from ..outputs import atomic_output_dir, check_output_path, holds_outputs
-from .serving import ServingPlan, ffn_mult_for
+from ..params import param
+from .serving import NEMOTRON_NAS_ENGINES, ServingPlan, ffn_mult_for
 
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-__all__ = ["block_configs", "export_nemotron_nas"]
+__all__ = ["NEMOTRON_NAS_ENGINES", "block_configs", "export_nemotron_nas", "linear_attention_names"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +69,11 @@ def block_configs(plan: ServingPlan) -> list[dict]:
     ffn = {"no_op": False, "replace_with_linear": False, "sparsify": None}
     ffn["ffn_mult"] = ffn_mult_for(plan.intermediate_size, dims.hidden_size)
     configs = []
-    for keep in plan.kept:
+    for index, keep in enumerate(plan.kept):
+        linear = index in plan.linear
         attention = {
-            "no_op": not keep,
-            "replace_with_linear": False,
+            "no_op": not (keep or linear),
+            "replace_with_linear": linear,
             "n_heads_in_group": dims.num_heads // dims.num_kv_heads if keep else None,
             "sparsify": None,
             "num_sink_tokens": None,
@@ -74,6 +85,23 @@ def block_configs(plan: ServingPlan) -> list[dict]:
     return configs
 
 
+def linear_attention_names(layer: int) -> dict[str, str]:
+    """State-dict name of a `linear` replacement's tensor -> the name TensorRT-LLM's (and llama.cpp's) Nemotron-NAS
+    reader loads it under: the layer's input norm and `self_attn.linear_attn`."""
+    prefix = f"model.layers.{layer}"
+    return {
+        f"{prefix}.{REPLACEMENT_MODULE}.norm.weight": f"{prefix}.input_layernorm.weight",
+        f"{prefix}.{REPLACEMENT_MODULE}.proj.weight": f"{prefix}.self_attn.linear_attn.weight",
+    }
+
+
+def _check_engine(engine: str) -> None:
+    if engine not in NEMOTRON_NAS_ENGINES:
+        raise InvalidConfigError(
+            f"{param('engine', engine)} is not a Nemotron-NAS engine; choose one of {', '.join(NEMOTRON_NAS_ENGINES)}"
+        )
+
+
 @holds_outputs
 def export_nemotron_nas(
     model_or_path: "PreTrainedModel | str | Path",
@@ -82,6 +110,7 @@ def export_nemotron_nas(
     overwrite: bool = False,
     allow_pickle: bool = False,
     tokenizer_from: str | Path | None = None,
+    engine: str = "vllm",
 ) -> Path:
     """Exports a (pruned or unpruned) Llama-family causal LM as a Nemotron-NAS (`DeciLMForCausalLM`) checkpoint.
 
@@ -94,13 +123,17 @@ def export_nemotron_nas(
         overwrite: Replace an existing `output_dir` written by optimum-gatenorm.
         allow_pickle: Accept `pytorch_model.bin` weights when loading from a path.
         tokenizer_from: Directory of the tokenizer to copy (default: the checkpoint's own).
+        engine: The reader the checkpoint is for (`NEMOTRON_NAS_ENGINES`): `"vllm"` (default; attention-free layers
+            only, a `linear` replacement refused) or `"tensorrt-llm"` (also `replace_with_linear` layers holding
+            the fitted maps).
 
     Returns:
         The output directory.
 
     Raises:
-        UnsupportedModelError: Not a Llama-family layout, an option Nemotron-NAS cannot express, or an MLP width
-            that is not a multiple of 256 (checked before the weights load).
+        UnsupportedModelError: Not a Llama-family layout, an option Nemotron-NAS cannot express, a replacement the
+            engine cannot read, or an MLP width that is not a multiple of 256 (checked before the weights load).
+        InvalidConfigError: An unknown `engine`.
         OutputExistsError: `output_dir` exists and `overwrite` is false.
     """
     import torch
@@ -110,11 +143,12 @@ def export_nemotron_nas(
     from ..checkpoints.models import model_inputs
     from ..checkpoints.record import get_pruned_layers
 
+    _check_engine(engine)
     inputs = model_inputs(model_or_path)
     check_output_path(output_dir, overwrite, directory=True, inputs=inputs)
     # Every check (the architecture, the FFN width) comes before the (slow) load.
     handle = ModelHandle.open(model_or_path, allow_pickle=allow_pickle)
-    plan = ServingPlan.from_config(handle.config, "nemotron-nas")
+    plan = ServingPlan.from_config(handle.config, "nemotron-nas", engine)
     blocks = block_configs(plan)
     model, source = handle.load(dtype=torch.float32).eval(), handle.source
     dtype = next(model.parameters()).dtype
@@ -126,11 +160,15 @@ def export_nemotron_nas(
         model_type="nemotron-nas",
         block_configs=blocks,
         gatenorm_pruned_attention_layers=sorted(get_pruned_layers(model.config)),
+        gatenorm_linear_attention_layers=list(plan.linear),
         torch_dtype=str(dtype).removeprefix("torch."),
     )
     state = {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in model.state_dict().items()}
     if plan.tied_embeddings:
         state.pop("lm_head.weight", None)
+    for layer in plan.linear:
+        for ours, theirs in linear_attention_names(layer).items():
+            state[theirs] = state.pop(ours)
     inputs += [("model", source), ("tokenizer", tokenizer_from)]
     expected = sum(tensor.numel() * tensor.element_size() for tensor in state.values())
     with atomic_output_dir(output_dir, overwrite=overwrite, inputs=inputs, expected_bytes=expected) as tmp:
@@ -141,5 +179,8 @@ def export_nemotron_nas(
         tokenizer_dir = Path(tokenizer_from) if tokenizer_from is not None else source
         if tokenizer_dir is not None:
             _copy_tokenizer(tokenizer_dir, tmp)
-    logger.info("Wrote %s (%d of %d attention layers kept)", output_dir, sum(plan.kept), len(plan.kept))
+    logger.info(
+        "Wrote %s for %s (%d of %d attention layers kept, %d linear)",
+        output_dir, engine, sum(plan.kept), len(plan.kept), len(plan.linear),
+    )  # fmt: skip
     return Path(output_dir)

@@ -6,8 +6,12 @@ keeps its MLP. `ServingPlan` is that description, built once from a config; the 
 
 A removed sublayer replaced by a map (`pruning.replacement`): GGUF writes `linear` as llama.cpp's `deci` "linear
 attention" layer (`head_count > 0`, `head_count_kv == 0`, `attn_norm` + an n_embd x n_embd `attn_output`, no bias);
-it has no form for `mean` (a constant update), which is refused. Nemotron-NAS refuses both: vLLM's reader
-(`nemotron_nas.py`) knows only `attention.no_op` and would build a `replace_with_linear` layer as full attention.
+it has no form for `mean` (a constant update), which is refused. Nemotron-NAS depends on the engine that reads it
+(`NEMOTRON_NAS_ENGINES`): vLLM's reader (`nemotron_nas.py`) knows only `attention.no_op` and would build a
+`replace_with_linear` layer as full attention, so `vllm` refuses both; TensorRT-LLM's PyTorch backend
+(`tensorrt_llm/_torch/models/modeling_nemotron_nas.py`) builds `replace_with_linear` as the layer's input norm and a
+bias-free hidden x hidden `Linear` (`self_attn.linear_attn`), exactly the `linear` map, so `tensorrt-llm` writes it
+(and refuses `mean`).
 """
 
 from __future__ import annotations
@@ -25,11 +29,14 @@ from ..params import param
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
-__all__ = ["DECI_FFN_MULTIPLE", "ServingPlan", "ffn_mult_for", "intermediate_size_for"]
+__all__ = ["DECI_FFN_MULTIPLE", "NEMOTRON_NAS_ENGINES", "ServingPlan", "ffn_mult_for", "intermediate_size_for"]
 
 # DeciLM rounds every FFN width up to a multiple of 256 (`_find_multiple(..., 256)` in vLLM's nemotron_nas.py,
 # llama.cpp's conversion/deci.py and NVIDIA's modeling_decilm.py).
 DECI_FFN_MULTIPLE = 256
+
+# The engines a Nemotron-NAS checkpoint is written for: whether each reads `attention.replace_with_linear`.
+NEMOTRON_NAS_ENGINES = {"vllm": False, "tensorrt-llm": True}
 
 # Rope settings both formats carry: none (plain rope), linear position interpolation and Llama 3's frequency
 # smoothing (`rope_type: llama3`, written to GGUF as the `rope_freqs` factors, as llama.cpp's converter does).
@@ -72,7 +79,8 @@ class ServingPlan:
         intermediate_size: MLP width of every layer.
         rope_type: `"default"`, `"linear"` or `"llama3"`.
         tied_embeddings: The LM head is the token embedding (no `lm_head.weight` is written).
-        linear: Pruned layers replaced by a `linear` map (GGUF only; a subset of `pruned`).
+        linear: Pruned layers replaced by a `linear` map (GGUF, and Nemotron-NAS for TensorRT-LLM; a subset of
+            `pruned`).
     """
 
     num_layers: int
@@ -89,8 +97,10 @@ class ServingPlan:
         return tuple(index not in self.pruned for index in range(self.num_layers))
 
     @classmethod
-    def from_config(cls, config: "PretrainedConfig", fmt: str) -> "ServingPlan":
+    def from_config(cls, config: "PretrainedConfig", fmt: str, engine: str = "vllm") -> "ServingPlan":
         """Checks that `config` can be served in format `fmt` (`"gguf"` or `"nemotron-nas"`) and describes it.
+
+        `engine`: the reader of a Nemotron-NAS checkpoint (`NEMOTRON_NAS_ENGINES`); ignored for GGUF.
 
         Raises:
             UnsupportedModelError: With the reason, on one line: an architecture the format cannot express (the
@@ -110,19 +120,21 @@ class ServingPlan:
                     f"{param('format', fmt)} cannot write {config.model_type} with {flag}={getattr(config, flag)!r}: {reason}"
                 )
         replacements = get_replacements(config)
-        if replacements and fmt != "gguf":
+        if replacements and fmt != "gguf" and not NEMOTRON_NAS_ENGINES[engine]:
             raise UnsupportedModelError(
-                f"{param('format', fmt)} cannot hold the replaced attention sublayers of layers "
-                f"{sorted(replacements)}: vLLM's Nemotron-NAS reader ignores replace_with_linear and would build them "
-                f"as full attention; prune with {param('replacement', 'none')}, or export {param('format', 'gguf')} (a "
-                f"linear replacement is llama.cpp's linear-attention layer) or {param('format', 'onnx')}"
+                f"{param('format', fmt)} {param('engine', engine)} cannot hold the replaced attention sublayers of "
+                f"layers {sorted(replacements)}: vLLM's Nemotron-NAS reader ignores replace_with_linear and would "
+                f"build them as full attention; pass {param('engine', 'tensorrt-llm')} (TensorRT-LLM reads them), "
+                f"prune with {param('replacement', 'none')}, or export {param('format', 'gguf')} or "
+                f"{param('format', 'onnx')}"
             )
         mean = sorted(layer for layer, kind in replacements.items() if kind == "mean")
         if mean:
+            graph = "llama.cpp's deci graph" if fmt == "gguf" else "TensorRT-LLM's bias-free linear attention"
             raise UnsupportedModelError(
-                f"{param('format', 'gguf')} cannot hold the mean replacement of layers {mean}: llama.cpp's deci "
-                f"graph has no constant update; prune with {param('replacement', 'linear')} (llama.cpp's "
-                f"linear-attention layer) or export {param('format', 'onnx')}"
+                f"{param('format', fmt)} cannot hold the mean replacement of layers {mean}: {graph} has no constant "
+                f"update; prune with {param('replacement', 'linear')} (a linear-attention layer) or export "
+                f"{param('format', 'onnx')}"
             )
         rope = rope_settings(config).get("rope_scaling") or {}
         rope_type = rope.get("rope_type", rope.get("type", "default"))
