@@ -13,7 +13,7 @@ from .errors import InvalidConfigError
 from .params import param
 
 
-__all__ = ["AUTO", "check_device", "resolve_device", "resolve_provider"]
+__all__ = ["AUTO", "announce_device", "check_device", "choose_provider", "resolve_device", "resolve_provider"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,13 +49,15 @@ def _no_cuda_reason() -> str | None:
     return None
 
 
-def resolve_device(name: str = AUTO, *, flag: str = "device") -> str:
+def resolve_device(name: str = AUTO, *, flag: str = "device", announce: bool = True) -> str:
     """The torch device to run on: `auto` becomes `cuda` when torch sees a GPU, else `cpu` (logged with the reason);
     any other name is checked (`check_device`) and returned as given.
 
     Args:
         name: `auto`, or a torch device name.
         flag: The option named in the log line (`device`, `provider`).
+        announce: Log the choice of `auto` now. A caller with checks still to make resolves with `False` first and
+            calls `announce_device` when the work starts, so that a refusal stays the one line the CLI prints.
 
     Raises:
         InvalidConfigError: For a device this machine lacks or torch cannot parse.
@@ -63,24 +65,37 @@ def resolve_device(name: str = AUTO, *, flag: str = "device") -> str:
     if str(name) != AUTO:
         check_device(str(name))
         return str(name)
-    reason = _no_cuda_reason()
-    if reason is None:
+    device = "cpu" if _no_cuda_reason() is not None else "cuda"
+    if announce:
+        announce_device(AUTO, device, flag=flag)
+    return device
+
+
+def announce_device(requested: str, device: str, *, flag: str = "device", reason: str | None = None) -> None:
+    """Logs which device `auto` chose and why (nothing for an explicit device: the user named it)."""
+    if str(requested) != AUTO:
+        return
+    if device == "cuda":
         import torch
 
-        logger.info("%s: cuda (found %s)", param(flag, AUTO), torch.cuda.get_device_name(0))
-        return "cuda"
-    logger.info("%s: cpu (%s)", param(flag, AUTO), reason)
-    return "cpu"
+        reason = reason or f"found {torch.cuda.get_device_name(0)}"
+    logger.info("%s: %s (%s)", param(flag, AUTO), device, reason or _no_cuda_reason())
 
 
 def resolve_provider(name: str = AUTO) -> str:
-    """The onnxruntime execution provider, or PyTorch device, of `eval` and `benchmark`: `cpu` or `cuda`.
+    """The onnxruntime execution provider, or PyTorch device, of `eval` and `benchmark`: `cpu` or `cuda`; `auto` is
+    chosen by `choose_provider` and logged with the reason."""
+    provider, reason = choose_provider(name)
+    announce_device(name, provider, flag="provider", reason=reason)
+    return provider
 
-    `auto` is `cuda` when torch sees a GPU and the installed onnxruntime (if any) has its CUDA execution provider
-    (`onnxruntime-gpu`), so that an ONNX model never silently falls back; else `cpu`, logged with the reason.
-    """
+
+def choose_provider(name: str = AUTO) -> tuple[str, str | None]:
+    """`(provider, reason)`: `auto` is `cuda` when torch sees a GPU and the installed onnxruntime (if any) has its
+    CUDA execution provider (`onnxruntime-gpu`), so that an ONNX model never silently falls back; else `cpu`, with
+    the reason. Nothing is logged (`announce_device` does, when the work starts)."""
     if name != AUTO:
-        return name
+        return name, None
     reason = _no_cuda_reason()
     if reason is None:
         try:
@@ -91,7 +106,4 @@ def resolve_provider(name: str = AUTO) -> str:
             reason = (
                 f"the installed onnxruntime {onnxruntime.__version__} has no CUDA provider: install onnxruntime-gpu"
             )
-    if reason is None:
-        return resolve_device(AUTO, flag="provider")
-    logger.info("%s: cpu (%s)", param("provider", AUTO), reason)
-    return "cpu"
+    return ("cuda", None) if reason is None else ("cpu", reason)

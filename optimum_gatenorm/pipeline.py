@@ -18,7 +18,7 @@ from .checkpoints.modeling import model_bytes, write_pruned
 from .checkpoints.models import model_inputs
 from .compat import require_onnx
 from .criteria import get_criterion, require_calibration
-from .devices import check_device, resolve_device
+from .devices import announce_device, check_device, resolve_device
 from .errors import InvalidConfigError
 from .exporters.onnx import check_onnx_exportable, export_onnx_into
 from .outputs import atomic_output_dir, check_output_path, holds_outputs, mark_output
@@ -170,7 +170,7 @@ def prune_and_save(
         raise InvalidConfigError(f"dtype must be auto, float32, float16 or bfloat16, got {dtype!r}")
     inputs = [*model_inputs(model), *(("calibration text", path) for path in calibration_text or ())]
     check_output_path(output_dir, overwrite, directory=True, inputs=inputs)
-    device = resolve_device(device)
+    requested, device = device, resolve_device(device, announce=False)
     pruner = GateNormPruner.from_pretrained(
         model, dtype="auto" if dtype == "auto" else getattr(torch, dtype), allow_pickle=allow_pickle
     )
@@ -192,6 +192,7 @@ def prune_and_save(
         )
     require_calibration(get_criterion(config.criterion), calibration)
 
+    announce_device(requested, device)  # every check passed: the work starts here
     scores = pruner.score(
         config.criterion, calibration=calibration, seed=config.seed, device=device, progress=progress
     )

@@ -688,12 +688,14 @@ def test_prune_with_export_prints_a_short_true_summary(workspace, tmp_path):
     for noise in ("TracerWarning", "aten::index", "The groups of weights", "values not close", "Traceback"):
         assert noise not in result.stderr, result.stderr
     # besides progress bars (the default criterion's sampling and calibration passes, the replacement fit, the
-    # held-out text and KL check): the scoring and fit lines, a start and a "done in" line for each of loading,
-    # saving, export and check (tests/test_progress.py), the check's result, and the retrieval warning (1 of 4
-    # layers is 7.5 of SmolLM2's 30, past the k = 4 at which its retrieval held)
+    # held-out text and KL check): which device `--device auto` chose and why, the scoring and fit lines, a start
+    # and a "done in" line for each of loading, saving, export and check (tests/test_progress.py), the check's
+    # result, and the retrieval warning (1 of 4 layers is 7.5 of SmolLM2's 30, past the k = 4 at which its
+    # retrieval held)
     assert result.stderr.count("warning: long-context retrieval") == 1, result.stderr
+    assert result.stderr.count("--device auto: ") == 1, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip() and "%|" not in line]
-    assert len(lines) <= 12, result.stderr
+    assert len(lines) <= 13, result.stderr
 
 
 def test_default_scoring_uses_no_deprecated_transformers_api(workspace, tmp_path):

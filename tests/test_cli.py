@@ -124,6 +124,7 @@ def test_help_is_generated_from_the_registries(monkeypatch):
     from optimum_gatenorm.commands import gatenorm
     from optimum_gatenorm.criteria import registry
     from optimum_gatenorm.exporters import FORMATS, GGUF_TYPES
+    from optimum_gatenorm.exporters.quantize import QUANTIZE_TYPES
     from optimum_gatenorm.exporters.serving import NEMOTRON_NAS_ENGINES
     from optimum_gatenorm.pipeline import EXPORT_FORMATS
     from optimum_gatenorm.pruning.fits import DISTILL_SAMPLES, DISTILL_STEPS, FITS
@@ -137,6 +138,7 @@ def test_help_is_generated_from_the_registries(monkeypatch):
     assert (gatenorm.REPLACEMENTS, gatenorm.PRUNE_EXPORTS) == (REPLACEMENTS, EXPORT_FORMATS)
     assert (gatenorm.EXPORT_FORMATS, gatenorm.GGUF_TYPES) == (tuple(FORMATS), GGUF_TYPES)
     assert gatenorm.NEMOTRON_NAS_ENGINES == tuple(NEMOTRON_NAS_ENGINES)
+    assert gatenorm.QUANTIZE_TYPES == tuple(QUANTIZE_TYPES)
     assert (gatenorm.FITS, gatenorm.DISTILL_STEPS, gatenorm.DISTILL_SAMPLES) == (FITS, DISTILL_STEPS, DISTILL_SAMPLES)
 
     monkeypatch.setattr(registry, "_CRITERIA", dict(registry._CRITERIA))

@@ -162,6 +162,9 @@ def test_cli_prunes_evaluates_and_exports_from_the_cache(hub_cache, tmp_path):
     assert (pruned / "model.safetensors").is_file() and len(json.loads(result.stdout)["pruned_layers"]) == 1
     device = "cuda" if torch.cuda.is_available() else "cpu"
     assert f"--device auto: {device} (" in result.stderr  # the default, and the log says why
+    from huggingface_hub import ModelCard
+
+    assert ModelCard.load(pruned / "README.md").data.base_model == REPO  # the model card names its hub origin
     text = tmp_path / "text.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 40)
     evaluated = _ok(

@@ -169,6 +169,20 @@ def test_gguf_linear_is_llama_cpp_linear_attention_with_pytorch_tokens(serving_d
     assert abs(llama_cpp_logits(out, prompt) - zeroed).max() > 1e-2
 
 
+@pytest.mark.parametrize("name", ["linear", "linear0"])
+def test_llama_cpp_quantizer_takes_linear_attention_layers(serving_dirs, name, tmp_path):
+    from test_serving import _prompt, check_quantized
+
+    from optimum_gatenorm import export_gguf, load_pruned
+
+    replaced = [1, 2] if name == "linear" else [0, 2]
+    out = export_gguf(serving_dirs[name], tmp_path / "model.gguf", pre_tokenizer="gpt-2", quantize="q4_k_m")
+    model = load_pruned(serving_dirs[name], dtype=torch.float32)
+    fields = check_quantized(out, model, _prompt(serving_dirs[name]), "q4_k_m")
+    assert fields["deci.attention.head_count_kv"] == [0 if i in replaced else 2 for i in range(4)]
+    assert fields["gatenorm.linear_attention_layers"] == replaced
+
+
 def test_gguf_refuses_mean_and_nemotron_nas_for_vllm_refuses_any_replacement(serving_dirs, tmp_path):
     from optimum_gatenorm import export_gguf, export_nemotron_nas
 
@@ -258,6 +272,8 @@ def test_cli_export_refusals_are_one_line(serving_dirs, tmp_path):
         ("gguf", "mean", "--replacement linear", ()),
         ("nemotron-nas", "linear", "--engine tensorrt-llm", ()),
         ("gguf", "linear", "--engine applies to --format nemotron-nas", ("--engine", "tensorrt-llm")),
+        ("onnx", "linear", "--quantize applies to --format gguf", ("--quantize", "q4_k_m")),
+        ("gguf", "linear", "not --gguf-type q8_0", ("--quantize", "q4_k_m", "--gguf-type", "q8_0")),
     ):
         output = tmp_path / ("x.gguf" if fmt == "gguf" else "x")
         result = run_cli("gatenorm", "export", "-m", serving_dirs[name], "--format", fmt, "-o", output, *extra)

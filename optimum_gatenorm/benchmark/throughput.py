@@ -26,6 +26,7 @@ How it measures (see docs/throughput.md):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import platform
 import statistics
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..checkpoints.models import resolve_model
 from ..compat import require_onnxruntime
+from ..devices import AUTO, announce_device, choose_provider
 from ..errors import InvalidCheckpointError, InvalidConfigError, ModelNotFoundError
 from ..evaluation.loading import is_onnx_dir, load_causal_lm
 from ..exporters.onnx import check_cuda_available
@@ -73,7 +75,8 @@ class BenchmarkSettings:
         warmup: Warm-up runs per model and shape, not recorded.
         runs: Recorded runs per model and shape.
         backend: `"onnxruntime"` (ONNX exports through ORTModelForCausalLM) or `"pytorch"` (checkpoints, eager).
-        provider: `"cpu"` or `"cuda"`.
+        provider: `"cpu"`, `"cuda"`, or `"auto"` (`devices.choose_provider`: CUDA when torch sees a GPU and, for
+            onnxruntime, onnxruntime-gpu is installed; `run_benchmark` records what it chose).
         seed: Seed of the random prompts.
     """
 
@@ -95,7 +98,7 @@ class BenchmarkSettings:
         for name, minimum in (("new_tokens", 2), ("warmup", 0), ("runs", 1), ("seed", 0)):
             check_int(name, getattr(self, name), minimum)
         check_choice("backend", self.backend, BACKENDS)
-        check_choice("provider", self.provider, PROVIDERS)
+        check_choice("provider", self.provider, (AUTO, *PROVIDERS))
 
 
 @dataclass
@@ -349,6 +352,9 @@ def run_benchmark(
     """
     import torch
 
+    requested = settings.provider
+    provider, reason = choose_provider(requested)
+    settings = dataclasses.replace(settings, provider=provider)
     if settings.provider == "cuda":
         check_cuda_available()
     candidate_path, baseline_path = check_model_path(candidate, settings), check_model_path(baseline, settings)
@@ -363,6 +369,7 @@ def run_benchmark(
     if shares is not None:
         shares.check_model(configs["baseline"])
     device = "cuda" if settings.provider == "cuda" else "cpu"
+    announce_device(requested, device, flag="provider", reason=reason)  # every check passed: the runs start
     shapes = [(b, p) for b in settings.batch_sizes for p in settings.prompt_lengths]
     records = _timed_runs(models, shapes, settings, configs["baseline"].vocab_size, device, progress)
     summary = [_summary_row(records, batch, length, costs, settings, shares) for batch, length in shapes]

@@ -58,10 +58,14 @@ def model_card(report: "PruningReport", *, source: str, exports: "dict[str, str]
 def _metadata(source: str) -> list[str]:
     from huggingface_hub import ModelCardData
 
+    from .hub import parse_hub_id
     from .models import builtin_alias
 
     builtin = builtin_alias(source)  # None for a local directory named like an alias
     base_model, license_id = _BUILTIN_ORIGINS.get(builtin.alias, (None, None)) if builtin else (None, None)
+    hub_id = parse_hub_id(source) if builtin is None and not Path(source).expanduser().exists() else None
+    if hub_id is not None:  # a hub model: its id is the base model (its licence is on its own card)
+        base_model = hub_id[0]
     data = ModelCardData(
         library_name="transformers",
         pipeline_tag="text-generation",

@@ -107,5 +107,5 @@ def download(repo_id: str, revision: str | None = None, *, cache_dir: str | Path
         raise ModelNotFoundError(
             f"hub model {repo_id!r} not found on the hub (or private): check the id, or log in (`hf auth login`)"
         ) from None
-    logger.info("Using hub model %s from %s", name, path)
+    logger.debug("Using hub model %s from %s", name, path)
     return Path(path)

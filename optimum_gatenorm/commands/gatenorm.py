@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 DEFAULT_MODEL = "smollm2-135m"  # optimum_gatenorm.checkpoints.models.DEFAULT_MODEL, repeated to keep start-up light
 DEFAULT_CRITERION = "cosine_self"  # optimum_gatenorm.criteria.DEFAULT_CRITERION, likewise (a test checks they agree)
 # Choices argparse checks at parse time, repeated here to keep start-up light (a test checks them against the
-# library's: REPLACEMENTS, pipeline.EXPORT_FORMATS, exporters.FORMATS, GGUF_TYPES, NEMOTRON_NAS_ENGINES).
+# library's: REPLACEMENTS, pipeline.EXPORT_FORMATS, exporters.FORMATS, GGUF_TYPES, NEMOTRON_NAS_ENGINES,
+# QUANTIZE_TYPES).
 REPLACEMENTS = ("none", "mean", "linear")
 FITS = ("least-squares", "distill")
 DISTILL_STEPS = 100
@@ -31,6 +32,8 @@ PRUNE_EXPORTS = ("onnx",)
 EXPORT_FORMATS = ("onnx", "gguf", "nemotron-nas")
 GGUF_TYPES = ("f32", "f16", "q8_0")
 NEMOTRON_NAS_ENGINES = ("vllm", "tensorrt-llm")
+QUANTIZE_TYPES = ("q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_0", "q4_k_m", "q4_k_s", "q4_0", "q3_k_l", "q3_k_m")
+QUANTIZE_TYPES += ("q3_k_s", "q2_k")
 # Help texts name the registered criteria and built-in models through `{criteria}`-style fields, filled from
 # the registries when help is shown (`_HelpFormatter`), so a new criterion or model is in --help by itself.
 CRITERIA_HELP = (
@@ -466,8 +469,8 @@ class ScoreCommand(_LeafCommand):
         _add_calibration_args(parser)
 
     def execute(self):
-        from optimum_gatenorm.criteria import get_criterion
-        from optimum_gatenorm.devices import resolve_device
+        from optimum_gatenorm.criteria import get_criterion, require_calibration
+        from optimum_gatenorm.devices import announce_device, resolve_device
         from optimum_gatenorm.outputs import atomic_write_text, check_output_path
         from optimum_gatenorm.pruning.pruner import GateNormPruner
 
@@ -477,11 +480,12 @@ class ScoreCommand(_LeafCommand):
         if to_file:
             check_output_path(args.output, args.overwrite, inputs=inputs)
         get_criterion(args.criterion)  # an unknown name fails before any work
-        device = resolve_device(args.device)
+        device = resolve_device(args.device, announce=False)
         pruner = GateNormPruner.from_pretrained(args.model, allow_pickle=args.allow_pickle)
-        report = pruner.score(
-            args.criterion, calibration=_calibration(pruner, args), seed=args.seed, device=device, progress=True
-        )
+        calibration = _calibration(pruner, args)
+        require_calibration(get_criterion(args.criterion), calibration)
+        announce_device(args.device, device)  # every check passed: the work starts here
+        report = pruner.score(args.criterion, calibration=calibration, seed=args.seed, device=device, progress=True)
         if args.format == "json":
             text = report.to_json()
         else:
@@ -728,6 +732,13 @@ class ExportCommand(_LeafCommand):
             help="--format gguf: weight matrices in f32, f16 or q8_0; norms stay f32 (default: f16)",
         )
         parser.add_argument(
+            "--quantize",
+            choices=QUANTIZE_TYPES,
+            metavar="TYPE",
+            help="--format gguf: quantize with llama.cpp's own quantizer (llama-cpp-python, the serve extra) after "
+            f"writing --gguf-type f16 (or f32): {', '.join(QUANTIZE_TYPES)}",
+        )
+        parser.add_argument(
             "--tokenizer",
             metavar="DIR",
             help="--format gguf: the directory of the model's tokenizer, when --model's own has none that loads "
@@ -764,10 +775,12 @@ class ExportCommand(_LeafCommand):
 
     def execute(self):
         args = self.args
-        if args.engine is not None and args.format != "nemotron-nas":
-            from optimum_gatenorm.errors import InvalidConfigError
+        from optimum_gatenorm.errors import InvalidConfigError
 
+        if args.engine is not None and args.format != "nemotron-nas":
             raise InvalidConfigError(f"--engine applies to --format nemotron-nas, not --format {args.format}")
+        if args.quantize is not None and args.format != "gguf":
+            raise InvalidConfigError(f"--quantize applies to --format gguf, not --format {args.format}")
         if args.format == "gguf":
             from optimum_gatenorm.exporters.gguf import export_gguf
 
@@ -779,6 +792,7 @@ class ExportCommand(_LeafCommand):
                 allow_pickle=args.allow_pickle,
                 pre_tokenizer=args.gguf_pre_tokenizer,
                 tokenizer_from=args.tokenizer,
+                quantize=args.quantize,
             )
             print(f"Exported to {path}; run it with llama-cli -m {str(path)!r} or llama_cpp.Llama(model_path=...)")
             return
@@ -795,13 +809,12 @@ class ExportCommand(_LeafCommand):
             serve = "trtllm-serve" if args.engine == "tensorrt-llm" else "vllm serve"
             print(f"Exported to {path}; serve it with e.g. {serve} {str(path)!r} (docs/serving.md)")
             return
-        from optimum_gatenorm.devices import resolve_device
         from optimum_gatenorm.exporters.onnx import export_onnx
 
         path = export_onnx(
             args.model,
             args.output,
-            device=resolve_device(args.device),
+            device=args.device,
             dtype=args.dtype,
             overwrite=args.overwrite,
             opset=args.opset,
@@ -955,9 +968,6 @@ class EvalCommand(_LeafCommand):
         to_file = args.output and not _to_stdout(args)
         if to_file:
             check_output_path(args.output, args.overwrite, inputs=inputs)
-        from optimum_gatenorm.devices import resolve_provider
-
-        args.provider = resolve_provider(args.provider)
         if args.provider == "cuda":
             from optimum_gatenorm.exporters.onnx import check_cuda_available
 
@@ -1234,7 +1244,6 @@ class BenchmarkCommand(_LeafCommand):
 
     def execute(self):
         from optimum_gatenorm.benchmark.throughput import BenchmarkSettings, run_benchmark
-        from optimum_gatenorm.devices import resolve_provider
 
         args = self.args
         inputs = _inputs(args, "model", "baseline", "shares")
@@ -1246,7 +1255,7 @@ class BenchmarkCommand(_LeafCommand):
             warmup=args.warmup,
             runs=args.runs,
             backend=args.backend,
-            provider=resolve_provider(args.provider),
+            provider=args.provider,
             seed=args.seed,
         )
         shares = None

@@ -2,7 +2,8 @@
 
 A directory holding `model.onnx` runs on onnxruntime through `ORTModelForCausalLM`; anything else is what
 `load_pruned` accepts (a checkpoint directory, a `.gguf` file, a built-in alias). Providers are named `"cpu"` and
-`"cuda"` everywhere in this package; `ort_provider` turns them into onnxruntime's names.
+`"cuda"` everywhere in this package (and `"auto"`, chosen by `devices.choose_provider` when a model loads);
+`ort_provider` turns them into onnxruntime's names.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 from ..checkpoints.modeling import load_pruned
 from ..checkpoints.models import resolve_model
 from ..compat import require_onnxruntime
+from ..devices import AUTO, announce_device, choose_provider
 from ..errors import InvalidConfigError
 from ..validation import check_choice
 
@@ -27,10 +29,26 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
 def ort_provider(provider: str) -> str:
-    """onnxruntime's name for `provider` (`"cpu"` or `"cuda"`; onnxruntime's own names are accepted as they are)."""
+    """onnxruntime's name for `provider` (`"cpu"`, `"cuda"` or `"auto"`; onnxruntime's own names are accepted as
+    they are)."""
     if provider in PROVIDERS.values():
         return provider
+    if provider == AUTO:
+        provider = choose_provider(AUTO)[0]
     return PROVIDERS[check_choice("provider", provider, PROVIDERS)]
+
+
+_ANNOUNCED: set[str] = set()  # `auto` is logged once per process and choice, not once per model loaded
+
+
+def _resolve_provider(provider: str) -> str:
+    if provider != AUTO:
+        return provider
+    chosen, reason = choose_provider(AUTO)
+    if chosen not in _ANNOUNCED:
+        _ANNOUNCED.add(chosen)
+        announce_device(AUTO, chosen, flag="provider", reason=reason)
+    return chosen
 
 
 def is_onnx_dir(path: str | Path) -> bool:
@@ -50,7 +68,8 @@ def load_causal_lm(
 
     Args:
         path: An ONNX export directory, or anything `load_pruned` accepts.
-        provider: `"cpu"` or `"cuda"`: onnxruntime's execution provider, or the PyTorch device.
+        provider: `"cpu"` or `"cuda"`: onnxruntime's execution provider, or the PyTorch device; `"auto"`: CUDA
+            when torch sees a GPU (and, for ONNX, onnxruntime-gpu is installed), else the CPU, logged with why.
         dtype: Torch dtype of a PyTorch model (`"auto"`: the checkpoint's); ignored for ONNX.
         io_binding: onnxruntime IO binding (default: on for CUDA, as `ORTModelForCausalLM` chooses).
 
@@ -60,6 +79,8 @@ def load_causal_lm(
     Raises:
         InvalidConfigError: If CUDA was asked for and onnxruntime fell back to the CPU.
     """
+    if provider not in PROVIDERS.values():
+        provider = _resolve_provider(check_choice("provider", provider, (AUTO, *PROVIDERS)))
     if is_onnx_dir(path):
         directory = Path(path)
         require_onnxruntime(f"running the ONNX export {directory}")

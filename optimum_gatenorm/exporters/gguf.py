@@ -26,7 +26,8 @@ What llama.cpp reads (`src/llama-model.cpp`, `load_hparams`), and what is writte
   by name (`tokenizer.ggml.pre`); the name is found as llama.cpp's converter finds it, by hashing the tokenizer's
   output on a fixed text (`_PRE_TOKENIZERS`); an unknown tokenizer is refused unless `pre_tokenizer` is given.
 - Types: `f32` everything in float32; `f16` 2-D weights in float16, norms in float32; `q8_0` 2-D weights in Q8_0
-  (blocks of 32; a matrix whose rows are not a multiple of 32 stays f16), norms in float32.
+  (blocks of 32; a matrix whose rows are not a multiple of 32 stays f16), norms in float32. Every other llama.cpp
+  type (`quantize="q4_k_m"`, ...) comes from llama.cpp's own quantizer run on the f16 file (`quantize`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from ..compat import load_auto_tokenizer, rope_settings
 from ..errors import InvalidConfigError, UnsupportedModelError
 from ..outputs import atomic_output_file, check_output_path, holds_outputs
 from ..params import ANY, param
+from .quantize import check_quantize, quantize_gguf, require_llama_cpp
 from .serving import ServingPlan
 
 
@@ -84,6 +86,7 @@ def export_gguf(
     allow_pickle: bool = False,
     tokenizer_from: str | Path | None = None,
     pre_tokenizer: str | None = None,
+    quantize: str | None = None,
 ) -> Path:
     """Exports a (pruned or unpruned) Llama-family causal LM to one GGUF file that llama.cpp runs on its own.
 
@@ -101,18 +104,23 @@ def export_gguf(
         tokenizer_from: Directory of the tokenizer (default: the checkpoint's own; required for in-memory models).
         pre_tokenizer: llama.cpp pre-tokenizer name (`tokenizer.ggml.pre`, e.g. `"default"`, `"llama-bpe"`) for a
             tokenizer llama.cpp's hash table does not know.
+        quantize: A llama.cpp quantization type (`quantize.QUANTIZE_TYPES`: `"q4_k_m"`, `"q8_0"`, ...): the
+            `gguf_type` file is written first, then quantized by llama.cpp's own quantizer (needs llama-cpp-python,
+            the `serve` extra).
 
     Returns:
         The path of the written file.
 
     Raises:
-        InvalidConfigError: Unknown `gguf_type`.
+        InvalidConfigError: Unknown `gguf_type` or `quantize`, or `quantize` with a quantized `gguf_type`.
+        MissingExtraError: `quantize` without llama-cpp-python.
         UnsupportedModelError: An architecture, option, tokenizer or pruned layer 0 that GGUF cannot express
             (checked before the weights load).
         OutputExistsError: `output_file` exists and `overwrite` is false.
     """
     if gguf_type not in GGUF_TYPES:
         raise InvalidConfigError(f"gguf_type must be one of {', '.join(GGUF_TYPES)}, got {gguf_type!r}")
+    check_quantize(quantize, gguf_type)
     from ..checkpoints.models import model_inputs
 
     inputs = [*model_inputs(model_or_path), ("tokenizer", tokenizer_from)]
@@ -139,11 +147,23 @@ def export_gguf(
 
     inputs.append(("model", source))
     expected = sum(p.numel() for p in model.parameters()) * {"f32": 4, "f16": 2, "q8_0": 1}[gguf_type]
+    if quantize is not None:
+        require_llama_cpp()  # a missing llama-cpp-python is refused before the f16 file is written
+        expected += expected // 2  # the unquantized file and the quantized one, side by side
     with atomic_output_file(output_file, overwrite, inputs=inputs, expected_bytes=expected) as tmp:
-        _write(model, plan, tokenizer, tokenizer_dir, tmp, gguf_type)
+        if quantize is None:
+            _write(model, plan, tokenizer, tokenizer_dir, tmp, gguf_type)
+        else:
+            unquantized = tmp.with_name(f"{tmp.name}.{gguf_type}")
+            try:
+                _write(model, plan, tokenizer, tokenizer_dir, unquantized, gguf_type)
+                quantize_gguf(unquantized, tmp, quantize)
+            finally:
+                unquantized.unlink(missing_ok=True)
     logger.info(
-        "Wrote %s (%s, %d of %d attention layers kept)", output_file, gguf_type, sum(plan.kept), len(plan.kept)
-    )
+        "Wrote %s (%s, %d of %d attention layers kept)",
+        output_file, quantize or gguf_type, sum(plan.kept), len(plan.kept),
+    )  # fmt: skip
     return output_file
 
 

@@ -24,6 +24,7 @@ from ..checkpoints.modeling import _copy_tokenizer, model_bytes
 from ..checkpoints.models import model_inputs
 from ..checkpoints.record import get_pruned_layers
 from ..compat import require_onnx, require_onnxruntime
+from ..devices import AUTO, announce_device, resolve_device
 from ..errors import ExportError, InvalidConfigError, UnsupportedModelError
 from ..outputs import atomic_output_dir, check_output_path, holds_outputs
 from ..params import param
@@ -154,7 +155,8 @@ def export_onnx(
     Args:
         model_or_path: An in-memory model, or a checkpoint directory / `.gguf` file / built-in alias.
         output_dir: Target directory.
-        device: `"cpu"` or `"cuda"` (export on the GPU, for onnxruntime's CUDAExecutionProvider).
+        device: `"cpu"`, `"cuda"` (export on the GPU, for onnxruntime's CUDAExecutionProvider), or `"auto"` (CUDA
+            when torch sees a GPU, else the CPU, logged with the reason).
         dtype: `"float32"` or `"float16"` (float16 needs `device="cuda"`); `"fp32"` / `"fp16"` are aliases.
         overwrite: Replace an existing `output_dir` written by optimum-gatenorm.
         opset: ONNX opset (default: optimum's choice for the architecture).
@@ -173,8 +175,11 @@ def export_onnx(
     import torch
 
     require_onnx("the ONNX export")
+    requested = device
+    if device == AUTO:
+        device = resolve_device(AUTO, announce=False)
     if device not in ("cpu", "cuda"):
-        raise InvalidConfigError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        raise InvalidConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
     dtype = onnx_dtype(dtype)
     if dtype == "float16" and device != "cuda":
         raise InvalidConfigError(
@@ -192,6 +197,7 @@ def export_onnx(
     model = handle.load(dtype=getattr(torch, dtype))
     if model.dtype != getattr(torch, dtype):
         raise InvalidConfigError(f"the model is {model.dtype} but dtype={dtype!r}; cast it first")
+    announce_device(requested, device)
     inputs.append(("model", source or getattr(model, "name_or_path", None) or None))
     with atomic_output_dir(output_dir, overwrite=overwrite, inputs=inputs, expected_bytes=model_bytes(model)) as tmp:
         export_onnx_into(
