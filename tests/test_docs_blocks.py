@@ -154,6 +154,7 @@ SUBSTITUTIONS = [
     # the tiny tokenizer is not in llama.cpp's pre-tokenizer table (SmolLM2's is): name one, as tests/test_serving.py does
     ("--format gguf", "--format gguf --gguf-pre-tokenizer gpt-2"),
     ('gguf_type="f16")', 'gguf_type="f16", pre_tokenizer="gpt-2")'),
+    ('quantize="q4_k_m")', 'quantize="q4_k_m", pre_tokenizer="gpt-2")'),
 ]
 # The hub id README's quick start prunes: a tiny Llama in the workspace's Hugging Face cache stands in for it.
 HUB_ID = "HuggingFaceTB/SmolLM2-360M"

@@ -351,6 +351,7 @@ def test_smollm2_gguf_and_nemotron_nas_give_pytorch_tokens_on_llama_cpp(smollm2,
 
 
 @pytest.mark.slow
+@pytest.mark.one_line  # the real default prune (2-3 min); the linear layout is tested on both lines on tiny models
 def test_smollm2_default_linear_replacement_gives_pytorch_tokens_on_llama_cpp(smollm2, tmp_path):
     """The default prune (linear replacement) of the real SmolLM2, served as llama.cpp's deci linear attention."""
     model, report = GateNormPruner.from_pretrained(smollm2).prune(GateNormConfig(num_layers=4))

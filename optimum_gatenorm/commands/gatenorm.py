@@ -32,8 +32,7 @@ PRUNE_EXPORTS = ("onnx",)
 EXPORT_FORMATS = ("onnx", "gguf", "nemotron-nas")
 GGUF_TYPES = ("f32", "f16", "q8_0")
 NEMOTRON_NAS_ENGINES = ("vllm", "tensorrt-llm")
-QUANTIZE_TYPES = ("q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_0", "q4_k_m", "q4_k_s", "q4_0", "q3_k_l", "q3_k_m")
-QUANTIZE_TYPES += ("q3_k_s", "q2_k")
+QUANTIZE_TYPES = tuple("q8_0 q6_k q5_k_m q5_k_s q5_0 q4_k_m q4_k_s q4_0 q3_k_l q3_k_m q3_k_s q2_k".split())
 # Help texts name the registered criteria and built-in models through `{criteria}`-style fields, filled from
 # the registries when help is shown (`_HelpFormatter`), so a new criterion or model is in --help by itself.
 CRITERIA_HELP = (
@@ -774,9 +773,9 @@ class ExportCommand(_LeafCommand):
         parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
 
     def execute(self):
-        args = self.args
         from optimum_gatenorm.errors import InvalidConfigError
 
+        args = self.args
         if args.engine is not None and args.format != "nemotron-nas":
             raise InvalidConfigError(f"--engine applies to --format nemotron-nas, not --format {args.format}")
         if args.quantize is not None and args.format != "gguf":
