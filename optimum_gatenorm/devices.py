@@ -1,7 +1,7 @@
 """Where a model runs: `--device auto` and `--provider auto`, the default of every command that runs a model.
 
 `auto` is the GPU when there is one and the CPU otherwise, and the log says which and why: on a GPU box the
-self-sampled calibration text and the replacement fit of an 8B model take seconds there instead of hours on the CPU.
+self-sampled calibration text and the replacement fit of a large model should not run on its CPU by default.
 An explicit name (`cpu`, `cuda`, `cuda:1`, ...) is checked against this machine before any heavy work.
 """
 
@@ -13,7 +13,7 @@ from .errors import InvalidConfigError
 from .params import param
 
 
-__all__ = ["AUTO", "announce_device", "check_device", "choose_provider", "resolve_device", "resolve_provider"]
+__all__ = ["AUTO", "announce_device", "check_device", "choose_provider", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,14 +80,6 @@ def announce_device(requested: str, device: str, *, flag: str = "device", reason
 
         reason = reason or f"found {torch.cuda.get_device_name(0)}"
     logger.info("%s: %s (%s)", param(flag, AUTO), device, reason or _no_cuda_reason())
-
-
-def resolve_provider(name: str = AUTO) -> str:
-    """The onnxruntime execution provider, or PyTorch device, of `eval` and `benchmark`: `cpu` or `cuda`; `auto` is
-    chosen by `choose_provider` and logged with the reason."""
-    provider, reason = choose_provider(name)
-    announce_device(name, provider, flag="provider", reason=reason)
-    return provider
 
 
 def choose_provider(name: str = AUTO) -> tuple[str, str | None]:

@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 
-from optimum_gatenorm.devices import AUTO, resolve_device, resolve_provider
+from optimum_gatenorm.devices import AUTO, choose_provider, resolve_device
 from optimum_gatenorm.errors import InvalidConfigError
 
 
@@ -32,13 +32,13 @@ def test_auto_on_a_machine_without_a_gpu(caplog, monkeypatch):
     monkeypatch.setattr(torch.version, "cuda", "12.8")
     with caplog.at_level(logging.INFO, logger="optimum_gatenorm"):
         assert resolve_device(AUTO) == "cpu"
-        assert resolve_provider(AUTO) == "cpu"
+        assert choose_provider(AUTO) == ("cpu", "no CUDA device is visible")
     assert any("no CUDA device is visible" in r.getMessage() for r in caplog.records)
 
 
 def test_explicit_devices_are_checked():
     assert resolve_device("cpu") == "cpu"
-    assert resolve_provider("cpu") == "cpu" and resolve_provider("cuda") == "cuda"
+    assert choose_provider("cpu") == ("cpu", None) and choose_provider("cuda") == ("cuda", None)
     with pytest.raises(InvalidConfigError, match="`device='tpu9'` is not usable here"):
         resolve_device("tpu9")
 
@@ -55,7 +55,7 @@ def test_auto_picks_the_gpu():
     assert resolve_device(AUTO) == "cuda"
     onnxruntime = pytest.importorskip("onnxruntime")
     expected = "cuda" if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else "cpu"
-    assert resolve_provider(AUTO) == expected
+    assert choose_provider(AUTO)[0] == expected
 
 
 def test_every_command_that_runs_a_model_defaults_to_auto():
