@@ -121,6 +121,8 @@ def export_gguf(
     if gguf_type not in GGUF_TYPES:
         raise InvalidConfigError(f"gguf_type must be one of {', '.join(GGUF_TYPES)}, got {gguf_type!r}")
     check_quantize(quantize, gguf_type)
+    if quantize is not None:
+        require_llama_cpp()  # a missing llama-cpp-python is refused before anything loads
     from ..checkpoints.models import model_inputs
 
     inputs = [*model_inputs(model_or_path), ("tokenizer", tokenizer_from)]
@@ -148,7 +150,6 @@ def export_gguf(
     inputs.append(("model", source))
     expected = sum(p.numel() for p in model.parameters()) * {"f32": 4, "f16": 2, "q8_0": 1}[gguf_type]
     if quantize is not None:
-        require_llama_cpp()  # a missing llama-cpp-python is refused before the f16 file is written
         expected += expected // 2  # the unquantized file and the quantized one, side by side
     with atomic_output_file(output_file, overwrite, inputs=inputs, expected_bytes=expected) as tmp:
         if quantize is None:
