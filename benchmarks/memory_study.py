@@ -1,6 +1,7 @@
 """Peak memory of `prune` against the size of the model: what a larger model needs (#34 item 3).
 
-    python benchmarks/memory_study.py [--cases smollm2,gemma3,random1b] [--output benchmarks/memory/summary.json]
+    python benchmarks/memory_study.py [--cases smollm2,gemma3,random1b,random1b-streamed]
+        [--output benchmarks/memory/summary.json]
 
 Each case runs `optimum-cli gatenorm prune` in its own process (`--device cpu`), and the peak resident set size of
 that process is read from the kernel when it exits (`os.wait4`'s `ru_maxrss`), beside the wall time and the bytes of
@@ -10,7 +11,10 @@ the model's safetensors files:
   self-sampled text): every forward pass the default needs;
 - `random1b`: a random Llama of about 1.1 B parameters (hidden 2048, 22 layers, MLP 5632, GQA 32/4: TinyLlama-1.1B's
   shape; float32, 4.4 GB) written once into the cache, pruned by k = 4 with the weight-only `gate_norm` and plain
-  removal (no forward pass): the floor of what pruning a model costs today, the whole model loaded once.
+  removal (no forward pass): the floor of what pruning a model costs loaded, the whole model in memory once;
+- `CASE-streamed` (`random1b-streamed`, `smollm2-streamed`, `gemma3-streamed`): the same data-free prune (k = 4,
+  `gate_norm`, plain removal) under `--max-memory 100MB`, smaller than every model: pruned file to file, one tensor
+  at a time, never loaded (`checkpoints.streaming`).
 """
 
 from __future__ import annotations
@@ -89,12 +93,17 @@ def main() -> None:
     rows = {}
     for case in args.cases.split(","):
         out = root / f"{case}-pruned"
-        if case == "random1b":
+        name, _, variant = case.partition("-")
+        if name == "random1b":
             model = _random_1b(root)
             extra = ["--criterion", "gate_norm", "--replacement", "none"]
         else:
-            model = resolve_model({"smollm2": "smollm2-135m", "gemma3": "gemma3-270m"}[case])
+            model = resolve_model({"smollm2": "smollm2-135m", "gemma3": "gemma3-270m"}[name])
             extra = []
+        if variant == "streamed":  # under a budget smaller than the model: pruned file to file, never loaded
+            extra = ["--criterion", "gate_norm", "--replacement", "none", "--max-memory", "100MB"]
+        elif variant:
+            raise SystemExit(f"unknown case {case!r}")
         command = ["prune", "--model", str(model), "--num-layers", "4", "--output", str(out), "--overwrite"]
         command += ["--device", "cpu", *extra]
         row = _run(command)

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 
 from .benchmark.planning import SpeedupTarget, plan_config
 from .checkpoints.card import write_model_card
-from .checkpoints.modeling import model_bytes, write_pruned
+from .checkpoints.modeling import model_bytes, write_companions, write_pruned
 from .checkpoints.models import model_inputs
+from .checkpoints.streaming import available_memory, checkpoint_bytes, format_bytes, parse_size
 from .compat import require_onnx
 from .criteria import get_criterion, require_calibration
 from .devices import announce_device, check_device, resolve_device
@@ -25,7 +26,7 @@ from .outputs import atomic_output_dir, check_output_path, holds_outputs, mark_o
 from .params import param
 from .progress import phase, summary_logger
 from .pruning.configuration import GateNormConfig
-from .pruning.pruner import GateNormPruner, check_request
+from .pruning.pruner import GateNormPruner, check_request, check_streamable
 from .report import PruningReport
 
 
@@ -93,6 +94,36 @@ def export_dtype(torch_dtype: str, device: str) -> str:
     return "fp32"
 
 
+def _streams(
+    pruner: GateNormPruner, config: GateNormConfig, max_memory, budget: int | None, *, dtype: str, export
+) -> bool:
+    """Whether the checkpoint is pruned without loading it: its weights exceed `budget` (default: the memory
+    available). Refuses, in one line naming the fix, a request that would then need the model loaded."""
+    weights = checkpoint_bytes(pruner.checkpoint)
+    limit = budget if budget is not None else available_memory()
+    if limit is None or weights <= limit:
+        return False
+    where = param("max_memory", max_memory) if budget is not None else f"the {format_bytes(limit)} of memory available"
+    fits = f"the model's weights ({format_bytes(weights)}) exceed {where}"
+    if pruner.checkpoint.format != "safetensors":
+        raise InvalidConfigError(
+            f"{fits}, and pruning it without loading it reads safetensors only: convert it (save_pretrained with "
+            f"safetensors), or raise {param('max_memory')}"
+        )
+    try:
+        check_streamable(config)
+    except InvalidConfigError as error:
+        raise InvalidConfigError(f"{fits}: {error}, or raise {param('max_memory')}") from None
+    if export is not None or dtype != "auto":
+        flag = param("export", export) if export is not None else param("dtype", dtype)
+        raise InvalidConfigError(
+            f"{fits}, so it is pruned without loading it, as stored: drop {flag} (export or convert the pruned "
+            f"checkpoint where it fits), or raise {param('max_memory')}"
+        )
+    logger.info("%s: pruning it file to file, one tensor at a time, without loading it", fits[0].upper() + fits[1:])
+    return True
+
+
 def _checkpoint_dtype(config) -> str:
     dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
     return str(dtype).removeprefix("torch.")
@@ -113,6 +144,7 @@ def prune_and_save(
     calibration_text: "Sequence[str | Path] | None" = None,
     calibration_samples: int = 16,
     calibration_length: int = 256,
+    max_memory: "str | int | None" = None,
     progress: bool | None = None,
 ) -> PruneResult:
     """Scores, selects, prunes and saves a checkpoint (and exports it), all or nothing.
@@ -138,6 +170,11 @@ def prune_and_save(
         calibration_text: Text files for data-driven criteria.
         calibration_samples: Calibration windows.
         calibration_length: Tokens per calibration window.
+        max_memory: The memory the model's weights may take here (bytes, or a size such as `"24GB"`). A checkpoint
+            whose weights are larger is pruned without loading it (`GateNormPruner.prune_streamed`: file to file,
+            one tensor at a time), which takes a data-free request (`gate_norm`, `replacement="none"`) and no
+            export. `None` (default): the memory the system says is available (Linux), refusing a request that
+            would not fit rather than running out of memory later.
         progress: Show progress on stderr: tqdm bars for the scoring, the replacement fit and its held-out KL
             check, and a start and a "done in N s" line for loading, saving, the ONNX export and its check. `None`
             (default): all but the bar of a weight-level scoring (milliseconds), as `GateNormPruner.prune`;
@@ -156,26 +193,17 @@ def prune_and_save(
     """
     import torch
 
-    if not isinstance(config, GateNormConfig):
-        raise TypeError(f"config must be a GateNormConfig, got {type(config).__name__}")
-    if target_speedup is not None and not isinstance(target_speedup, SpeedupTarget):
-        target_speedup = SpeedupTarget(target_speedup)
-    if target_speedup is not None and config.has_amount:
-        raise InvalidConfigError("give target_speedup or config.num_layers / ratio, not both")
-    if export is not None and export not in EXPORT_FORMATS:
-        raise InvalidConfigError(f"export must be one of {', '.join(EXPORT_FORMATS)} or None, got {export!r}")
-    if export == "onnx":
-        require_onnx(param("export", "onnx"))
-    if dtype not in ("auto", "float32", "float16", "bfloat16"):
-        raise InvalidConfigError(f"dtype must be auto, float32, float16 or bfloat16, got {dtype!r}")
+    target_speedup = _check_arguments(config, target_speedup, export, dtype)
     inputs = [*model_inputs(model), *(("calibration text", path) for path in calibration_text or ())]
     check_output_path(output_dir, overwrite, directory=True, inputs=inputs)
     requested, device = device, resolve_device(device, announce=False)
+    budget = parse_size(max_memory, "max_memory") if max_memory is not None else None
     pruner = GateNormPruner.from_pretrained(
         model, dtype="auto" if dtype == "auto" else getattr(torch, dtype), allow_pickle=allow_pickle
     )
     inputs.append(("model", pruner.checkpoint_path))
     check_output_path(output_dir, overwrite, directory=True, inputs=inputs)
+    streamed = _streams(pruner, config, max_memory, budget, dtype=dtype, export=export)
     planned = None
     if target_speedup is not None:
         config, planned = plan_config(pruner.config, config, target_speedup)
@@ -196,11 +224,19 @@ def prune_and_save(
     scores = pruner.score(
         config.criterion, calibration=calibration, seed=config.seed, device=device, progress=progress
     )
+    output_dir = Path(output_dir)
+    if streamed:
+        with atomic_output_dir(
+            output_dir, overwrite=overwrite, inputs=inputs, expected_bytes=checkpoint_bytes(pruner.checkpoint)
+        ) as tmp:
+            report = pruner.prune_streamed(config, tmp, scores=scores, device=device, progress=progress)
+            write_companions(tmp, pruner.checkpoint_path, report)
+            write_model_card(tmp, report, source=str(model), exports={})
+        return _finished(PruneResult(report=report, output_dir=output_dir, exports={}, planned=planned))
     pruned_model, report = pruner.prune(config, scores=scores, calibration=calibration, progress=progress)
 
     exports: dict[str, Path] = {}
     max_diff = None
-    output_dir = Path(output_dir)
     expected = model_bytes(pruned_model) * (2 if export == "onnx" else 1)
     with atomic_output_dir(output_dir, overwrite=overwrite, inputs=inputs, expected_bytes=expected) as tmp:
         with phase("Saving the pruned checkpoint", progress is not False, logger):
@@ -215,5 +251,26 @@ def prune_and_save(
     result = PruneResult(
         report=report, output_dir=output_dir, exports=exports, validation_max_diff=max_diff, planned=planned
     )
+    return _finished(result)
+
+
+def _finished(result: PruneResult) -> PruneResult:
     summary_logger.info("%s", result._saved_summary())  # `pruner.prune` logged the report's summary
     return result
+
+
+def _check_arguments(config, target_speedup, export, dtype) -> "SpeedupTarget | None":
+    """`prune_and_save`'s checks of its own arguments; returns `target_speedup` as a `SpeedupTarget`."""
+    if not isinstance(config, GateNormConfig):
+        raise TypeError(f"config must be a GateNormConfig, got {type(config).__name__}")
+    if target_speedup is not None and not isinstance(target_speedup, SpeedupTarget):
+        target_speedup = SpeedupTarget(target_speedup)
+    if target_speedup is not None and config.has_amount:
+        raise InvalidConfigError("give target_speedup or config.num_layers / ratio, not both")
+    if export is not None and export not in EXPORT_FORMATS:
+        raise InvalidConfigError(f"export must be one of {', '.join(EXPORT_FORMATS)} or None, got {export!r}")
+    if export == "onnx":
+        require_onnx(param("export", "onnx"))
+    if dtype not in ("auto", "float32", "float16", "bfloat16"):
+        raise InvalidConfigError(f"dtype must be auto, float32, float16 or bfloat16, got {dtype!r}")
+    return target_speedup

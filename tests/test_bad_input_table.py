@@ -51,6 +51,8 @@ class Case:
         )
 
 
+OVER_MEMORY = ("prune", "-m", "{model}", "-k", "1", "-o", "{new}", "--max-memory", "1kB")
+DATA_FREE = ("-c", "gate_norm", "--replacement", "none")
 CASES = {
     # --- score --------------------------------------------------------------------------------------------------
     "score_missing_model": Case(("score", "-m", "{missing}"), ("not found",)),
@@ -114,6 +116,17 @@ CASES = {
         ("prune", "-m", "{model}", "-k", "1", "-o", "{afile}", "--overwrite"), ("not a directory",)
     ),
     "prune_output_exists": Case(("prune", "-m", "{model}", "-k", "1", "-o", "{ours}"), ("already exists",)),
+    # A checkpoint larger than --max-memory is pruned without loading it: only a data-free prune, as stored.
+    "prune_over_memory_with_the_defaults": Case(
+        (*OVER_MEMORY,), ("exceed --max-memory 1kB", "--criterion gate_norm --replacement none", "raise --max-memory")
+    ),
+    "prune_over_memory_with_an_export": Case((*OVER_MEMORY, *DATA_FREE, "--export", "onnx"), ("drop --export onnx",)),
+    "prune_over_memory_with_a_dtype": Case(
+        (*OVER_MEMORY, *DATA_FREE, "--dtype", "float16"), ("drop --dtype float16",)
+    ),
+    "prune_max_memory_not_a_size": Case(
+        ("prune", "-m", "{model}", "-k", "1", "-o", "{new}", "--max-memory", "lots"), ("--max-memory lots", "24GB")
+    ),
     "prune_gemma3_multimodal_wrapper": Case(
         ("prune", "-m", "{gemma3}", "-k", "1", "-o", "{new}"), ("gemma3", "Gemma3ForCausalLM(m.config.text_config)")
     ),

@@ -51,7 +51,7 @@ from .record import (
     get_replacements,
     tombstone_name,
 )
-from .structure import apply_pruned_structure, replacement_of
+from .structure import apply_pruned_structure, replacement_of, validate_pruned_set
 from .tensors import inspect_checkpoint, read_safetensors_header
 
 
@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     import torch
-    from transformers import PreTrainedModel
+    from transformers import PretrainedConfig, PreTrainedModel
 
     from .structure import FittedReplacement
     from .tensors import Checkpoint
@@ -72,8 +72,10 @@ __all__ = [
     "load_pruned",
     "load_tokenizer",
     "model_bytes",
+    "next_record",
     "prune_model",
     "save_pruned",
+    "write_companions",
     "write_pruned",
 ]
 
@@ -165,28 +167,47 @@ def prune_model(
     import torch
 
     replacements = dict(replacements or {})
-    earlier = get_replacements(model.config)
-    earlier_criteria, earlier_pruned = get_layer_criteria(model.config), set(get_pruned_layers(model.config))
-    pruned = apply_pruned_structure(model, layers, {layer: fitted.kind for layer, fitted in replacements.items()})
+    kinds = {layer: fitted.kind for layer, fitted in replacements.items()}
+    record, _ = next_record(model.config, layers, criterion=criterion, replacements=kinds)
+    pruned = apply_pruned_structure(model, layers, kinds)
     decoder_layers = model.get_submodule(get_adapter(model.config).layers)
     with torch.no_grad():
         for layer, fitted in replacements.items():
             module = replacement_of(decoder_layers[layer])
             for name, tensor in fitted.tensors.items():
                 module.get_parameter(name).copy_(tensor)
-    kinds = {**earlier, **{layer: fitted.kind for layer, fitted in replacements.items()}}
-    now = [layer for layer in pruned if layer not in earlier_pruned]
-    chosen_by = {**earlier_criteria, **(dict.fromkeys(now, criterion) if criterion is not None else {})}
-    record = PrunedAttentionConfig(
-        pruned,
-        model.config.num_hidden_layers,
-        criterion=criterion,
-        attention_replacements=kinds,
-        layer_criteria=chosen_by,
-    )
     model.config.quantization_config = record
     model.hf_quantizer = GateNormQuantizer(record, pre_quantized=True)
     return pruned
+
+
+def next_record(
+    config: "PretrainedConfig",
+    layers: Iterable[int],
+    *,
+    criterion: str | None = None,
+    replacements: "Mapping[int, str] | None" = None,
+) -> tuple[PrunedAttentionConfig, list[int]]:
+    """The pruning record of `config`'s model once `layers` are removed too, and all layers it then names.
+
+    Layers removed earlier keep the criterion and the replacement their record names; `layers` are credited to
+    `criterion` and get `replacements` (layer -> kind) where given.
+
+    Raises:
+        InvalidConfigError: On an out-of-range layer, or when no attention sublayer would remain.
+    """
+    earlier_pruned = set(get_pruned_layers(config))
+    pruned = validate_pruned_set(set(layers) | earlier_pruned, config.num_hidden_layers)
+    now = [layer for layer in pruned if layer not in earlier_pruned]
+    chosen_by = {**get_layer_criteria(config), **(dict.fromkeys(now, criterion) if criterion is not None else {})}
+    record = PrunedAttentionConfig(
+        pruned,
+        config.num_hidden_layers,
+        criterion=criterion,
+        attention_replacements={**get_replacements(config), **dict(replacements or {})},
+        layer_criteria=chosen_by,
+    )
+    return record, pruned
 
 
 def load_pruned(
@@ -358,7 +379,14 @@ def write_pruned(
         model.to(dtype)
     model.save_pretrained(directory)
     write_portable_config(directory)
-    source = tokenizer_from if tokenizer_from is not None else getattr(model, "name_or_path", None)
+    write_companions(
+        directory, tokenizer_from if tokenizer_from is not None else getattr(model, "name_or_path", None), report
+    )
+
+
+def write_companions(directory: Path, source: str | Path | None, report: "PruningReport | None") -> None:
+    """Writes what a pruned checkpoint holds beside its weights and config: the tokenizer of `source` (a
+    checkpoint directory; nothing if it has none) and `report` as `gatenorm_report.json`."""
     if source and Path(source).is_dir():
         _copy_tokenizer(Path(source), directory)
     if report is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -120,18 +121,52 @@ class _ShardedWeights(WeightSource):
         return self._read(self._handles[path], name, path)
 
     def close(self):
+        for handle in self._handles.values():
+            if isinstance(handle, tuple):
+                handle[0].close()
         self._handles.clear()
 
 
+# safetensors' dtype names -> torch's
+SAFETENSORS_DTYPES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U64": "uint64",
+    "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool",
+}  # fmt: skip
+
+
 class SafetensorsWeights(_ShardedWeights):
+    """safetensors shards, each tensor read from its file when asked for (no memory map): a tensor takes memory
+    only while the caller holds it, so scoring a model larger than memory holds one layer's Q and K at a time."""
+
     def _open(self, path):
-        return _safe_open(path)
+        start, header = read_safetensors_header(path)
+        return open(path, "rb"), start, header
 
     def _read(self, handle, name, path):
+        import torch
+
+        file, start, header = handle
+        entry = header.get(name)
         try:
-            return handle.get_tensor(name)
-        except Exception as error:  # safetensors raises its own SafetensorError
-            raise InvalidCheckpointError(f"cannot read tensor {name!r} from {path}: {error}") from None
+            begin, end = entry["data_offsets"]
+            shape = [int(n) for n in entry["shape"]]
+            dtype = getattr(torch, SAFETENSORS_DTYPES[entry["dtype"]])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise InvalidCheckpointError(
+                f"cannot read tensor {name!r} from {path}: its header entry is not one safetensors writes "
+                f"({entry!r}); re-download or re-save it"
+            ) from None
+        data = bytearray(max(end - begin, 0))
+        file.seek(start + begin)
+        if file.readinto(data) != len(data) or len(data) != math.prod(shape) * dtype.itemsize:
+            raise InvalidCheckpointError(
+                f"cannot read tensor {name!r} from {path}: the file is truncated or its header is wrong; "
+                "re-download or re-save it"
+            )
+        if not data:
+            return torch.empty(shape, dtype=dtype)
+        return torch.frombuffer(data, dtype=dtype).reshape(shape)
 
 
 class PickleWeights(_ShardedWeights):

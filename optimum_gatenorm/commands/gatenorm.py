@@ -626,6 +626,15 @@ class PruneCommand(_LeafCommand):
             help="also export the pruned model to ONNX (with KV cache) into OUTPUT/onnx, for ORTModelForCausalLM; "
             "fp16 (--dtype float16) needs --device cuda",
         )
+        parser.add_argument(
+            "--max-memory",
+            metavar="SIZE",
+            help="memory the model's weights may take here, e.g. 24GB or 512MiB (default: what the system says is "
+            "available). A checkpoint whose weights are larger is pruned without loading it: file to file, one "
+            "tensor at a time, in the memory of one layer; that takes a data-free prune (--criterion gate_norm "
+            "--replacement none) and no --export or --dtype. A request that would need the model loaded is refused "
+            "before any work. docs/installation.md#what-a-larger-model-needs",
+        )
         parser.add_argument("--json", action="store_true", help="print the pruning report as JSON on stdout")
         _add_calibration_args(parser)
 
@@ -670,6 +679,7 @@ class PruneCommand(_LeafCommand):
             calibration_text=args.calibration_text,
             calibration_samples=args.calibration_samples,
             calibration_length=args.calibration_length,
+            max_memory=args.max_memory,
             progress=True,
         )
         report = result.report

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
-__all__ = ["GateNormPruner", "check_request", "select_layers", "spacing_warning"]
+__all__ = ["GateNormPruner", "check_request", "check_streamable", "select_layers", "spacing_warning"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +123,55 @@ def spacing_warning(removed: "Sequence[int]", scores: list[float | None], min_ga
     )
 
 
+def check_streamable(config: GateNormConfig) -> None:
+    """Refuses a request that needs the model built (`GateNormPruner.prune_streamed`), naming what streams.
+
+    Raises:
+        InvalidConfigError: For a criterion that runs the model, or a replacement.
+    """
+    reasons = []
+    if get_criterion(config.criterion).model_level:
+        reasons.append(f"{param('criterion', config.criterion)} runs the model")
+    if config.replacement != "none":
+        reasons.append(f"{param('replacement', config.replacement)} is fitted by running it")
+    if reasons:
+        raise InvalidConfigError(
+            f"{' and '.join(reasons)}; a model pruned without loading it takes a data-free prune: pass "
+            f"{param('criterion', 'gate_norm')} {param('replacement', 'none')}"
+        )
+
+
+def _report(config, scores, model_config, selection, parameters, fit) -> PruningReport:
+    """The `PruningReport` of a prune: `selection` is `_select`'s `(removed, protected, excluded, warnings)`,
+    `parameters` `(before, after)`, `model_config` the pruned model's (with its record)."""
+    removed, protected, excluded, warnings = selection
+    pruned = get_pruned_layers(model_config)
+    total = model_config.num_hidden_layers
+    return PruningReport(
+        model_type=model_config.model_type,
+        criterion=config.criterion,
+        config=config.to_dict(),
+        num_hidden_layers=total,
+        scores=scores.scores,
+        ranking=scores.ranking,
+        removed_layers=removed,
+        pruned_layers=pruned,
+        kept_attention_layers=[i for i in range(total) if i not in pruned],
+        protected_layers=protected,
+        excluded_layers=excluded,
+        num_parameters_before=parameters[0],
+        num_parameters_after=parameters[1],
+        scoring_seconds=scores.scoring_seconds,
+        scores_source=scores.source,
+        data_free=scores.data_free,
+        calibration=scores.calibration,
+        warnings=warnings,
+        replacement=fit.to_dict() if fit is not None else None,
+        layer_criteria={str(layer): name for layer, name in get_layer_criteria(model_config).items()},
+        layer_replacements={str(layer): kind for layer, kind in get_replacements(model_config).items()},
+    )
+
+
 class GateNormPruner:
     """Scores attention sublayers (from weights alone by default) and removes the lowest-scored ones.
 
@@ -172,6 +221,11 @@ class GateNormPruner:
         check_record_matches_weights(self._checkpoint, get_pruned_layers(self._checkpoint.config))
         self._load_kwargs = {"dtype": dtype, "allow_pickle": allow_pickle}
         return self
+
+    @property
+    def checkpoint(self) -> Checkpoint | None:
+        """The checkpoint, validated, or `None` for a pruner made from an in-memory model."""
+        return self._checkpoint
 
     @property
     def checkpoint_path(self) -> Path | None:
@@ -322,9 +376,79 @@ class GateNormPruner:
             InvalidConfigError: If the request cannot be met (too many layers, bad indices, no calibration).
         """
 
+        scores = self._scores_for(config, scores, calibration=calibration, device=device, progress=progress)
+        removed, protected, excluded, warnings = self._select(scores, config)
+        slow_progress = progress is not False  # loading, fitting and checking run the model: shown unless False
+        model = self._load_model(slow_progress)
+        before = model.num_parameters()
+        fit = None
+        if config.replacement != "none":
+            fit = self._fit_replacement(model, removed, config, calibration, slow_progress)
+        prune_model(model, removed, criterion=config.criterion, replacements=fit.layers if fit is not None else None)
+        self._scored = None  # the model changed
+        report = _report(
+            config,
+            scores,
+            model.config,
+            (removed, protected, excluded, warnings),
+            (before, model.num_parameters()),
+            fit,
+        )
+        model.gatenorm_report = report
+        summary_logger.info("%s", report.summary())
+        return model, report
+
+    def prune_streamed(
+        self,
+        config: GateNormConfig,
+        directory: str | Path,
+        *,
+        scores: ScoreReport | None = None,
+        device: "str | torch.device | None" = None,
+        progress: bool | None = None,
+    ) -> PruningReport:
+        """`prune` for a checkpoint larger than memory: writes the pruned checkpoint's weights and config into the
+        existing directory `directory` straight from the checkpoint's files, one tensor at a time, without building
+        the model (`checkpoints.streaming`): the checkpoint `prune` and `save_pruned` would write, in the memory of
+        one layer's query and key weights. Only a data-free prune streams: a weight-level `config.criterion`
+        (`gate_norm`, the default of the paper) and `config.replacement="none"`. The tokenizer, report and model
+        card are the caller's (`prune_and_save` with `max_memory` writes them).
+
+        Args:
+            config: What to remove, as for `prune`.
+            directory: An existing, empty directory.
+            scores: As for `prune`.
+            device: Where the scores are computed.
+            progress: A bar of the bytes copied (and of the scoring with `True`); `False`: none.
+
+        Raises:
+            InvalidConfigError: For a pruner over an in-memory model, a criterion that runs the model, a
+                replacement, or pickled weights.
+        """
+        from ..checkpoints.streaming import checkpoint_parameters, write_streamed
+
+        if self._checkpoint is None or self._model is not None:
+            raise InvalidConfigError(
+                "prune_streamed reads a checkpoint's files: use GateNormPruner.from_pretrained(path), and prune an "
+                "in-memory model with prune()"
+            )
+        check_streamable(config)
+        scores = self._scores_for(config, scores, calibration=None, device=device, progress=progress)
+        selection = self._select(scores, config)
+        before = checkpoint_parameters(self._checkpoint)
+        after = write_streamed(
+            self._checkpoint, Path(directory), selection[0], criterion=config.criterion, progress=progress is not False
+        )
+        written = inspect_checkpoint(directory)
+        report = _report(config, scores, written.config, selection, (before, after), None)
+        summary_logger.info("%s", report.summary())
+        return report
+
+    def _scores_for(self, config, scores, *, calibration, device, progress) -> ScoreReport:
+        """`scores` if they are of `config`'s criterion and seed, else scored now; a request the model cannot meet
+        is refused first (scoring may load the model)."""
         if not isinstance(config, GateNormConfig):
             raise TypeError(f"config must be a GateNormConfig, got {type(config).__name__}")
-        # Refuse a request the model cannot meet before scoring, which may load the model (cosine_self).
         already = set(get_pruned_layers(self.config))
         select_layers([None if i in already else 0.0 for i in range(self.config.num_hidden_layers)], config)
         stale = scores is None or scores.criterion != config.criterion
@@ -334,44 +458,7 @@ class GateNormPruner:
             scores = self.score(
                 config.criterion, calibration=calibration, seed=config.seed, device=device, progress=progress
             )
-        removed, protected, excluded, warnings = self._select(scores, config)
-        slow_progress = progress is not False  # loading, fitting and checking run the model: shown unless False
-        model = self._load_model(slow_progress)
-        before = model.num_parameters()
-        fit = None
-        if config.replacement != "none":
-            fit = self._fit_replacement(model, removed, config, calibration, slow_progress)
-        pruned = prune_model(
-            model, removed, criterion=config.criterion, replacements=fit.layers if fit is not None else None
-        )
-        self._scored = None  # the model changed
-        after = model.num_parameters()
-        report = PruningReport(
-            model_type=model.config.model_type,
-            criterion=config.criterion,
-            config=config.to_dict(),
-            num_hidden_layers=model.config.num_hidden_layers,
-            scores=scores.scores,
-            ranking=scores.ranking,
-            removed_layers=removed,
-            pruned_layers=pruned,
-            kept_attention_layers=[i for i in range(model.config.num_hidden_layers) if i not in pruned],
-            protected_layers=protected,
-            excluded_layers=excluded,
-            num_parameters_before=before,
-            num_parameters_after=after,
-            scoring_seconds=scores.scoring_seconds,
-            scores_source=scores.source,
-            data_free=scores.data_free,
-            calibration=scores.calibration,
-            warnings=warnings,
-            replacement=fit.to_dict() if fit is not None else None,
-            layer_criteria={str(layer): name for layer, name in get_layer_criteria(model).items()},
-            layer_replacements={str(layer): kind for layer, kind in get_replacements(model).items()},
-        )
-        model.gatenorm_report = report
-        summary_logger.info("%s", report.summary())
-        return model, report
+        return scores
 
     def _select(self, scores: ScoreReport, config: GateNormConfig):
         """`select_layers`, then the measured-quality warnings (logged). Returns `(removed, protected, excluded,
