@@ -27,7 +27,6 @@ from replacement_study import ROOT, TEXTS
 from optimum_gatenorm import GateNormConfig, GateNormPruner, __version__
 from optimum_gatenorm.checkpoints.modeling import prune_model
 from optimum_gatenorm.checkpoints.structure import FittedReplacement
-from optimum_gatenorm.criteria.selfcal import self_calibration
 from optimum_gatenorm.evaluation.perplexity import forward_logits, score_windows
 from optimum_gatenorm.pruning.pruner import select_layers
 from optimum_gatenorm.pruning.replacement import fit_replacements
@@ -55,8 +54,8 @@ def main() -> None:
     begin = time.perf_counter()
     pruner = GateNormPruner.from_pretrained(args.model)
     model, tokenizer = pruner.model.eval(), pruner.tokenizer
-    scores = list(pruner.score("cosine_self", seed=0).scores)
-    calibration = self_calibration(model, 0)
+    scored = pruner.score("cosine_self", seed=0)
+    scores, calibration = list(scored.scores), scored.windows
     hidden = model.config.hidden_size
     ranks = [int(r) for r in args.ranks.split(",")] + [hidden]
     result = {

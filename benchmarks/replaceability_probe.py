@@ -32,7 +32,6 @@ from replacement_study import ROOT, TEXTS
 
 from optimum_gatenorm import GateNormConfig, GateNormPruner, __version__
 from optimum_gatenorm.checkpoints.modeling import prune_model
-from optimum_gatenorm.criteria.selfcal import self_calibration
 from optimum_gatenorm.evaluation.perplexity import forward_logits, score_windows
 from optimum_gatenorm.pruning.pruner import select_layers
 from optimum_gatenorm.pruning.replacement import (
@@ -85,8 +84,8 @@ def main() -> None:
     begin = time.perf_counter()
     pruner = GateNormPruner.from_pretrained(args.model)
     model, tokenizer = pruner.model.eval(), pruner.tokenizer
-    cosine = list(pruner.score("cosine_self", seed=0).scores)
-    calibration = self_calibration(model, 0)
+    scored = pruner.score("cosine_self", seed=0)
+    cosine, calibration = list(scored.scores), scored.windows
     started = time.perf_counter()
     replaced_cos, unexplained = _replaceability(model, calibration)
     scores = {

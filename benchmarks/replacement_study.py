@@ -37,7 +37,7 @@ from texts import austen, lee_news
 
 from optimum_gatenorm import GateNormConfig, GateNormPruner
 from optimum_gatenorm.checkpoints.modeling import prune_model
-from optimum_gatenorm.criteria.selfcal import self_calibration, self_generated
+from optimum_gatenorm.criteria.selfcal import self_generated
 from optimum_gatenorm.evaluation.chat import chat_answers, chat_fidelity
 from optimum_gatenorm.evaluation.perplexity import forward_logits, score_windows
 from optimum_gatenorm.pruning.fits import DISTILL_STEPS, distill_samples, fit_replacements_by, weight_replacements
@@ -104,7 +104,7 @@ def main() -> None:
 
     started = time.perf_counter()
     scores = pruner.score("cosine_self", seed=args.seed)
-    calibration = self_calibration(model, args.seed)
+    calibration = scores.windows  # the windows the scoring sampled, which prune fits on
     result["scoring_seconds"] = time.perf_counter() - started
     result["scores"] = list(scores.scores)
     result["calibration"] = calibration.to_dict()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 from .serialization import JSONMixin
 from .version import __version__
@@ -36,6 +37,9 @@ class ScoreReport(JSONMixin):
         seed: The seed, for criteria with randomness (`random`); else `None`.
         calibration: For data-driven criteria, the calibration settings (`num_samples`, `length`, `num_tokens`,
             `batch_size`, `source`); else `None`.
+        windows: The token windows a criterion that samples its own text (`cosine_self`) scored on, a
+            `Calibration`, for the replacement fit of the same run (`GateNormPruner.prune` passes them on); in
+            memory only, not in `to_dict()`. `None` for the other criteria.
     """
 
     model_type: str
@@ -49,6 +53,7 @@ class ScoreReport(JSONMixin):
     seed: int | None = None
     calibration: dict | None = None
     gatenorm_version: str = __version__
+    windows: Any = field(default=None, repr=False, compare=False)
 
     @property
     def ranking(self) -> list[int]:
@@ -56,7 +61,8 @@ class ScoreReport(JSONMixin):
         return rank(self.scores)
 
     def to_dict(self) -> dict:
-        out = asdict(self)
+        out = asdict(replace(self, windows=None))
+        del out["windows"]
         out["ranking"] = self.ranking
         return out
 

@@ -149,6 +149,27 @@ def test_compare_with_a_replacement_scores_what_prune_with_it_gives():
     assert plain.removed_layers == point.removed_layers and plain.perplexity != pytest.approx(point.perplexity)
 
 
+def test_compare_fits_on_the_windows_cosine_self_scored_on(monkeypatch):
+    """The self-sampled windows reach the fit as a value, from the scoring's report: sampled once, not twice."""
+    from conftest import tiny_tokenizer
+
+    from optimum_gatenorm.criteria import selfcal
+    from optimum_gatenorm.evaluation.compare import CompareConfig, compare_criteria
+
+    calls = []
+    original = selfcal.self_generated
+    monkeypatch.setattr(selfcal, "self_generated", lambda *a, **kw: calls.append(kw) or original(*a, **kw))
+    result = compare_criteria(
+        tiny_model("llama"),
+        tiny_tokenizer(),
+        "the quick brown fox jumps over the lazy dog. " * 6,
+        CompareConfig(criteria=["cosine_self"], num_layers=[1], window=64, replacement="mean"),
+    )
+    assert len(calls) == 1
+    fits = result.settings["replacement_fits"]
+    assert [fit["calibration"] for fit in fits.values()] == ["16 x 127 tokens sampled by the model (seed 0)"]
+
+
 def test_compare_config_refuses_an_unknown_replacement():
     from optimum_gatenorm import InvalidConfigError
     from optimum_gatenorm.evaluation.compare import CompareConfig

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import weakref
 
 import pytest
 import torch
@@ -141,6 +142,8 @@ def test_fit_reuses_the_tokens_cosine_self_just_sampled(monkeypatch):
     pruner = GateNormPruner(model)
     scores = pruner.score("cosine_self", seed=3)
     assert len(calls) == 1
+    assert scores.windows.input_ids.shape == (16, 128) and "windows" not in scores.to_dict()
+    assert "windows" not in json.loads(scores.to_json())
     _, report = pruner.prune(GateNormConfig(num_layers=1, seed=3, replacement="linear"), scores=scores)
     # The fit took the scoring's 16 windows; only the 2 recovery sequences (seed 4) were sampled since.
     assert [call.get("seed") for call in calls] == [3, 4] and calls[1]["num_samples"] == 2
@@ -148,6 +151,22 @@ def test_fit_reuses_the_tokens_cosine_self_just_sampled(monkeypatch):
     assert (
         report.replacement["calibration"]["num_samples"] == 16 and report.replacement["calibration"]["held_out"] == 4
     )
+
+
+def test_the_windows_travel_with_the_scores_not_in_module_state(monkeypatch):
+    """Two scorings of one model: the fit takes the windows of the report it is given, whichever came last."""
+    model = tiny_model("llama")
+    pruner = GateNormPruner(model)
+    first = pruner.score("cosine_self", seed=3)
+    second = pruner.score("attn_norm_self", seed=7)
+    assert not torch.equal(first.windows.input_ids, second.windows.input_ids)
+    assert not any(isinstance(value, weakref.WeakKeyDictionary) for value in vars(selfcal).values())
+    calls = []
+    original = selfcal.self_generated
+    monkeypatch.setattr(selfcal, "self_generated", lambda *a, **kw: calls.append(kw) or original(*a, **kw))
+    _, report = pruner.prune(GateNormConfig(num_layers=1, seed=3, replacement="mean"), scores=first)
+    assert [call.get("seed") for call in calls] == [4]  # only the held-out check sampled
+    assert report.replacement["calibration"]["source"] == "16 x 127 tokens sampled by the model (seed 3)"
 
 
 def test_without_cosine_self_the_fit_samples_the_same_windows_itself():

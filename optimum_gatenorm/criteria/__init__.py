@@ -19,6 +19,7 @@ from .measurements import breakdown_warning
 from .registry import (
     DEFAULT_CRITERION,
     Criterion,
+    SampledScores,
     available_criteria,
     get_criterion,
     register_criterion,
@@ -31,6 +32,7 @@ __all__ = [
     "DEFAULT_CRITERION",
     "Calibration",
     "Criterion",
+    "SampledScores",
     "available_criteria",
     "breakdown_warning",
     "get_criterion",

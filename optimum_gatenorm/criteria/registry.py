@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from ..errors import InvalidConfigError
 
@@ -20,6 +21,7 @@ __all__ = [
     "MODEL",
     "WEIGHTS",
     "Criterion",
+    "SampledScores",
     "available_criteria",
     "get_criterion",
     "register_criterion",
@@ -34,6 +36,14 @@ MODEL = "model"
 # than the median random draw (2 of 36: SmolLM2 at k = 2, by 1-4%) and the most within 1.10x of `cosine`. It costs the model's own compute (30-70 s on 2 CPU cores for these models); the weight-only criteria
 # (gate_trace, gate_norm, ...) stay available by name.
 DEFAULT_CRITERION = "cosine_self"
+
+
+class SampledScores(NamedTuple):
+    """What a model-level criterion that samples its own text returns: its scores and the windows (a
+    `Calibration`) it scored on."""
+
+    scores: list
+    windows: Any
 
 
 @dataclass(frozen=True)
@@ -139,7 +149,9 @@ def register_model_criterion(
     - `seed`: an integer for criteria with randomness;
     - `progress`: whether to show a progress bar;
 
-    and returns one finite score per entry of `layers`, the lowest to be removed first.
+    and returns one finite score per entry of `layers`, the lowest to be removed first; a criterion that samples
+    the text it scores on returns `SampledScores(scores, windows)`, so that the windows reach the report
+    (`ScoreReport.windows`) and, from there, the replacement fit of the same run.
 
     Raises:
         ValueError: If `name` is already registered.

@@ -21,7 +21,7 @@ from ..report import ScoreReport
 from ..validation import check_int
 from .calibration import Calibration
 from .circuits import StackWeights
-from .registry import DEFAULT_CRITERION, Criterion, get_criterion
+from .registry import DEFAULT_CRITERION, Criterion, SampledScores, get_criterion
 
 
 if TYPE_CHECKING:
@@ -170,6 +170,7 @@ def score_with_model(
     start = time.perf_counter()
     values = chosen.fn(model, layers, calibration=calibration, seed=seed, progress=progress)
     seconds = time.perf_counter() - start
+    values, windows = values if isinstance(values, SampledScores) else (values, None)
     scores = _scores_by_layer(criterion, total, layers, values, cause="the weights or activations hold NaN or Inf")
     return _report(
         config,
@@ -180,4 +181,5 @@ def score_with_model(
         source_kind,
         seed=seed if chosen.uses_seed else None,
         calibration=calibration.to_dict() if calibration is not None else None,
+        windows=windows,
     )

@@ -17,9 +17,8 @@ weights reveal them only under an isotropy assumption that fails badly on models
 (Gemma 3; benchmarks/RESULTS.md, "Default criterion on two families"). Text sampled from the model has the
 model's own statistics by construction.
 
-The windows of the last `cosine_self` / `attn_norm_self` scoring of a model are kept (one set per model, weakly
-referenced) so that `self_calibration` hands the same tokens to the replacement fit of the same pruning run
-(`optimum_gatenorm.pruning.replacement`) instead of sampling them twice.
+The windows a scoring sampled come back in its report (`ScoreReport.windows`), so that the replacement fit of the
+same pruning run (`optimum_gatenorm.pruning.replacement`) is handed the same tokens instead of sampling them twice.
 
 Cost: `SELF_LENGTH` decoding steps of a batch of `SELF_SAMPLES` (with KV cache), then one forward pass over the
 windows; measured in benchmarks/RESULTS.md. This is model compute, not data: nothing is read but the model.
@@ -27,7 +26,6 @@ windows; measured in benchmarks/RESULTS.md. This is model compute, not data: not
 
 from __future__ import annotations
 
-import weakref
 from typing import TYPE_CHECKING
 
 from ..checkpoints.tensors import ModelWeights, layer_weights
@@ -36,7 +34,7 @@ from ..errors import InvalidCheckpointError, UnsupportedModelError
 from ..params import ANY, param
 from .baselines import attention_statistics
 from .calibration import Calibration
-from .registry import register_model_criterion
+from .registry import SampledScores, register_model_criterion
 
 
 if TYPE_CHECKING:
@@ -135,7 +133,8 @@ def self_generated(
 )
 def cosine_self(model, layers, *, calibration, seed, progress):
     """`cosine` on self-generated windows (module docstring); the same seed gives the same scores."""
-    return [1.0 - value for value in _self_statistics(model, layers, seed, progress)["cosine"]]
+    statistics, windows = _self_statistics(model, layers, seed, progress)
+    return SampledScores([1.0 - value for value in statistics["cosine"]], windows)
 
 
 @register_model_criterion(
@@ -146,7 +145,8 @@ def cosine_self(model, layers, *, calibration, seed, progress):
 )
 def attn_norm_self(model, layers, *, calibration, seed, progress):
     """`attn_norm` (`mean ||A|| / ||X||`) on self-generated windows (module docstring)."""
-    return _self_statistics(model, layers, seed, progress)["norm_ratio"]
+    statistics, windows = _self_statistics(model, layers, seed, progress)
+    return SampledScores(statistics["norm_ratio"], windows)
 
 
 def check_finite(model: "PreTrainedModel", layers: list[int]) -> None:
@@ -167,32 +167,15 @@ def check_finite(model: "PreTrainedModel", layers: list[int]) -> None:
                 raise InvalidCheckpointError(f"{name} holds NaN or Inf values; the checkpoint is corrupt")
 
 
-# model -> (seed, the layers it lacked then, the windows) of its last self-sampled scoring.
-_LAST_SAMPLED: "weakref.WeakKeyDictionary[PreTrainedModel, tuple]" = weakref.WeakKeyDictionary()
-
-
-def _pruned_now(model) -> tuple[int, ...]:
-    from ..adapters import get_adapter
-    from ..checkpoints.structure import is_attention_pruned
-
-    layers = model.get_submodule(get_adapter(model.config).layers)
-    return tuple(i for i, layer in enumerate(layers) if is_attention_pruned(layer))
-
-
 def self_calibration(model: "PreTrainedModel", seed: int = 0, *, progress: bool = False) -> Calibration:
-    """The `SELF_SAMPLES` x `SELF_LENGTH` windows `cosine_self` scores on, for `seed`: the ones its last scoring of
-    this model sampled when the model has not lost a layer since (taken, not kept), else sampled now."""
-    last = _LAST_SAMPLED.pop(model, None)
-    if last is not None and last[0] == seed and last[1] == _pruned_now(model):
-        return last[2]
+    """The `SELF_SAMPLES` x `SELF_LENGTH` windows `cosine_self` scores on with `seed`, sampled now: the same model,
+    seed and device give the same windows (a scoring's own are in its `ScoreReport.windows`)."""
     windows = self_generated(model, seed=seed, progress=progress)
     source = f"{windows.shape[0]} x {windows.shape[1] - 1} tokens sampled by the model (seed {seed})"
     return Calibration(windows, source=source)
 
 
-def _self_statistics(model, layers, seed, progress) -> dict[str, list[float]]:
+def _self_statistics(model, layers, seed, progress) -> tuple[dict[str, list[float]], Calibration]:
     check_finite(model, layers)
-    _LAST_SAMPLED.pop(model, None)
     calibration = self_calibration(model, seed, progress=progress)
-    _LAST_SAMPLED[model] = (seed, _pruned_now(model), calibration)
-    return attention_statistics(model, layers, calibration, progress=progress)
+    return attention_statistics(model, layers, calibration, progress=progress), calibration

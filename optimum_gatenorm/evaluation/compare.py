@@ -396,7 +396,7 @@ def compare_criteria(
         config.retrieval.check_context(getattr(model.config, "max_position_embeddings", None))
         retrieval_cases(tokenizer, config.retrieval)  # a length too short for the prompt fails before scoring
     runs = [(name, seed) for name in criteria for seed in (seeds if name == RANDOM else [None])]
-    scores_by_run, info = _score_runs(pruner, runs, config, calibration)
+    scores_by_run, info, sampled = _score_runs(pruner, runs, config, calibration)
     selections = []
     for name, seed in runs:
         for k in ks:
@@ -413,7 +413,7 @@ def compare_criteria(
     # Criteria often agree on a set (and every k = 0 is the baseline): the evaluation is deterministic, so each
     # distinct set is evaluated once.
     sets = list(dict.fromkeys(tuple(sorted(set(removed))) for *_, removed in selections if removed))
-    fits = _fit_sets(model, sets, config, calibration, progress)
+    fits = _fit_sets(model, sets, config, calibration if calibration is not None else sampled, progress)
     measured, baseline, bos = _measure_sets(model, tokenizer, text, sets, fits, config, progress)
     retrieval = _retrieval_sets(model, tokenizer, sets, fits, config.retrieval, measured, progress)
     points = [
@@ -510,12 +510,15 @@ def compare(
     )
 
 
-def _score_runs(pruner, runs: list, config: CompareConfig, calibration) -> tuple[dict, dict[str, dict]]:
-    """Scores of every (criterion, seed) run, and per criterion what the result records (scores, ranking, time)."""
-    scores_by_run, info = {}, {}
+def _score_runs(pruner, runs: list, config: CompareConfig, calibration) -> tuple[dict, dict[str, dict], object]:
+    """Scores of every (criterion, seed) run, per criterion what the result records (scores, ranking, time), and
+    the windows a self-sampling criterion scored on with seed 0 (`None` if none did), for the replacement fit."""
+    scores_by_run, info, sampled = {}, {}, None
     for name, seed in runs:
         kwargs = {"seed": seed} if seed is not None else {}
         report = pruner.score(name, calibration=calibration, **kwargs)
+        if report.windows is not None and report.seed == 0:
+            sampled = report.windows
         scores_by_run[(name, seed)] = report.scores
         entry = info.setdefault(name, {"scores": report.scores, "ranking": report.ranking, "scoring_seconds": 0.0})
         entry["scoring_seconds"] += report.scoring_seconds
@@ -524,7 +527,7 @@ def _score_runs(pruner, runs: list, config: CompareConfig, calibration) -> tuple
     if RANDOM in info:
         info[RANDOM]["scoring_seconds"] /= len(config.seeds)
         info[RANDOM]["seeds"] = list(config.seeds)
-    return scores_by_run, info
+    return scores_by_run, info, sampled
 
 
 def _measure_sets(model, tokenizer, text: str, sets: list, fits: dict, config: CompareConfig, progress: bool):
@@ -616,7 +619,7 @@ def _fit_settings(fits: dict) -> dict:
 
 def _fit_sets(model, sets, config: CompareConfig, calibration, progress: bool) -> dict:
     """One `config.replacement` fit per distinct removed set (none for `"none"`), obtained by `config.fit` on
-    `calibration` or self-sampled windows."""
+    `calibration` (the user's, or the windows a self-sampling criterion scored on), else windows sampled now."""
     kind = config.replacement
     if kind == "none" or not sets:
         return {}

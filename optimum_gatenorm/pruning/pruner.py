@@ -354,7 +354,8 @@ class GateNormPruner:
         """Removes the `config`-chosen attention sublayers, in place, and returns the model and a report.
 
         With `config.replacement` `"mean"` or `"linear"`, each removed sublayer is replaced by a map fitted on
-        `calibration` when given, else on the windows `cosine_self` samples with `config.seed`
+        `calibration` when given, else on the windows `cosine_self` samples with `config.seed` (those of `scores`,
+        `ScoreReport.windows`, when its criterion sampled them)
         (`pruning.replacement`), and the report records what it recovers on `RECOVERY_SAMPLES` sequences sampled
         with `config.seed + 1`, which the fit did not use.
 
@@ -383,6 +384,8 @@ class GateNormPruner:
         before = model.num_parameters()
         fit = None
         if config.replacement != "none":
+            if calibration is None and scores.windows is not None and scores.pruned_layers == get_pruned_layers(model):
+                calibration = scores.windows  # the tokens the scoring sampled with `config.seed`: not sampled twice
             fit = self._fit_replacement(model, removed, config, calibration, slow_progress)
         prune_model(model, removed, criterion=config.criterion, replacements=fit.layers if fit is not None else None)
         self._scored = None  # the model changed

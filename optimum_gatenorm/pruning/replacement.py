@@ -11,8 +11,8 @@ replaced layer adds
   attention sublayer, fitted on calibration text); mean ablation is its `W = 0` case.
 
 Both are fitted on calibration windows: by default the text the default criterion `cosine_self` samples (the same
-seed, the same 16 x 256 tokens, reused when that criterion just sampled them; `criteria.selfcal`), or the user's
-`--calibration-text` windows when given.
+seed, the same 16 x 256 tokens, handed over in its `ScoreReport.windows` when it scored the run; `criteria.selfcal`),
+or the user's `--calibration-text` windows when given.
 
 `linear` is ridge least squares in closed form, `W = (X^T X + lambda I)^-1 X^T Y` with `X^T X` and `X^T Y`
 accumulated in float64 over every calibration token (`X`: the `n_t`, `Y`: the targets). The strength is
