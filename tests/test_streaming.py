@@ -160,6 +160,10 @@ def test_pickled_weights_are_refused_before_any_work(tmp_path):
             max_memory=1,
         )
     assert not (tmp_path / "out").exists()
+    pruner = GateNormPruner.from_pretrained(tmp_path / "source", allow_pickle=True)
+    with pytest.raises(InvalidConfigError, match="stores pickled weights; pruning without loading reads safetensors"):
+        pruner.prune_streamed(GateNormConfig(num_layers=1, **DATA_FREE), tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["source"]
 
 
 def test_an_in_memory_model_is_not_streamed(tmp_path):

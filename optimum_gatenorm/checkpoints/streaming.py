@@ -98,7 +98,16 @@ def checkpoint_bytes(checkpoint: "Checkpoint") -> int:
 
 
 def _tensor_entries(checkpoint: "Checkpoint") -> dict[Path, tuple[int, dict]]:
-    """File -> (bytes before its data, its tensors' header entries), from the headers alone."""
+    """File -> (bytes before its data, its tensors' header entries), from the headers alone.
+
+    Raises:
+        InvalidConfigError: For pickled weights (`pytorch_model.bin`).
+    """
+    if checkpoint.format != "safetensors":
+        raise InvalidConfigError(
+            f"{checkpoint.path} stores pickled weights; pruning without loading reads safetensors only: convert it "
+            f"(save_pretrained writes safetensors), or prune it loaded (a larger {param('max_memory')})"
+        )
     entries = {}
     for path in sorted(set(checkpoint.weight_map.values())):
         offset, header = read_safetensors_header(path)
@@ -227,11 +236,6 @@ def write_streamed(
     """
     from tqdm.auto import tqdm
 
-    if checkpoint.format != "safetensors":
-        raise InvalidConfigError(
-            f"{checkpoint.path} stores pickled weights; streaming reads safetensors only: convert it "
-            "(save_pretrained with safe_serialization) or prune it loaded, without --max-memory"
-        )
     config = copy.deepcopy(checkpoint.config)
     record, pruned = next_record(config, layers, criterion=criterion)
     entries = _tensor_entries(checkpoint)
@@ -240,9 +244,9 @@ def write_streamed(
     sharded = (checkpoint.path / SAFETENSORS_INDEX).is_file() or len(entries) > 1
     weight_map: dict[str, str] = {}
     total = 0
-    kept = [(n, e) for _, h in entries.values() for n, e in h.items() if n != "__metadata__" and not dropped(n)]
-    size = sum(entry["data_offsets"][1] - entry["data_offsets"][0] for _, entry in kept)
-    parameters = sum(math.prod(entry["shape"]) for name, entry in kept if _counted(config, name))
+    survivors = [(n, e) for _, h in entries.values() for n, e in h.items() if n != "__metadata__" and not dropped(n)]
+    size = sum(entry["data_offsets"][1] - entry["data_offsets"][0] for _, entry in survivors)
+    parameters = sum(math.prod(entry["shape"]) for name, entry in survivors if _counted(config, name))
     with tqdm(total=size, unit="B", unit_scale=True, desc="Copying the kept weights", disable=not progress) as bar:
         for path, (data_start, header) in entries.items():
             kept = {name: entry for name, entry in header.items() if name == "__metadata__" or not dropped(name)}
