@@ -17,6 +17,10 @@ from optimum_gatenorm.adapters import get_adapter, supported_model_types
 from optimum_gatenorm.compat import TRANSFORMERS_VERSION, has_onnx, has_onnxruntime
 
 
+# Where the tests are, wherever a test file sits in the tree below (tests/ mirrors the package, docs/development.md).
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+
 # No hub is reachable here or in CI: fail fast instead of waiting on the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -20,15 +20,12 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_support import ENV, OPTIMUM_CLI, gatenorm
 from conftest import tiny_model, tiny_tokenizer
 
 from optimum_gatenorm import GateNormConfig, prune_and_save
 from optimum_gatenorm.errors import OutputInUseError
 from optimum_gatenorm.outputs import OUTPUT_MARKER, claim_output, output_lock
-
-
-OPTIMUM_CLI = Path(sys.executable).parent / "optimum-cli"
-ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +44,6 @@ def _start(*args, cwd=None) -> subprocess.Popen:
         text=True,
         env=ENV,
         cwd=cwd,
-    )
-
-
-def _run(*args, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(OPTIMUM_CLI), "gatenorm", *map(str, args)], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=600
     )
 
 
@@ -85,7 +76,7 @@ def test_a_second_run_is_refused_naming_the_first_whose_result_stands(model_dir,
     try:
         _wait_for(tmp_path / ".pruned.lock", first)
         first.send_signal(signal.SIGSTOP)  # holds the lock, frozen: the second run certainly overlaps it
-        second = _run(*_prune(model_dir, out, 3))
+        second = gatenorm(*_prune(model_dir, out, 3))
     finally:
         first.send_signal(signal.SIGCONT)
     stdout, stderr = first.communicate(timeout=600)
@@ -107,7 +98,7 @@ def test_a_lock_left_by_a_killed_run_is_taken_over_and_removed(model_dir, tmp_pa
     killed.kill()  # SIGKILL: nothing of the run is cleaned up; the kernel drops its flock
     killed.wait(timeout=60)
     assert (tmp_path / ".pruned.lock").exists()
-    result = _run(*_prune(model_dir, out, 1))
+    result = gatenorm(*_prune(model_dir, out, 1))
     assert result.returncode == 0, result.stderr
     assert len(_removed(out)) == 1
     assert _leftovers(tmp_path, "pruned") == []
@@ -179,7 +170,7 @@ def test_overwrite_through_a_link_replaces_its_target_and_keeps_the_link(model_d
     target.mkdir()
     link = tmp_path / "L"
     link.symlink_to(target)
-    result = _run(*_prune(model_dir, link, 1))
+    result = gatenorm(*_prune(model_dir, link, 1))
     assert result.returncode == 0, result.stderr
     assert link.is_symlink() and os.readlink(link) == str(target)
     assert (target / "config.json").is_file() and len(_removed(target)) == 1
@@ -188,7 +179,7 @@ def test_overwrite_through_a_link_replaces_its_target_and_keeps_the_link(model_d
     scores.write_text("old\n")
     link = tmp_path / "scores-link.json"
     link.symlink_to(scores)
-    result = _run("score", "-m", model_dir, "-c", "gate_norm", "--format", "json", "-o", link, "--overwrite")
+    result = gatenorm("score", "-m", model_dir, "-c", "gate_norm", "--format", "json", "-o", link, "--overwrite")
     assert result.returncode == 0, result.stderr
     assert link.is_symlink()
     assert json.loads(scores.read_text())["criterion"] == "gate_norm"
@@ -198,7 +189,7 @@ def test_overwrite_through_a_link_replaces_its_target_and_keeps_the_link(model_d
 
 
 def test_score_json_to_standard_output(model_dir, tmp_path):
-    result = _run("score", "-m", model_dir, "-c", "gate_norm", "--format", "json", "-o", "-", cwd=tmp_path)
+    result = gatenorm("score", "-m", model_dir, "-c", "gate_norm", "--format", "json", "-o", "-", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["criterion"] == "gate_norm"
     assert list(tmp_path.iterdir()) == [], "no file named '-' (nor anything else) is written"
@@ -207,7 +198,7 @@ def test_score_json_to_standard_output(model_dir, tmp_path):
 def test_eval_document_on_stdout_and_table_on_stderr(model_dir, tmp_path):
     text = tmp_path / "text.txt"
     text.write_text("It is a truth universally acknowledged, that a single man in possession " * 20)
-    result = _run("eval", "-m", model_dir, "-t", text, "--window", "64", "-o", "-", cwd=tmp_path)
+    result = gatenorm("eval", "-m", model_dir, "-t", text, "--window", "64", "-o", "-", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["perplexity"] > 1

@@ -10,15 +10,13 @@ The one-line refusals, a real full disk, real SIGTERM / SIGHUP and stale tempora
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import HAS_ONNX, tiny_model, tiny_tokenizer
+from cli_support import ENV, gatenorm, one_line_error
+from conftest import HAS_ONNX, ROOT, tiny_model, tiny_tokenizer
 
 from optimum_gatenorm import GateNormConfig, GateNormPruner, prune_and_save
 from optimum_gatenorm.errors import OutputExistsError
@@ -29,39 +27,12 @@ from optimum_gatenorm.outputs import (
 )
 
 
-OPTIMUM_CLI = Path(sys.executable).parent / "optimum-cli"
-ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("model")
     tiny_model("llama").save_pretrained(root)
     tiny_tokenizer().save_pretrained(root)
     return root
-
-
-def _cli(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(OPTIMUM_CLI), "gatenorm", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env or ENV,
-        cwd=cwd,
-        timeout=600,
-    )
-
-
-def _one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
-    """Exit 2 and the error in one line, the last on stderr (progress bars of the work before may precede it)."""
-    where = f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    assert result.returncode == 2 and "Traceback" not in result.stderr, where
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error")]
-    assert len(errors) == 1 and lines[-1] == errors[0] and errors[0].startswith("error: "), where
-    for needle in needles:
-        assert needle.lower() in errors[0].lower(), f"{needle!r} not in {errors[0]!r}"
-    return errors[0]
 
 
 # --- what is ours -------------------------------------------------------------------------------------------------
@@ -159,23 +130,25 @@ def test_max_tokens_reads_only_the_text_it_needs(model_dir, tmp_path):
     alone = evaluate_perplexity(model_dir, head, window=64, max_tokens=1000)
     assert capped.text_tokens == alone.text_tokens == 1000
     assert capped.perplexity == alone.perplexity
-    result = _cli("eval", "-m", model_dir, "-t", long, "--window", "64")  # no cap: the whole file, refused
-    _one_line_error(result, "binary")
+    result = gatenorm("eval", "-m", model_dir, "-t", long, "--window", "64")  # no cap: the whole file, refused
+    one_line_error(result, "binary")
 
 
 def test_a_one_token_or_one_window_evaluation_warns(model_dir, tmp_path):
     text = tmp_path / "short.txt"
     text.write_text("It is a truth universally acknowledged. " * 10)
-    result = _cli("eval", "-m", model_dir, "-t", text, "--max-tokens", "2", "--window", "64", "--format", "json")
+    result = gatenorm("eval", "-m", model_dir, "-t", text, "--max-tokens", "2", "--window", "64", "--format", "json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["num_tokens"] == 1 and "not meaningful" in data["warning"]
     assert "warning: perplexity over 1 token(s) is not meaningful" in result.stderr
-    result = _cli("eval", "-m", model_dir, "-t", text, "--window", "128", "--max-tokens", "128", "--format", "json")
+    result = gatenorm(
+        "eval", "-m", model_dir, "-t", text, "--window", "128", "--max-tokens", "128", "--format", "json"
+    )
     data = json.loads(result.stdout)
     assert data["num_windows"] == 1 and data["num_tokens"] == 127
     assert "one window" in data["warning"] and "one window" in result.stderr
-    result = _cli("eval", "-m", model_dir, "-t", text, "--window", "32", "--format", "json")
+    result = gatenorm("eval", "-m", model_dir, "-t", text, "--window", "32", "--format", "json")
     assert json.loads(result.stdout)["warning"] is None and "warning" not in result.stderr
 
 
@@ -183,7 +156,7 @@ def test_a_one_token_or_one_window_evaluation_warns(model_dir, tmp_path):
 
 
 def _help(*args) -> str:
-    result = _cli(*args, "--help", env=dict(ENV, COLUMNS="400"))
+    result = gatenorm(*args, "--help", env=dict(ENV, COLUMNS="400"))
     assert result.returncode == 0, result.stderr
     return " ".join(result.stdout.split())
 
@@ -192,7 +165,7 @@ def test_help_and_readme_state_the_same_choices():
     from optimum_gatenorm.benchmark.throughput import METRICS
     from optimum_gatenorm.criteria import DEFAULT_CRITERION, available_criteria
 
-    root = Path(__file__).parent.parent
+    root = ROOT
     pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
     readme = " ".join(" ".join(page.read_text() for page in pages).split())  # README and the manual it links
     # criteria: every registered one is in prune's help and in README, and both name the same default

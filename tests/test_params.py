@@ -3,26 +3,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_support import gatenorm
 from conftest import tiny_model, tiny_tokenizer
 
 from optimum_gatenorm import GateNormConfig, GateNormError, export_gguf, prune_and_save
 from optimum_gatenorm.params import ANY, param, to_flags
-
-
-OPTIMUM_CLI = Path(sys.executable).parent / "optimum-cli"
-
-
-def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    return subprocess.run(
-        [str(OPTIMUM_CLI), "gatenorm", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
-    )
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +83,7 @@ def test_python_errors_name_the_parameter_and_the_cli_the_flag(name, workspace):
     call, python_needle, args, cli_needle = CASES[name]
     message = _python_error(lambda: call(workspace))
     assert python_needle in message and "--" not in message, message
-    result = run_cli(*(arg.format(ws=workspace) for arg in args))
+    result = gatenorm(*(arg.format(ws=workspace) for arg in args))
     error = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 2, result.stderr
     assert error.startswith("error: ") and cli_needle in error and "`" not in error, error
@@ -109,8 +97,8 @@ def test_export_tokenizer_flag_is_the_one_the_gguf_error_names(workspace, tmp_pa
     message = _python_error(lambda: export_gguf(tmp_path / "notok", tmp_path / "a.gguf"))
     assert "pass `tokenizer_from=...`" in message and "--" not in message, message
     args = ("export", "-m", tmp_path / "notok", "-o", tmp_path / "a.gguf", "--format", "gguf")
-    error = run_cli(*args).stderr.strip().splitlines()[-1]
+    error = gatenorm(*args).stderr.strip().splitlines()[-1]
     assert "has none that loads" in error and error.endswith("pass --tokenizer DIR"), error
-    error = run_cli(*args, "--tokenizer", workspace / "llama").stderr.strip().splitlines()[-1]
+    error = gatenorm(*args, "--tokenizer", workspace / "llama").stderr.strip().splitlines()[-1]
     assert "without a ByteLevel pre-tokenizer; use --format nemotron-nas" in error, error
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notok"]

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_support import ok, optimum_cli
 from conftest import HAS_ONNX, tiny_model
 
 from optimum_gatenorm import GateNormConfig, GateNormPruner, prune_and_save
@@ -136,20 +134,10 @@ def test_a_failing_phase_says_it_stopped(capsys):
 # --- the CLI -----------------------------------------------------------------------------------------------------
 
 
-def _run_cli(*args) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
-    command = [str(Path(sys.executable).parent / "optimum-cli"), *map(str, args)]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=180)
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    assert "Traceback" not in result.stderr, result.stderr
-    return result
-
-
 def test_cli_json_stdout_is_pure_json_and_progress_is_on_stderr(llama_dir, tmp_path):
     export = ["--export", "onnx"] if HAS_ONNX else []
-    result = _run_cli(
-        "gatenorm", "prune", "-m", llama_dir, "-k", "2", "-c", "gate_norm", "-o", tmp_path / "out", "--json", *export
-    )
+    args = ("prune", "-m", llama_dir, "-k", "2", "-c", "gate_norm", "-o", tmp_path / "out", "--json", *export)
+    result = ok(optimum_cli("gatenorm", *args))
     data = json.loads(result.stdout)  # the whole of stdout: nothing before or after the document
     saved = json.loads((tmp_path / "out" / "gatenorm_report.json").read_text())
     assert data["removed_layers"] == saved["removed_layers"] and data["output"] == str(tmp_path / "out")
@@ -163,7 +151,9 @@ def test_cli_json_stdout_is_pure_json_and_progress_is_on_stderr(llama_dir, tmp_p
 
 
 def test_cli_prints_the_summary_once_on_stdout(llama_dir, tmp_path):
-    result = _run_cli("gatenorm", "prune", "-m", llama_dir, "-k", "2", "-c", "gate_norm", "-o", tmp_path / "out")
+    result = ok(
+        optimum_cli("gatenorm", "prune", "-m", llama_dir, "-k", "2", "-c", "gate_norm", "-o", tmp_path / "out")
+    )
     report = json.loads((tmp_path / "out" / "gatenorm_report.json").read_text())
     assert result.stdout.startswith(f"Removed 2 of 4 attention sublayers (gate_norm): {report['removed_layers']}")
     assert result.stdout.rstrip("\n").endswith(f"Saved the pruned checkpoint to {tmp_path / 'out'}")

@@ -2,11 +2,10 @@
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import HAS_ONNX, tiny_model, tiny_tokenizer
+from conftest import HAS_ONNX, TESTS, tiny_model, tiny_tokenizer
 
 from optimum_gatenorm import (
     GateNormConfig,
@@ -29,7 +28,7 @@ from optimum_gatenorm.evaluation.perplexity import (
 from optimum_gatenorm.text import bos_prefix
 
 
-AUSTEN = Path(__file__).parent / "data" / "pride_and_prejudice.txt"
+AUSTEN = TESTS / "data" / "pride_and_prejudice.txt"
 TEXT = AUSTEN.read_text(encoding="utf-8")[:600]  # 600 characters = 600 tokens of the char-level tokenizer
 
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from conftest import tiny_model, tiny_tokenizer
+from cli_support import OPTIMUM_CLI
+from conftest import ROOT, tiny_model, tiny_tokenizer
 
 from optimum_gatenorm.errors import InvalidConfigError
 from optimum_gatenorm.evaluation.retrieval import (
@@ -25,7 +24,6 @@ from optimum_gatenorm.evaluation.retrieval import (
 )
 
 
-OPTIMUM_CLI = Path(sys.executable).parent / "optimum-cli"
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
 
 
@@ -178,7 +176,7 @@ def test_the_unpruned_smollm2_finds_the_pass_key_at_1k_tokens():
     assert result.accuracy("passkey") == 1.0, result.to_table()
 
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "long_context"
+BENCH = ROOT / "benchmarks" / "long_context"
 
 
 def _first_fall(points: list[dict]) -> tuple[int | None, tuple[int, ...]]:

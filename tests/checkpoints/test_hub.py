@@ -12,18 +12,17 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli_support import gatenorm, ok
 from conftest import tiny_model, tiny_tokenizer
 
 from optimum_gatenorm import GateNormPruner, ModelNotFoundError, resolve_model
 from optimum_gatenorm.checkpoints.hub import HUB_FILE_PATTERNS, hub_offline, parse_hub_id
 
 
-OPTIMUM_CLI = Path(sys.executable).parent / "optimum-cli"
 REPO = "testorg/tiny-llama"
 MAIN = "a" * 40
 TAGGED = "b" * 40
@@ -72,15 +71,7 @@ def _cli(*args, cache: Path, offline: bool = True, timeout: int = 300) -> subpro
     else:  # the network is down: nothing listens on port 9 (discard), the connection is refused at once
         env.pop("HF_HUB_OFFLINE", None)
         env["HF_ENDPOINT"] = "http://127.0.0.1:9"
-    return subprocess.run(
-        [str(OPTIMUM_CLI), "gatenorm", *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout
-    )
-
-
-def _ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    assert "Traceback" not in result.stderr, result.stderr
-    return result
+    return gatenorm(*args, env=env, timeout=timeout)
 
 
 def _refused(result: subprocess.CompletedProcess) -> str:
@@ -158,7 +149,7 @@ def test_missing_id_names_what_to_run(offline_cache):
 
 def test_cli_prunes_evaluates_and_exports_from_the_cache(hub_cache, tmp_path):
     pruned = tmp_path / "pruned"
-    result = _ok(_cli("prune", "--model", REPO, "--num-layers", "1", "--output", pruned, "--json", cache=hub_cache))
+    result = ok(_cli("prune", "--model", REPO, "--num-layers", "1", "--output", pruned, "--json", cache=hub_cache))
     assert (pruned / "model.safetensors").is_file() and len(json.loads(result.stdout)["pruned_layers"]) == 1
     device = "cuda" if torch.cuda.is_available() else "cpu"
     assert f"--device auto: {device} (" in result.stderr  # the default, and the log says why
@@ -167,31 +158,31 @@ def test_cli_prunes_evaluates_and_exports_from_the_cache(hub_cache, tmp_path):
     assert ModelCard.load(pruned / "README.md").data.base_model == REPO  # the model card names its hub origin
     text = tmp_path / "text.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 40)
-    evaluated = _ok(
+    evaluated = ok(
         _cli("eval", "--model", REPO, "--text", text, "--window", "64", "--format", "json", cache=hub_cache)
     )
     assert '"perplexity"' in evaluated.stdout
     exported = tmp_path / "nas"
-    _ok(_cli("export", "--model", REPO, "--format", "nemotron-nas", "--output", exported, cache=hub_cache))
+    ok(_cli("export", "--model", REPO, "--format", "nemotron-nas", "--output", exported, cache=hub_cache))
     assert (exported / "config.json").is_file()
 
 
 @pytest.mark.onnx
 def test_cli_exports_onnx_from_the_cache(hub_cache, tmp_path):
     exported = tmp_path / "onnx"
-    _ok(_cli("export", "--model", REPO, "--output", exported, cache=hub_cache))
+    ok(_cli("export", "--model", REPO, "--output", exported, cache=hub_cache))
     assert (exported / "model.onnx").is_file()
 
 
 def test_cli_falls_back_to_the_cache_when_the_network_is_down(hub_cache):
-    result = _ok(
+    result = ok(
         _cli("score", "--model", REPO, "--criterion", "gate_norm", "--format", "json", cache=hub_cache, offline=False)
     )
     assert '"gate_norm"' in result.stdout
 
 
 def test_cli_revision(hub_cache, offline_cache):
-    tagged = _ok(
+    tagged = ok(
         _cli("score", "--model", REPO, "--revision", "v1", "-c", "gate_norm", "--format", "json", cache=hub_cache)
     )
     scores = json.loads(tagged.stdout)["scores"]

@@ -21,15 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from cli_support import ENV, OPTIMUM_CLI, gatenorm, one_line_error
 from conftest import HAS_ONNX, tiny_model, tiny_tokenizer
 from safetensors.torch import save_file
 
 from optimum_gatenorm import GateNormConfig, export_onnx, prune_and_save
 from optimum_gatenorm.errors import OutputNotWritableError
 from optimum_gatenorm.outputs import OUTPUT_MARKER, atomic_output_dir, remove_stale_temporaries
-
-
-OPTIMUM_CLI = Path(sys.executable).parent / "optimum-cli"
 
 
 @dataclass(frozen=True)
@@ -539,26 +537,6 @@ def test_our_outputs_carry_the_marker_and_overwrite_replaces_only_them(workspace
 
 # --- beyond the table: a real full disk, real signals, stale temporaries of killed runs ---------------------------
 
-ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
-
-
-def _run(*args, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(OPTIMUM_CLI), "gatenorm", *map(str, args)], capture_output=True, text=True, env=env or ENV, timeout=600
-    )
-
-
-def _one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
-    """Exit 2 and the error in one line, the last on stderr (progress bars of the work before may precede it)."""
-    where = f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    assert result.returncode == 2 and "Traceback" not in result.stderr, where
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error")]
-    assert len(errors) == 1 and lines[-1] == errors[0] and errors[0].startswith("error: "), where
-    for needle in needles:
-        assert needle.lower() in errors[0].lower(), f"{needle!r} not in {errors[0]!r}"
-    return errors[0]
-
 
 @pytest.fixture(scope="module")
 def model_dir(workspace) -> Path:
@@ -586,7 +564,7 @@ def test_stale_temporaries_are_removed_and_live_ones_kept(model_dir, tmp_path):
         (directory / "model.safetensors").write_bytes(b"half-written")
     hour_ago = time.time() - 7200
     os.utime(old_format, (hour_ago, hour_ago))
-    result = _run("prune", "-m", model_dir, "-k", "1", "-c", "gate_norm", "-o", out)
+    result = gatenorm("prune", "-m", model_dir, "-k", "1", "-c", "gate_norm", "-o", out)
     assert result.returncode == 0, result.stderr
     assert not dead.exists() and not old_format.exists()
     assert live.exists() and recent_old_format.exists() and other.exists()
@@ -646,8 +624,8 @@ def test_prune_onto_a_full_disk_is_one_line_and_leaves_nothing(full_disk, tmp_pa
     big = tiny_model("llama", hidden_size=512, intermediate_size=1024, num_attention_heads=8, num_key_value_heads=4)
     big.save_pretrained(model)
     tiny_tokenizer().save_pretrained(model)
-    line = _one_line_error(
-        _run("prune", "-m", model, "-k", "1", "-c", "gate_norm", "-o", full_disk / "out" / "pruned"),
+    line = one_line_error(
+        gatenorm("prune", "-m", model, "-k", "1", "-c", "gate_norm", "-o", full_disk / "out" / "pruned"),
         "no space left",
         str(full_disk / "out" / "pruned"),
         "needs about",
@@ -673,23 +651,18 @@ def test_conversion_into_a_full_cache_is_one_line_and_leaves_no_folder(full_disk
 
     gguf = BUILTIN_MODELS["smollm2-135m"].gguf_path()
     env = dict(ENV, OPTIMUM_GATENORM_CACHE=str(full_disk / "cache"))
-    _one_line_error(_run("score", "-m", gguf, "-c", "gate_norm", env=env), "no space left", "OPTIMUM_GATENORM_CACHE")
+    one_line_error(
+        gatenorm("score", "-m", gguf, "-c", "gate_norm", env=env), "no space left", "OPTIMUM_GATENORM_CACHE"
+    )
     assert list(full_disk.iterdir()) == [], "the cache kept an empty folder"
 
 
 # --- what a careful user sees -----------------------------------------------------------------------------------
 
 
-def _cli(*args, cwd) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
-    return subprocess.run(
-        [str(OPTIMUM_CLI), "gatenorm", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
-    )
-
-
 @pytest.mark.onnx
 def test_prune_with_export_prints_a_short_true_summary(workspace, tmp_path):
-    result = _cli(
+    result = gatenorm(
         "prune", "-m", workspace / "model", "-k", "1", "-o", tmp_path / "out", "--export", "onnx", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
@@ -726,7 +699,7 @@ def test_default_scoring_uses_no_deprecated_transformers_api(workspace, tmp_path
 
 def test_result_files_get_a_wrote_line_and_seed_ranges_work(workspace, tmp_path):
     out, plot = tmp_path / "c.json", tmp_path / "c.png"
-    result = _cli(
+    result = gatenorm(
         "compare", "-m", workspace / "model", "-t", workspace / "text.txt", "-k", "0-1", "--criteria", "random",
         "--seeds", "0-2", "--window", "64", "-o", out, "--plot", plot, cwd=tmp_path,
     )  # fmt: skip
@@ -782,7 +755,7 @@ def test_prune_target_speedup_removes_the_planned_k_and_says_so(workspace, tmp_p
     plain, _ = resolve_target(config, 1.05, context=64, replacement="none")
     assert plain <= k  # a linear map per removed sublayer costs a d x d product: never fewer layers to remove
     out = tmp_path / "planned"
-    result = _cli(
+    result = gatenorm(
         "prune", "-m", workspace / "model", "--target-speedup", "1.05", "--context", "64", "-o", out, "--json",
         cwd=tmp_path,
     )  # fmt: skip

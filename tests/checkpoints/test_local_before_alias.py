@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_support import ENV, gatenorm
 from conftest import tiny_model, tiny_tokenizer
 
 from optimum_gatenorm import BUILTIN_MODELS, GateNormPruner, resolve_model
@@ -24,7 +23,6 @@ from optimum_gatenorm.evaluation.divergence import resolve_reference
 
 
 ALIAS = "smollm2-135m"  # 30 layers; the tiny model has 4
-OPTIMUM_CLI = Path(sys.executable).parent / "optimum-cli"
 
 
 @pytest.fixture
@@ -61,10 +59,7 @@ def test_a_local_directory_of_the_alias_name_is_used_and_logged(local_copy, tmp_
 
 
 def _cli(cwd: Path, cache: Path, *args) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OPTIMUM_GATENORM_CACHE=str(cache))
-    return subprocess.run(
-        [str(OPTIMUM_CLI), "gatenorm", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
-    )
+    return gatenorm(*args, cwd=cwd, env=dict(ENV, OPTIMUM_GATENORM_CACHE=str(cache)))
 
 
 def test_cli_scores_the_local_directory(local_copy, tmp_path):

@@ -4,11 +4,10 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import ALL_TINY, tiny_model, tiny_tokenizer
+from conftest import ALL_TINY, TESTS, tiny_model, tiny_tokenizer
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
@@ -286,7 +285,7 @@ def test_checkpoints_move_between_transformers_lines_with_identical_logits(other
             torch.save({"ids": IDS, "logits": model(IDS).logits}, here / name / "expected.pt")
     _copy_tokenizer(tmp_path / "tokenizer", here / "llama" / "model")  # as prune and the exporters copy it
     result = subprocess.run(
-        [str(other_python), "-c", _OTHER_LINE, str(here), str(there), json.dumps(CROSS_LINE), str(Path(__file__).parent),
+        [str(other_python), "-c", _OTHER_LINE, str(here), str(there), json.dumps(CROSS_LINE), str(TESTS),
          replacement],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip

@@ -5,15 +5,14 @@ Every CLI call goes through the real `optimum-cli` executable. Calls that reach 
 """
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli_support import gatenorm
 from conftest import save_sharded, tiny_config, tiny_model
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -38,16 +37,8 @@ from optimum_gatenorm.outputs import OUTPUT_MARKER, atomic_output_dir, atomic_wr
 from optimum_gatenorm.report import PruningReport
 
 
-OPTIMUM_CLI = Path(sys.executable).parent / "optimum-cli"
 SUPPORTED = tuple(supported_model_types())
 ERROR_LINE = re.compile(r"^(error: |optimum-cli gatenorm (score|prune|convert|criteria): error: )\S")
-
-
-def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
-    return subprocess.run(
-        [str(OPTIMUM_CLI), "gatenorm", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
-    )
 
 
 def leftovers(path: Path) -> list[str]:
@@ -80,12 +71,12 @@ def assert_refused(result: subprocess.CompletedProcess, *needles: str, output: P
 
 def score_cli(model, tmp_path: Path, *extra) -> tuple[subprocess.CompletedProcess, Path]:
     out = tmp_path / "scores.json"
-    return run_cli("score", "--model", model, "--format", "json", "--output", out, *extra, cwd=tmp_path), out
+    return gatenorm("score", "--model", model, "--format", "json", "--output", out, *extra, cwd=tmp_path), out
 
 
 def prune_cli(model, tmp_path: Path, *extra) -> tuple[subprocess.CompletedProcess, Path]:
     out = tmp_path / "pruned"
-    return run_cli("prune", "--model", model, "--output", out, *extra, cwd=tmp_path), out
+    return gatenorm("prune", "--model", model, "--output", out, *extra, cwd=tmp_path), out
 
 
 @pytest.fixture(scope="module")
@@ -387,7 +378,7 @@ def test_bad_option_value_is_refused(case, tmp_path, checkpoints):
 
 
 def test_prune_without_output_is_refused(tmp_path, checkpoints):
-    result = run_cli("prune", "--model", checkpoints["llama"], "-k", "1", cwd=tmp_path)
+    result = gatenorm("prune", "--model", checkpoints["llama"], "-k", "1", cwd=tmp_path)
     assert_refused(result, "--output")
     assert list(tmp_path.iterdir()) == []
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_support import OPTIMUM_CLI
 from conftest import TINY_CONFIGS, save_sharded, tiny_model
 from safetensors import safe_open
 
@@ -23,7 +24,6 @@ from optimum_gatenorm.errors import InvalidConfigError
 from optimum_gatenorm.pruning.pruner import GateNormPruner
 
 
-OPTIMUM_CLI = Path(sys.executable).parent / "optimum-cli"
 DATA_FREE = dict(criterion="gate_norm", replacement="none")
 
 

@@ -5,12 +5,11 @@ import json
 import math
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_model, tiny_tokenizer
+from cli_support import OPTIMUM_CLI
+from conftest import TESTS, tiny_model, tiny_tokenizer
 
 from optimum_gatenorm import InvalidConfigError, ModelNotFoundError, export_onnx, prune_model
 from optimum_gatenorm.evaluation import divergence
@@ -35,13 +34,12 @@ from optimum_gatenorm.evaluation.perplexity import (
 )
 
 
-AUSTEN = Path(__file__).parent / "data" / "pride_and_prejudice.txt"
+AUSTEN = TESTS / "data" / "pride_and_prejudice.txt"
 TEXT = AUSTEN.read_text(encoding="utf-8")[:600]  # 600 tokens of the char-level tokenizer
 TEMPLATE = (
     "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<assistant>{% endif %}"
 )
-OPTIMUM_CLI = Path(sys.executable).parent / "optimum-cli"
 
 
 @pytest.fixture(scope="module")

@@ -38,13 +38,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import HAS_ONNX, SKIP_ONNX
+from conftest import HAS_ONNX, ROOT, SKIP_ONNX
 
 import optimum_gatenorm
 from optimum_gatenorm.commands.gatenorm import GateNormCommand
 
 
-ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
 EXEMPT = {"text"}  # not commands: read by code (CONTRIBUTING's layer order)
 SHELL = {"bash", "sh", "shell", "console"}

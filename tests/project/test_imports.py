@@ -9,9 +9,9 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 
-ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "optimum_gatenorm"
 FACE = "optimum_gatenorm"  # the package's __init__: the public face, above every layer
 
@@ -80,6 +80,8 @@ from . import shares
 from .cost_model import ModelCost
 from .. import errors, load_pruned
 from ..checkpoints import structure as surgery
+from conftest import ROOT
+
 import optimum_gatenorm.pruning.pruner
 if TYPE_CHECKING:
     from ..pruning.configuration import GateNormConfig

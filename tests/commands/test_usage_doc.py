@@ -9,16 +9,15 @@ import re
 import shlex
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from optimum_gatenorm.commands.gatenorm import GateNormCommand
 from optimum_gatenorm.errors import InvalidConfigError
 from optimum_gatenorm.exporters.onnx import DTYPE_ALIASES, DTYPES, onnx_dtype
 
 
-ROOT = Path(__file__).resolve().parent.parent
 USAGE = ROOT / "docs" / "usage.md"
 
 

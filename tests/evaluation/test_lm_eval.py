@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import tiny_model, tiny_tokenizer
+from conftest import ROOT, tiny_model, tiny_tokenizer
 
 from optimum_gatenorm import ModelNotFoundError, get_pruned_layers, load_pruned, prune_model
 from optimum_gatenorm.checkpoints.structure import is_attention_pruned
@@ -27,7 +27,7 @@ lm_eval = pytest.importorskip("lm_eval", reason='lm-eval is not installed: pip i
 from optimum_gatenorm.evaluation.lm_eval import evaluate_with_lm_eval  # noqa: E402
 
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = ROOT
 TASK_DIR = REPO / "tests" / "data" / "lm_eval"
 TASK = "gatenorm_tiny_mc"
 PRUNED = [1, 2]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ALL_TINY, tiny_model
+from conftest import ALL_TINY, ROOT, tiny_model
 
 from optimum_gatenorm import GateNormConfig, GateNormPruner
 from optimum_gatenorm.adapters import HeadDims, get_adapter
@@ -314,7 +314,7 @@ def test_breakdown_warning_follows_the_measured_table(measured_on):
     assert warn("gate_norm", 1, 0, n) is None
 
 
-STUDIES = Path(__file__).parent.parent / "benchmarks" / "criteria"
+STUDIES = ROOT / "benchmarks" / "criteria"
 
 
 def worse_than_random_in_study(directory: Path) -> dict[tuple[str, int], tuple[int, ...]]:

@@ -15,9 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_study.py"
+SCRIPT = ROOT / "benchmarks" / "gpu_study.py"
 
 
 def run_study(out: Path, *args: str, timeout: int = 120) -> dict:

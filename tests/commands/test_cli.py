@@ -7,33 +7,17 @@ is shared by the whole module and options are combined where they do not interfe
 import argparse
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli_support import ok, optimum_cli
 from conftest import tiny_model, tiny_tokenizer
 from safetensors import safe_open
 
 from optimum_gatenorm import DEFAULT_CRITERION, GateNormPruner, available_criteria, get_criterion, load_pruned
-
-
-OPTIMUM_CLI = Path(sys.executable).parent / "optimum-cli"
-
-
-def run_cli(*args, cwd=None, timeout=120) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
-    return subprocess.run(
-        [str(OPTIMUM_CLI), *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
-    )
-
-
-def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    assert "Traceback" not in result.stderr, result.stderr
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -81,12 +65,12 @@ def _check_pruned_checkpoint(out: Path, removed: list[int]) -> None:
 
 
 def test_root_help_lists_gatenorm():
-    result = ok(run_cli("--help"))
+    result = ok(optimum_cli("--help"))
     assert "gatenorm" in result.stdout
 
 
 def test_gatenorm_help_lists_subcommands():
-    result = ok(run_cli("gatenorm", "--help"))
+    result = ok(optimum_cli("gatenorm", "--help"))
     for name in ("score", "prune", "convert", "criteria"):
         assert name in result.stdout, name
 
@@ -109,7 +93,7 @@ def test_cli_default_criterion_is_the_library_default():
     assert get_criterion(DEFAULT_CRITERION).min_gap == DEFAULT_GAP
     assert get_criterion(DEFAULT_CRITERION).data_free and not get_criterion(DEFAULT_CRITERION).needs_data
     assert get_criterion("gate_norm").min_gap == 1  # the paper's procedure: plain k lowest
-    result = ok(run_cli("gatenorm", "prune", "--help"))
+    result = ok(optimum_cli("gatenorm", "prune", "--help"))
     assert "Default: cosine_self" in " ".join(result.stdout.split())
 
 
@@ -130,7 +114,7 @@ def test_help_is_generated_from_the_registries(monkeypatch):
     from optimum_gatenorm.pruning.fits import DISTILL_SAMPLES, DISTILL_STEPS, FITS
     from optimum_gatenorm.pruning.replacement import REPLACEMENTS
 
-    help_text = " ".join(ok(run_cli("gatenorm", "prune", "--help")).stdout.split())
+    help_text = " ".join(ok(optimum_cli("gatenorm", "prune", "--help")).stdout.split())
     default = next(f.default for f in dataclasses.fields(GateNormConfig) if f.name == "criterion")
     assert f"Default: {default}: {get_criterion(default).description}" in help_text
     for name in [*available_criteria(), *BUILTIN_MODELS]:
@@ -152,7 +136,7 @@ def test_help_is_generated_from_the_registries(monkeypatch):
 
 
 def test_criteria_json_lists_builtin_criteria():
-    result = ok(run_cli("gatenorm", "criteria", "--format", "json"))
+    result = ok(optimum_cli("gatenorm", "criteria", "--format", "json"))
     rows = json.loads(result.stdout)
     names = {row["name"] for row in rows}
     assert {"gate_norm", "gate_norm_head", "gate_norm_folded"} <= names
@@ -170,7 +154,7 @@ def test_criteria_json_lists_builtin_criteria():
 
 
 def test_score_table_ranks_every_layer_lowest_first(llama_dir, expected):
-    result = ok(run_cli("gatenorm", "score", "--model", llama_dir))
+    result = ok(optimum_cli("gatenorm", "score", "--model", llama_dir))
     rows = []
     for line in result.stdout.splitlines():
         parts = line.split()
@@ -196,13 +180,13 @@ def _check_score_json(data: dict, expected) -> None:
 
 
 def test_score_json_to_stdout(llama_dir, expected):
-    result = ok(run_cli("gatenorm", "score", "--model", llama_dir, "--format", "json"))
+    result = ok(optimum_cli("gatenorm", "score", "--model", llama_dir, "--format", "json"))
     _check_score_json(json.loads(result.stdout), expected[DEFAULT_CRITERION])
 
 
 def test_score_json_to_output_file(llama_dir, expected, tmp_path):
     out = tmp_path / "sub" / "scores.json"
-    result = ok(run_cli("gatenorm", "score", "-m", llama_dir, "--format", "json", "--output", out))
+    result = ok(optimum_cli("gatenorm", "score", "-m", llama_dir, "--format", "json", "--output", out))
     assert result.stdout.strip() == ""  # the scores went to the file only
     _check_score_json(json.loads(out.read_text()), expected[DEFAULT_CRITERION])
     assert [p.name for p in out.parent.iterdir()] == ["scores.json"]  # no temporary file left
@@ -213,7 +197,7 @@ def test_score_json_to_output_file(llama_dir, expected, tmp_path):
 
 def test_prune_num_layers_writes_loadable_checkpoint(llama_dir, expected, tmp_path):
     out = tmp_path / "out"
-    result = ok(run_cli("gatenorm", "prune", "--model", llama_dir, "--num-layers", "2", "--output", out))
+    result = ok(optimum_cli("gatenorm", "prune", "--model", llama_dir, "--num-layers", "2", "--output", out))
     removed = json.loads((out / "gatenorm_report.json").read_text())["removed_layers"]
     # default --protect-first 1: layer 0 stays; the two lowest-scored of the others go
     assert removed == _lowest_candidates(expected[DEFAULT_CRITERION].scores, 2, keep={0}, gap=DEFAULT_GAP)
@@ -229,7 +213,7 @@ def test_prune_respects_protect_and_exclude_and_prints_json(llama_dir, expected,
     first_choice = _lowest_candidates(scores, 1, keep={3}, gap=DEFAULT_GAP)[0]
     out = tmp_path / "out"
     result = ok(
-        run_cli(
+        optimum_cli(
             "gatenorm", "prune", "-m", llama_dir, "-k", "2", "-o", out, "--json",
             "--protect-first", "0", "--protect-last", "1", "--exclude-layers", str(first_choice),
         )
@@ -251,7 +235,7 @@ def test_prune_respects_protect_and_exclude_and_prints_json(llama_dir, expected,
 def test_prune_ratio_with_gate_norm_head(llama_dir, expected, tmp_path):
     out = tmp_path / "out"
     args = ["--ratio", "0.5", "--criterion", "gate_norm_head", "--json"]
-    result = ok(run_cli("gatenorm", "prune", "-m", llama_dir, "-o", out, *args))
+    result = ok(optimum_cli("gatenorm", "prune", "-m", llama_dir, "-o", out, *args))
     report = json.loads(result.stdout)
     head_scores = expected["gate_norm_head"].scores
     assert report["criterion"] == "gate_norm_head" and report["config"]["ratio"] == 0.5
@@ -267,7 +251,7 @@ def test_prune_min_gap_and_measured_breakdown_warning(llama_dir, expected, tmp_p
     scores = expected["gate_norm"].scores
     out = tmp_path / "out"
     args = ["-k", "2", "--criterion", "gate_norm", "--protect-first", "0", "--min-gap", "2", "--json"]
-    result = ok(run_cli("gatenorm", "prune", "-m", llama_dir, "-o", out, *args))
+    result = ok(optimum_cli("gatenorm", "prune", "-m", llama_dir, "-o", out, *args))
     report = json.loads(result.stdout)
     ranking = expected["gate_norm"].ranking
     first = ranking[0]
@@ -279,7 +263,7 @@ def test_prune_min_gap_and_measured_breakdown_warning(llama_dir, expected, tmp_p
     assert "warning: removing 2 of 4" in result.stderr and "k <= 12 of 30" in result.stderr
     # 1 of 4 is 7.5 of 30: gate_norm with min_gap 2 was measured worse than random at k = 6 there
     out1 = tmp_path / "out1"
-    result = ok(run_cli("gatenorm", "prune", "-m", llama_dir, "-o", out1, *args[:1], "1", *args[2:]))
+    result = ok(optimum_cli("gatenorm", "prune", "-m", llama_dir, "-o", out1, *args[:1], "1", *args[2:]))
     (warning,) = json.loads(result.stdout)["warnings"]
     assert "gate_norm with min_gap=2 was measured worse than a median random draw at k=6" in warning
     assert "warning: gate_norm" in result.stderr and "--criterion cosine" in result.stderr
@@ -291,7 +275,7 @@ def test_prune_dtype_bfloat16_saves_bf16_and_copies_tokenizer(tmp_path):
     tiny_model("llama").save_pretrained(source)
     tiny_tokenizer().save_pretrained(source)
     out = tmp_path / "out"
-    ok(run_cli("gatenorm", "prune", "-m", source, "-k", "1", "-o", out, "--dtype", "bfloat16"))
+    ok(optimum_cli("gatenorm", "prune", "-m", source, "-k", "1", "-o", out, "--dtype", "bfloat16"))
     with safe_open(str(out / "model.safetensors"), framework="pt") as f:
         dtypes = {name: f.get_slice(name).get_dtype() for name in f.keys()}
     assert dtypes and set(dtypes.values()) == {"BF16"}, dtypes
@@ -314,7 +298,7 @@ def test_score_of_pruned_checkpoint_marks_removed_layers(tmp_path):
 
     model, report = GateNormPruner(tiny_model("llama")).prune(GateNormConfig(num_layers=2))
     model.save_pretrained(tmp_path / "pruned")
-    result = ok(run_cli("gatenorm", "score", "-m", tmp_path / "pruned", "--format", "json"))
+    result = ok(optimum_cli("gatenorm", "score", "-m", tmp_path / "pruned", "--format", "json"))
     data = json.loads(result.stdout)
     assert data["pruned_layers"] == report.removed_layers
     assert [i for i, s in enumerate(data["scores"]) if s is None] == report.removed_layers
@@ -326,11 +310,13 @@ def test_export_and_prune_with_export_load_in_ort(llama_dir, tmp_path):
     from optimum.onnxruntime import ORTModelForCausalLM
 
     result = ok(
-        run_cli("gatenorm", "prune", "--model", llama_dir, "-k", "2", "--output", tmp_path / "p", "--export", "onnx")
+        optimum_cli(
+            "gatenorm", "prune", "--model", llama_dir, "-k", "2", "--output", tmp_path / "p", "--export", "onnx"
+        )
     )
     assert "Saved the pruned checkpoint to" in result.stdout and "Saved its ONNX export to" in result.stdout
-    ok(run_cli("gatenorm", "export", "--model", tmp_path / "p", "--output", tmp_path / "again"))
-    ok(run_cli("gatenorm", "export", "--model", llama_dir, "--output", tmp_path / "baseline"))
+    ok(optimum_cli("gatenorm", "export", "--model", tmp_path / "p", "--output", tmp_path / "again"))
+    ok(optimum_cli("gatenorm", "export", "--model", llama_dir, "--output", tmp_path / "baseline"))
     pruned = load_pruned(tmp_path / "p", attn_implementation="eager")
     ids = torch.tensor([[5, 17, 33, 2, 90]])
     kwargs = dict(attention_mask=torch.ones_like(ids), max_new_tokens=5, min_new_tokens=5, do_sample=False)
@@ -345,14 +331,16 @@ def test_export_and_prune_with_export_load_in_ort(llama_dir, tmp_path):
 
 @pytest.mark.onnx
 def test_export_refusals_are_one_line_exit_2(llama_dir, tmp_path):
-    result = run_cli("gatenorm", "export", "--model", llama_dir, "--output", tmp_path / "x", "--dtype", "fp16")
+    result = optimum_cli("gatenorm", "export", "--model", llama_dir, "--output", tmp_path / "x", "--dtype", "fp16")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: float16 export needs --device cuda")
     if not torch.cuda.is_available():
-        result = run_cli("gatenorm", "export", "--model", llama_dir, "--output", tmp_path / "x", "--device", "cuda")
+        result = optimum_cli(
+            "gatenorm", "export", "--model", llama_dir, "--output", tmp_path / "x", "--device", "cuda"
+        )
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert "CUDA was asked for" in result.stderr.strip().splitlines()[-1]
-    result = run_cli(
+    result = optimum_cli(
         "gatenorm",
         "prune",
         "--model",
@@ -385,11 +373,19 @@ def llama_with_tokenizer(tmp_path_factory) -> Path:
 @pytest.mark.onnx
 def test_eval_pytorch_and_onnx_agree_through_the_cli(llama_with_tokenizer, tmp_path):
     text = llama_with_tokenizer.parent / "text.txt"
-    ok(run_cli("gatenorm", "prune", "-m", llama_with_tokenizer, "-k", "1", "-o", tmp_path / "p", "--export", "onnx"))
+    ok(
+        optimum_cli(
+            "gatenorm", "prune", "-m", llama_with_tokenizer, "-k", "1", "-o", tmp_path / "p", "--export", "onnx"
+        )
+    )
     results = {}
     for name, model in (("pytorch", tmp_path / "p"), ("onnxruntime", tmp_path / "p" / "onnx")):
         out = tmp_path / f"{name}.json"
-        ok(run_cli("gatenorm", "eval", "-m", model, "--text", text, "--window", "64", "--format", "json", "-o", out))
+        ok(
+            optimum_cli(
+                "gatenorm", "eval", "-m", model, "--text", text, "--window", "64", "--format", "json", "-o", out
+            )
+        )
         results[name] = json.loads(out.read_text())
         assert results[name]["backend"] == name and results[name]["num_tokens"] > 100
     assert results["pytorch"]["perplexity"] == pytest.approx(results["onnxruntime"]["perplexity"], rel=1e-3)
@@ -399,7 +395,7 @@ def test_eval_pytorch_and_onnx_agree_through_the_cli(llama_with_tokenizer, tmp_p
 def test_compare_end_to_end_through_the_cli(llama_with_tokenizer, tmp_path):
     root = llama_with_tokenizer.parent
     result = ok(
-        run_cli(
+        optimum_cli(
             "gatenorm", "compare", "-m", llama_with_tokenizer, "--text", root / "text.txt",
             "--criteria", "gate_norm,cosine,attn_norm,random,last", "--num-layers", "0,1,2", "--seeds", "0,1,2",
             "--calibration-text", root / "calib.txt", "--calibration-samples", "2", "--calibration-length", "32",
@@ -424,7 +420,7 @@ def test_compare_end_to_end_through_the_cli(llama_with_tokenizer, tmp_path):
 
 
 def test_compare_data_criterion_without_calibration_is_one_line_error(llama_with_tokenizer, tmp_path):
-    result = run_cli(
+    result = optimum_cli(
         "gatenorm", "compare", "-m", llama_with_tokenizer, "--text", llama_with_tokenizer.parent / "text.txt",
         "--criteria", "cosine", "--num-layers", "0,1", "--window", "64", "--output", tmp_path / "x.json",
     )  # fmt: skip

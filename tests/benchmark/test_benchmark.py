@@ -3,18 +3,14 @@
 import json
 import math
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from cli_support import OPTIMUM_CLI
 from conftest import HAS_ONNX, tiny_model, tiny_tokenizer
 
 from optimum_gatenorm import InvalidCheckpointError, InvalidConfigError, export_onnx, prune_model
 from optimum_gatenorm.benchmark.throughput import METRICS, BenchmarkSettings, run_benchmark
-
-
-OPTIMUM_CLI = Path(sys.executable).parent / "optimum-cli"
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 
 pytest.importorskip("llama_cpp", reason="the test extra's llama-cpp-python provides the CPU llama.cpp")
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCHMARKS = ROOT / "benchmarks"
 STUDY = BENCHMARKS / "gpu_serving_study.py"
 LABELS = ["base", "base-aa", "k1", "k1-linear", "k2", "k2-linear", "k3", "k3-linear", "k7"]
 

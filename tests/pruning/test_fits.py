@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from cli_support import ok, optimum_cli
 from conftest import ALL_TINY, tiny_model
 from test_replacement import IDS, _windows
 
@@ -203,13 +204,12 @@ def test_bad_fits_are_refused():
 
 @pytest.mark.one_line  # three CLI processes; the library calls they make are tested on both lines above
 def test_cli_prune_with_fit_and_bad_fit_requests(tmp_path):
-    from test_cli import ok, run_cli
 
     tiny_model("llama").save_pretrained(tmp_path / "llama")
     common = ["gatenorm", "prune", "-m", tmp_path / "llama", "-k", "1", "-c", "last"]
-    result = ok(run_cli(*common, "-o", tmp_path / "d", "--fit", "distill", "--distill-steps", "3", "--json"))
+    result = ok(optimum_cli(*common, "-o", tmp_path / "d", "--fit", "distill", "--distill-steps", "3", "--json"))
     assert json.loads(result.stdout)["replacement"]["fit"] == "distill"
-    help_text = " ".join(run_cli("gatenorm", "prune", "--help").stdout.split())
+    help_text = " ".join(optimum_cli("gatenorm", "prune", "--help").stdout.split())
     assert "--fit {least-squares,distill}" in help_text and "--distill-steps" in help_text
     for args, message in [
         (["--fit", "weights"], "invalid choice: 'weights'"),
@@ -217,7 +217,7 @@ def test_cli_prune_with_fit_and_bad_fit_requests(tmp_path):
         (["--distill-steps", "0"], "expected an integer >= 1, got '0'"),
         (["--distill-samples", "1"], "expected an integer >= 2, got '1'"),
     ]:
-        result = run_cli(*common, "-o", tmp_path / "bad", *args)
+        result = optimum_cli(*common, "-o", tmp_path / "bad", *args)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert not (tmp_path / "bad").exists()

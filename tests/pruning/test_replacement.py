@@ -6,6 +6,7 @@ import weakref
 
 import pytest
 import torch
+from cli_support import ok, optimum_cli
 from conftest import ALL_TINY, tiny_model
 from safetensors import safe_open
 from test_save_load import LONG_IDS, _run_fresh
@@ -365,11 +366,10 @@ def test_config_validates_and_reports_the_replacement(tmp_path):
 
 
 def test_cli_prune_with_replacement_prints_what_it_recovered(tmp_path):
-    from test_cli import ok, run_cli
 
     tiny_model("llama").save_pretrained(tmp_path / "llama")
     # No --replacement: linear is the default.
-    result = ok(run_cli("gatenorm", "prune", "-m", tmp_path / "llama", "-k", "2", "-o", tmp_path / "p"))
+    result = ok(optimum_cli("gatenorm", "prune", "-m", tmp_path / "llama", "-k", "2", "-o", tmp_path / "p"))
     line = next(line for line in result.stdout.splitlines() if line.startswith("Replaced them with linear maps"))
     assert "16 x 127 tokens sampled by the model (seed 0)" in line and "2 x 127 tokens" in line
     report = PruningReport.from_json(tmp_path / "p" / "gatenorm_report.json")
@@ -386,13 +386,14 @@ def test_cli_prune_with_replacement_prints_what_it_recovered(tmp_path):
 
 
 def test_cli_replacement_help_and_bad_value(tmp_path):
-    from test_cli import run_cli
 
-    help_text = " ".join(run_cli("gatenorm", "prune", "--help").stdout.split())
+    help_text = " ".join(optimum_cli("gatenorm", "prune", "--help").stdout.split())
     assert "--replacement {none,mean,linear}" in help_text and "docs/replacement.md" in help_text
     assert "(default: linear," in help_text  # the CLI default is the library's
     assert "no user data" in help_text
-    result = run_cli("gatenorm", "prune", "-m", tmp_path, "-k", "1", "-o", tmp_path / "p", "--replacement", "cubic")
+    result = optimum_cli(
+        "gatenorm", "prune", "-m", tmp_path, "-k", "1", "-o", tmp_path / "p", "--replacement", "cubic"
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "invalid choice: 'cubic'" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "p").exists()
@@ -401,7 +402,6 @@ def test_cli_replacement_help_and_bad_value(tmp_path):
 def test_cli_compare_with_replacement_scores_the_replaced_model(tmp_path):
     """`compare --replacement linear` fits on --calibration-text as `prune` does, and scores the replaced model."""
     from conftest import tiny_tokenizer
-    from test_cli import ok, run_cli
 
     from optimum_gatenorm.evaluation.compare import CompareConfig, compare_criteria
 
@@ -411,7 +411,7 @@ def test_cli_compare_with_replacement_scores_the_replaced_model(tmp_path):
     (tmp_path / "text.txt").write_text(text)
     (tmp_path / "calib.txt").write_text("However little known the feelings or views of such a man may be. " * 12)
     calibration_args = ["--calibration-samples", "4", "--calibration-length", "32"]
-    ok(run_cli("gatenorm", "compare", "-m", tmp_path / "llama", "--text", tmp_path / "text.txt", "--criteria",
+    ok(optimum_cli("gatenorm", "compare", "-m", tmp_path / "llama", "--text", tmp_path / "text.txt", "--criteria",
                "last", "-k", "0,2", "--window", "64", "--replacement", "linear", "--calibration-text",
                tmp_path / "calib.txt", *calibration_args, "--output", tmp_path / "cmp.json"))  # fmt: skip
     data = json.loads((tmp_path / "cmp.json").read_text())

@@ -9,12 +9,13 @@ The real-model tests are marked `slow`; CI runs them (README's test command runs
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from cli_support import OPTIMUM_CLI
+from conftest import TESTS
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -28,8 +29,7 @@ from optimum_gatenorm.text import read_text
 
 slow = pytest.mark.slow  # the real-model tests; the metadata checks at the end are fast
 
-OPTIMUM_CLI = Path(sys.executable).parent / "optimum-cli"
-PRIDE = Path(__file__).parent / "data" / "pride_and_prejudice.txt"
+PRIDE = TESTS / "data" / "pride_and_prejudice.txt"
 BUILTIN = BUILTIN_MODELS["gemma3-270m"]
 
 
