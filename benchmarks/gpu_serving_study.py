@@ -4,7 +4,7 @@
     PYTHONUNBUFFERED=1 python3 benchmarks/gpu_serving_study.py --device cuda --llama-cpp .gpu-carry/llama.cpp
     # here, once before that: the llama.cpp source it builds, into a folder the device tool's `carry` takes
     python benchmarks/gpu_serving_study.py --prepare-carry .gpu-carry
-    # CPU, a tiny shape (tests/test_gpu_serving_study.py): the same code path in seconds, timed against the llama.cpp
+    # CPU, a tiny shape (tests/studies/test_gpu_serving_study.py): the same code path in seconds, timed against the llama.cpp
     # that llama-cpp-python (the test extra) built
     python benchmarks/gpu_serving_study.py --device cpu --shapes tiny-gqa --prompts 32,64 --gen 8 --rounds 2 \
         --output-dir DIR

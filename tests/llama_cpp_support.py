@@ -16,6 +16,8 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import torch
+from model_support import TEXT
 
 from optimum_gatenorm.checkpoints.models import cache_dir
 
@@ -127,3 +129,85 @@ def llama_cpp_logits(gguf_file: Path, ids: list[int]) -> np.ndarray:
     logits = np.array(llm.scores[: llm.n_tokens], dtype=np.float32)
     llm.close()
     return logits
+
+
+# --- what the tests check of a GGUF file run by llama.cpp ---------------------------------------------------------
+
+# f32 GGUF vs PyTorch float32: largest |logit difference| relative to the largest |logit| (llama.cpp sums in
+# another order and uses its own rope/softmax kernels; KV cache in f32: measured ~2e-6 on the tiny model).
+F32_TOL = 1e-4
+# f16 / q8_0 weights: relative logit error, and the share of positions whose top token agrees. q8_0 also quantizes
+# the activations in each matmul; on the tiny random model (large weights, near-tied logits) measured: 0.10 and
+# 91% of positions; on SmolLM2 the top token agrees more often.
+LOOSE_TOL = {"f16": 0.02, "q8_0": 0.15}
+LOOSE_TOP1 = 0.85
+NEW_TOKENS = 32
+
+
+def prompt_ids(directory) -> list[int]:
+    """The token ids of the first 60 characters of TEXT, by the model's own tokenizer."""
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(directory)
+    return tokenizer(TEXT[:60]).input_ids
+
+
+def torch_greedy(model, prompt: list[int]) -> tuple[list[int], np.ndarray]:
+    # Exactly NEW_TOKENS argmax steps with nothing masked, as `llama_cpp_greedy` does. (`generate`'s
+    # min_new_tokens masks EOS until the minimum length: a pruned model whose greedy choice is EOS then diverges.)
+    out = torch.tensor([prompt])
+    with torch.no_grad():
+        for _ in range(NEW_TOKENS):
+            next_token = model(out).logits[0, -1].argmax()
+            out = torch.cat([out, next_token.view(1, 1)], dim=1)
+        logits = model(out).logits[0].float().numpy()
+    return out[0, len(prompt) :].tolist(), logits
+
+
+def check_parity(model, gguf_file, prompt):
+    """llama.cpp's greedy tokens equal PyTorch's and every position's logits agree within F32_TOL."""
+    expected_tokens, expected_logits = torch_greedy(model, prompt)
+    tokens, logits = llama_cpp_greedy(gguf_file, prompt, NEW_TOKENS)
+    assert tokens == expected_tokens
+    assert logits.shape == expected_logits.shape
+    error = np.abs(logits - expected_logits).max() / np.abs(expected_logits).max()
+    assert error < F32_TOL, error
+    return error
+
+
+def gguf_fields(gguf_file) -> dict:
+    import gguf
+
+    reader = gguf.GGUFReader(gguf_file)
+    return {name: field.contents() for name, field in reader.fields.items() if not name.startswith("tokenizer.ggml.t")}
+
+
+def check_quantized(gguf_file, model, prompt: list[int], quantize: str) -> dict:
+    """A file from llama.cpp's quantizer: its file type, every weight matrix quantized (norms f32), and llama.cpp
+    running it with logits near PyTorch's (q8_0 within LOOSE_TOL; q4_k_m, on the tiny random model, measured 0.44
+    relative and 48-51% top-1 agreement, against ~0.3% for unrelated logits). Returns the file's fields."""
+    import gguf
+    import llama_cpp
+
+    reader = gguf.GGUFReader(gguf_file)
+    fields = {name: field.contents() for name, field in reader.fields.items() if name.startswith("general.")}
+    assert fields["general.file_type"] == getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quantize.upper()}")
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    matrices = {name: kind for name, kind in types.items() if not name.endswith("norm.weight")}
+    assert "F16" not in matrices.values() and "F32" not in matrices.values(), matrices
+    assert all(types[name] == "F32" for name in types if name.endswith("norm.weight"))
+    if quantize == "q4_k_m":
+        assert "Q4_K" in matrices.values()  # the k-quant itself, where the rows allow it (the tiny MLP's 256)
+    ids = prompt + list(range(3, 3 + NEW_TOKENS))
+    with torch.no_grad():
+        expected = model(torch.tensor([ids])).logits[0].numpy()
+    logits = llama_cpp_logits(gguf_file, ids)
+    error = np.abs(logits - expected).max() / np.abs(expected).max()
+    agreement = (logits.argmax(-1) == expected.argmax(-1)).mean()
+    if quantize == "q8_0":
+        assert error < LOOSE_TOL["q8_0"] and agreement >= LOOSE_TOP1, (error, agreement)
+    else:
+        assert error < 0.6 and agreement >= 0.3, (error, agreement)
+    tokens, _ = llama_cpp_greedy(gguf_file, prompt, NEW_TOKENS)
+    assert len(tokens) == NEW_TOKENS
+    return {**fields, **gguf_fields(gguf_file)}

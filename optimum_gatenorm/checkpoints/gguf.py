@@ -13,7 +13,7 @@ transformers 4.57.6 loads `gemma-3-270m-q4_k_m.gguf` without an error but conver
 This module reads the file itself: tensors dequantised with `gguf.quants.dequantize`, llama.cpp tensor names
 mapped to `Gemma3ForCausalLM` names, the config built from the GGUF metadata, and a BPE tokenizer whose merges
 are derived from the scores the way SentencePiece applies them. The result is checked against transformers 5.17's
-loader and the real model's behaviour in `tests/test_gemma_real.py`.
+loader and the real model's behaviour in `tests/real/test_gemma_real.py`.
 """
 
 from __future__ import annotations

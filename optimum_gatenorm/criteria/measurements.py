@@ -1,7 +1,7 @@
 """What the criterion study measured, per model family, so that `prune` can warn at a k seen to break a criterion.
 
 The numbers come from `benchmarks/criterion_study.py` (records in `benchmarks/criteria/<model>/`, summarised in
-`benchmarks/RESULTS.md`; `tests/test_circuits.py` checks these tables against the records), one `Measurement` per
+`benchmarks/RESULTS.md`; `tests/criteria/test_circuits.py` checks these tables against the records), one `Measurement` per
 built-in model. Each architecture adapter names the built-in model of its nearest measured family
 (`ArchitectureAdapter.quality_reference`: SmolLM2-135M for the Llama layouts, Gemma-3-270M for the sandwich-norm
 Gemmas) or none. A criterion "breaks down" at a measured k where its perplexity is above the median of the random

@@ -46,7 +46,7 @@ DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16"}
 # (atol, rtol) of the post-export check, per dtype: a logit may differ from PyTorch's by atol + rtol * |logit|.
 # Measured on the real SmolLM2-135M pruned by 4, fp32 on the CPU: up to 1.4e-4 on logits up to |34.3|, float32
 # summation-order drift through 30 layers (an absolute 1e-4 alone warned on README's first command). A graph that
-# misses attention sublayers is off by far more (tests/test_onnx_export.py). fp16 rounds logits of |32| and more to
+# misses attention sublayers is off by far more (tests/exporters/test_onnx_export.py). fp16 rounds logits of |32| and more to
 # steps of 3.1e-2 (1.6e-2 from |16|).
 VALIDATION_TOLERANCE = {"float32": (1e-4, 1e-4), "float16": (1e-2, 1e-2)}
 TASK = "text-generation-with-past"

@@ -5,7 +5,7 @@ function behind llama.cpp's `llama-quantize` tool, as llama-cpp-python exposes i
 choices stay: the k-quant mixes (`_m` / `_s`: which tensors get more bits), the fallback to a simpler type for a
 tensor whose rows are not a multiple of the block size, and norms kept in f32. The pruned layouts are llama.cpp's
 own `deci` layers (attention-free: no attention tensors at all; linear attention: `attn_norm` + `attn_output`), which
-its quantizer handles as any other tensor list; tests/test_serving.py quantizes and runs each.
+its quantizer handles as any other tensor list; tests/exporters/test_serving.py quantizes and runs each.
 """
 
 from __future__ import annotations

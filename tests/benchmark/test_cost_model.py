@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 from conftest import ALL_TINY, tiny_config, tiny_model
+from model_support import replaced_model
 from transformers import LlamaConfig
 
 import optimum_gatenorm
@@ -271,7 +272,6 @@ def test_replacement_share_is_the_replacements_cost_over_the_saving():
 @pytest.mark.parametrize("kind", ["mean", "linear"])
 @pytest.mark.parametrize("name", sorted(ALL_TINY))
 def test_parameter_count_of_replaced_models_matches_the_real_model(name, kind):
-    from test_replacement_exports import replaced_model
 
     model = replaced_model(name, kind, layers=[1, 2])
     cost = ModelCost.from_config(model.config)  # pruned layers and replacements read from the config record

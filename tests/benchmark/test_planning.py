@@ -7,6 +7,7 @@ import math
 
 import pytest
 from conftest import tiny_config, tiny_model, tiny_tokenizer
+from model_support import replaced_model
 
 from optimum_gatenorm import InvalidConfigError, ModelCost, ideal_speedup, prune_model
 from optimum_gatenorm.benchmark.planning import (
@@ -238,7 +239,6 @@ def test_a_linear_replacement_lowers_the_prediction_and_a_plan_needs_more_layers
 
 
 def test_benchmark_bound_counts_the_candidates_replacements(tmp_path):
-    from test_replacement_exports import replaced_model
 
     from optimum_gatenorm.benchmark.cost_model import replacement_share
     from optimum_gatenorm.benchmark.throughput import BenchmarkSettings, run_benchmark

@@ -3,11 +3,11 @@
 import json
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
 from conftest import ALL_TINY, TESTS, tiny_model, tiny_tokenizer
+from model_support import LONG_IDS, run_fresh
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
@@ -123,28 +123,6 @@ def test_unpruned_checkpoint_pruned_on_load_with_a_record(tmp_path):
         assert torch.equal(loaded.eval()(IDS).logits, model(IDS).logits)
 
 
-_FRESH = """
-import sys, torch
-{imports}
-from transformers import AutoModelForCausalLM
-try:
-    model = AutoModelForCausalLM.from_pretrained(sys.argv[1], attn_implementation="eager").eval()
-except Exception as error:
-    print("LOAD FAILED:", type(error).__name__, " ".join(str(error).split()))
-    sys.exit(3)
-expected = torch.load(sys.argv[2])
-with torch.no_grad():
-    same = torch.equal(model(expected["ids"]).logits, expected["logits"])
-    tokens = model.generate(expected["ids"], max_new_tokens=8, do_sample=False, use_cache=True, pad_token_id=0)
-    same = same and torch.equal(tokens, expected["tokens"])
-print("IDENTICAL" if same else "DIFFERENT")
-"""
-
-# Prompts longer than the sliding windows of the tiny mixed-type models (4), so the cached generation after
-# reloading crosses them.
-LONG_IDS = torch.tensor([[3, 9, 27, 81, 115, 12, 40, 5, 77, 2], [7, 21, 63, 101, 45, 8, 90, 14, 33, 66]])
-
-
 @pytest.fixture(scope="module", params=["llama", "gemma3_text", "qwen3"])
 def saved_pruned(request, tmp_path_factory):
     directory = tmp_path_factory.mktemp(f"fresh_{request.param}")
@@ -161,18 +139,8 @@ def saved_pruned(request, tmp_path_factory):
     return directory
 
 
-def _run_fresh(saved, imports: str):
-    script = textwrap.dedent(_FRESH.format(imports=imports))
-    return subprocess.run(
-        [sys.executable, "-c", script, str(saved / "model"), str(saved / "expected.pt")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def test_fresh_process_without_the_package_fails_loudly(saved_pruned):
-    result = _run_fresh(saved_pruned, imports="")
+    result = run_fresh(saved_pruned, imports="")
     assert result.returncode == 3, result.stdout + result.stderr
     # 4.57: "size mismatch for weight"; 5.x: "You set `ignore_mismatched_sizes` to `False`" (the tombstone's shape)
     assert "LOAD FAILED: RuntimeError" in result.stdout and "mismatch" in result.stdout.lower(), result.stdout
@@ -197,7 +165,7 @@ def test_without_the_package_ignore_mismatched_sizes_is_not_silent(saved_pruned)
 
 
 def test_fresh_process_with_the_package_loads_correctly(saved_pruned):
-    result = _run_fresh(saved_pruned, imports="import optimum_gatenorm")
+    result = run_fresh(saved_pruned, imports="import optimum_gatenorm")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "IDENTICAL" in result.stdout
 
@@ -312,5 +280,5 @@ def test_checkpoints_move_between_transformers_lines_with_identical_logits(other
     assert theirs(TOKENIZER_TEXT).input_ids == expected(TOKENIZER_TEXT).input_ids
     assert set(theirs(TOKENIZER_TEXT)) <= set(out["tokenizer/inputs_there"]), out  # the same, read here
     # and plain transformers of this line, in a process without the package, stops at their tombstone too
-    plain = _run_fresh(there / "llama", imports="")
+    plain = run_fresh(there / "llama", imports="")
     assert plain.returncode == 3 and "mismatch" in plain.stdout.lower(), plain.stdout + plain.stderr

@@ -510,7 +510,7 @@ def test_prune_into_existing_directory_is_refused(tmp_path, checkpoints):
 
 def test_prune_into_existing_directory_with_overwrite_replaces_it(tmp_path, checkpoints):
     # --overwrite replaces only an output of ours (its marker; docs/safety.md); a user's directory is
-    # refused (tests/test_bad_input_table.py).
+    # refused (tests/commands/test_bad_input_table.py).
     out = _existing_dir(tmp_path / "pruned")
     (out / OUTPUT_MARKER).write_text('{"writer": "optimum-gatenorm", "files": ["keep.txt"]}')  # ours, listed
     result, _ = prune_cli(checkpoints["llama"], tmp_path, "-k", "1", "--overwrite")

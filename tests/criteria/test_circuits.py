@@ -1,4 +1,4 @@
-"""The weight-only circuit criteria (ov_norm, gate_ov, ov_relative), the min_gap rule and the breakdown warning."""
+"""The weight-only circuit criteria (ov_norm, gate_ov, ov_relative) and the breakdown warning."""
 
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ from optimum_gatenorm.criteria import get_criterion
 from optimum_gatenorm.criteria.circuits import StackWeights, _activation, mlp_output_norm, ov_norm_squared
 from optimum_gatenorm.criteria.gate import gate_norm
 from optimum_gatenorm.criteria.measurements import FIRST_K_WORSE_THAN_RANDOM, MEASUREMENTS, breakdown_warning
-from optimum_gatenorm.errors import InvalidConfigError
-from optimum_gatenorm.pruning.pruner import select_layers, spacing_warning
 
 
 NEW = ("ov_norm", "gate_ov", "ov_relative")
@@ -248,46 +246,6 @@ def test_gate_trace_is_the_expected_self_match_logit():
     assert abs(float(logits.mean()) + get_criterion("gate_trace").fn(weights)) < 4 * spread
 
 
-def test_min_gap_skips_neighbours_and_counts_earlier_removals():
-    scores = [9.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
-    assert select_layers(scores, GateNormConfig(num_layers=3, protect_first=0, min_gap=1))[0] == [1, 2, 3]
-    assert select_layers(scores, GateNormConfig(num_layers=3, protect_first=0, min_gap=2))[0] == [1, 3, 5]
-    assert select_layers(scores, GateNormConfig(num_layers=2, protect_first=0, min_gap=3))[0] == [1, 4]
-    already = [9.0, None, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]  # layer 1 was pruned before: 2 is its neighbour
-    assert select_layers(already, GateNormConfig(num_layers=2, protect_first=0, min_gap=2))[0] == [3, 5]
-    # 5 of 8 cannot all be 2 apart once 1, 3, 5, 7 are taken: the fifth is the lowest remaining, with a warning
-    removed = select_layers(scores, GateNormConfig(num_layers=5, protect_first=0, min_gap=2))[0]
-    assert removed == [1, 2, 3, 5, 7]
-    assert spacing_warning(removed, scores, 2).startswith("not every removed sublayer could be kept min_gap=2")
-    assert "1-2, 2-3" in spacing_warning(removed, scores, 2)
-    assert spacing_warning([1, 3, 5], scores, 2) is None
-    assert "1-2" in spacing_warning([2], already, 2)  # next to a sublayer removed earlier
-    with pytest.raises(InvalidConfigError, match="min_gap must be an integer >= 1 .*got 0"):
-        GateNormConfig(num_layers=1, min_gap=0)
-
-
-def test_min_gap_defaults_to_the_criterion_rule():
-    assert GateNormConfig(num_layers=1, criterion="gate_trace").resolved_min_gap == 2
-    assert GateNormConfig(num_layers=1).resolved_min_gap == 1  # the default, cosine_self
-    assert GateNormConfig(num_layers=1, criterion="gate_norm").resolved_min_gap == 1
-    assert GateNormConfig(num_layers=1, criterion="gate_norm", min_gap=3).resolved_min_gap == 3
-    assert GateNormConfig(num_layers=1, criterion="gate_norm").to_dict()["min_gap"] == 1
-    scores = [9.0, 1.0, 2.0, 3.0, 4.0, 5.0]
-    assert select_layers(scores, GateNormConfig(num_layers=2, criterion="gate_trace"))[0] == [1, 3]
-    assert select_layers(scores, GateNormConfig(num_layers=2))[0] == [1, 2]
-    assert select_layers(scores, GateNormConfig(num_layers=2, criterion="gate_norm"))[0] == [1, 2]
-
-
-def test_pruning_report_carries_the_spacing_warning():
-    model = tiny_model("llama")
-    with torch.no_grad():  # make layer 2 the lowest gate_trace: its neighbours 1 and 3 are then the only others
-        k = model.model.layers[2].self_attn.k_proj.weight
-        model.model.layers[2].self_attn.q_proj.weight.copy_(k.reshape(2, 1, 8, 32).expand(2, 2, 8, 32).reshape(32, 32))
-    _, report = GateNormPruner(model).prune(GateNormConfig(num_layers=2, criterion="gate_trace", replacement="none"))
-    assert 2 in report.removed_layers and len(report.removed_layers) == 2
-    assert any(w.startswith("not every removed sublayer could be kept min_gap=2") for w in report.warnings)
-
-
 @pytest.mark.parametrize("measured_on", sorted(MEASUREMENTS))
 def test_breakdown_warning_follows_the_measured_table(measured_on):
     measurement = MEASUREMENTS[measured_on]
@@ -377,24 +335,3 @@ def test_breakdown_warning_says_when_a_family_was_never_measured():
     for model_type, reference in expected.items():
         assert get_adapter(model_type).quality_reference == reference
     assert {"smollm2-135m", "gemma3-270m"} <= set(MEASUREMENTS)
-
-
-def test_compare_applies_each_criterion_rule_unless_min_gap_is_given():
-    from conftest import tiny_tokenizer
-
-    from optimum_gatenorm.evaluation.compare import CompareConfig, compare_criteria
-
-    model, tokenizer = tiny_model("llama"), tiny_tokenizer()
-    text = "the quick brown fox jumps over the lazy dog. " * 20
-    pruner = GateNormPruner(model)
-    for min_gap in (None, 1):
-        config = CompareConfig(criteria=["gate_trace", "gate_norm"], num_layers=[0, 2], min_gap=min_gap, window=64)
-        result = compare_criteria(model, tokenizer, text, config)
-        for name in ("gate_trace", "gate_norm"):
-            gap = min_gap or get_criterion(name).min_gap
-            assert result.criteria[name]["min_gap"] == gap
-            expected = select_layers(
-                pruner.score(name).scores, GateNormConfig(num_layers=2, criterion=name, min_gap=gap)
-            )
-            removed = next(p.removed_layers for p in result.points if p.criterion == name and p.num_layers == 2)
-            assert removed == expected[0]

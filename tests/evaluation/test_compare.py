@@ -6,10 +6,12 @@ import math
 
 import pytest
 import torch
-from conftest import ALL_TINY, tiny_model
+from conftest import ALL_TINY, tiny_model, tiny_tokenizer
 
-from optimum_gatenorm import prune_model
-from optimum_gatenorm.evaluation.compare import mask_attention, spearman
+from optimum_gatenorm import GateNormConfig, GateNormPruner, prune_model
+from optimum_gatenorm.criteria import get_criterion
+from optimum_gatenorm.evaluation.compare import CompareConfig, compare_criteria, mask_attention, spearman
+from optimum_gatenorm.pruning.pruner import select_layers
 
 
 IDS = torch.tensor([[3, 9, 27, 81, 115, 12, 40], [7, 21, 63, 101, 45, 8, 99]])
@@ -247,3 +249,20 @@ def test_compare_records_retrieval_at_every_point_as_the_pruned_model_answers():
         compare_criteria(model, tokenizer, text, too_long)
     with pytest.raises(InvalidConfigError, match="retrieval must be a RetrievalConfig"):
         CompareConfig(retrieval={"tasks": ["passkey"]})
+
+
+def test_compare_applies_each_criterion_rule_unless_min_gap_is_given():
+    model, tokenizer = tiny_model("llama"), tiny_tokenizer()
+    text = "the quick brown fox jumps over the lazy dog. " * 20
+    pruner = GateNormPruner(model)
+    for min_gap in (None, 1):
+        config = CompareConfig(criteria=["gate_trace", "gate_norm"], num_layers=[0, 2], min_gap=min_gap, window=64)
+        result = compare_criteria(model, tokenizer, text, config)
+        for name in ("gate_trace", "gate_norm"):
+            gap = min_gap or get_criterion(name).min_gap
+            assert result.criteria[name]["min_gap"] == gap
+            expected = select_layers(
+                pruner.score(name).scores, GateNormConfig(num_layers=2, criterion=name, min_gap=gap)
+            )
+            removed = next(p.removed_layers for p in result.points if p.criterion == name and p.num_layers == 2)
+            assert removed == expected[0]

@@ -5,7 +5,10 @@ import json
 
 import pytest
 import torch
-from conftest import ALL_TINY, HAS_ONNX, SKIP_ONNX, tiny_config, tiny_model
+from cli_support import gatenorm
+from conftest import ALL_TINY, HAS_ONNX, SKIP_ONNX, tiny_config
+from llama_cpp_support import check_parity, check_quantized, gguf_fields, prompt_ids
+from model_support import REPLACED, byte_level_tokenizer, nemotron_llama, replaced_model
 
 from optimum_gatenorm import InvalidConfigError, UnsupportedModelError, prune_model
 from optimum_gatenorm.criteria.calibration import Calibration
@@ -13,20 +16,8 @@ from optimum_gatenorm.exporters.serving import intermediate_size_for
 from optimum_gatenorm.pruning.replacement import fit_replacements
 
 
-REPLACED = [0, 2]  # layer 0 included
 PROMPT = torch.tensor([[3, 9, 27, 81, 115, 12, 40], [0, 0, 0, 7, 21, 63, 101]])
 MASK = torch.tensor([[1] * 7, [0, 0, 0, 1, 1, 1, 1]])
-
-
-def replaced_model(name: str, kind: str, layers=REPLACED):
-    """A tiny model with `layers` replaced by `kind` fitted on random windows (`none`: removed plainly)."""
-    model = tiny_model(name)
-    fit = None
-    if kind != "none":
-        windows = torch.randint(0, 98, (8, 24), generator=torch.Generator().manual_seed(0))
-        fit = fit_replacements(model, layers, kind, Calibration(windows))
-    prune_model(model, layers, replacements=fit.layers if fit else None)
-    return model
 
 
 # --- ONNX ------------------------------------------------------------------------------------------------------------
@@ -121,16 +112,15 @@ def test_onnx_logits_and_generation_match_pytorch(onnx_exports, kind):
 def serving_dirs(tmp_path_factory):
     """A tiny Llama with a byte-level tokenizer, saved with layers 1 and 2 replaced by each kind (and layer 0 too
     for `linear0`)."""
-    from test_serving import _byte_level_tokenizer, _tiny_llama
 
     from optimum_gatenorm import save_pruned
 
     root = tmp_path_factory.mktemp("serving-replaced")
-    _byte_level_tokenizer().save_pretrained(root / "tokenizer")
+    byte_level_tokenizer().save_pretrained(root / "tokenizer")
     windows = Calibration(torch.randint(0, 300, (8, 32), generator=torch.Generator().manual_seed(0)))
     dirs = {}
     for name, kind, layers in (("linear", "linear", [1, 2]), ("linear0", "linear", [0, 2]), ("mean", "mean", [1, 2])):
-        model = _tiny_llama()
+        model = nemotron_llama()
         fit = fit_replacements(model, layers, kind, windows)
         prune_model(model, layers, replacements=fit.layers)
         save_pruned(model, root / name, tokenizer_from=root / "tokenizer")
@@ -141,13 +131,12 @@ def serving_dirs(tmp_path_factory):
 @pytest.mark.parametrize("name", ["linear", "linear0"])
 def test_gguf_linear_is_llama_cpp_linear_attention_with_pytorch_tokens(serving_dirs, name, tmp_path):
     import gguf
-    from test_serving import _check_parity, _fields, _prompt
 
     from optimum_gatenorm import export_gguf, load_pruned
 
     replaced = [1, 2] if name == "linear" else [0, 2]
     out = export_gguf(serving_dirs[name], tmp_path / "model.gguf", gguf_type="f32", pre_tokenizer="gpt-2")
-    fields = _fields(out)
+    fields = gguf_fields(out)
     assert fields["general.architecture"] == "deci"
     assert fields["deci.attention.head_count"] == [4, 4, 4, 4]  # a linear-attention layer keeps its head count ...
     assert fields["deci.attention.head_count_kv"] == [0 if i in replaced else 2 for i in range(4)]  # ... no KV
@@ -157,11 +146,11 @@ def test_gguf_linear_is_llama_cpp_linear_attention_with_pytorch_tokens(serving_d
         assert tensors[f"blk.{i}.attn_output.weight"] == [64, 64] and tensors[f"blk.{i}.attn_norm.weight"] == [64]
         assert not any(f"blk.{i}.attn_{x}" in tensors for x in ("q.weight", "k.weight", "v.weight", "output.bias"))
     model = load_pruned(serving_dirs[name], dtype=torch.float32)
-    _check_parity(model, out, _prompt(serving_dirs[name]))  # greedy tokens equal, logits within F32_TOL
+    check_parity(model, out, prompt_ids(serving_dirs[name]))  # greedy tokens equal, logits within F32_TOL
     # ... and the replacement matters there: the same GGUF with the maps zeroed (plain removal) gives other logits.
     from llama_cpp_support import llama_cpp_logits
 
-    prompt = _prompt(serving_dirs[name])
+    prompt = prompt_ids(serving_dirs[name])
     with torch.no_grad():
         for i in replaced:
             model.get_submodule(f"model.layers.{i}.attention_replacement.proj").weight.zero_()
@@ -171,14 +160,13 @@ def test_gguf_linear_is_llama_cpp_linear_attention_with_pytorch_tokens(serving_d
 
 @pytest.mark.parametrize("name", ["linear", "linear0"])
 def test_llama_cpp_quantizer_takes_linear_attention_layers(serving_dirs, name, tmp_path):
-    from test_serving import _prompt, check_quantized
 
     from optimum_gatenorm import export_gguf, load_pruned
 
     replaced = [1, 2] if name == "linear" else [0, 2]
     out = export_gguf(serving_dirs[name], tmp_path / "model.gguf", pre_tokenizer="gpt-2", quantize="q4_k_m")
     model = load_pruned(serving_dirs[name], dtype=torch.float32)
-    fields = check_quantized(out, model, _prompt(serving_dirs[name]), "q4_k_m")
+    fields = check_quantized(out, model, prompt_ids(serving_dirs[name]), "q4_k_m")
     assert fields["deci.attention.head_count_kv"] == [0 if i in replaced else 2 for i in range(4)]
     assert fields["gatenorm.linear_attention_layers"] == replaced
 
@@ -230,7 +218,6 @@ def _trt_llm_tensors(block: dict, layer: int, hidden: int, heads: int, head_dim:
 def test_nemotron_nas_for_tensorrt_llm_keeps_the_linear_maps_under_its_reader_names(serving_dirs, name, tmp_path):
     from llama_cpp_support import convert_with_llama_cpp
     from safetensors import safe_open
-    from test_serving import _check_parity, _fields, _prompt
 
     from optimum_gatenorm import export_nemotron_nas, load_pruned
 
@@ -261,13 +248,11 @@ def test_nemotron_nas_for_tensorrt_llm_keeps_the_linear_maps_under_its_reader_na
     # An independent reader of the same layout: llama.cpp's converter makes it deci's linear attention, and llama.cpp
     # then gives PyTorch's greedy tokens and logits.
     out = convert_with_llama_cpp(nas, tmp_path / "converted.gguf", pre="gpt-2")
-    assert _fields(out)["deci.attention.head_count_kv"] == [0 if i in replaced else 2 for i in range(4)]
-    _check_parity(model, out, _prompt(serving_dirs[name]))
+    assert gguf_fields(out)["deci.attention.head_count_kv"] == [0 if i in replaced else 2 for i in range(4)]
+    check_parity(model, out, prompt_ids(serving_dirs[name]))
 
 
 def test_cli_export_refusals_are_one_line(serving_dirs, tmp_path):
-    from test_cli import run_cli
-
     for fmt, name, needle, extra in (
         ("gguf", "mean", "--replacement linear", ()),
         ("nemotron-nas", "linear", "--engine tensorrt-llm", ()),
@@ -276,10 +261,10 @@ def test_cli_export_refusals_are_one_line(serving_dirs, tmp_path):
         ("gguf", "linear", "not --gguf-type q8_0", ("--quantize", "q4_k_m", "--gguf-type", "q8_0")),
     ):
         output = tmp_path / ("x.gguf" if fmt == "gguf" else "x")
-        result = run_cli("gatenorm", "export", "-m", serving_dirs[name], "--format", fmt, "-o", output, *extra)
+        result = gatenorm("export", "-m", serving_dirs[name], "--format", fmt, "-o", output, *extra)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and needle in result.stderr, result.stderr
         assert not output.exists()
-    help_text = " ".join(run_cli("gatenorm", "export", "--help").stdout.split())
+    help_text = " ".join(gatenorm("export", "--help").stdout.split())
     assert "deci's linear-attention layer" in help_text and "vLLM ignores replace_with_linear" in help_text
     assert "--engine tensorrt-llm writes a linear one as replace_with_linear" in help_text

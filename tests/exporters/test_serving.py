@@ -16,12 +16,23 @@ import subprocess
 import sys
 
 import gguf
-import llama_cpp  # the engine under test: a missing build must fail here, not skip
 import numpy as np
 import pytest
 import torch
-from llama_cpp_support import convert_with_llama_cpp, llama_cpp_greedy, llama_cpp_logits
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+from llama_cpp_support import (
+    LOOSE_TOL,
+    LOOSE_TOP1,
+    NEW_TOKENS,
+    check_parity,
+    check_quantized,
+    convert_with_llama_cpp,
+    gguf_fields,
+    llama_cpp_greedy,
+    llama_cpp_logits,
+    prompt_ids,
+)
+from model_support import TEXT, byte_level_tokenizer, nemotron_llama
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from optimum_gatenorm import (
     GateNormConfig,
@@ -37,66 +48,12 @@ from optimum_gatenorm.errors import InvalidConfigError, OutputExistsError, Unsup
 from optimum_gatenorm.exporters.serving import ffn_mult_for, intermediate_size_for
 
 
-# f32 GGUF vs PyTorch float32: largest |logit difference| relative to the largest |logit| (llama.cpp sums in
-# another order and uses its own rope/softmax kernels; KV cache in f32: measured ~2e-6 on the tiny model).
-F32_TOL = 1e-4
-# f16 / q8_0 weights: relative logit error, and the share of positions whose top token agrees. q8_0 also quantizes
-# the activations in each matmul; on the tiny random model (large weights, near-tied logits) measured: 0.10 and
-# 91% of positions; on SmolLM2 the top token agrees more often.
-LOOSE_TOL = {"f16": 0.02, "q8_0": 0.15}
-LOOSE_TOP1 = 0.85
-NEW_TOKENS = 32
-TEXT = (
-    "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want "
-    "of a wife. However little known the feelings or views of such a man may be on his first entering a "
-    "neighbourhood, this truth is so well fixed in the minds of the surrounding families."
-)
-
-
-def _byte_level_tokenizer() -> PreTrainedTokenizerFast:
-    """A tiny byte-level BPE (GPT-2 pre-tokenizer, 300 ids, real merges) that llama.cpp's gpt2 vocab can load."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tokenizer.train_from_iterator([TEXT] * 4, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
-
-
-def _tiny_llama():
-    """Tiny random Llama (GQA 4/2, hidden 64, 4 layers) whose MLP width 256 Nemotron-NAS can express."""
-    torch.manual_seed(0)
-    config = AutoConfig.for_model(
-        "llama",
-        vocab_size=320,
-        hidden_size=64,
-        intermediate_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        # Not the default 10000: a writer reading the default instead (5.x configs keep it in rope_parameters
-        # only) would give llama.cpp other logits.
-        rope_theta=1000.0,
-    )
-    model = AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() == 2:
-                param.normal_(0.0, 0.2)
-    return model
-
-
 @pytest.fixture(scope="module")
 def tiny_dirs(tmp_path_factory):
     """`{"unpruned": dir, "pruned": dir}`: a tiny Llama and the same with attention removed in layers 1 and 2."""
     root = tmp_path_factory.mktemp("serving")
-    tokenizer = _byte_level_tokenizer()
-    model = _tiny_llama()
+    tokenizer = byte_level_tokenizer()
+    model = nemotron_llama()
     model.save_pretrained(root / "unpruned")
     tokenizer.save_pretrained(root / "unpruned")
     prune_model(model, [1, 2])
@@ -104,43 +61,10 @@ def tiny_dirs(tmp_path_factory):
     return {"unpruned": root / "unpruned", "pruned": root / "pruned"}
 
 
-def _prompt(directory) -> list[int]:
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(directory)
-    return tokenizer(TEXT[:60]).input_ids
-
-
-def _torch_greedy(model, prompt: list[int]) -> tuple[list[int], np.ndarray]:
-    # Exactly NEW_TOKENS argmax steps with nothing masked, as `llama_cpp_greedy` does. (`generate`'s
-    # min_new_tokens masks EOS until the minimum length: a pruned model whose greedy choice is EOS then diverges.)
-    out = torch.tensor([prompt])
-    with torch.no_grad():
-        for _ in range(NEW_TOKENS):
-            next_token = model(out).logits[0, -1].argmax()
-            out = torch.cat([out, next_token.view(1, 1)], dim=1)
-        logits = model(out).logits[0].float().numpy()
-    return out[0, len(prompt) :].tolist(), logits
-
-
-def _check_parity(model, gguf_file, prompt):
-    """llama.cpp's greedy tokens equal PyTorch's and every position's logits agree within F32_TOL."""
-    expected_tokens, expected_logits = _torch_greedy(model, prompt)
-    tokens, logits = llama_cpp_greedy(gguf_file, prompt, NEW_TOKENS)
-    assert tokens == expected_tokens
-    assert logits.shape == expected_logits.shape
-    error = np.abs(logits - expected_logits).max() / np.abs(expected_logits).max()
-    assert error < F32_TOL, error
-    return error
-
-
-def _fields(gguf_file) -> dict:
-    reader = gguf.GGUFReader(gguf_file)
-    return {name: field.contents() for name, field in reader.fields.items() if not name.startswith("tokenizer.ggml.t")}
-
-
 @pytest.mark.parametrize("variant", ["unpruned", "pruned"])
 def test_gguf_f32_gives_pytorch_tokens_and_logits_on_llama_cpp(tiny_dirs, variant, tmp_path):
     out = export_gguf(tiny_dirs[variant], tmp_path / "model.gguf", gguf_type="f32", pre_tokenizer="gpt-2")
-    fields = _fields(out)
+    fields = gguf_fields(out)
     if variant == "pruned":
         # llama.cpp's deci: zero heads (no attention, no KV cache) in layers 1 and 2, never plain llama.
         assert fields["general.architecture"] == "deci"
@@ -154,7 +78,7 @@ def test_gguf_f32_gives_pytorch_tokens_and_logits_on_llama_cpp(tiny_dirs, varian
         assert fields["llama.attention.head_count"] == 4
     assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.pre"] == "gpt-2"
     assert fields["tokenizer.ggml.eos_token_id"] == 0
-    _check_parity(load_pruned(tiny_dirs[variant], dtype=torch.float32), out, _prompt(tiny_dirs[variant]))
+    check_parity(load_pruned(tiny_dirs[variant], dtype=torch.float32), out, prompt_ids(tiny_dirs[variant]))
 
 
 @pytest.mark.parametrize("gguf_type", ["f16", "q8_0"])
@@ -164,7 +88,7 @@ def test_gguf_f16_and_q8_0_run_close_to_pytorch(tiny_dirs, gguf_type, tmp_path):
     types = {t.name: t.tensor_type for t in gguf.GGUFReader(out).tensors}
     assert types["blk.0.attn_q.weight"] == expected and types["blk.0.ffn_norm.weight"] == gguf.GGMLQuantizationType.F32
     model = load_pruned(tiny_dirs["pruned"], dtype=torch.float32)
-    ids = _prompt(tiny_dirs["pruned"]) + list(range(3, 3 + NEW_TOKENS))
+    ids = prompt_ids(tiny_dirs["pruned"]) + list(range(3, 3 + NEW_TOKENS))
     with torch.no_grad():
         expected_logits = model(torch.tensor([ids])).logits[0].numpy()
     logits = llama_cpp_logits(out, ids)
@@ -173,41 +97,13 @@ def test_gguf_f16_and_q8_0_run_close_to_pytorch(tiny_dirs, gguf_type, tmp_path):
     assert (logits.argmax(-1) == expected_logits.argmax(-1)).mean() >= LOOSE_TOP1
 
 
-def check_quantized(gguf_file, model, prompt: list[int], quantize: str) -> dict:
-    """A file from llama.cpp's quantizer: its file type, every weight matrix quantized (norms f32), and llama.cpp
-    running it with logits near PyTorch's (q8_0 within LOOSE_TOL; q4_k_m, on the tiny random model, measured 0.44
-    relative and 48-51% top-1 agreement, against ~0.3% for unrelated logits). Returns the file's fields."""
-    reader = gguf.GGUFReader(gguf_file)
-    fields = {name: field.contents() for name, field in reader.fields.items() if name.startswith("general.")}
-    assert fields["general.file_type"] == getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quantize.upper()}")
-    types = {t.name: t.tensor_type.name for t in reader.tensors}
-    matrices = {name: kind for name, kind in types.items() if not name.endswith("norm.weight")}
-    assert "F16" not in matrices.values() and "F32" not in matrices.values(), matrices
-    assert all(types[name] == "F32" for name in types if name.endswith("norm.weight"))
-    if quantize == "q4_k_m":
-        assert "Q4_K" in matrices.values()  # the k-quant itself, where the rows allow it (the tiny MLP's 256)
-    ids = prompt + list(range(3, 3 + NEW_TOKENS))
-    with torch.no_grad():
-        expected = model(torch.tensor([ids])).logits[0].numpy()
-    logits = llama_cpp_logits(gguf_file, ids)
-    error = np.abs(logits - expected).max() / np.abs(expected).max()
-    agreement = (logits.argmax(-1) == expected.argmax(-1)).mean()
-    if quantize == "q8_0":
-        assert error < LOOSE_TOL["q8_0"] and agreement >= LOOSE_TOP1, (error, agreement)
-    else:
-        assert error < 0.6 and agreement >= 0.3, (error, agreement)
-    tokens, _ = llama_cpp_greedy(gguf_file, prompt, NEW_TOKENS)
-    assert len(tokens) == NEW_TOKENS
-    return {**fields, **_fields(gguf_file)}
-
-
 @pytest.mark.parametrize("variant", ["unpruned", "pruned"])
 @pytest.mark.parametrize("quantize", ["q8_0", "q4_k_m"])
 def test_llama_cpp_quantizer_takes_pruned_and_unpruned_files(tiny_dirs, variant, quantize, tmp_path):
     out = export_gguf(tiny_dirs[variant], tmp_path / "model.gguf", pre_tokenizer="gpt-2", quantize=quantize)
     assert [p.name for p in tmp_path.iterdir()] == ["model.gguf"]  # the f16 intermediate is gone
     model = load_pruned(tiny_dirs[variant], dtype=torch.float32)
-    fields = check_quantized(out, model, _prompt(tiny_dirs[variant]), quantize)
+    fields = check_quantized(out, model, prompt_ids(tiny_dirs[variant]), quantize)
     if variant == "pruned":  # still llama.cpp's deci with attention-free layers 1 and 2
         assert fields["general.architecture"] == "deci" and fields["deci.attention.head_count"] == [4, 0, 0, 4]
     else:
@@ -233,8 +129,8 @@ def test_nemotron_nas_converted_by_llama_cpp_gives_pytorch_tokens(tiny_dirs, var
     assert [b["attention"]["n_heads_in_group"] for b in blocks] == [None if i in removed else 2 for i in range(4)]
     assert {intermediate_size_for(b["ffn"]["ffn_mult"], 64) for b in blocks} == {256}
     out = convert_with_llama_cpp(nas, tmp_path / "converted.gguf", pre="gpt-2")
-    assert _fields(out)["deci.attention.head_count"] == [0 if i in removed else 4 for i in range(4)]
-    _check_parity(load_pruned(tiny_dirs[variant], dtype=torch.float32), out, _prompt(tiny_dirs[variant]))
+    assert gguf_fields(out)["deci.attention.head_count"] == [0 if i in removed else 4 for i in range(4)]
+    check_parity(load_pruned(tiny_dirs[variant], dtype=torch.float32), out, prompt_ids(tiny_dirs[variant]))
 
 
 def test_exports_never_load_as_an_unpruned_model(tiny_dirs, tmp_path):
@@ -299,7 +195,7 @@ def test_cli_exports_gguf_and_refuses_existing_output(tiny_dirs, tmp_path):
     command += ["--format", "gguf", "--gguf-type", "q8_0", "--gguf-pre-tokenizer", "gpt-2", "-o", str(out)]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert _fields(out)["general.architecture"] == "deci"
+    assert gguf_fields(out)["general.architecture"] == "deci"
     again = subprocess.run(command, capture_output=True, text=True)
     assert again.returncode == 2 and "Traceback" not in again.stderr and "--overwrite" in again.stderr
     with pytest.raises(OutputExistsError):
@@ -324,11 +220,11 @@ def test_smollm2_gguf_and_nemotron_nas_give_pytorch_tokens_on_llama_cpp(smollm2,
     prompt = PreTrainedTokenizerFast.from_pretrained(smollm2)(TEXT[:60]).input_ids
 
     out = export_gguf(source, tmp_path / "model.gguf", gguf_type="f32")
-    fields = _fields(out)
+    fields = gguf_fields(out)
     assert fields["tokenizer.ggml.pre"] == "smollm" and "tokenizer.chat_template" in fields
     heads = fields.get("deci.attention.head_count", fields.get("llama.attention.head_count"))
     assert (heads.count(0) if pruned else 0) == (4 if pruned else 0)
-    _check_parity(model, out, prompt)
+    check_parity(model, out, prompt)
     # The tokenizer metadata alone: llama.cpp tokenizes text as transformers does, specials and the BOS llama.cpp
     # adds by itself (tokenizer.ggml.add_bos_token) included.
     from llama_cpp import Llama
@@ -341,7 +237,7 @@ def test_smollm2_gguf_and_nemotron_nas_give_pytorch_tokens_on_llama_cpp(smollm2,
     llm.close()
 
     nas = export_nemotron_nas(source, tmp_path / "nas")
-    _check_parity(model, convert_with_llama_cpp(nas, tmp_path / "converted.gguf", pre="smollm"), prompt)
+    check_parity(model, convert_with_llama_cpp(nas, tmp_path / "converted.gguf", pre="smollm"), prompt)
 
     q8 = export_gguf(source, tmp_path / "q8.gguf", gguf_type="q8_0")
     ids = prompt + llama_cpp_greedy(q8, prompt, NEW_TOKENS)[0]
@@ -362,10 +258,10 @@ def test_smollm2_default_linear_replacement_gives_pytorch_tokens_on_llama_cpp(sm
     model = load_pruned(tmp_path / "ckpt", dtype=torch.float32)
     prompt = PreTrainedTokenizerFast.from_pretrained(smollm2)(TEXT[:60]).input_ids
     out = export_gguf(tmp_path / "ckpt", tmp_path / "model.gguf", gguf_type="f32")
-    fields = _fields(out)
+    fields = gguf_fields(out)
     assert fields["general.architecture"] == "deci"
     # Linear attention: heads kept, no KV heads, in exactly the removed layers.
     assert fields["deci.attention.head_count"].count(0) == 0
     kv = fields["deci.attention.head_count_kv"]
     assert [i for i, n in enumerate(kv) if n == 0] == report.removed_layers
-    _check_parity(model, out, prompt)
+    check_parity(model, out, prompt)

@@ -1,6 +1,6 @@
 """README and docs/ stay findable: every relative link and anchor resolves, README stays a short front door that
 reaches every manual page, and the architecture lists name only registered model types. The code blocks of the same
-pages run in tests/test_docs_blocks.py.
+pages run in tests/project/test_docs_blocks.py.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ How blocks run, cheaply (a tiny random Llama, 10 layers, in place of the built-i
 - **Shell** blocks whose every line is an `optimum-cli gatenorm ...` command run top to bottom, each in a fresh
   directory, as a user would paste them. All of them run in one subprocess through the entry point the
   `optimum-cli` executable uses (optimum's root command with the commands of our `optimum.commands.register` file),
-  so torch is imported once, not once a line; `tests/test_cli.py` runs the executable itself. A line passes when it
+  so torch is imported once, not once a line; `tests/commands/test_cli.py` runs the executable itself. A line passes when it
   exits 0 without a traceback and writes what its `--output` names.
 - Every `optimum-cli gatenorm` line, marked or not, is also parsed by the real parser (cheap, and it catches a flag
   renamed under a block that cannot run here).
@@ -39,6 +39,7 @@ from pathlib import Path
 
 import pytest
 from conftest import HAS_ONNX, ROOT, SKIP_ONNX
+from model_support import byte_level_tokenizer
 
 import optimum_gatenorm
 from optimum_gatenorm.commands.gatenorm import GateNormCommand
@@ -150,7 +151,7 @@ def test_command_lines_in_the_docs_parse(where, line, capsys):
 SUBSTITUTIONS = [
     # the built-in SmolLM2-135M (30 layers) -> a tiny random Llama of 10 layers with a byte-level BPE tokenizer
     ("smollm2-135m", "my-llama"),
-    # the tiny tokenizer is not in llama.cpp's pre-tokenizer table (SmolLM2's is): name one, as tests/test_serving.py does
+    # the tiny tokenizer is not in llama.cpp's pre-tokenizer table (SmolLM2's is): name one, as tests/exporters/test_serving.py does
     ("--format gguf", "--format gguf --gguf-pre-tokenizer gpt-2"),
     ('gguf_type="f16")', 'gguf_type="f16", pre_tokenizer="gpt-2")'),
     ('quantize="q4_k_m")', 'quantize="q4_k_m", pre_tokenizer="gpt-2")'),
@@ -173,9 +174,8 @@ WORKSPACE_INPUTS = {
 
 def _tiny_llama(directory: Path) -> None:
     """A tiny random Llama (GQA 4/2, hidden 64, 10 layers: `--num-layers 8` and `--exclude-layers 3,5` apply) with
-    the byte-level BPE tokenizer of tests/test_serving.py, as real Llamas have; MLP width 256 Nemotron-NAS expresses."""
+    the byte-level BPE tokenizer of tests/exporters/test_serving.py, as real Llamas have; MLP width 256 Nemotron-NAS expresses."""
     import torch
-    from test_serving import _byte_level_tokenizer
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
@@ -184,7 +184,7 @@ def _tiny_llama(directory: Path) -> None:
         num_key_value_heads=2, max_position_embeddings=2048, rope_theta=1000.0,
     )  # fmt: skip
     AutoModelForCausalLM.from_config(config).save_pretrained(directory)
-    tokenizer = _byte_level_tokenizer()
+    tokenizer = byte_level_tokenizer()
     tokenizer.model_input_names = tokenizer.init_kwargs["model_input_names"] = ["input_ids", "attention_mask"]
     tokenizer.save_pretrained(directory)
 

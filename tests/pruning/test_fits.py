@@ -7,7 +7,7 @@ import pytest
 import torch
 from cli_support import ok, optimum_cli
 from conftest import ALL_TINY, tiny_model
-from test_replacement import IDS, _windows
+from model_support import IDS, random_windows
 
 from optimum_gatenorm import GateNormConfig, GateNormPruner, InvalidConfigError, load_pruned, save_pruned
 from optimum_gatenorm.adapters import get_adapter
@@ -96,7 +96,7 @@ def test_weights_fit_folds_gemmas_post_attention_norm_at_its_expected_scale():
 @pytest.mark.parametrize("name", sorted(ALL_TINY))
 def test_distill_lowers_the_held_out_kl_below_least_squares(name):
     model = tiny_model(name)
-    windows = _windows(num_samples=24, length=32)
+    windows = random_windows(num_samples=24, length=32)
     start = fit_replacements(model, LAYERS, "linear", windows)
     before = [t.clone() for f in start.layers.values() for t in f.tensors.values()]
     fit = distill_replacements(model, start, windows, steps=40, lr=1e-3)
@@ -112,7 +112,10 @@ def test_distill_lowers_the_held_out_kl_below_least_squares(name):
 
 def test_distill_wins_on_windows_the_fit_never_saw():
     model = tiny_model("llama")
-    windows, unseen = _windows(num_samples=32, length=32), _windows(seed=7, num_samples=8, length=32).input_ids
+    windows, unseen = (
+        random_windows(num_samples=32, length=32),
+        random_windows(seed=7, num_samples=8, length=32).input_ids,
+    )
     start = fit_replacements(model, LAYERS, "linear", windows)
     fit = distill_replacements(model, start, windows, steps=60, lr=1e-3)
     assert fit.extra["held_out_kl"] < fit.extra["held_out_kl_start"]
@@ -123,7 +126,7 @@ def test_distill_wins_on_windows_the_fit_never_saw():
 
 def test_distill_is_deterministic_for_a_seed_and_the_seed_matters():
     model = tiny_model("qwen3")
-    windows = _windows(num_samples=12, length=24)
+    windows = random_windows(num_samples=12, length=24)
     start = fit_replacements(model, LAYERS, "linear", windows)
     runs = [distill_replacements(model, start, windows, steps=12, lr=1e-3, seed=s) for s in (0, 0, 1)]
     tensors = [[f.tensors["proj.weight"] for f in run.layers.values()] for run in runs]
@@ -134,7 +137,7 @@ def test_distill_is_deterministic_for_a_seed_and_the_seed_matters():
 
 def test_distill_mean_replacement_trains_the_bias():
     model = tiny_model("llama")
-    windows = _windows(num_samples=12, length=24)
+    windows = random_windows(num_samples=12, length=24)
     start = fit_replacements(model, LAYERS, "mean", windows)
     fit = distill_replacements(model, start, windows, steps=10, lr=1e-2)
     assert fit.kind == "mean" and set(fit.layers[1].tensors) == {"bias"}
@@ -158,7 +161,7 @@ def test_pruned_with_distill_saves_loads_exactly_and_reports_the_fit(tmp_path):
     assert saved["replacement"]["distill"] == json.loads(json.dumps(fit["distill"]))
     # With calibration windows given, the fit distills on them instead of sampling.
     config = GateNormConfig(num_layers=1, criterion="last", fit="distill", distill_steps=2)
-    _, report = GateNormPruner(tiny_model("llama")).prune(config, calibration=_windows(num_samples=8))
+    _, report = GateNormPruner(tiny_model("llama")).prune(config, calibration=random_windows(num_samples=8))
     assert report.replacement["distill"]["windows"] == report.replacement["calibration"]["source"] == "token ids"
     # distill_samples sets how many it samples; the least-squares start keeps its 16 windows.
     config = GateNormConfig(num_layers=1, criterion="last", fit="distill", distill_steps=2, distill_samples=4)
@@ -170,13 +173,13 @@ def test_pruned_with_distill_saves_loads_exactly_and_reports_the_fit(tmp_path):
 
 def test_fit_by_name_dispatches_and_least_squares_is_unchanged():
     model = tiny_model("llama")
-    windows = _windows()
+    windows = random_windows()
     plain = fit_replacements(model, LAYERS, "linear", windows)
     by_name = fit_replacements_by(model, LAYERS, "linear", "least-squares", windows)
     assert by_name.fit == "least-squares" and "distill" not in by_name.to_dict()
     for layer in LAYERS:
         assert torch.equal(plain.layers[layer].tensors["proj.weight"], by_name.layers[layer].tensors["proj.weight"])
-    other = _windows(seed=3, num_samples=8)
+    other = random_windows(seed=3, num_samples=8)
     distilled = fit_replacements_by(model, LAYERS, "linear", "distill", windows, distill_windows=other, steps=2)
     assert distilled.calibration == plain.calibration and distilled.extra["windows"] == other.source
 
@@ -197,9 +200,9 @@ def test_bad_fits_are_refused():
         with pytest.raises(InvalidConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
             GateNormConfig(num_layers=1, **kwargs)
     model = tiny_model("llama")
-    start = fit_replacements(model, [1], "linear", _windows(num_samples=1))
+    start = fit_replacements(model, [1], "linear", random_windows(num_samples=1))
     with pytest.raises(InvalidConfigError, match="fit 'distill' needs at least 2 windows"):
-        distill_replacements(model, start, _windows(num_samples=1))
+        distill_replacements(model, start, random_windows(num_samples=1))
 
 
 @pytest.mark.one_line  # three CLI processes; the library calls they make are tested on both lines above
@@ -230,7 +233,7 @@ def test_compare_scores_each_fit_and_records_it():
 
     model, tokenizer = tiny_model("llama"), tiny_tokenizer()
     text = "It is a truth universally acknowledged, that a single man. " * 6
-    calibration = _windows(num_samples=8, length=32)
+    calibration = random_windows(num_samples=8, length=32)
     results = {
         fit: compare_criteria(
             model,

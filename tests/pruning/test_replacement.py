@@ -8,8 +8,8 @@ import pytest
 import torch
 from cli_support import ok, optimum_cli
 from conftest import ALL_TINY, tiny_model
+from model_support import IDS, LONG_IDS, random_windows, run_fresh
 from safetensors import safe_open
-from test_save_load import LONG_IDS, _run_fresh
 from transformers import AutoModelForCausalLM
 
 from optimum_gatenorm import (
@@ -37,13 +37,7 @@ from optimum_gatenorm.pruning.replacement import (
 )
 
 
-IDS = torch.tensor([[3, 9, 27, 81, 115, 12, 40], [7, 21, 63, 101, 45, 8, 90]])
 LAYERS = [1, 2]
-
-
-def _windows(seed: int = 0, num_samples: int = 8, length: int = 24) -> Calibration:
-    generator = torch.Generator().manual_seed(seed)
-    return Calibration(torch.randint(0, 98, (num_samples, length), generator=generator))
 
 
 def _update_outputs(model, layer, batches):
@@ -102,7 +96,7 @@ def test_ridge_strength_grows_with_noise():
 @pytest.mark.parametrize("name", ["llama", "gemma3_text", "gpt_neox"])
 def test_mean_is_the_average_update_of_each_sublayer(name):
     model = tiny_model(name)
-    calibration = _windows()
+    calibration = random_windows()
     fit = fit_replacements(model, LAYERS, "mean", calibration)
     for layer in LAYERS:
         _, ys = _update_outputs(model, layer, calibration.batches())
@@ -113,7 +107,7 @@ def test_mean_is_the_average_update_of_each_sublayer(name):
 @pytest.mark.parametrize("name", ["llama", "gemma3_text", "gpt_neox_sequential"])
 def test_linear_fit_is_sequential_ridge_on_the_partly_replaced_model(name):
     model = tiny_model(name)
-    calibration = _windows()
+    calibration = random_windows()
     fit = fit_replacements(model, LAYERS, "linear", calibration)
     first, second = LAYERS
     batches = calibration.batches()
@@ -181,7 +175,7 @@ def test_without_cosine_self_the_fit_samples_the_same_windows_itself():
 
 def test_fit_on_user_calibration_windows():
     model = tiny_model("llama")
-    calibration = Calibration(_windows().input_ids, source="my.txt")
+    calibration = Calibration(random_windows().input_ids, source="my.txt")
     _, report = GateNormPruner(model).prune(
         GateNormConfig(num_layers=2, criterion="cosine", replacement="linear"), calibration=calibration
     )
@@ -197,7 +191,7 @@ def _pruned(name, kind, layers=LAYERS):
     reference = copy.deepcopy(model)
     fit = None
     if kind != "none":
-        fit = fit_replacements(model, layers, kind, _windows())
+        fit = fit_replacements(model, layers, kind, random_windows())
     prune_model(model, layers, replacements=fit.layers if fit else None)
     return reference, model, fit
 
@@ -303,13 +297,13 @@ def saved_replaced(tmp_path_factory):
 
 
 def test_fresh_process_without_the_package_refuses_a_replaced_checkpoint(saved_replaced):
-    result = _run_fresh(saved_replaced, imports="")
+    result = run_fresh(saved_replaced, imports="")
     assert result.returncode == 3, result.stdout + result.stderr
     assert "LOAD FAILED: RuntimeError" in result.stdout and "mismatch" in result.stdout.lower(), result.stdout
 
 
 def test_fresh_process_with_the_package_rebuilds_the_replacement(saved_replaced):
-    result = _run_fresh(saved_replaced, imports="import optimum_gatenorm")
+    result = run_fresh(saved_replaced, imports="import optimum_gatenorm")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "IDENTICAL" in result.stdout
 

@@ -5,7 +5,7 @@
   SIGSTOP while it holds the lock, so the overlap is certain, not a matter of timing; each case runs three times.
 - A lock left by a run killed with SIGKILL is taken over by the next run and removed.
 - `--overwrite` follows a symbolic link (the link stays a link) and never replaces a device, FIFO or anything under
-  /dev or /proc (those refusals are rows of tests/test_bad_input_table.py).
+  /dev or /proc (those refusals are rows of tests/commands/test_bad_input_table.py).
 - `-o -` sends the document to standard output and the human-readable lines to standard error.
 """
 

@@ -1,10 +1,10 @@
 """Nothing of the user's is ever lost, and what the user is told holds: what makes an output directory ours, the
 Python API's promises (scores are not computed twice; progress shows), `--max-tokens` reading only what it needs,
 warnings for meaningless evaluations, help and README agreeing. README's Python block runs in
-tests/test_docs_blocks.py.
+tests/project/test_docs_blocks.py.
 
 The one-line refusals, a real full disk, real SIGTERM / SIGHUP and stale temporaries of killed runs are in
-`tests/test_bad_input_table.py`.
+`tests/commands/test_bad_input_table.py`.
 """
 
 from __future__ import annotations
