@@ -1,8 +1,9 @@
 """The one-shot pipeline: score, select, prune, save and optionally export, atomically.
 
-`prune_and_save` is what `optimum-cli gatenorm prune` runs. Everything that can be checked without loading the
-model is checked first (output location, device, the request against the layer count in `config.json`, the
-export dtype, the calibration text), so a bad request fails in a second and leaves nothing on disk.
+`prune_and_save` is what `optimum-cli gatenorm prune` runs, `score_model` (and `score_summary`, its text) what
+`score` runs. Everything that can be checked without loading the model is checked first (output location, device,
+the request against the layer count in `config.json`, the export dtype, the calibration text), so a bad request
+fails in a second and leaves nothing on disk.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from .checkpoints.modeling import model_bytes, write_companions, write_pruned
 from .checkpoints.models import model_inputs
 from .checkpoints.streaming import available_memory, checkpoint_bytes, format_bytes, parse_size
 from .compat import require_onnx
-from .criteria import get_criterion, require_calibration
+from .criteria import DEFAULT_CRITERION, get_criterion, require_calibration
 from .devices import announce_device, check_device, resolve_device
 from .errors import InvalidConfigError
 from .exporters.onnx import check_onnx_exportable, export_onnx_into
@@ -27,13 +28,21 @@ from .params import param
 from .progress import phase, summary_logger
 from .pruning.configuration import GateNormConfig
 from .pruning.pruner import GateNormPruner, check_request, check_streamable
-from .report import PruningReport
+from .report import PruningReport, ScoreReport
 
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["EXPORT_FORMATS", "PruneResult", "check_device", "export_dtype", "prune_and_save"]
+__all__ = [
+    "EXPORT_FORMATS",
+    "PruneResult",
+    "check_device",
+    "export_dtype",
+    "prune_and_save",
+    "score_model",
+    "score_summary",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +101,74 @@ def export_dtype(torch_dtype: str, device: str) -> str:
             )
         return "fp16"
     return "fp32"
+
+
+def score_model(
+    model: str | Path,
+    criterion: str = DEFAULT_CRITERION,
+    *,
+    calibration_text: "Sequence[str | Path] | None" = None,
+    calibration_samples: int = 16,
+    calibration_length: int = 256,
+    seed: int = 0,
+    device: str = "auto",
+    allow_pickle: bool = False,
+    progress: bool | None = None,
+) -> ScoreReport:
+    """Scores every attention sublayer of a checkpoint with a criterion: what `optimum-cli gatenorm score` runs.
+
+    The criterion's name, the device, the checkpoint and the calibration text a data-driven criterion needs are
+    checked before any scoring. A weight-only criterion reads just the tensors it needs from the files.
+
+    Args:
+        model: A local checkpoint directory, a `.gguf` file, a built-in alias or a hub id.
+        criterion: A registered criterion (`available_criteria()`).
+        calibration_text: Text files for data-driven criteria (ignored by the data-free ones).
+        calibration_samples: Calibration windows.
+        calibration_length: Tokens per calibration window.
+        seed: Seed of the `random` criterion and of the text `cosine_self` samples.
+        device: `"auto"` (CUDA when torch sees a GPU, else the CPU, logged with the reason), `"cpu"`, `"cuda"`.
+        allow_pickle: Accept `pytorch_model.bin` weights (`torch.load(weights_only=True)`).
+        progress: Show a progress bar (as `GateNormPruner.score`).
+
+    Returns:
+        The scores; `score_summary(report)` is the text `optimum-cli gatenorm score` prints.
+
+    Raises:
+        InvalidConfigError: An unknown criterion (listing the registered ones), a bad device, or a data-driven
+            criterion without calibration text.
+        ModelNotFoundError, InvalidCheckpointError, UnsupportedModelError: The model cannot be used.
+    """
+    scorer = get_criterion(criterion)  # an unknown name fails before any work
+    requested, device = device, resolve_device(device, announce=False)
+    pruner = GateNormPruner.from_pretrained(model, allow_pickle=allow_pickle)
+    calibration = _calibration(pruner, calibration_text, calibration_samples, calibration_length)
+    require_calibration(scorer, calibration)
+    announce_device(requested, device)  # every check passed: the work starts here
+    return pruner.score(criterion, calibration=calibration, seed=seed, device=device, progress=progress)
+
+
+def score_summary(report: ScoreReport) -> str:
+    """What `optimum-cli gatenorm score` prints: the ranking, lowest first, under a line naming the criterion, the
+    model and the time taken, and for a criterion that keeps removed layers apart, how `prune` walks it."""
+    text = (
+        f"{report.criterion} scores of {report.model_type} ({report.num_hidden_layers} layers), "
+        f"computed in {report.scoring_seconds:.3f} s; lowest first:\n{report.format_table()}"
+    )
+    gap = get_criterion(report.criterion).min_gap
+    if gap > 1:
+        text += (
+            f"\nprune walks this ranking with min_gap={gap}: a layer closer than {gap} to one already chosen "
+            f"is skipped ({param('min_gap', 1)} for plain k lowest)"
+        )
+    return text
+
+
+def _calibration(pruner: GateNormPruner, text: "Sequence[str | Path] | None", samples: int, length: int):
+    """The calibration windows of `text` files (`None` without them)."""
+    if not text:
+        return None
+    return pruner.calibration_from_files(text, num_samples=samples, length=length)
 
 
 def _streams(
@@ -213,11 +290,7 @@ def prune_and_save(
     if export == "onnx":
         onnx_dtype = export_dtype(_checkpoint_dtype(pruner.config) if dtype == "auto" else dtype, device)
         check_onnx_exportable(pruner.config)
-    calibration = None
-    if calibration_text:
-        calibration = pruner.calibration_from_files(
-            calibration_text, num_samples=calibration_samples, length=calibration_length
-        )
+    calibration = _calibration(pruner, calibration_text, calibration_samples, calibration_length)
     require_calibration(get_criterion(config.criterion), calibration)
 
     announce_device(requested, device)  # every check passed: the work starts here

@@ -43,14 +43,14 @@ from ..checkpoints.modeling import save_pruned
 from ..checkpoints.models import resolve_model
 from ..checkpoints.record import get_pruned_layers, get_replacements
 from ..criteria import DEFAULT_CRITERION, breakdown_warning, get_criterion
-from ..errors import InvalidConfigError, ModelNotFoundError
+from ..errors import InvalidConfigError
 from ..exporters.onnx import export_onnx
 from ..pruning.configuration import GateNormConfig
 from ..pruning.pruner import GateNormPruner
 from ..pruning.replacement import REPLACEMENTS
-from ..validation import check_choice, check_int, check_int_list, first_line
+from ..validation import check_choice, check_int, check_int_list
 from .cost_model import ModelCost, ideal_speedup, replacement_share, sliding_window_layers
-from .shares import BACKENDS, PHASES, PROVIDERS, AttentionShares, ShareCell
+from .shares import BACKENDS, PHASES, PROVIDERS, AttentionShares, ShareCell, load_shares
 from .throughput import BenchmarkSettings, run_benchmark
 
 
@@ -404,28 +404,6 @@ def plan_num_layers(
         f"no k reaches a {target:g}x {what} at batch {batch}, context {context}: the best is {best:.3f}x at "
         f"k={limit} of {n} attention sublayers ({source}); ask for at most that"
     )
-
-
-def load_shares(shares: "str | Path | AttentionShares", model_config: "PretrainedConfig") -> AttentionShares:
-    """Attention shares from a file written by `AttentionShares.save` (or as given), checked against the model.
-
-    Raises:
-        ModelNotFoundError: If the file does not exist.
-        InvalidConfigError: If it is not a shares file, or was measured on another model.
-    """
-    if not isinstance(shares, AttentionShares):
-        if not Path(shares).is_file():
-            raise ModelNotFoundError(f"shares file {shares} not found; write one with measure_attention_shares")
-        try:
-            loaded = AttentionShares.from_json(shares)
-        except (ValueError, TypeError, KeyError) as error:  # not JSON, or not this dataclass's fields
-            raise InvalidConfigError(
-                f"{shares} is not an attention-shares file (write one with measure_attention_shares(...)"
-                f".save(path)): {first_line(error)}"
-            ) from None
-        shares = loaded
-    shares.check_model(model_config)
-    return shares
 
 
 def resolve_target(

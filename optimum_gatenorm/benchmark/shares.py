@@ -1,27 +1,28 @@
 """The attention-shares format: attention's measured share of prefill and decode time, per (batch, context).
 
-Data only (with its checks and formulas), so that the benchmark (`throughput`) and the planner (`planning`) can both
-name it without importing each other. `planning.measure_attention_shares` writes it; `prune --shares` and
-`benchmark --shares` read it.
+Data only (with its checks and formulas, and `load_shares`, which reads it), so that the benchmark (`throughput`) and
+the planner (`planning`) can both name it without importing each other. `planning.measure_attention_shares` writes
+it; `prune --shares` and `benchmark --shares` read it.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..checkpoints.record import get_pruned_layers
-from ..errors import InvalidConfigError
+from ..errors import InvalidConfigError, ModelNotFoundError
 from ..serialization import JSONMixin
-from ..validation import check_choice, check_int
+from ..validation import check_choice, check_int, first_line
 from ..version import __version__
 
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
-__all__ = ["BACKENDS", "DEFINITION", "PHASES", "PROVIDERS", "AttentionShares", "ShareCell"]
+__all__ = ["BACKENDS", "DEFINITION", "PHASES", "PROVIDERS", "AttentionShares", "ShareCell", "load_shares"]
 
 PHASES = ("prefill", "decode")
 BACKENDS = ("onnxruntime", "pytorch")
@@ -181,3 +182,25 @@ class AttentionShares(JSONMixin):
                     f"the attention shares were measured on a model with {name}={getattr(self, name)!r}, this one "
                     f"has {value!r}; measure this model (measure_attention_shares) or drop the shares file"
                 )
+
+
+def load_shares(shares: "str | Path | AttentionShares", model_config: "PretrainedConfig") -> AttentionShares:
+    """Attention shares from a file written by `AttentionShares.save` (or as given), checked against the model.
+
+    Raises:
+        ModelNotFoundError: If the file does not exist.
+        InvalidConfigError: If it is not a shares file, or was measured on another model.
+    """
+    if not isinstance(shares, AttentionShares):
+        if not Path(shares).is_file():
+            raise ModelNotFoundError(f"shares file {shares} not found; write one with measure_attention_shares")
+        try:
+            loaded = AttentionShares.from_json(shares)
+        except (ValueError, TypeError, KeyError) as error:  # not JSON, or not this dataclass's fields
+            raise InvalidConfigError(
+                f"{shares} is not an attention-shares file (write one with measure_attention_shares(...)"
+                f".save(path)): {first_line(error)}"
+            ) from None
+        shares = loaded
+    shares.check_model(model_config)
+    return shares

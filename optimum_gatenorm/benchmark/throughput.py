@@ -34,7 +34,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..checkpoints.models import resolve_model
 from ..compat import require_onnxruntime
@@ -48,10 +48,8 @@ from ..serialization import JSONMixin
 from ..validation import check_choice, check_int, check_int_list
 from ..version import __version__
 from .cost_model import ModelCost, ideal_speedup, replacement_share
+from .shares import AttentionShares, load_shares
 
-
-if TYPE_CHECKING:
-    from .shares import AttentionShares
 
 __all__ = ["BenchmarkResult", "BenchmarkSettings", "RunRecord", "run_benchmark"]
 
@@ -333,7 +331,7 @@ def run_benchmark(
     baseline: str | Path,
     settings: BenchmarkSettings,
     *,
-    shares: "AttentionShares | None" = None,
+    shares: AttentionShares | str | Path | None = None,
     progress: bool = False,
 ) -> BenchmarkResult:
     """Measures `candidate` (usually pruned) against `baseline` (usually the original), interleaved.
@@ -342,16 +340,23 @@ def run_benchmark(
         candidate: ONNX export directory (onnxruntime backend) or checkpoint (pytorch backend).
         baseline: The same for the reference model.
         settings: Shapes, run counts, backend and provider.
-        shares: Attention time shares measured on this backend (`optimum_gatenorm.benchmark.planning`): adds the
-            measured-share bound (`measured_bound` per shape) and the efficiency against it.
+        shares: Attention time shares measured on this backend (`optimum_gatenorm.benchmark.planning`), or the
+            file `AttentionShares.save` wrote (read and checked against the baseline's config before any run):
+            adds the measured-share bound (`measured_bound` per shape) and the efficiency against it.
         progress: Show a progress bar over the runs.
 
     Raises:
-        InvalidConfigError: Bad settings, CUDA unavailable, or models with different vocabularies.
+        InvalidConfigError: Bad settings, CUDA unavailable, models with different vocabularies, or shares that are
+            not a shares file or were measured on another model.
+        ModelNotFoundError: A model, or the shares file, that does not exist.
         InvalidCheckpointError: A path that does not suit the backend.
     """
     import torch
 
+    if isinstance(shares, (str, Path)):
+        from transformers import AutoConfig
+
+        shares = load_shares(shares, AutoConfig.from_pretrained(check_model_path(baseline, settings)))
     requested = settings.provider
     provider, reason = choose_provider(requested)
     settings = dataclasses.replace(settings, provider=provider)

@@ -9,7 +9,7 @@ import pytest
 from conftest import tiny_config, tiny_model, tiny_tokenizer
 from model_support import replaced_model
 
-from optimum_gatenorm import InvalidConfigError, ModelCost, ideal_speedup, prune_model
+from optimum_gatenorm import InvalidConfigError, ModelCost, ModelNotFoundError, ideal_speedup, prune_model
 from optimum_gatenorm.benchmark.planning import (
     AttentionShares,
     ShareCell,
@@ -207,6 +207,11 @@ def test_benchmark_reports_the_measured_share_bound(tmp_path):
     assert "measured-share bound, batch 1, prompt 128" in result.format_table()
     without = run_benchmark(pruned, base, settings)
     assert "measured_bound" not in without.summary[0]
+    # or the file `save` wrote (what `benchmark --shares FILE` passes), read and checked before any run
+    (from_file,) = run_benchmark(pruned, base, settings, shares=shares.save(tmp_path / "shares.json")).summary
+    assert from_file["measured_bound"] == row["measured_bound"]
+    with pytest.raises(ModelNotFoundError, match="shares file .* not found"):
+        run_benchmark(pruned, base, settings, shares=tmp_path / "missing.json")
 
 
 # --- replacements are not free -----------------------------------------------------------------------------------

@@ -200,7 +200,7 @@ def test_cli_revision(hub_cache, offline_cache):
     ],
 )
 def test_revision_refusals(model, revision, message, tmp_path, monkeypatch):
-    from optimum_gatenorm.commands.gatenorm import _apply_revision
+    from optimum_gatenorm.commands.base import _apply_revision
     from optimum_gatenorm.errors import InvalidConfigError
 
     (tmp_path / "some" / "dir").mkdir(parents=True)

@@ -79,17 +79,17 @@ def test_cli_start_does_not_import_torch():
     code = (
         "import sys; from optimum.commands.optimum_cli import load_optimum_namespace_cli_commands as f; "
         "names = [c.COMMAND.name for c, _ in f() if hasattr(c, 'COMMAND')]; "
-        "print('gatenorm' in names, 'torch' in sys.modules)"
+        "print('gatenorm' in names, 'torch' in sys.modules, 'transformers' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["True", "False"]
+    assert result.stdout.split() == ["True", "False", "False"]
 
 
 def test_cli_default_criterion_is_the_library_default():
-    from optimum_gatenorm.commands import gatenorm
+    from optimum_gatenorm.commands import arguments
 
-    assert gatenorm.DEFAULT_CRITERION == DEFAULT_CRITERION == "cosine_self"
+    assert arguments.DEFAULT_CRITERION == DEFAULT_CRITERION == "cosine_self"
     assert get_criterion(DEFAULT_CRITERION).min_gap == DEFAULT_GAP
     assert get_criterion(DEFAULT_CRITERION).data_free and not get_criterion(DEFAULT_CRITERION).needs_data
     assert get_criterion("gate_norm").min_gap == 1  # the paper's procedure: plain k lowest
@@ -105,8 +105,9 @@ def test_help_is_generated_from_the_registries(monkeypatch):
     import io
 
     from optimum_gatenorm import BUILTIN_MODELS, GateNormConfig, register_criterion
-    from optimum_gatenorm.commands import gatenorm
+    from optimum_gatenorm.commands import arguments, prune
     from optimum_gatenorm.criteria import registry
+    from optimum_gatenorm.evaluation.suite import DTYPES as EVAL_DTYPES
     from optimum_gatenorm.exporters import FORMATS, GGUF_TYPES
     from optimum_gatenorm.exporters.quantize import QUANTIZE_TYPES
     from optimum_gatenorm.exporters.serving import NEMOTRON_NAS_ENGINES
@@ -119,17 +120,22 @@ def test_help_is_generated_from_the_registries(monkeypatch):
     assert f"Default: {default}: {get_criterion(default).description}" in help_text
     for name in [*available_criteria(), *BUILTIN_MODELS]:
         assert name in help_text, name
-    assert (gatenorm.REPLACEMENTS, gatenorm.PRUNE_EXPORTS) == (REPLACEMENTS, EXPORT_FORMATS)
-    assert (gatenorm.EXPORT_FORMATS, gatenorm.GGUF_TYPES) == (tuple(FORMATS), GGUF_TYPES)
-    assert gatenorm.NEMOTRON_NAS_ENGINES == tuple(NEMOTRON_NAS_ENGINES)
-    assert gatenorm.QUANTIZE_TYPES == tuple(QUANTIZE_TYPES)
-    assert (gatenorm.FITS, gatenorm.DISTILL_STEPS, gatenorm.DISTILL_SAMPLES) == (FITS, DISTILL_STEPS, DISTILL_SAMPLES)
+    assert (arguments.REPLACEMENTS, arguments.PRUNE_EXPORTS) == (REPLACEMENTS, EXPORT_FORMATS)
+    assert (arguments.EXPORT_FORMATS, arguments.GGUF_TYPES) == (tuple(FORMATS), GGUF_TYPES)
+    assert arguments.NEMOTRON_NAS_ENGINES == tuple(NEMOTRON_NAS_ENGINES)
+    assert arguments.QUANTIZE_TYPES == tuple(QUANTIZE_TYPES)
+    assert (arguments.FITS, arguments.DISTILL_STEPS, arguments.DISTILL_SAMPLES) == (
+        FITS,
+        DISTILL_STEPS,
+        DISTILL_SAMPLES,
+    )
+    assert arguments.DTYPES == EVAL_DTYPES
 
     monkeypatch.setattr(registry, "_CRITERIA", dict(registry._CRITERIA))
-    monkeypatch.setattr(gatenorm._HelpFormatter, "_fields", None)
+    monkeypatch.setattr(arguments._HelpFormatter, "_fields", None)
     register_criterion("made_up_norm", description="a criterion added after the CLI was written")(lambda w: 0.0)
     parser = argparse.ArgumentParser(prog="prune")
-    gatenorm.PruneCommand.parse_args(parser)
+    prune.PruneCommand.parse_args(parser)
     out = io.StringIO()
     parser.print_help(out)
     assert "made_up_norm" in " ".join(out.getvalue().split())
@@ -168,6 +174,16 @@ def test_score_table_ranks_every_layer_lowest_first(llama_dir, expected):
     for _, layer, score in rows:
         assert score == pytest.approx(expected[DEFAULT_CRITERION].scores[layer], rel=1e-5)  # printed with 6 digits
     assert DEFAULT_CRITERION in result.stdout and "llama" in result.stdout
+
+
+def test_score_table_says_how_prune_walks_a_criterion_with_a_gap(llama_dir):
+    """gate_trace keeps removed layers 2 apart: the table says so, with the flag that asks for plain k lowest."""
+    result = ok(optimum_cli("gatenorm", "score", "-m", llama_dir, "-c", "gate_trace"))
+    assert result.stdout.startswith("gate_trace scores of llama (4 layers)")
+    assert result.stdout.rstrip().endswith(
+        "prune walks this ranking with min_gap=2: a layer closer than 2 to one already chosen is skipped "
+        "(--min-gap 1 for plain k lowest)"
+    )
 
 
 def _check_score_json(data: dict, expected) -> None:

@@ -330,6 +330,36 @@ def test_eval_reference_and_chat_through_the_cli(saved, tmp_path):
     assert "kl_mean" in table.stdout and "top1" in table.stdout and "Q: " not in table.stdout
 
 
+def test_evaluate_model_is_perplexity_and_chat_in_one_call(saved):
+    """What `eval --reference --chat` runs: the perplexity result's fields with the chat result under `chat`."""
+    from optimum_gatenorm.evaluation.suite import evaluate_model
+
+    result = evaluate_model(saved / "pruned", saved / "text.txt", reference=saved / "original", chat=True, window=64)
+    alone = evaluate_perplexity(saved / "pruned", saved / "text.txt", reference=saved / "original", window=64)
+    data = result.to_dict()
+    assert result.retrieval is None and set(data) == {*json.loads(alone.to_json()), "chat"}
+    assert (data["perplexity"], data["kl_mean"]) == pytest.approx((alone.perplexity, alone.kl_mean))
+    assert data["chat"] == result.chat.to_dict() and len(data["chat"]["pairs"]) == len(CHAT_PROMPTS)
+    assert json.loads(result.to_json()) == data
+    assert result.to_table() == f"{result.perplexity.to_table()}\n\n{result.chat.to_table()}"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({}, "nothing to evaluate"),
+        ({"text_path": "t.txt", "chat": True}, "`chat=True` compares answers with a reference model"),
+        ({"retrieval": "passkey", "reference": "ref"}, "`reference` is used on a text .* or with `chat=True`"),
+        ({"text_path": "t.txt", "dtype": "float64"}, "dtype must be one of auto, float32, float16, bfloat16"),
+    ],
+)
+def test_evaluate_model_refuses_a_request_it_cannot_run_before_any_work(options, message, tmp_path):
+    from optimum_gatenorm.evaluation.suite import evaluate_model
+
+    with pytest.raises(InvalidConfigError, match=message):
+        evaluate_model(tmp_path / "never-read", **options)
+
+
 @pytest.mark.slow
 def test_real_smollm2_answers_paris_and_agrees_with_itself():
     from optimum_gatenorm import load_pruned, resolve_model
