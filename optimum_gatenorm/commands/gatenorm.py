@@ -769,7 +769,7 @@ class ExportCommand(_LeafCommand):
         parser.add_argument(
             "--dtype",
             type=_export_dtype,
-            choices=("float32", "float16"),  # exporters.onnx.DTYPES (tests/commands/test_usage_doc.py checks they agree)
+            choices=("float32", "float16"),  # exporters.onnx.DTYPES (test_usage_doc.py checks they agree)
             default="float32",
             help="--format onnx: weights dtype (default: %(default)s); float16 needs --device cuda. fp32 and fp16, the "
             "earlier spellings, are accepted too",

@@ -308,6 +308,7 @@ def test_evaluate_chat_fidelity_from_paths(saved):
     assert evaluate_chat_fidelity(saved / "original", saved / "original", max_new_tokens=8).exact_match == 1.0
 
 
+@pytest.mark.process
 def test_eval_reference_and_chat_through_the_cli(saved, tmp_path):
     out = tmp_path / "eval.json"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
@@ -330,7 +331,7 @@ def test_eval_reference_and_chat_through_the_cli(saved, tmp_path):
     assert "kl_mean" in table.stdout and "top1" in table.stdout and "Q: " not in table.stdout
 
 
-@pytest.mark.slow
+@pytest.mark.real
 def test_real_smollm2_answers_paris_and_agrees_with_itself():
     from optimum_gatenorm import load_pruned, resolve_model
     from optimum_gatenorm.checkpoints.modeling import load_tokenizer

@@ -80,8 +80,6 @@ from . import shares
 from .cost_model import ModelCost
 from .. import errors, load_pruned
 from ..checkpoints import structure as surgery
-from conftest import ROOT
-
 import optimum_gatenorm.pruning.pruner
 if TYPE_CHECKING:
     from ..pruning.configuration import GateNormConfig
