@@ -9,7 +9,7 @@ Writes to `benchmarks/criteria/<model>/` by default; `--model gemma3-270m` sweep
 benchmarks/criteria` redraws it.)
 
 For each evaluation text (Pride and Prejudice first: criteria are *chosen* on it; gensim's Lee news corpus and
-Jane Austen's *Emma*, never looked at while designing, *confirm* the choice; see benchmarks/texts.py), on one
+Jane Austen's *Emma*, never looked at while designing, *confirm* the choice; see benchmarks/harness/texts.py), on one
 loaded model:
 
 1. `compare` over every criterion (weight-only: gate_norm, gate_norm_head, gate_norm_folded, ov_norm, gate_ov,
@@ -35,8 +35,9 @@ import time
 from pathlib import Path
 
 import torch
-from quality_study import make_calibration, study_parser
-from texts import austen, lee_news
+from harness.arguments import make_calibration, study_parser
+from harness.texts import austen, lee_news
+from harness.writers import write_json
 from transformers import AutoTokenizer
 
 from optimum_gatenorm import load_pruned, resolve_model
@@ -204,7 +205,7 @@ def main():
             "spearman": correlations,
         }
         record["seconds"] = round(time.perf_counter() - start)
-        (out / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
+        write_json(out / f"{name}.json", record)
         plot_record(record, out / f"{name}.png")
         print(write_summary(out), flush=True)
     print(json.dumps({"written": sorted(p.name for p in out.iterdir())}))
@@ -266,7 +267,7 @@ def add_criteria(args, out: Path, added: list[str]) -> None:
                 "seconds": round(time.perf_counter() - start),
             }
         )
-        record_path.write_text(json.dumps(record, indent=1) + "\n")
+        write_json(record_path, record)
         plot_record(record, out / f"{name}.png")
         print(write_summary(out), flush=True)
 

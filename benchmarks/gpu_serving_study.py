@@ -66,14 +66,9 @@ for _path in (BENCH_DIR, REPO_ROOT):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from gpu_study import (  # noqa: E402  (shapes, layer choice, clock and machine record shared with gpu_study)
-    MODELS,
-    TINY_MODELS,
-    Clock,
-    ModelSpec,
-    evenly_spread,
-)
-from gpu_study import machine_info as _gpu_study_machine_info  # noqa: E402
+from harness.clock import Clock  # noqa: E402  (shapes, layer choice, clock and machine record shared with gpu_study)
+from harness.machine import machine_info as _harness_machine_info  # noqa: E402
+from harness.shapes import MODELS, TINY_MODELS, ModelSpec, evenly_spread  # noqa: E402
 
 
 # A small real shape for a CPU run of the whole method (not part of the GPU default): SmolLM2-135M's geometry, with an
@@ -744,9 +739,9 @@ def cross_check(binary: str, variants: list[Variant], args, summary: list[dict],
 
 
 def machine_info(args) -> dict:
-    """`gpu_study`'s record of the machine (date, platform, torch, git commit, the GPU), plus llama.cpp's version and
+    """The harness's record of the machine (date, platform, torch, git commit, the GPU), plus llama.cpp's version and
     what `nvidia-smi` says of the GPU and its driver."""
-    info = _gpu_study_machine_info(args.device)
+    info = _harness_machine_info(args.device)
     info["llama_cpp_python"] = _installed_llama_cpp_version()
     if args.device == "cuda":
         try:

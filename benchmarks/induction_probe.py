@@ -13,8 +13,9 @@ heads would keep retrieval (docs/quality.md, "Keeping the layers that retrieve")
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from harness.writers import write_json
 
 
 OUT = Path(__file__).resolve().parent / "long_context" / "induction.json"
@@ -58,7 +59,7 @@ def main() -> None:
         print(alias)
         for layer, (ind, prev) in enumerate(zip(found["induction"], found["previous_token"], strict=True)):
             print(f"  layer {layer:>2}: induction {ind:.3f}  previous token {prev:.3f}")
-    OUT.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(OUT, results, indent=2)
     print(f"Wrote {OUT}")
 
 

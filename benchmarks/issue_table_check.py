@@ -16,7 +16,7 @@ import json
 import statistics
 import time
 
-from texts import austen
+from harness.texts import austen
 from transformers import AutoTokenizer
 
 from optimum_gatenorm import DEFAULT_CRITERION, load_pruned, resolve_model

@@ -26,11 +26,12 @@ import json
 import os
 import platform
 import statistics
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from harness.llama_cpp_timing import time_once
+from harness.writers import write_json
 
 
 def _export(k: int, gguf_type: str, root: Path, criterion: str, quantize: str | None = None) -> Path:
@@ -89,25 +90,6 @@ def _quality(files: dict[str, Path], reference: Path, kl_tokens: int, threads: i
     return {"reference": reference.name, "text": "pride_and_prejudice.txt", "tokens": len(tokens), "rows": rows}
 
 
-def _next_token(llm) -> int:
-    # Without logits_all, llama-cpp-python keeps no scores: read the last position's logits from the context.
-    return int(np.argmax(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))))
-
-
-def _time_once(llm, prompt: list[int], new_tokens: int) -> tuple[float, float]:
-    llm.reset()  # the next eval drops the whole KV cache (kv_cache_seq_rm from position 0)
-    start = time.perf_counter()
-    llm.eval(prompt)
-    prefill = time.perf_counter() - start
-    token = _next_token(llm)
-    start = time.perf_counter()
-    for _ in range(new_tokens):
-        llm.eval([token])
-        token = _next_token(llm)
-    decode = time.perf_counter() - start
-    return prefill, new_tokens / decode
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--k", type=int, default=4)
@@ -160,7 +142,7 @@ def main() -> None:
         order = list(models)
         for round_ in range(args.warmup + args.runs):
             for name in order if round_ % 2 == 0 else order[::-1]:
-                prefill, decode = _time_once(models[name], prompt, args.new_tokens)
+                prefill, decode = time_once(models[name], prompt, args.new_tokens)
                 if round_ >= args.warmup:
                     times[name]["prefill_s"].append(prefill)
                     times[name]["decode_tok_s"].append(decode)
@@ -198,7 +180,7 @@ def main() -> None:
         "rows": rows,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(args.output, summary, indent=2)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@
 
 `quality` is `optimum-cli gatenorm compare` through the Python API: the default criterion (`cosine_self`) at each k,
 each removed set replaced as `--replacement` says (fitted on the 16 x 256 tokens the criterion samples), perplexity
-on 4,096-token windows of *Pride and Prejudice* (its first 8,192 tokens; `benchmarks/texts.py` fetches it) with KL
+on 4,096-token windows of *Pride and Prejudice* (its first 8,192 tokens; `benchmarks/harness/texts.py` fetches it) with KL
 divergence and top-1 agreement to the unpruned model, and the retrieval suite (passkey and multikey, seed 0, depths
 0.1 / 0.5 / 0.9, `--cases` per depth) at `--lengths`. Writes `long_context/<model>-<replacement>.json`.
 
@@ -33,6 +33,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from harness.writers import write_json
+
 
 HERE = Path(__file__).resolve().parent / "long_context"
 TEXT = "prideprejudice"
@@ -55,7 +57,7 @@ def _machine(started: datetime) -> dict:
 
 def quality(args) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from texts import austen  # the fetcher of the benchmarks' texts: data, not a study
+    from harness.texts import austen
 
     from optimum_gatenorm import CompareConfig, RetrievalConfig, compare
 
@@ -73,7 +75,7 @@ def quality(args) -> None:
     data = json.loads(result.to_json())
     data["study"] = _machine(started)
     out = HERE / f"{args.model}-{args.replacement}.json"
-    out.write_text(json.dumps(data, indent=2) + "\n")
+    write_json(out, data, indent=2)
     print(result.format_table())
     print(f"Wrote {out}")
 

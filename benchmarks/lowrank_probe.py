@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 import torch
-from replacement_study import ROOT, TEXTS
+from harness.texts import TEXTS
+from harness.writers import shown, write_json
 
 from optimum_gatenorm import GateNormConfig, GateNormPruner, __version__
 from optimum_gatenorm.checkpoints.modeling import prune_model
@@ -101,8 +102,8 @@ def main() -> None:
             result["points"].append(point)
             print(json.dumps(point), flush=True)
     result["seconds"] = time.perf_counter() - begin
-    args.output.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output}")
+    write_json(args.output, result)
+    print(f"wrote {shown(args.output)}")
 
 
 if __name__ == "__main__":

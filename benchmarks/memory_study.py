@@ -30,6 +30,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from harness.writers import write_json
+
 
 CLI = Path(sys.executable).parent / "optimum-cli"
 
@@ -118,7 +120,7 @@ def main() -> None:
         "rows": rows,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(args.output, summary, indent=2)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python benchmarks/quality_study.py [--max-tokens 4096] [--window 1024] [--output-dir benchmarks/quality]
 
-Texts (see benchmarks/texts.py; fetched from Debian and PyPI, cached, not committed):
+Texts (see benchmarks/harness/texts.py; fetched from Debian and PyPI, cached, not committed):
 - evaluation A: Jane Austen, *Pride and Prejudice*;
 - evaluation B: the 300 news articles of gensim's Lee corpus;
 - calibration for the data-driven criteria: Jane Austen, *Sense and Sensibility* (disjoint from both).
@@ -14,17 +14,17 @@ directory, plus `summary.md` with the tables, scoring times and rank correlation
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import time
 from pathlib import Path
 
 import torch
-from texts import austen, lee_news
+from harness.arguments import make_calibration, study_parser
+from harness.texts import austen, lee_news
 from transformers import AutoTokenizer
 
-from optimum_gatenorm import Calibration, load_pruned, resolve_model
+from optimum_gatenorm import load_pruned, resolve_model
 from optimum_gatenorm.evaluation.compare import CompareConfig, compare_criteria
 from optimum_gatenorm.text import read_text
 
@@ -84,27 +84,6 @@ def main():
 
 def _fmt(value):
     return "n/a" if value is None else f"{value:+.2f}"
-
-
-def study_parser(doc: str, *, max_tokens: int, window: int, output_dir: str) -> argparse.ArgumentParser:
-    """The arguments every quality-type study takes (evaluation window, calibration size, output directory)."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--max-tokens", type=int, default=max_tokens)
-    parser.add_argument("--window", type=int, default=window)
-    parser.add_argument("--calibration-samples", type=int, default=32)
-    parser.add_argument("--calibration-length", type=int, default=128)
-    parser.add_argument("--output-dir", default=output_dir)
-    return parser
-
-
-def make_calibration(tokenizer, text_path, args):
-    return Calibration.from_files(
-        [text_path],
-        tokenizer,
-        num_samples=args.calibration_samples,
-        length=args.calibration_length,
-        bos=getattr(args, "bos", None),
-    )
 
 
 if __name__ == "__main__":

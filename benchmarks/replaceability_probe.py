@@ -28,46 +28,15 @@ import time
 from pathlib import Path
 
 import torch
-from replacement_study import ROOT, TEXTS
+from harness.texts import TEXTS
+from harness.writers import shown, write_json
 
 from optimum_gatenorm import GateNormConfig, GateNormPruner, __version__
 from optimum_gatenorm.checkpoints.modeling import prune_model
 from optimum_gatenorm.evaluation.perplexity import forward_logits, score_windows
 from optimum_gatenorm.pruning.pruner import select_layers
-from optimum_gatenorm.pruning.replacement import (
-    _fit_linear,
-    _normed_inputs,
-    _ridge,
-    _split,
-    _targets,
-    fit_replacements,
-)
+from optimum_gatenorm.pruning.replacement import fit_replacements, layer_replaceability
 from optimum_gatenorm.text import read_text
-
-
-def _replaceability(model, calibration) -> tuple[list[float], list[float]]:
-    """Per layer: held-out `1 - cos` of the stream with the map in place, and the map's held-out unexplained share."""
-    train, val = _split(calibration)
-    layers = list(range(model.config.num_hidden_layers))
-    replaced_cos, unexplained = [], []
-    with torch.no_grad():
-        targets = _targets(model, layers, train + val, torch.device("cpu"))
-        streams = [model(batch, output_hidden_states=True).hidden_states for batch in val]  # [l]: input of layer l
-        for layer in layers:
-            xs = _normed_inputs(model, layer, train + val, {}, torch.device("cpu"))
-            pairs = list(zip(xs, [y.reshape(-1, y.shape[-1]) for y in targets.pop(layer)], strict=True))
-            _, alpha, error = _fit_linear(pairs[: len(train)], pairs[len(train) :])
-            xtx = sum(x.T @ x for x, _ in pairs[: len(train)])
-            xty = sum(x.T @ y.to(x.dtype) for x, y in pairs[: len(train)])
-            w = _ridge(xtx, xty, alpha)  # fitted on the 12 training windows only: the 4 others judge it
-            distances = []
-            for (x, y), hidden in zip(pairs[len(train) :], streams, strict=True):
-                stream = hidden[layer].reshape(-1, hidden[layer].shape[-1]).double()
-                true, approx = stream + y.double(), stream + x @ w
-                distances.append(1 - torch.nn.functional.cosine_similarity(true, approx, dim=-1))
-            replaced_cos.append(float(torch.cat(distances).mean()))
-            unexplained.append(float(error))
-    return replaced_cos, unexplained
 
 
 def main() -> None:
@@ -87,7 +56,7 @@ def main() -> None:
     scored = pruner.score("cosine_self", seed=0)
     cosine, calibration = list(scored.scores), scored.windows
     started = time.perf_counter()
-    replaced_cos, unexplained = _replaceability(model, calibration)
+    replaced_cos, unexplained = layer_replaceability(model, calibration)
     scores = {
         "cosine_self": cosine,
         "replaced_cosine": replaced_cos,
@@ -133,8 +102,8 @@ def main() -> None:
             result["points"].append(point)
             print(json.dumps(point), flush=True)
     result["seconds"] = time.perf_counter() - begin
-    args.output.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output}")
+    write_json(args.output, result)
+    print(f"wrote {shown(args.output)}")
 
 
 if __name__ == "__main__":

@@ -35,10 +35,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from llama_cpp_study import _time_once as llama_cpp_once  # one timing of llama.cpp for both studies
+from harness.llama_cpp_timing import time_once as llama_cpp_once  # one timing of llama.cpp for both studies
+from harness.writers import write_json
 
 from optimum_gatenorm import GateNormConfig, GateNormPruner, export_gguf, export_onnx, resolve_model
-from optimum_gatenorm.benchmark.throughput import BenchmarkSettings, _timed_run, load_model
+from optimum_gatenorm.benchmark.throughput import BenchmarkSettings, load_model, timed_run
 from optimum_gatenorm.checkpoints.models import cache_dir
 from optimum_gatenorm.version import __version__
 
@@ -79,7 +80,7 @@ def _variants(ks: list[int], root: Path) -> dict[str, dict]:
 
 
 def _ort_once(model, prompt: list[int], settings: BenchmarkSettings) -> tuple[float, float]:
-    record = _timed_run(model, torch.tensor([prompt]), settings, lambda: None, "cpu")
+    record = timed_run(model, torch.tensor([prompt]), settings, lambda: None, "cpu")
     return record["prefill_s"], record["decode_tokens_per_s"]
 
 
@@ -193,7 +194,7 @@ def main() -> None:
         "rows": rows,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(args.output, summary, indent=2)
     print(f"wrote {args.output}")
 
 

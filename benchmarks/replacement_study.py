@@ -19,7 +19,7 @@ On one loaded model, with the default criterion (`cosine_self`, seed 0, layer 0 
 
 Texts: `pride-and-prejudice` is `tests/data/pride_and_prejudice.txt` in full (the issue's probe text; the default
 is *chosen* on it); `lee-news` (gensim's Lee corpus) and `emma` (Jane Austen) *confirm* it, their first
-`--max-tokens` tokens (see benchmarks/texts.py; `pride-and-prejudice` is capped too). Writes
+`--max-tokens` tokens (see benchmarks/harness/texts.py; `pride-and-prejudice` is capped too). Writes
 `<model>.json` (every number, the layers, the fit settings, the machine) to the output directory.
 """
 
@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import time
 from pathlib import Path
 
 import torch
-from texts import austen, lee_news
+from harness import ROOT
+from harness.texts import TEXTS
+from harness.writers import write_json
 
 from optimum_gatenorm import GateNormConfig, GateNormPruner
 from optimum_gatenorm.checkpoints.modeling import prune_model
@@ -47,12 +48,6 @@ from optimum_gatenorm.text import read_text
 from optimum_gatenorm.version import __version__
 
 
-ROOT = Path(__file__).resolve().parent.parent
-TEXTS = {
-    "pride-and-prejudice": lambda: ROOT / "tests" / "data" / "pride_and_prejudice.txt",
-    "lee-news": lee_news,
-    "emma": lambda: austen("emma"),
-}
 # variant -> (replacement kind, fit) (`pruning.fits`)
 VARIANTS = {
     "none": ("none", None),
@@ -186,7 +181,7 @@ def main() -> None:
     result["seconds"] = time.perf_counter() - begin
     args.output_dir.mkdir(parents=True, exist_ok=True)
     target = args.output_dir / f"{args.output_name or args.model}.json"
-    target.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(target, result)
     print(f"wrote {target} ({result['seconds']:.0f} s)")
 
 

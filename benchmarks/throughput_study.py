@@ -21,7 +21,6 @@ planning-only ones), `summary.json`, `summary.md` and `speedup.png` into the out
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -30,6 +29,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from harness.writers import write_json
 
 from optimum_gatenorm import GateNormPruner, resolve_model
 from optimum_gatenorm.benchmark.planning import (
@@ -196,7 +196,7 @@ def main():
         "rows": rows,
         "target_checks": checks,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "summary.json", summary, indent=2)
     lines = markdown(summary, shares)
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

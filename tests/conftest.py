@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import string
 import subprocess
 from pathlib import Path
@@ -41,6 +42,62 @@ STRICT_ENV = "OPTIMUM_GATENORM_TEST_BOTH_LINES"
 # numbers on both lines, whose logits the cross-line tests compare) run on the other line only, which keeps the two
 # lines of CI, run side by side, about equally long. Anywhere else they run.
 ONE_LINE_ELSEWHERE_ENV = "OPTIMUM_GATENORM_ONE_LINE_ELSEWHERE"
+
+
+# --- tiers (docs/development.md, "Test tiers"; `bash .ci/test --tier NAME`) ---------------------------------------
+# fast: tiny models in this process; process: tiny models through real processes (the optimum-cli executable, the
+# other transformers line, llama.cpp's converter, a compiler); real: the real models. A test of the fast tier that
+# starts a process fails (below), so the fast tier stays fast and a contributor sees where to mark it.
+# `platform.processor()` asks `uname -p` once and caches it (the machine records do): ask here, outside any test.
+platform.processor()
+TIERS = {"fast": "not real and not process", "process": "process and not real", "real": "real"}
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--tier",
+        help=f"run these tiers only, comma-separated ({', '.join(TIERS)}); combines with -m",
+    )
+
+
+def pytest_configure(config):
+    value = config.getoption("tier")
+    if not value:
+        return
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in TIERS]
+    if unknown or not names:
+        raise pytest.UsageError(f"--tier takes {', '.join(TIERS)} (comma-separated), got {value!r}")
+    tiers = " or ".join(f"({TIERS[name]})" for name in names)
+    config.option.markexpr = f"({tiers}) and ({config.option.markexpr})" if config.option.markexpr else tiers
+
+
+_RUNNING: dict = {"item": None}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    _RUNNING["item"] = item
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _processes_are_the_process_tier():
+    """Every process a test (or a fixture it sets up) starts goes through `subprocess.Popen`: refuse it in the fast
+    tier, naming the test and the command."""
+    original = subprocess.Popen.__init__
+
+    def guarded(self, args, *rest, **kwargs):
+        item = _RUNNING["item"]
+        if item is not None and not {"process", "real"} & set(item.keywords):
+            command = " ".join(map(str, args if isinstance(args, (list, tuple)) else [args]))[:120]
+            raise AssertionError(
+                f"{item.nodeid} starts a process ({command}): mark it `@pytest.mark.process` (the process tier)"
+            )
+        original(self, args, *rest, **kwargs)
+
+    subprocess.Popen.__init__ = guarded
+    yield
+    subprocess.Popen.__init__ = original
 
 
 def pytest_collection_modifyitems(config, items):

@@ -68,6 +68,7 @@ def _leftovers(parent: Path, name: str) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if p.name.startswith(f".{name}."))
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("repeat", range(3))
 def test_a_second_run_is_refused_naming_the_first_whose_result_stands(model_dir, tmp_path, repeat):
     out = tmp_path / "pruned"
@@ -91,6 +92,7 @@ def test_a_second_run_is_refused_naming_the_first_whose_result_stands(model_dir,
     assert _leftovers(tmp_path, "pruned") == [], "the lock and the temporaries are removed"
 
 
+@pytest.mark.process
 def test_a_lock_left_by_a_killed_run_is_taken_over_and_removed(model_dir, tmp_path):
     out = tmp_path / "pruned"
     killed = _start(*_prune(model_dir, out, 2))
@@ -104,6 +106,7 @@ def test_a_lock_left_by_a_killed_run_is_taken_over_and_removed(model_dir, tmp_pa
     assert _leftovers(tmp_path, "pruned") == []
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("repeat", range(2))
 def test_two_runs_started_together_never_both_claim_one_output(model_dir, tmp_path, repeat):
     """Started at the same moment: either one is refused naming the other, or (if one finished before the other
@@ -127,6 +130,7 @@ def test_two_runs_started_together_never_both_claim_one_output(model_dir, tmp_pa
     assert _leftovers(tmp_path, "pruned") == []
 
 
+@pytest.mark.process
 def test_the_python_api_is_refused_while_another_process_holds_the_output(model_dir, tmp_path):
     out = tmp_path / "pruned"
     holder = subprocess.Popen(
@@ -165,6 +169,7 @@ def test_the_lock_is_reentrant_in_one_process_and_removed_with_its_folders(tmp_p
 # --- symbolic links are followed ----------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_overwrite_through_a_link_replaces_its_target_and_keeps_the_link(model_dir, tmp_path):
     target = tmp_path / "empty"
     target.mkdir()
@@ -188,6 +193,7 @@ def test_overwrite_through_a_link_replaces_its_target_and_keeps_the_link(model_d
 # --- `-o -`: the document on standard output ----------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_score_json_to_standard_output(model_dir, tmp_path):
     result = gatenorm("score", "-m", model_dir, "-c", "gate_norm", "--format", "json", "-o", "-", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -195,6 +201,7 @@ def test_score_json_to_standard_output(model_dir, tmp_path):
     assert list(tmp_path.iterdir()) == [], "no file named '-' (nor anything else) is written"
 
 
+@pytest.mark.process
 def test_eval_document_on_stdout_and_table_on_stderr(model_dir, tmp_path):
     text = tmp_path / "text.txt"
     text.write_text("It is a truth universally acknowledged, that a single man in possession " * 20)

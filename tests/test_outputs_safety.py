@@ -113,6 +113,7 @@ def test_the_default_criterion_shows_progress_in_python(model_dir, capfd):
 # --- checked first, and only as much text as needed ---------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_max_tokens_reads_only_the_text_it_needs(model_dir, tmp_path):
     """A 4 MB single line whose tail is binary: the whole file would be refused; with --max-tokens only its start
     is read, and the perplexity equals that of the start alone."""
@@ -134,6 +135,7 @@ def test_max_tokens_reads_only_the_text_it_needs(model_dir, tmp_path):
     one_line_error(result, "binary")
 
 
+@pytest.mark.process
 def test_a_one_token_or_one_window_evaluation_warns(model_dir, tmp_path):
     text = tmp_path / "short.txt"
     text.write_text("It is a truth universally acknowledged. " * 10)
@@ -161,6 +163,7 @@ def _help(*args) -> str:
     return " ".join(result.stdout.split())
 
 
+@pytest.mark.process
 def test_help_and_readme_state_the_same_choices():
     from optimum_gatenorm.benchmark.throughput import METRICS
     from optimum_gatenorm.criteria import DEFAULT_CRITERION, available_criteria

@@ -78,6 +78,7 @@ CASES = {
 }
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("name", CASES)
 def test_python_errors_name_the_parameter_and_the_cli_the_flag(name, workspace):
     call, python_needle, args, cli_needle = CASES[name]
@@ -90,6 +91,7 @@ def test_python_errors_name_the_parameter_and_the_cli_the_flag(name, workspace):
     assert sorted(p.name for p in workspace.iterdir()) == ["gpt2", "llama", "taken"]
 
 
+@pytest.mark.process
 def test_export_tokenizer_flag_is_the_one_the_gguf_error_names(workspace, tmp_path):
     """The GGUF export's "no tokenizer" error names `tokenizer_from=...` in Python and `--tokenizer DIR` on the
     command line, and that flag reaches `export_gguf` (the next refusal is about the tokenizer it points to)."""

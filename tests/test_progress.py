@@ -134,6 +134,7 @@ def test_a_failing_phase_says_it_stopped(capsys):
 # --- the CLI -----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_cli_json_stdout_is_pure_json_and_progress_is_on_stderr(llama_dir, tmp_path):
     export = ["--export", "onnx"] if HAS_ONNX else []
     args = ("prune", "-m", llama_dir, "-k", "2", "-c", "gate_norm", "-o", tmp_path / "out", "--json", *export)
@@ -150,6 +151,7 @@ def test_cli_json_stdout_is_pure_json_and_progress_is_on_stderr(llama_dir, tmp_p
     assert "Removed 2 of 4" not in err and "Saved the pruned checkpoint" not in err
 
 
+@pytest.mark.process
 def test_cli_prints_the_summary_once_on_stdout(llama_dir, tmp_path):
     result = ok(
         optimum_cli("gatenorm", "prune", "-m", llama_dir, "-k", "2", "-c", "gate_norm", "-o", tmp_path / "out")

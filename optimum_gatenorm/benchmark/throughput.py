@@ -51,7 +51,7 @@ from .cost_model import ModelCost, ideal_speedup, replacement_share
 from .shares import AttentionShares, load_shares
 
 
-__all__ = ["BenchmarkResult", "BenchmarkSettings", "RunRecord", "run_benchmark"]
+__all__ = ["BenchmarkResult", "BenchmarkSettings", "RunRecord", "run_benchmark", "timed_run"]
 
 logger = logging.getLogger(__name__)
 
@@ -417,7 +417,7 @@ def _timed_runs(models: dict, shapes: list, settings: BenchmarkSettings, vocab: 
         ids = torch.randint(0, vocab, (batch, length), generator=generator).to(device)
         for run in range(-settings.warmup, settings.runs):
             for name in ("baseline", "candidate"):
-                record = _timed_run(models[name], ids, settings, sync, device)
+                record = timed_run(models[name], ids, settings, sync, device)
                 bar.update(1)
                 if run >= 0:
                     records.append(RunRecord(model=name, batch_size=batch, prompt_length=length, run=run, **record))
@@ -425,8 +425,9 @@ def _timed_runs(models: dict, shapes: list, settings: BenchmarkSettings, vocab: 
     return records
 
 
-def _timed_run(model, ids, settings: BenchmarkSettings, sync, device: str) -> dict:
-    """One generation of exactly `settings.new_tokens` tokens, timed per step (`RunRecord`'s measured fields)."""
+def timed_run(model, ids, settings: BenchmarkSettings, sync, device: str) -> dict:
+    """One generation of exactly `settings.new_tokens` tokens from `ids` (`[1, n]` token ids), timed per step
+    (`RunRecord`'s measured fields); `sync` waits for the device (`torch.cuda.synchronize`, or a no-op on the CPU)."""
     import torch
 
     clock = _clock_processor(sync)

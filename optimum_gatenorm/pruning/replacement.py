@@ -53,6 +53,7 @@ __all__ = [
     "ReplacementFit",
     "check_replacement",
     "fit_replacements",
+    "layer_replaceability",
     "replaced_attention",
     "replacement_recovery",
 ]
@@ -423,3 +424,39 @@ def replacement_recovery(
     finally:
         model.train(was_training)
     return {name: value / positions for name, value in sums.items()} | {"tokens": positions, "source": source}
+
+
+def layer_replaceability(model: "PreTrainedModel", calibration: "Calibration") -> tuple[list[float], list[float]]:
+    """How well a linear map could stand in for each attention sublayer of `model` (unpruned, on the CPU), judged on
+    the held-out quarter of `calibration`'s windows (at least two windows).
+
+    Returns:
+        Per layer: the mean `1 - cos` between the residual stream after the sublayer and the stream with its ridge map
+        (fitted on the training windows alone) in its place, on the held-out windows; and the map's held-out
+        unexplained share of the sublayer's output energy, as `fit_replacements` chooses its ridge strength.
+    """
+    import torch
+
+    train, val = _split(calibration)
+    if not val:
+        raise InvalidConfigError(f"layer_replaceability needs at least 2 calibration windows, got {len(train)}")
+    layers, cpu = list(range(model.config.num_hidden_layers)), torch.device("cpu")
+    replaced_cos, unexplained = [], []
+    with torch.no_grad():
+        targets = _targets(model, layers, train + val, cpu)
+        streams = [model(batch, output_hidden_states=True).hidden_states for batch in val]  # [l]: input of layer l
+        for layer in layers:
+            xs = _normed_inputs(model, layer, train + val, {}, cpu)
+            pairs = list(zip(xs, [y.reshape(-1, y.shape[-1]) for y in targets.pop(layer)], strict=True))
+            _, alpha, error = _fit_linear(pairs[: len(train)], pairs[len(train) :])
+            xtx = sum(x.T @ x for x, _ in pairs[: len(train)])
+            xty = sum(x.T @ y.to(x.dtype) for x, y in pairs[: len(train)])
+            w = _ridge(xtx, xty, alpha)  # the training windows only: the held-out ones judge it
+            distances = []
+            for (x, y), hidden in zip(pairs[len(train) :], streams, strict=True):
+                stream = hidden[layer].reshape(-1, hidden[layer].shape[-1]).double()
+                true, approx = stream + y.double(), stream + x @ w
+                distances.append(1 - torch.nn.functional.cosine_similarity(true, approx, dim=-1))
+            replaced_cos.append(float(torch.cat(distances).mean()))
+            unexplained.append(float(error))
+    return replaced_cos, unexplained

@@ -103,6 +103,7 @@ def test_cuda_without_cuda_names_the_missing_piece(models):
         run_benchmark(models / "pruned-onnx", models / "base-onnx", BenchmarkSettings(provider="cuda"))
 
 
+@pytest.mark.process
 @pytest.mark.onnx
 def test_cli_writes_json_and_plot(models, tmp_path):
     result = subprocess.run(
@@ -122,6 +123,7 @@ def test_cli_writes_json_and_plot(models, tmp_path):
     assert "efficiency" in result.stdout
 
 
+@pytest.mark.process
 @pytest.mark.onnx
 @pytest.mark.parametrize(
     "args, needle",
@@ -151,7 +153,7 @@ def test_cuda_benchmark(models):
 
 
 @pytest.mark.onnx
-@pytest.mark.slow
+@pytest.mark.real
 def test_real_model_benchmark_cli(tmp_path):
     from optimum_gatenorm import GateNormConfig, GateNormPruner, resolve_model
 

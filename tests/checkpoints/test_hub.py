@@ -147,6 +147,7 @@ def test_missing_id_names_what_to_run(offline_cache):
         resolve_model(f"{REPO}@v9")
 
 
+@pytest.mark.process
 def test_cli_prunes_evaluates_and_exports_from_the_cache(hub_cache, tmp_path):
     pruned = tmp_path / "pruned"
     result = ok(_cli("prune", "--model", REPO, "--num-layers", "1", "--output", pruned, "--json", cache=hub_cache))
@@ -167,6 +168,7 @@ def test_cli_prunes_evaluates_and_exports_from_the_cache(hub_cache, tmp_path):
     assert (exported / "config.json").is_file()
 
 
+@pytest.mark.process
 @pytest.mark.onnx
 def test_cli_exports_onnx_from_the_cache(hub_cache, tmp_path):
     exported = tmp_path / "onnx"
@@ -174,6 +176,7 @@ def test_cli_exports_onnx_from_the_cache(hub_cache, tmp_path):
     assert (exported / "model.onnx").is_file()
 
 
+@pytest.mark.process
 def test_cli_falls_back_to_the_cache_when_the_network_is_down(hub_cache):
     result = ok(
         _cli("score", "--model", REPO, "--criterion", "gate_norm", "--format", "json", cache=hub_cache, offline=False)
@@ -181,6 +184,7 @@ def test_cli_falls_back_to_the_cache_when_the_network_is_down(hub_cache):
     assert '"gate_norm"' in result.stdout
 
 
+@pytest.mark.process
 def test_cli_revision(hub_cache, offline_cache):
     tagged = ok(
         _cli("score", "--model", REPO, "--revision", "v1", "-c", "gate_norm", "--format", "json", cache=hub_cache)
@@ -209,6 +213,7 @@ def test_revision_refusals(model, revision, message, tmp_path, monkeypatch):
         _apply_revision(argparse.Namespace(model=model, revision=revision))
 
 
+@pytest.mark.process
 def test_cli_missing_id_is_one_line(hub_cache):
     line = _refused(_cli("score", "--model", "testorg/absent", cache=hub_cache))
     assert "hf download testorg/absent" in line and "no local path" in line

@@ -62,6 +62,7 @@ def _cli(cwd: Path, cache: Path, *args) -> subprocess.CompletedProcess:
     return gatenorm(*args, cwd=cwd, env=dict(ENV, OPTIMUM_GATENORM_CACHE=str(cache)))
 
 
+@pytest.mark.process
 def test_cli_scores_the_local_directory(local_copy, tmp_path):
     result = _cli(local_copy, tmp_path / "cache", "score", "--model", ALIAS, "-c", "gate_norm", "--format", "json")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -70,6 +71,7 @@ def test_cli_scores_the_local_directory(local_copy, tmp_path):
     assert not (tmp_path / "cache").exists()
 
 
+@pytest.mark.process
 def test_cli_convert_says_the_local_directory_shadows_the_alias(local_copy, tmp_path):
     result = _cli(local_copy, tmp_path / "cache", "convert", "--model", ALIAS, "--output", tmp_path / "out")
     assert result.returncode == 2, result.stdout + result.stderr

@@ -139,6 +139,7 @@ def saved_pruned(request, tmp_path_factory):
     return directory
 
 
+@pytest.mark.process
 def test_fresh_process_without_the_package_fails_loudly(saved_pruned):
     result = run_fresh(saved_pruned, imports="")
     assert result.returncode == 3, result.stdout + result.stderr
@@ -149,6 +150,7 @@ def test_fresh_process_without_the_package_fails_loudly(saved_pruned):
     assert "IDENTICAL" not in result.stdout and "DIFFERENT" not in result.stdout
 
 
+@pytest.mark.process
 def test_without_the_package_ignore_mismatched_sizes_is_not_silent(saved_pruned):
     """`ignore_mismatched_sizes=True` gets past the tombstone with random attention weights: nothing a checkpoint
     can hold stops it there without stopping our own loader too. It is not silent: the warning names the fix."""
@@ -164,6 +166,7 @@ def test_without_the_package_ignore_mismatched_sizes_is_not_silent(saved_pruned)
     assert "Unknown quantization type, got gatenorm: import optimum_gatenorm" in result.stderr, result.stderr
 
 
+@pytest.mark.process
 def test_fresh_process_with_the_package_loads_correctly(saved_pruned):
     result = run_fresh(saved_pruned, imports="import optimum_gatenorm")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -238,6 +241,7 @@ print(json.dumps(out))
 )
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("replacement", ["none", "linear"])
 def test_checkpoints_move_between_transformers_lines_with_identical_logits(other_python, replacement, tmp_path):
     """Removed plainly or replaced by the default linear map, pruned checkpoints load across the lines exactly."""

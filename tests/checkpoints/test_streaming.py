@@ -218,6 +218,7 @@ def _peak_rss(args: list[str]) -> int:
     return int(peak)
 
 
+@pytest.mark.process
 def test_pruning_under_a_memory_budget_smaller_than_the_model(tmp_path):
     """A 264 MB model pruned under `--max-memory 64MB`: the process grows by far less than the model over the same
     command on a tiny model; loaded, the same prune grows by at least the model."""

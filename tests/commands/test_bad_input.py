@@ -123,6 +123,7 @@ def test_error_classes_subclass_gatenorm_error_and_builtin(cls, builtin):
 # --- the model path ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_missing_path(tmp_path):
     missing = tmp_path / "no-such-model"
     result, out = score_cli(missing, tmp_path)
@@ -133,6 +134,7 @@ def test_missing_path(tmp_path):
         load_pruned(missing)
 
 
+@pytest.mark.process
 def test_file_that_is_not_a_model(tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("not a model")
@@ -142,6 +144,7 @@ def test_file_that_is_not_a_model(tmp_path):
         GateNormPruner.from_pretrained(notes)
 
 
+@pytest.mark.process
 def test_directory_without_config(tmp_path, checkpoints):
     folder = tmp_path / "weights_only"
     folder.mkdir()
@@ -152,6 +155,7 @@ def test_directory_without_config(tmp_path, checkpoints):
         GateNormPruner.from_pretrained(folder)
 
 
+@pytest.mark.process
 def test_directory_with_config_but_no_weights(tmp_path, checkpoints):
     folder = tmp_path / "config_only"
     folder.mkdir()
@@ -164,6 +168,7 @@ def test_directory_with_config_but_no_weights(tmp_path, checkpoints):
         load_pruned(folder)
 
 
+@pytest.mark.process
 def test_pickle_checkpoint_is_refused_without_allow_pickle(tmp_path, checkpoints):
     assert not list(checkpoints["llama_bin"].glob("*.safetensors"))
     result, out = prune_cli(checkpoints["llama_bin"], tmp_path, "-k", "1")
@@ -174,6 +179,7 @@ def test_pickle_checkpoint_is_refused_without_allow_pickle(tmp_path, checkpoints
         load_pruned(checkpoints["llama_bin"])
 
 
+@pytest.mark.process
 def test_pickle_checkpoint_works_with_allow_pickle(tmp_path, checkpoints):
     result, out = score_cli(checkpoints["llama_bin"], tmp_path, "--allow-pickle")
     assert result.returncode == 0, result.stderr
@@ -207,6 +213,7 @@ def test_quantized_checkpoint_is_refused(method, tmp_path, checkpoints):
         load_pruned(folder)
 
 
+@pytest.mark.process
 def test_quantized_checkpoint_is_refused_by_cli(tmp_path, checkpoints):
     # one CLI run for the three methods above: the same check; bitsandbytes is the one named from load_in_4bit
     folder = copy_checkpoint(checkpoints["llama"], tmp_path / "bnb", quantization_config=QUANTIZATION["bitsandbytes"])
@@ -231,12 +238,14 @@ def test_non_finite_qk_weight_is_refused_naming_the_layer(value, tensor, tmp_pat
         GateNormPruner.from_pretrained(folder).prune(GateNormConfig(num_layers=1, replacement="none"))
 
 
+@pytest.mark.process
 def test_non_finite_qk_weight_is_refused_by_cli(tmp_path, checkpoints):
     folder = _with_bad_value(checkpoints["llama"], tmp_path / "nan", "nan", "k_proj")
     result, out = score_cli(folder, tmp_path)
     assert_refused(result, "layer 2", "key weights", "NaN or Inf", output=out)
 
 
+@pytest.mark.process
 def test_truncated_safetensors_is_refused(tmp_path, checkpoints):
     folder = copy_checkpoint(checkpoints["llama"], tmp_path / "truncated")
     weights = folder / "model.safetensors"
@@ -250,6 +259,7 @@ def test_truncated_safetensors_is_refused(tmp_path, checkpoints):
         load_pruned(folder)
 
 
+@pytest.mark.process
 def test_sharded_checkpoint_with_missing_shard_is_refused(tmp_path):
     folder = save_sharded(tiny_model("llama"), tmp_path / "sharded", num_shards=3)
     assert GateNormPruner.from_pretrained(folder).score().scores  # complete, it works
@@ -288,6 +298,7 @@ def test_unsupported_model_type_lists_supported_types(model_type, tmp_path):
         load_pruned(folder)
 
 
+@pytest.mark.process
 def test_unsupported_model_type_is_refused_by_cli(tmp_path):
     # one CLI run for the three types above (the same check): the decoder-only one a user is most likely to try
     folder = _unsupported("mixtral", tmp_path / "mixtral")
@@ -295,6 +306,7 @@ def test_unsupported_model_type_is_refused_by_cli(tmp_path):
     assert_refused(result, "'mixtral' is not supported", *SUPPORTED, output=out)
 
 
+@pytest.mark.process
 def test_gpt2_with_scale_attn_by_inverse_layer_idx_is_refused(tmp_path):
     config = tiny_config("gpt2")
     config.scale_attn_by_inverse_layer_idx = True
@@ -327,6 +339,7 @@ def _with_remote_code(source: Path, folder: Path, model_type: str) -> Path:
     return marker
 
 
+@pytest.mark.process
 def test_auto_map_with_custom_model_type_is_refused_without_running_code(tmp_path, checkpoints):
     folder = tmp_path / "evil"
     marker = _with_remote_code(checkpoints["llama"], folder, "evil_llama")
@@ -366,6 +379,7 @@ ARGPARSE_ERRORS = {
 }  # fmt: skip
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("case", sorted(ARGPARSE_ERRORS))
 def test_bad_option_value_is_refused(case, tmp_path, checkpoints):
     args, needle, config_kwargs = ARGPARSE_ERRORS[case]
@@ -377,6 +391,7 @@ def test_bad_option_value_is_refused(case, tmp_path, checkpoints):
         GateNormConfig(**config_kwargs).resolve_num_layers(4)
 
 
+@pytest.mark.process
 def test_prune_without_output_is_refused(tmp_path, checkpoints):
     result = gatenorm("prune", "--model", checkpoints["llama"], "-k", "1", cwd=tmp_path)
     assert_refused(result, "--output")
@@ -410,6 +425,7 @@ def test_request_the_model_cannot_meet_is_refused(case, tmp_path, checkpoints):
     assert pruner._model is None  # refused before the model was loaded
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("case", ["three_of_two_candidates", "exclude_out_of_range"])
 def test_request_the_model_cannot_meet_is_refused_by_cli(case, tmp_path, checkpoints):
     args, _, needle = CANDIDATE_ERRORS[case]
@@ -423,6 +439,7 @@ def test_ratio_rounding_to_all_layers_is_refused():
         select_layers([1.0, 2.0, 3.0, 4.0], GateNormConfig(ratio=0.9, protect_first=0))
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("command", ["score", "prune"])
 def test_unknown_criterion_is_refused(command, tmp_path, checkpoints):
     if command == "score":
@@ -454,12 +471,14 @@ def test_config_with_impossible_dimensions_is_refused(case, tmp_path, checkpoint
         load_pruned(folder)
 
 
+@pytest.mark.process
 def test_config_with_impossible_dimensions_is_refused_by_cli(tmp_path, checkpoints):
     folder = copy_checkpoint(checkpoints["llama"], tmp_path / "kv3", num_key_value_heads=3)
     result, out = prune_cli(folder, tmp_path, "-k", "1")
     assert_refused(result, "config.json", "not a multiple of num_key_value_heads=3", output=out)
 
 
+@pytest.mark.process
 def test_unknown_device_is_refused(tmp_path, checkpoints):
     result, out = prune_cli(checkpoints["llama"], tmp_path, "-k", "1", "--device", "bogus")
     assert_refused(result, "--device bogus is not usable", output=out)
@@ -496,6 +515,7 @@ def _existing_dir(path: Path) -> Path:
     return path
 
 
+@pytest.mark.process
 def test_prune_into_existing_directory_is_refused(tmp_path, checkpoints):
     out = _existing_dir(tmp_path / "pruned")
     result, _ = prune_cli(checkpoints["llama"], tmp_path, "-k", "1")
@@ -508,6 +528,7 @@ def test_prune_into_existing_directory_is_refused(tmp_path, checkpoints):
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
+@pytest.mark.process
 def test_prune_into_existing_directory_with_overwrite_replaces_it(tmp_path, checkpoints):
     # --overwrite replaces only an output of ours (its marker; docs/safety.md); a user's directory is
     # refused (tests/commands/test_bad_input_table.py).
@@ -521,6 +542,7 @@ def test_prune_into_existing_directory_with_overwrite_replaces_it(tmp_path, chec
     assert leftovers(out) == []
 
 
+@pytest.mark.process
 def test_score_into_existing_file_is_refused(tmp_path, checkpoints):
     out = tmp_path / "scores.json"
     out.write_text("precious")
@@ -532,6 +554,7 @@ def test_score_into_existing_file_is_refused(tmp_path, checkpoints):
     assert out.read_text() == "precious"
 
 
+@pytest.mark.process
 def test_score_into_existing_file_with_overwrite_replaces_it(tmp_path, checkpoints):
     out = tmp_path / "scores.json"
     out.write_text("precious")
@@ -585,6 +608,7 @@ def test_inconsistent_pruning_record_is_refused_by_api(case, tmp_path, checkpoin
         GateNormPruner.from_pretrained(folder).score()
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("case", ["all_layers_pruned", "no_pruned_attention_layers"])
 def test_inconsistent_pruning_record_is_refused_by_cli(case, tmp_path, checkpoints):
     folder = _bad_record(checkpoints, tmp_path, case)

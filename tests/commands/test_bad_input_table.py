@@ -491,6 +491,7 @@ def test_the_table_has_at_least_40_cases_over_every_command():
     assert commands == {"score", "prune", "export", "eval", "compare", "benchmark", "convert", "criteria"}
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("name", [pytest.param(name, marks=_marks(CASES[name])) for name in sorted(CASES)])
 def test_bad_input_is_refused_in_one_line_and_nothing_changes(name, workspace):
     case = CASES[name]
@@ -552,6 +553,7 @@ def _dead_pid() -> int:
     return process.pid
 
 
+@pytest.mark.process
 def test_stale_temporaries_are_removed_and_live_ones_kept(model_dir, tmp_path):
     out = tmp_path / "pruned"
     dead = tmp_path / f".pruned.tmp-{_dead_pid()}-abcd1234"
@@ -574,7 +576,7 @@ def test_stale_temporaries_are_removed_and_live_ones_kept(model_dir, tmp_path):
 # --- SIGTERM and SIGHUP clean up like Ctrl-C ----------------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.real
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_while_prune_writes_leaves_nothing(signum, tmp_path):
     """The real SmolLM2 (a 540 MB write): the signal arrives once the temporary output exists."""
@@ -619,6 +621,7 @@ def full_disk(tmp_path):
         subprocess.run(["umount", str(mount)], check=False)
 
 
+@pytest.mark.process
 def test_prune_onto_a_full_disk_is_one_line_and_leaves_nothing(full_disk, tmp_path):
     model = tmp_path / "model"  # about 45 MB in float32: more than the 20 MB disk holds
     big = tiny_model("llama", hidden_size=512, intermediate_size=1024, num_attention_heads=8, num_key_value_heads=4)
@@ -634,6 +637,7 @@ def test_prune_onto_a_full_disk_is_one_line_and_leaves_nothing(full_disk, tmp_pa
     assert list(full_disk.iterdir()) == [], "the folders created for the output were not removed"
 
 
+@pytest.mark.process
 def test_a_write_that_fills_the_disk_is_an_error_naming_the_path(full_disk):
     """No size known beforehand: the disk fills inside safetensors (its own error type), which is translated."""
     import torch
@@ -645,7 +649,7 @@ def test_a_write_that_fills_the_disk_is_an_error_naming_the_path(full_disk):
     assert list(full_disk.iterdir()) == []
 
 
-@pytest.mark.slow
+@pytest.mark.real
 def test_conversion_into_a_full_cache_is_one_line_and_leaves_no_folder(full_disk):
     from optimum_gatenorm.checkpoints.models import BUILTIN_MODELS
 
@@ -660,6 +664,7 @@ def test_conversion_into_a_full_cache_is_one_line_and_leaves_no_folder(full_disk
 # --- what a careful user sees -----------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 @pytest.mark.onnx
 def test_prune_with_export_prints_a_short_true_summary(workspace, tmp_path):
     result = gatenorm(
@@ -684,6 +689,7 @@ def test_prune_with_export_prints_a_short_true_summary(workspace, tmp_path):
     assert len(lines) <= 13, result.stderr
 
 
+@pytest.mark.process
 def test_default_scoring_uses_no_deprecated_transformers_api(workspace, tmp_path):
     # pytest hides FutureWarnings (pyproject); a user's shell does not, and transformers' own deprecation notices go
     # to its logger once per process: a fresh process shows both
@@ -697,6 +703,7 @@ def test_default_scoring_uses_no_deprecated_transformers_api(workspace, tmp_path
     assert "deprecated" not in result.stderr.lower(), result.stderr
 
 
+@pytest.mark.process
 def test_result_files_get_a_wrote_line_and_seed_ranges_work(workspace, tmp_path):
     out, plot = tmp_path / "c.json", tmp_path / "c.png"
     result = gatenorm(
@@ -743,6 +750,7 @@ def test_benchmark_warns_when_the_runs_do_not_resolve_the_difference():
     assert not any("prefill_s" in w for w in clean)
 
 
+@pytest.mark.process
 def test_prune_target_speedup_removes_the_planned_k_and_says_so(workspace, tmp_path):
     import json
 

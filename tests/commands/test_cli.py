@@ -64,17 +64,20 @@ def _check_pruned_checkpoint(out: Path, removed: list[int]) -> None:
 # --- help and start-up ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_root_help_lists_gatenorm():
     result = ok(optimum_cli("--help"))
     assert "gatenorm" in result.stdout
 
 
+@pytest.mark.process
 def test_gatenorm_help_lists_subcommands():
     result = ok(optimum_cli("gatenorm", "--help"))
     for name in ("score", "prune", "convert", "criteria"):
         assert name in result.stdout, name
 
 
+@pytest.mark.process
 def test_cli_start_does_not_import_torch():
     code = (
         "import sys; from optimum.commands.optimum_cli import load_optimum_namespace_cli_commands as f; "
@@ -86,6 +89,7 @@ def test_cli_start_does_not_import_torch():
     assert result.stdout.split() == ["True", "False", "False"]
 
 
+@pytest.mark.process
 def test_cli_default_criterion_is_the_library_default():
     from optimum_gatenorm.commands import arguments
 
@@ -97,6 +101,7 @@ def test_cli_default_criterion_is_the_library_default():
     assert "Default: cosine_self" in " ".join(result.stdout.split())
 
 
+@pytest.mark.process
 def test_help_is_generated_from_the_registries(monkeypatch):
     """prune --help names every registered criterion and built-in model and shows GateNormConfig's default
     criterion; a criterion registered in-process appears in the help text without touching the CLI; the choices
@@ -141,6 +146,7 @@ def test_help_is_generated_from_the_registries(monkeypatch):
     assert "made_up_norm" in " ".join(out.getvalue().split())
 
 
+@pytest.mark.process
 def test_criteria_json_lists_builtin_criteria():
     result = ok(optimum_cli("gatenorm", "criteria", "--format", "json"))
     rows = json.loads(result.stdout)
@@ -159,6 +165,7 @@ def test_criteria_json_lists_builtin_criteria():
 # --- score ------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_score_table_ranks_every_layer_lowest_first(llama_dir, expected):
     result = ok(optimum_cli("gatenorm", "score", "--model", llama_dir))
     rows = []
@@ -195,11 +202,13 @@ def _check_score_json(data: dict, expected) -> None:
     assert data["ranking"] == expected.ranking
 
 
+@pytest.mark.process
 def test_score_json_to_stdout(llama_dir, expected):
     result = ok(optimum_cli("gatenorm", "score", "--model", llama_dir, "--format", "json"))
     _check_score_json(json.loads(result.stdout), expected[DEFAULT_CRITERION])
 
 
+@pytest.mark.process
 def test_score_json_to_output_file(llama_dir, expected, tmp_path):
     out = tmp_path / "sub" / "scores.json"
     result = ok(optimum_cli("gatenorm", "score", "-m", llama_dir, "--format", "json", "--output", out))
@@ -211,6 +220,7 @@ def test_score_json_to_output_file(llama_dir, expected, tmp_path):
 # --- prune ------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_prune_num_layers_writes_loadable_checkpoint(llama_dir, expected, tmp_path):
     out = tmp_path / "out"
     result = ok(optimum_cli("gatenorm", "prune", "--model", llama_dir, "--num-layers", "2", "--output", out))
@@ -223,6 +233,7 @@ def test_prune_num_layers_writes_loadable_checkpoint(llama_dir, expected, tmp_pa
     assert (out / "model.safetensors").is_file() and not list(out.glob("*.bin"))
 
 
+@pytest.mark.process
 def test_prune_respects_protect_and_exclude_and_prints_json(llama_dir, expected, tmp_path):
     scores = expected[DEFAULT_CRITERION].scores
     # exclude the layer that would go first once layer 3 is protected, so that --exclude-layers changes the outcome
@@ -248,6 +259,7 @@ def test_prune_respects_protect_and_exclude_and_prints_json(llama_dir, expected,
     _check_pruned_checkpoint(out, removed)
 
 
+@pytest.mark.process
 def test_prune_ratio_with_gate_norm_head(llama_dir, expected, tmp_path):
     out = tmp_path / "out"
     args = ["--ratio", "0.5", "--criterion", "gate_norm_head", "--json"]
@@ -263,6 +275,7 @@ def test_prune_ratio_with_gate_norm_head(llama_dir, expected, tmp_path):
     assert json.loads((out / "config.json").read_text())["quantization_config"]["criterion"] == "gate_norm_head"
 
 
+@pytest.mark.process
 def test_prune_min_gap_and_measured_breakdown_warning(llama_dir, expected, tmp_path):
     scores = expected["gate_norm"].scores
     out = tmp_path / "out"
@@ -286,6 +299,7 @@ def test_prune_min_gap_and_measured_breakdown_warning(llama_dir, expected, tmp_p
     _check_pruned_checkpoint(out, report["removed_layers"])
 
 
+@pytest.mark.process
 def test_prune_dtype_bfloat16_saves_bf16_and_copies_tokenizer(tmp_path):
     source = tmp_path / "with_tokenizer"
     tiny_model("llama").save_pretrained(source)
@@ -309,6 +323,7 @@ def test_prune_dtype_bfloat16_saves_bf16_and_copies_tokenizer(tmp_path):
     )
 
 
+@pytest.mark.process
 def test_score_of_pruned_checkpoint_marks_removed_layers(tmp_path):
     from optimum_gatenorm import GateNormConfig
 
@@ -321,6 +336,7 @@ def test_score_of_pruned_checkpoint_marks_removed_layers(tmp_path):
     assert sorted(data["ranking"]) == report.kept_attention_layers
 
 
+@pytest.mark.process
 @pytest.mark.onnx
 def test_export_and_prune_with_export_load_in_ort(llama_dir, tmp_path):
     from optimum.onnxruntime import ORTModelForCausalLM
@@ -345,6 +361,7 @@ def test_export_and_prune_with_export_load_in_ort(llama_dir, tmp_path):
             assert torch.equal(ort.generate(ids, pad_token_id=0, **kwargs), expected_tokens)
 
 
+@pytest.mark.process
 @pytest.mark.onnx
 def test_export_refusals_are_one_line_exit_2(llama_dir, tmp_path):
     result = optimum_cli("gatenorm", "export", "--model", llama_dir, "--output", tmp_path / "x", "--dtype", "fp16")
@@ -386,6 +403,7 @@ def llama_with_tokenizer(tmp_path_factory) -> Path:
     return directory
 
 
+@pytest.mark.process
 @pytest.mark.onnx
 def test_eval_pytorch_and_onnx_agree_through_the_cli(llama_with_tokenizer, tmp_path):
     text = llama_with_tokenizer.parent / "text.txt"
@@ -408,6 +426,7 @@ def test_eval_pytorch_and_onnx_agree_through_the_cli(llama_with_tokenizer, tmp_p
     assert math.isfinite(results["pytorch"]["perplexity"]) and results["pytorch"]["perplexity"] > 1
 
 
+@pytest.mark.process
 def test_compare_end_to_end_through_the_cli(llama_with_tokenizer, tmp_path):
     root = llama_with_tokenizer.parent
     result = ok(
@@ -435,6 +454,7 @@ def test_compare_end_to_end_through_the_cli(llama_with_tokenizer, tmp_path):
     assert "perplexity on" in result.stdout and "top-1 agreement with the unpruned model" in result.stdout
 
 
+@pytest.mark.process
 def test_compare_data_criterion_without_calibration_is_one_line_error(llama_with_tokenizer, tmp_path):
     result = optimum_cli(
         "gatenorm", "compare", "-m", llama_with_tokenizer, "--text", llama_with_tokenizer.parent / "text.txt",

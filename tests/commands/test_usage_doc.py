@@ -128,6 +128,7 @@ def _readme_outputs() -> list[str]:
     return outputs
 
 
+@pytest.mark.process
 def test_what_readmes_commands_write_is_ignored_by_git():
     outputs = _readme_outputs()
     expected = {"smollm2-pruned", "smollm2-fast", "smollm2-onnx", "smollm2-pruned-q4.gguf", "smollm2-pruned-py"}

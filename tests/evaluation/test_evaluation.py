@@ -293,7 +293,7 @@ def test_model_without_tokenizer_or_missing(tmp_path, text_file):
 
 
 @pytest.mark.onnx
-@pytest.mark.slow
+@pytest.mark.real
 def test_real_model_perplexity_pytorch_onnx_and_pruned(tmp_path):
     real = resolve_model("smollm2-135m")
     model, report = GateNormPruner.from_pretrained(real).prune(GateNormConfig(num_layers=4, replacement="none"))

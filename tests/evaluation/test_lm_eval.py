@@ -93,6 +93,7 @@ def test_hf_model_has_the_pruned_structure(checkpoint):
         torch.testing.assert_close(state[key], value, rtol=0, atol=0, msg=key)
 
 
+@pytest.mark.process
 def test_evaluate_with_lm_eval_matches_load_pruned(checkpoint, task_dir, results):
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -115,6 +116,7 @@ def test_evaluate_with_lm_eval_matches_load_pruned(checkpoint, task_dir, results
     assert all(ll < 0 for ll in loglikelihoods(results))
 
 
+@pytest.mark.process
 def test_cli_module_evaluates_pruned_checkpoint(checkpoint, tmp_path, results):
     result = run_module("optimum_gatenorm.evaluation.lm_eval", checkpoint, "--output_path", str(tmp_path))
     assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
@@ -125,6 +127,7 @@ def test_cli_module_evaluates_pruned_checkpoint(checkpoint, tmp_path, results):
     assert cli_results["acc,none"] == results["results"][TASK]["acc,none"]
 
 
+@pytest.mark.process
 def test_plain_lm_eval_refuses_pruned_checkpoint(checkpoint):
     """Without `optimum_gatenorm` imported, lm-eval must stop instead of evaluating random attention."""
     result = run_module("lm_eval", checkpoint)

@@ -308,6 +308,7 @@ def test_evaluate_chat_fidelity_from_paths(saved):
     assert evaluate_chat_fidelity(saved / "original", saved / "original", max_new_tokens=8).exact_match == 1.0
 
 
+@pytest.mark.process
 def test_eval_reference_and_chat_through_the_cli(saved, tmp_path):
     out = tmp_path / "eval.json"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
@@ -360,7 +361,7 @@ def test_evaluate_model_refuses_a_request_it_cannot_run_before_any_work(options,
         evaluate_model(tmp_path / "never-read", **options)
 
 
-@pytest.mark.slow
+@pytest.mark.real
 def test_real_smollm2_answers_paris_and_agrees_with_itself():
     from optimum_gatenorm import load_pruned, resolve_model
     from optimum_gatenorm.checkpoints.modeling import load_tokenizer

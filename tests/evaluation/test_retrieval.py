@@ -142,6 +142,7 @@ def _document(args: list) -> tuple[subprocess.CompletedProcess, dict]:
     return result, json.loads(result.stdout)
 
 
+@pytest.mark.process
 def test_the_command_line_writes_the_document(tiny):
     _, _, root = tiny
     args = ["eval", "-m", root, "--task", "passkey,vartrack", "--lengths", "400", "--depths", "0,1", "--cases", "1"]
@@ -155,6 +156,7 @@ def test_the_command_line_writes_the_document(tiny):
     assert "retrieval accuracy" in result.stderr
 
 
+@pytest.mark.process
 def test_compare_on_the_command_line_records_retrieval_at_every_point(tiny, tmp_path):
     _, _, root = tiny
     text = tmp_path / "text.txt"
@@ -167,7 +169,7 @@ def test_compare_on_the_command_line_records_retrieval_at_every_point(tiny, tmp_
     assert "long-context retrieval" in result.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.real
 def test_the_unpruned_smollm2_finds_the_pass_key_at_1k_tokens():
     result = evaluate_retrieval(
         "smollm2-135m", RetrievalConfig(tasks=("passkey",), lengths=(1024,), depths=(0.1, 0.5, 0.9), cases=1)

@@ -141,6 +141,7 @@ def test_config_keeps_the_pruning_record(exported):
     assert "quantization_config" not in json.loads((original_dir / "config.json").read_text())
 
 
+@pytest.mark.process
 def test_fresh_process_loads_with_plain_ort_model(tmp_path):
     model = tiny_model("llama")
     prune_model(model, PRUNED)
@@ -234,6 +235,7 @@ def test_cuda_fp16_export_generates_like_pytorch(tmp_path):
         assert torch.equal(ort.generate(ids, **kwargs).cpu(), model.generate(ids, **kwargs).cpu())
 
 
+@pytest.mark.process
 def test_plain_optimum_cli_export_of_a_pruned_checkpoint_cannot_go_wrong(tmp_path):
     """`optimum-cli export onnx` reloads through AutoModel, which the tombstone stops (no random attention)."""
     from pathlib import Path

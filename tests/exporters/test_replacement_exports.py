@@ -214,6 +214,7 @@ def _trt_llm_tensors(block: dict, layer: int, hidden: int, heads: int, head_dim:
     return tensors
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("name", ["linear", "linear0"])
 def test_nemotron_nas_for_tensorrt_llm_keeps_the_linear_maps_under_its_reader_names(serving_dirs, name, tmp_path):
     from llama_cpp_support import convert_with_llama_cpp
@@ -252,6 +253,7 @@ def test_nemotron_nas_for_tensorrt_llm_keeps_the_linear_maps_under_its_reader_na
     check_parity(model, out, prompt_ids(serving_dirs[name]))
 
 
+@pytest.mark.process
 def test_cli_export_refusals_are_one_line(serving_dirs, tmp_path):
     for fmt, name, needle, extra in (
         ("gguf", "mean", "--replacement linear", ()),

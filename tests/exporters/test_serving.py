@@ -118,6 +118,7 @@ def test_quantize_refusals(tiny_dirs, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("variant", ["unpruned", "pruned"])
 def test_nemotron_nas_converted_by_llama_cpp_gives_pytorch_tokens(tiny_dirs, variant, tmp_path):
     nas = export_nemotron_nas(tiny_dirs[variant], tmp_path / "nas")
@@ -188,6 +189,7 @@ def test_pruned_layer_0_is_refused_for_gguf_only(tiny_dirs, tmp_path):
     assert blocks[0]["attention"]["no_op"] is True
 
 
+@pytest.mark.process
 def test_cli_exports_gguf_and_refuses_existing_output(tiny_dirs, tmp_path):
     out = tmp_path / "model.gguf"
     command = [sys.executable, "-m", "optimum.commands.optimum_cli", "gatenorm", "export"]
@@ -207,7 +209,7 @@ def smollm2():
     return resolve_model("smollm2-135m")
 
 
-@pytest.mark.slow
+@pytest.mark.real
 @pytest.mark.parametrize("pruned", [False, True], ids=["unpruned", "pruned4"])
 def test_smollm2_gguf_and_nemotron_nas_give_pytorch_tokens_on_llama_cpp(smollm2, pruned, tmp_path):
     if pruned:
@@ -246,7 +248,7 @@ def test_smollm2_gguf_and_nemotron_nas_give_pytorch_tokens_on_llama_cpp(smollm2,
     assert (llama_cpp_logits(q8, ids).argmax(-1) == expected.argmax(-1)).mean() >= LOOSE_TOP1
 
 
-@pytest.mark.slow
+@pytest.mark.real
 @pytest.mark.one_line  # the real default prune (2-3 min); the linear layout is tested on both lines on tiny models
 def test_smollm2_default_linear_replacement_gives_pytorch_tokens_on_llama_cpp(smollm2, tmp_path):
     """The default prune (linear replacement) of the real SmolLM2, served as llama.cpp's deci linear attention."""

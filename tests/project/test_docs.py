@@ -69,6 +69,7 @@ def test_readme_is_a_short_front_door():
             assert f"(docs/{page.name}" in readme, page.name
 
 
+@pytest.mark.process
 def test_the_architecture_lists_in_the_docs_name_only_registered_model_types():
     # The registry is the list (`optimum-cli gatenorm architectures`); a family added later needs no doc edit, but no
     # page may name a model type that is not registered, and the table's sample rows are the command's own rows.

