@@ -183,6 +183,7 @@ def test_score_table_ranks_every_layer_lowest_first(llama_dir, expected):
     assert DEFAULT_CRITERION in result.stdout and "llama" in result.stdout
 
 
+@pytest.mark.process
 def test_score_table_says_how_prune_walks_a_criterion_with_a_gap(llama_dir):
     """gate_trace keeps removed layers 2 apart: the table says so, with the flag that asks for plain k lowest."""
     result = ok(optimum_cli("gatenorm", "score", "-m", llama_dir, "-c", "gate_trace"))

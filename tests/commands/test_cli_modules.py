@@ -77,6 +77,7 @@ def test_command_modules_import_only_the_standard_library_and_optimum_commands_a
     assert not heavy, "import these inside run() / execute(): " + ", ".join(heavy)
 
 
+@pytest.mark.process
 def test_register_gatenorm_loads_the_commands_without_torch_transformers_or_the_package():
     code = """
 import json, sys
