@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 
 from optimum_gatenorm.commands.base import _LeafCommand
