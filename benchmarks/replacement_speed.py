@@ -15,7 +15,7 @@ under `~/.cache/optimum_gatenorm/replacement_speed`.
 Timing: per prompt length, one random prompt; each round runs every (engine, variant) once, the order rotated from
 round to round so no variant always follows another, warm-up rounds discarded. onnxruntime: one `generate` of exactly
 `--new-tokens` tokens, prefill = time to the first token, decode = mean time per later token
-(`benchmark.throughput`'s clock, as `optimum-cli gatenorm benchmark` measures). llama.cpp: one `eval` of the prompt on
+(`speed.throughput`'s clock, as `optimum-cli gatenorm benchmark` measures). llama.cpp: one `eval` of the prompt on
 an empty KV cache, then exactly `--new-tokens` single-token `eval`s. Reported per engine and length: medians of
 prefill seconds and decode tokens per second, and per pair the median of the per-round ratios with their min-max
 range; a ratio whose range straddles 1 is flagged `within_noise`.
@@ -39,8 +39,8 @@ from harness.llama_cpp_timing import time_once as llama_cpp_once  # one timing o
 from harness.writers import write_json
 
 from optimum_gatenorm import GateNormConfig, GateNormPruner, export_gguf, export_onnx, resolve_model
-from optimum_gatenorm.benchmark.throughput import BenchmarkSettings, load_model, timed_run
 from optimum_gatenorm.checkpoints.models import cache_dir
+from optimum_gatenorm.speed.throughput import BenchmarkSettings, load_model, timed_run
 from optimum_gatenorm.version import __version__
 
 

@@ -4,7 +4,7 @@ the analytical bound, and a check of `prune --target-speedup`'s prediction, all 
     python benchmarks/throughput_study.py [--provider cpu] [--new-tokens 32] [--runs 5] [--warmup 1] \
         [--ks 4,8,12] [--targets 1.1,1.2] [--prompt-lengths 128,1024] [--output-dir benchmarks/throughput]
 
-1. Builds the variants with `optimum_gatenorm.benchmark.planning.prepare_variant` (k sublayers removed, ONNX export; cached
+1. Builds the variants with `optimum_gatenorm.speed.planning.prepare_variant` (k sublayers removed, ONNX export; cached
    under $OPTIMUM_GATENORM_CACHE/study): k = 0, the asked ks and k = L-1 = 29.
 2. Timed ablation: `run_benchmark` of k = 29 against k = 0 at each prompt length (batch 1) gives the measured
    attention shares (`attention_shares_from_benchmark`, saved as `shares.json`, the file `prune --shares` reads),
@@ -32,14 +32,14 @@ import torch
 from harness.writers import write_json
 
 from optimum_gatenorm import GateNormPruner, resolve_model
-from optimum_gatenorm.benchmark.planning import (
+from optimum_gatenorm.checkpoints.models import cache_dir
+from optimum_gatenorm.speed.planning import (
     attention_shares_from_benchmark,
     plan_num_layers,
     predict_speedup,
     prepare_variant,
 )
-from optimum_gatenorm.benchmark.throughput import BenchmarkSettings, run_benchmark
-from optimum_gatenorm.checkpoints.models import cache_dir
+from optimum_gatenorm.speed.throughput import BenchmarkSettings, run_benchmark
 
 
 MODEL = "smollm2-135m"

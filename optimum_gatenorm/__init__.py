@@ -5,10 +5,6 @@ Importing this package registers the `gatenorm` method with transformers, so
 """
 
 from .adapters import ArchitectureAdapter, describe_architectures, get_adapter, register_adapter, supported_model_types
-from .benchmark.cost_model import ModelCost, ideal_speedup
-from .benchmark.planning import SpeedupTarget, measure_attention_shares, plan_num_layers, predict_speedup
-from .benchmark.shares import AttentionShares
-from .benchmark.throughput import BenchmarkResult, BenchmarkSettings, run_benchmark
 from .checkpoints.modeling import GateNormQuantizer, load_pruned, prune_model, save_pruned
 from .checkpoints.models import BUILTIN_MODELS, DEFAULT_MODEL, convert_gguf, resolve_model
 from .checkpoints.record import PrunedAttentionConfig, get_pruned_layers
@@ -41,6 +37,11 @@ from .pipeline import PruneResult, prune_and_save
 from .pruning.configuration import GateNormConfig
 from .pruning.pruner import GateNormPruner, select_layers
 from .report import PruningReport, ScoreReport
+from .speed.cost_model import ModelCost, ideal_speedup
+from .speed.measuring import measure_attention_shares
+from .speed.planning import SpeedupTarget, plan_num_layers, predict_speedup
+from .speed.shares import AttentionShares
+from .speed.throughput import BenchmarkResult, BenchmarkSettings, run_benchmark
 from .version import __version__
 
 

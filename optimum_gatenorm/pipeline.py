@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .benchmark.planning import SpeedupTarget, plan_config
 from .checkpoints.card import write_model_card
 from .checkpoints.modeling import model_bytes, write_companions, write_pruned
 from .checkpoints.models import model_inputs
@@ -29,6 +28,7 @@ from .progress import phase, summary_logger
 from .pruning.configuration import GateNormConfig
 from .pruning.pruner import GateNormPruner, check_request, check_streamable
 from .report import PruningReport, ScoreReport
+from .speed.planning import SpeedupTarget, plan_config
 
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ class PruneResult:
         output_dir: The pruned checkpoint.
         exports: Export format -> directory, e.g. `{"onnx": output_dir / "onnx"}`.
         validation_max_diff: Largest |logit| difference between the ONNX graph and PyTorch, when validated.
-        planned: With a target speed-up, what was planned for it (`benchmark.planning.resolve_target`'s dict).
+        planned: With a target speed-up, what was planned for it (`speed.planning.resolve_target`'s dict).
     """
 
     report: PruningReport

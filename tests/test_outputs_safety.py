@@ -165,8 +165,8 @@ def _help(*args) -> str:
 
 @pytest.mark.process
 def test_help_and_readme_state_the_same_choices():
-    from optimum_gatenorm.benchmark.throughput import METRICS
     from optimum_gatenorm.criteria import DEFAULT_CRITERION, available_criteria
+    from optimum_gatenorm.speed.throughput import METRICS
 
     root = ROOT
     pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]

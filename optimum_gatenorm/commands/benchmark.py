@@ -73,7 +73,7 @@ class BenchmarkCommand(_LeafCommand):
         )
 
     def execute(self):
-        from optimum_gatenorm.benchmark.throughput import BenchmarkSettings, run_benchmark
+        from optimum_gatenorm.speed.throughput import BenchmarkSettings, run_benchmark
 
         args = self.args
         inputs = _inputs(args, "model", "baseline", "shares")

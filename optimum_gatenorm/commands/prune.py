@@ -59,7 +59,7 @@ def _add_amount_args(parser: "ArgumentParser") -> None:
         "--shares",
         metavar="FILE",
         help="with --target-speedup: attention time shares measured on the target backend (JSON written by "
-        "optimum_gatenorm.benchmark.planning.measure_attention_shares(...).save(FILE)); default: the analytical cost model",
+        "optimum_gatenorm.speed.measuring.measure_attention_shares(...).save(FILE)); default: the analytical cost model",
     )
 
 
@@ -145,7 +145,7 @@ class PruneCommand(_LeafCommand):
             raise InvalidConfigError("--context, --batch, --phase and --shares go with --target-speedup X")
         target = None
         if args.target_speedup is not None:
-            from optimum_gatenorm.benchmark.planning import SpeedupTarget
+            from optimum_gatenorm.speed.planning import SpeedupTarget
 
             target = SpeedupTarget(args.target_speedup, shares=args.shares, **planning)
         config = GateNormConfig(

@@ -734,7 +734,7 @@ def test_compare_plot_and_table_use_the_same_median_for_an_even_number_of_seeds(
 
 
 def test_benchmark_warns_when_the_runs_do_not_resolve_the_difference():
-    from optimum_gatenorm.benchmark.throughput import noise_warnings
+    from optimum_gatenorm.speed.throughput import noise_warnings
 
     def row(base, cand):
         stats = {m: {"median": sum(v) / 2, "min": v[0], "max": v[1]} for m, v in (("prefill_s", base),)}
@@ -756,7 +756,7 @@ def test_prune_target_speedup_removes_the_planned_k_and_says_so(workspace, tmp_p
 
     from transformers import AutoConfig
 
-    from optimum_gatenorm.benchmark.planning import resolve_target
+    from optimum_gatenorm.speed.planning import resolve_target
 
     config = AutoConfig.from_pretrained(workspace / "model")
     k, predicted = resolve_target(config, 1.05, context=64, replacement="linear")  # prune's default replacement

@@ -89,10 +89,10 @@ class C:
     def g(self):
         import optimum_gatenorm
 """
-    found = [(target, line) for _, target, line in _imports_in(source, "optimum_gatenorm.benchmark.planning", False)]
+    found = [(target, line) for _, target, line in _imports_in(source, "optimum_gatenorm.speed.planning", False)]
     assert found == [
-        ("optimum_gatenorm.benchmark.shares", 4),
-        ("optimum_gatenorm.benchmark.cost_model", 5),
+        ("optimum_gatenorm.speed.shares", 4),
+        ("optimum_gatenorm.speed.cost_model", 5),
         ("optimum_gatenorm.errors", 6),
         ("optimum_gatenorm", 6),
         ("optimum_gatenorm.checkpoints.structure", 7),

@@ -18,7 +18,7 @@ How it measures (see docs/throughput.md):
   noise of the runs; the result lists a warning for it (raise `--runs`, or quiet the machine).
 - On CUDA: onnxruntime's CUDAExecutionProvider with IO binding, synchronised timestamps, and a loud failure if
   the session fell back to the CPU.
-- "ideal" is the cost model's FLOPs (prefill) or bytes (decode) ratio (`optimum_gatenorm.benchmark.cost_model`). It counts
+- "ideal" is the cost model's FLOPs (prefill) or bytes (decode) ratio (`optimum_gatenorm.speed.cost_model`). It counts
   matmul work, weights and KV-cache traffic only; per-layer overheads (kernel dispatch, softmax and mask
   element-wise work, KV-cache concatenation copies) are not in it, so a measured speed-up can exceed it
   (efficiency above 100% means the removed sublayers cost more than their FLOPs/bytes share).
@@ -340,7 +340,7 @@ def run_benchmark(
         candidate: ONNX export directory (onnxruntime backend) or checkpoint (pytorch backend).
         baseline: The same for the reference model.
         settings: Shapes, run counts, backend and provider.
-        shares: Attention time shares measured on this backend (`optimum_gatenorm.benchmark.planning`), or the
+        shares: Attention time shares measured on this backend (`optimum_gatenorm.speed.planning`), or the
             file `AttentionShares.save` wrote (read and checked against the baseline's config before any run):
             adds the measured-share bound (`measured_bound` per shape) and the efficiency against it.
         progress: Show a progress bar over the runs.

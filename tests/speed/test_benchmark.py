@@ -10,7 +10,7 @@ from cli_support import OPTIMUM_CLI
 from conftest import HAS_ONNX, tiny_model, tiny_tokenizer
 
 from optimum_gatenorm import InvalidCheckpointError, InvalidConfigError, export_onnx, prune_model
-from optimum_gatenorm.benchmark.throughput import METRICS, BenchmarkSettings, run_benchmark
+from optimum_gatenorm.speed.throughput import METRICS, BenchmarkSettings, run_benchmark
 
 
 @pytest.fixture(scope="module")

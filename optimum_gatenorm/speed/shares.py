@@ -1,7 +1,7 @@
 """The attention-shares format: attention's measured share of prefill and decode time, per (batch, context).
 
 Data only (with its checks and formulas, and `load_shares`, which reads it), so that the benchmark (`throughput`) and
-the planner (`planning`) can both name it without importing each other. `planning.measure_attention_shares` writes
+the planner (`planning`) can both name it without importing each other. `measuring.measure_attention_shares` writes
 it; `prune --shares` and `benchmark --shares` read it.
 """
 

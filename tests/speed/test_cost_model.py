@@ -11,8 +11,8 @@ from model_support import replaced_model
 from transformers import LlamaConfig
 
 import optimum_gatenorm
-from optimum_gatenorm.benchmark.cost_model import ModelCost, ideal_speedup
 from optimum_gatenorm.errors import InvalidConfigError, UnsupportedModelError
+from optimum_gatenorm.speed.cost_model import ModelCost, ideal_speedup
 
 
 def hand_config():
@@ -254,7 +254,7 @@ def test_hand_costs_of_replaced_layers():
 
 
 def test_replacement_share_is_the_replacements_cost_over_the_saving():
-    from optimum_gatenorm.benchmark.cost_model import replacement_share
+    from optimum_gatenorm.speed.cost_model import replacement_share
 
     base = ModelCost.from_config(hand_config())
     plain = ModelCost.from_config(hand_config(), pruned_layers=[1, 2])
@@ -280,7 +280,7 @@ def test_parameter_count_of_replaced_models_matches_the_real_model(name, kind):
 
 
 def test_sliding_window_layers_are_read_from_each_family():
-    from optimum_gatenorm.benchmark.cost_model import sliding_window_layers
+    from optimum_gatenorm.speed.cost_model import sliding_window_layers
 
     gemma = tiny_config("gemma3_text")
     gemma.sliding_window, gemma.layer_types = 8, ["sliding_attention", "full_attention"] * 2

@@ -10,7 +10,7 @@ from conftest import tiny_config, tiny_model, tiny_tokenizer
 from model_support import replaced_model
 
 from optimum_gatenorm import InvalidConfigError, ModelCost, ModelNotFoundError, ideal_speedup, prune_model
-from optimum_gatenorm.benchmark.planning import (
+from optimum_gatenorm.speed.planning import (
     AttentionShares,
     ShareCell,
     measure_attention_shares,
@@ -191,7 +191,7 @@ def test_resolve_target_reads_a_shares_file_and_warns(config, tmp_path):
 
 
 def test_benchmark_reports_the_measured_share_bound(tmp_path):
-    from optimum_gatenorm.benchmark.throughput import BenchmarkSettings, run_benchmark
+    from optimum_gatenorm.speed.throughput import BenchmarkSettings, run_benchmark
 
     base, pruned = tmp_path / "base", tmp_path / "pruned"
     tiny_model("llama", max_position_embeddings=256).save_pretrained(base)  # room for 128 + 3 tokens
@@ -219,7 +219,7 @@ def test_benchmark_reports_the_measured_share_bound(tmp_path):
 
 @pytest.mark.parametrize("measured", [True, False])
 def test_a_linear_replacement_lowers_the_prediction_and_a_plan_needs_more_layers(config, measured):
-    from optimum_gatenorm.benchmark.planning import replacement_cost_share
+    from optimum_gatenorm.speed.planning import replacement_cost_share
 
     shares = _shares(config) if measured else None
     for phase in ("prefill", "decode"):
@@ -245,8 +245,8 @@ def test_a_linear_replacement_lowers_the_prediction_and_a_plan_needs_more_layers
 
 def test_benchmark_bound_counts_the_candidates_replacements(tmp_path):
 
-    from optimum_gatenorm.benchmark.cost_model import replacement_share
-    from optimum_gatenorm.benchmark.throughput import BenchmarkSettings, run_benchmark
+    from optimum_gatenorm.speed.cost_model import replacement_share
+    from optimum_gatenorm.speed.throughput import BenchmarkSettings, run_benchmark
 
     base, replaced = tmp_path / "base", tmp_path / "replaced"
     tiny_model("llama", max_position_embeddings=256).save_pretrained(base)  # room for 128 + 3 tokens
@@ -278,8 +278,8 @@ def test_prune_and_save_plans_a_target_speedup(tmp_path, caplog):
     import logging
 
     from optimum_gatenorm import GateNormConfig
-    from optimum_gatenorm.benchmark.planning import SpeedupTarget
     from optimum_gatenorm.pipeline import prune_and_save
+    from optimum_gatenorm.speed.planning import SpeedupTarget
 
     model_dir = tmp_path / "model"
     tiny_model("llama").save_pretrained(model_dir)
@@ -307,8 +307,8 @@ def test_prune_and_save_plans_a_target_speedup(tmp_path, caplog):
 def test_the_plan_counts_sliding_window_layers_first_past_the_window():
     """Gemma-3's pattern: past the window, removing sliding layers saves least, so a plan holds for whichever k the
     criterion picks by counting them first, says so, and needs more layers than at a context within the window."""
-    from optimum_gatenorm.benchmark.cost_model import ModelCost, ideal_speedup
-    from optimum_gatenorm.benchmark.planning import plan_num_layers, predict_speedup, resolve_target
+    from optimum_gatenorm.speed.cost_model import ModelCost, ideal_speedup
+    from optimum_gatenorm.speed.planning import plan_num_layers, predict_speedup, resolve_target
 
     kinds = (["sliding_attention"] * 2 + ["full_attention"]) * 2
     config = tiny_config("gemma3_text", num_hidden_layers=6, sliding_window=16, layer_types=kinds)
