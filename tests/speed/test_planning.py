@@ -325,3 +325,26 @@ def test_the_plan_counts_sliding_window_layers_first_past_the_window():
     assert "sliding-window layers (window 16) counted first" in predicted["source"]
     _, short = resolve_target(config, 1.05, phase="decode", context=16)
     assert "sliding-window" not in short["source"]
+
+
+def test_planning_is_arithmetic_and_measuring_is_apart():
+    """`speed.planning` (what `prune --target-speedup` needs) builds, prunes, exports and times nothing: it imports
+    none of the modules that do; the timed ablation lives in `speed.measuring`."""
+    import ast
+    from pathlib import Path
+
+    from optimum_gatenorm.speed import measuring, planning
+
+    tree = ast.parse(Path(planning.__file__).read_text(encoding="utf-8"))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    doers = {
+        "throughput",
+        "measuring",
+        "exporters.onnx",
+        "pruning.pruner",
+        "checkpoints.modeling",
+        "checkpoints.models",
+    }
+    assert imported and not imported & doers, imported & doers
+    assert {"measure_attention_shares", "prepare_variant"} <= set(measuring.__all__)
+    assert not {"measure_attention_shares", "prepare_variant"} & set(planning.__all__)
