@@ -33,12 +33,8 @@ from harness.writers import write_json
 
 from optimum_gatenorm import GateNormPruner, resolve_model
 from optimum_gatenorm.checkpoints.models import cache_dir
-from optimum_gatenorm.speed.planning import (
-    attention_shares_from_benchmark,
-    plan_num_layers,
-    predict_speedup,
-    prepare_variant,
-)
+from optimum_gatenorm.speed.measuring import attention_shares_from_benchmark, prepare_variant
+from optimum_gatenorm.speed.planning import plan_num_layers, predict_speedup
 from optimum_gatenorm.speed.throughput import BenchmarkSettings, run_benchmark
 
 

@@ -10,10 +10,10 @@ from conftest import tiny_config, tiny_model, tiny_tokenizer
 from model_support import replaced_model
 
 from optimum_gatenorm import InvalidConfigError, ModelCost, ModelNotFoundError, ideal_speedup, prune_model
+from optimum_gatenorm.speed.measuring import measure_attention_shares
 from optimum_gatenorm.speed.planning import (
     AttentionShares,
     ShareCell,
-    measure_attention_shares,
     plan_num_layers,
     predict_speedup,
     resolve_target,
