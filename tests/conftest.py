@@ -88,7 +88,7 @@ def _processes_are_the_process_tier():
 
     def guarded(self, args, *rest, **kwargs):
         item = _RUNNING["item"]
-        if item is not None and not {"process", "real"} & set(item.keywords):
+        if item is not None and not (item.get_closest_marker("process") or item.get_closest_marker("real")):
             command = " ".join(map(str, args if isinstance(args, (list, tuple)) else [args]))[:120]
             raise AssertionError(
                 f"{item.nodeid} starts a process ({command}): mark it `@pytest.mark.process` (the process tier)"
