@@ -102,6 +102,17 @@ print("IDENTICAL" if same else "DIFFERENT")
 """
 
 
+def save_for_fresh_load(model, directory):
+    """`model` saved to `directory / "model"`, with what `run_fresh` compares against in `directory / "expected.pt"`:
+    its logits on LONG_IDS and its tokens generated without the cache (the reloaded model's cache must reproduce
+    them)."""
+    model.save_pretrained(directory / "model")
+    with torch.no_grad():
+        tokens = model.generate(LONG_IDS, max_new_tokens=8, do_sample=False, use_cache=False, pad_token_id=0)
+        torch.save({"ids": LONG_IDS, "logits": model(LONG_IDS).logits, "tokens": tokens}, directory / "expected.pt")
+    return directory
+
+
 def run_fresh(saved, imports: str):
     script = textwrap.dedent(FRESH_LOAD.format(imports=imports))
     return subprocess.run(

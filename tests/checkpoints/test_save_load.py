@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 from conftest import ALL_TINY, TESTS, tiny_model, tiny_tokenizer
-from model_support import LONG_IDS, run_fresh
+from model_support import run_fresh, save_for_fresh_load
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
@@ -131,12 +131,7 @@ def saved_pruned(request, tmp_path_factory):
         GateNormPruner(model).prune(GateNormConfig(num_layers=2, replacement="none"))
     else:  # layers 0 and 2 (S, F, S, S -> F, S): the kept layers' type sequence shifts
         prune_model(model, [0, 2])
-    model.save_pretrained(directory / "model")
-    with torch.no_grad():
-        # Expected tokens from generation without the cache: the reloaded model's cache must reproduce them.
-        tokens = model.generate(LONG_IDS, max_new_tokens=8, do_sample=False, use_cache=False, pad_token_id=0)
-        torch.save({"ids": LONG_IDS, "logits": model(LONG_IDS).logits, "tokens": tokens}, directory / "expected.pt")
-    return directory
+    return save_for_fresh_load(model, directory)
 
 
 @pytest.mark.process

@@ -8,7 +8,7 @@ import pytest
 import torch
 from cli_support import ok, optimum_cli
 from conftest import ALL_TINY, tiny_model
-from model_support import IDS, LONG_IDS, random_windows, run_fresh
+from model_support import IDS, LONG_IDS, random_windows, run_fresh, save_for_fresh_load
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
@@ -290,11 +290,7 @@ def saved_replaced(tmp_path_factory):
     directory = tmp_path_factory.mktemp("fresh_replaced")
     model = tiny_model("llama")
     GateNormPruner(model).prune(GateNormConfig(num_layers=2, replacement="linear"))
-    model.save_pretrained(directory / "model")
-    with torch.no_grad():
-        tokens = model.generate(LONG_IDS, max_new_tokens=8, do_sample=False, use_cache=False, pad_token_id=0)
-        torch.save({"ids": LONG_IDS, "logits": model(LONG_IDS).logits, "tokens": tokens}, directory / "expected.pt")
-    return directory
+    return save_for_fresh_load(model, directory)
 
 
 @pytest.mark.process
